@@ -1,0 +1,1 @@
+"""Settings (environment variables prefixed ``SEGMENTER_``) and the segment rule files."""

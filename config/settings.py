@@ -1,0 +1,53 @@
+"""The settings model: every knob, read from environment variables prefixed ``SEGMENTER_``.
+
+Defaults point at the local devstack (``segmenter devstack up``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVSTACK_KAFKA_PORT = 19092
+DEVSTACK_REDIS_PORT = 16379
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of a worker and of the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGMENTER_", frozen=True, extra="ignore")
+
+    app_id: str = Field("segmenter", description="Faust app id: consumer group and topic prefix")
+    kafka_bootstrap_servers: str = f"127.0.0.1:{DEVSTACK_KAFKA_PORT}"
+    redis_url: str = f"redis://127.0.0.1:{DEVSTACK_REDIS_PORT}/0"
+    redis_prefix: str = Field("segmenter:", description="prefix of every Redis key we write")
+    orders_topic: str = "orders"
+    transitions_topic: str = "segment-transitions"
+    dlq_topic: str = "orders-dlq"
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of topics we create")
+    replication_factor: int = Field(1, ge=1, le=16)
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    data_dir: Path = Path(".segmenter-data")
+    clock: Literal["wall", "event"] = "wall"
+    clock_interval_seconds: float = Field(1.0, gt=0, le=60)
+    rules_file: Path | None = None
+    web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (0: no server)")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    devstack_dir: Path = Path(".devstack")
+
+    @property
+    def clock_topic(self) -> str:
+        """Internal topic through which the wall clock hands due customers to their partition."""
+        return f"{self.app_id}-clock"
+
+    @property
+    def table_name(self) -> str:
+        return "customers"
+
+    @property
+    def changelog_topic(self) -> str:
+        """Faust names a table's changelog ``<app id>-<table>-changelog``."""
+        return f"{self.app_id}-{self.table_name}-changelog"

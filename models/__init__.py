@@ -1,0 +1,1 @@
+"""The pure domain core: events, customer state, segment rules and transitions. No I/O here."""

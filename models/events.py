@@ -1,0 +1,178 @@
+"""Events on the wire: the order events webshops publish and the transitions we emit.
+
+Money is always an integer amount in the currency's minor units (cents for EUR): floats are
+rejected, so sums are exact.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
+
+from models.currency import is_known_currency
+
+# One order of more than 100 million major units (10^10 minor units) is not a webshop order.
+MAX_AMOUNT: Final = 10**10
+MAX_QUANTITY: Final = 100_000
+MAX_LINES: Final = 1_000
+EARLIEST_EVENT: Final = datetime(1990, 1, 1, tzinfo=UTC)
+# How far ahead of the receiving worker's clock an event may be stamped (clock skew).
+MAX_CLOCK_SKEW: Final = timedelta(days=1)
+
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=r"^\S+$")
+]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+Amount = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
+PositiveAmount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+DEFAULT_SHOP: Final = "default"
+
+
+class _Event(BaseModel):
+    # Unknown fields (names, e-mail addresses, ...) are dropped at the edge, never stored.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class OrderLine(_Event):
+    """One line of an order: what was bought, in which category, at which unit price."""
+
+    sku: Name
+    category: Name
+    quantity: Annotated[StrictInt, Field(gt=0, le=MAX_QUANTITY)]
+    unit_price: Amount
+
+
+class _OrderEvent(_Event):
+    order_id: Id
+    customer_id: Id
+    shop_id: Id = DEFAULT_SHOP
+    occurred_at: AwareDatetime
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime, info: ValidationInfo) -> datetime:
+        if value < EARLIEST_EVENT:
+            raise ValueError(f"occurred_at {value.isoformat()} is before {EARLIEST_EVENT.year}")
+        received_at = (info.context or {}).get("received_at")
+        if received_at is not None and value > received_at + MAX_CLOCK_SKEW:
+            raise ValueError(
+                f"occurred_at {value.isoformat()} is more than {MAX_CLOCK_SKEW} in the future"
+            )
+        return value.astimezone(UTC)
+
+
+class _WithCurrency(_OrderEvent):
+    currency: Currency
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if not is_known_currency(value):
+            raise ValueError(f"unknown currency {value!r} (expected an ISO 4217 code)")
+        return value
+
+
+class OrderPlaced(_WithCurrency):
+    """A customer placed an order. ``total`` is what they paid, ``discount`` what they saved."""
+
+    type: Literal["order_placed"] = "order_placed"
+    total: Amount
+    discount: Amount = 0
+    lines: Annotated[tuple[OrderLine, ...], Field(max_length=MAX_LINES)] = ()
+
+
+class OrderCancelled(_OrderEvent):
+    """The order was cancelled: its whole contribution is reversed."""
+
+    type: Literal["order_cancelled"] = "order_cancelled"
+
+
+class OrderRefunded(_WithCurrency):
+    """Part or all of an order was refunded; ``total`` is the amount refunded."""
+
+    type: Literal["order_refunded"] = "order_refunded"
+    total: PositiveAmount
+    refund_id: Id | None = None
+
+    @property
+    def refund_key(self) -> str:
+        """Identifies this refund among the order's refunds, so a redelivery counts once."""
+        return self.refund_id or self.occurred_at.isoformat()
+
+
+OrderEvent = Annotated[OrderPlaced | OrderCancelled | OrderRefunded, Field(discriminator="type")]
+ORDER_EVENT: Final[TypeAdapter[OrderPlaced | OrderCancelled | OrderRefunded]] = TypeAdapter(
+    OrderEvent
+)
+
+
+class Metrics(BaseModel):
+    """The figures a segment decision is based on, as of one instant."""
+
+    model_config = ConfigDict(frozen=True)
+
+    currency: str | None
+    order_count: int
+    total_spend: int
+    average_order_value: int
+    discount_share: float
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+    days_since_last_order: float | None
+    typical_gap_days: float | None
+    inactive_after_days: float | None
+
+
+CauseKind = Literal["order_placed", "order_cancelled", "order_refunded", "time"]
+
+
+class Cause(BaseModel):
+    """Why a transition happened: an order event (by order id) or the passing of time."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: CauseKind
+    order_id: str | None = None
+
+
+class SegmentChanged(BaseModel):
+    """A customer moved from one segment to another. ``event_id`` is stable across replays."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["segment_changed"] = "segment_changed"
+    event_id: str
+    shop_id: str
+    customer_id: str
+    from_segment: str | None
+    to_segment: str | None
+    transition: str
+    cause: Cause
+    event_time: datetime
+    metrics_before: Metrics | None
+    metrics_after: Metrics
+    rule_version: str
+
+
+def transition_name(to_segment: str | None) -> str:
+    """The marketing-facing name of a move into ``to_segment``: ``customer.became_inactive``."""
+    return f"customer.became_{to_segment}" if to_segment else "customer.left_all_segments"
+
+
+def order_event_json_schema() -> dict[str, Any]:
+    """The published JSON Schema of the ``orders`` topic."""
+    return ORDER_EVENT.json_schema()

@@ -1,0 +1,122 @@
+"""Per-customer state as stored in the table, and the metrics derived from it.
+
+The state keeps one compact record per order (what the order contributed), so applying the
+same event twice, in any order, or cancelling an order later all give the same result: the
+state is a function of the *set* of events seen, never of their arrival order. Every figure a
+rule needs (counts, sums, averages, gaps) is derived from the records, never stored twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+from statistics import median
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.events import Metrics
+from models.rules import SegmentRules
+
+SCHEMA_VERSION: Final = 1
+SECONDS_PER_DAY: Final = 86_400.0
+
+
+class OrderRecord(BaseModel):
+    """What one order contributes. ``placed_at`` is None while only a cancel/refund was seen."""
+
+    model_config = ConfigDict(frozen=True)
+
+    placed_at: datetime | None = None
+    total: int = 0
+    discount: int = 0
+    categories: dict[str, int] = Field(default_factory=dict)
+    cancelled: bool = False
+    refunds: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def refunded(self) -> int:
+        return sum(self.refunds.values())
+
+    @property
+    def counts(self) -> bool:
+        """Placed, not cancelled and not refunded in full."""
+        if self.placed_at is None or self.cancelled:
+            return False
+        return self.total == 0 or self.refunded < self.total
+
+    @property
+    def net_total(self) -> int:
+        return max(self.total - self.refunded, 0)
+
+
+class CustomerState(BaseModel):
+    """Everything stored about one customer of one shop."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    shop_id: str
+    customer_id: str
+    currency: str | None = None
+    orders: dict[str, OrderRecord] = Field(default_factory=dict)
+    segment: str | None = None
+    segment_since: datetime | None = None
+    # The latest instant this state reflects: newest order time or due time applied.
+    as_of: datetime | None = None
+    # Bumped on every change; guards the Redis cache against older state overwriting newer.
+    revision: int = 0
+
+    @property
+    def key(self) -> str:
+        return state_key(self.shop_id, self.customer_id)
+
+    def counted_orders(self) -> list[OrderRecord]:
+        """The orders that count, oldest first (ties broken by order id for determinism)."""
+        items = sorted(
+            ((r.placed_at, oid, r) for oid, r in self.orders.items() if r.counts),
+            key=lambda t: (t[0], t[1]),
+        )
+        return [r for _, _, r in items]
+
+    def category_spend(self) -> dict[str, int]:
+        """Spend per product category over the orders that count (minor units)."""
+        spend: dict[str, int] = {}
+        for record in self.counted_orders():
+            for category, amount in record.categories.items():
+                spend[category] = spend.get(category, 0) + amount
+        return dict(sorted(spend.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def state_key(shop_id: str, customer_id: str) -> str:
+    """The table key of a customer: customer ids are unique within a shop only."""
+    return f"{shop_id}/{customer_id}"
+
+
+def _days(seconds: float) -> float:
+    return round(seconds / SECONDS_PER_DAY, 4)
+
+
+def compute_metrics(state: CustomerState, at: datetime, rules: SegmentRules) -> Metrics:
+    """The customer's figures as of instant ``at``."""
+    orders = state.counted_orders()
+    count = len(orders)
+    spend = sum(r.net_total for r in orders)
+    gross = sum(r.total + r.discount for r in orders)
+    discount = sum(r.discount for r in orders)
+    times = [r.placed_at for r in orders if r.placed_at is not None]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    typical_gap = _days(median(gaps)) if gaps else None
+    last = times[-1] if times else None
+    return Metrics(
+        currency=state.currency,
+        order_count=count,
+        total_spend=spend,
+        average_order_value=spend // count if count else 0,
+        discount_share=round(discount / gross, 4) if gross else 0.0,
+        first_order_at=times[0] if times else None,
+        last_order_at=last,
+        days_since_last_order=_days((at - last).total_seconds()) if last else None,
+        typical_gap_days=typical_gap,
+        inactive_after_days=rules.inactivity.threshold_days(count, typical_gap),
+    )

@@ -1,0 +1,1 @@
+"""The adapters around the core: the Faust app and agents, Kafka topics, Redis, the CLI."""

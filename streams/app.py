@@ -1,0 +1,100 @@
+"""The Faust app: topics, the customer table, the agent and the timers, wired from settings.
+
+``create_app`` is the one place that builds clients (no connection at import time).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import faust
+
+from config.settings import Settings
+from models.rules import SegmentRules
+from streams.dlq import DeadLetters
+from streams.orders import Processor
+from streams.redis_cache import RedisCache
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_SECONDS = 2.0
+
+
+@dataclass
+class Segmenter:
+    app: faust.App
+    processor: Processor
+    cache: RedisCache
+
+
+def broker_urls(bootstrap_servers: str) -> str:
+    return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
+
+
+def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segmenter:
+    """Build the app for a given orders topic partition count (see ``ensure_topics``)."""
+    app = faust.App(
+        settings.app_id,
+        broker=broker_urls(settings.kafka_bootstrap_servers),
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=str(settings.data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor,
+        web_enabled=settings.web_port != 0,
+        web_port=settings.web_port or 6066,
+        web_bind="127.0.0.1",
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+    )
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    clock = app.topic(settings.clock_topic, partitions=partitions, **raw)
+    transitions = app.topic(settings.transitions_topic, **raw)
+    dlq = app.topic(settings.dlq_topic, **raw)
+    table = app.Table(
+        settings.table_name,
+        partitions=partitions,
+        key_type=bytes,  # bytes in, bytes out: streams.codecs owns the encoding
+        value_type=bytes,
+    )
+    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    processor = Processor(
+        table=table,
+        rules=rules,
+        transitions_topic=transitions,
+        dead_letters=DeadLetters(dlq),
+        cache=cache,
+        clock_mode=settings.clock,
+    )
+    source = app.topic(settings.orders_topic, settings.clock_topic, **raw)
+
+    @app.agent(source, name="segmenter.process")
+    async def process(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            if message.topic == settings.clock_topic:
+                await processor.on_tick(message.value, message.partition)
+            else:
+                await processor.on_order(
+                    message.key, message.value, message.topic, message.partition, message.offset
+                )
+
+    @table.on_recover
+    async def rebuild_due_index() -> None:
+        processor.rebuild_index()
+
+    @app.timer(REDIS_RETRY_SECONDS)
+    async def retry_redis() -> None:
+        if cache.pending:
+            left = await cache.flush_pending()
+            log.info("redis: %d customer writes still pending", left)
+
+    if settings.clock == "wall":
+
+        @app.timer(settings.clock_interval_seconds)
+        async def wall_clock_tick() -> None:
+            for partition, tick in processor.due_ticks(datetime.now(UTC)):
+                await clock.send(value=tick, partition=partition)
+
+    return Segmenter(app=app, processor=processor, cache=cache)

@@ -1,0 +1,248 @@
+"""The ``segmenter`` command line: an entry point only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from config.rules import RulesError, load_rules
+from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from models.events import order_event_json_schema
+from models.rules import SEGMENTS
+from models.state import compute_metrics, state_key
+from streams.devstack import Devstack, DevstackError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _devstack(settings: Settings) -> Devstack:
+    return Devstack(settings.devstack_dir, DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@click.group()
+def main() -> None:
+    """Streaming customer segmentation on Kafka, Faust and Redis."""
+
+
+@main.command()
+@click.option("--clock", type=click.Choice(["wall", "event"]), help="override SEGMENTER_CLOCK")
+def worker(clock: str | None) -> None:
+    """Run a worker (consumes orders, emits transitions, caches segments)."""
+    from streams.worker import run_worker
+
+    settings = _settings()
+    if clock:
+        settings = settings.model_copy(update={"clock": clock})
+    try:
+        run_worker(settings)
+    except (RulesError, ConnectionError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def devstack() -> None:
+    """The local Kafka and Redis (for the demo and the tests)."""
+
+
+@devstack.command("up")
+def devstack_up() -> None:
+    """Start Kafka and Redis on loopback (idempotent; waits until both answer)."""
+    stack = _devstack(_settings())
+    try:
+        stack.up(say=console.print)
+    except DevstackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_status(stack)
+
+
+@devstack.command("down")
+def devstack_down() -> None:
+    """Stop Kafka and Redis."""
+    stack = _devstack(_settings())
+    stack.down(say=console.print)
+    _print_status(stack)
+
+
+@devstack.command("status")
+def devstack_status() -> None:
+    """Report whether Kafka and Redis answer (exit status 1 if either does not)."""
+    stack = _devstack(_settings())
+    if not _print_status(stack):
+        sys.exit(1)
+
+
+def _print_status(stack: Devstack) -> bool:
+    table = Table("service", "address", "state", "pid", "what")
+    statuses = stack.status()
+    for s in statuses:
+        state = "[green]up[/]" if s.running else "[red]down[/]"
+        table.add_row(s.name, s.address, state, str(s.pid or "-"), s.detail)
+    out.print(table)
+    return all(s.running for s in statuses)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def replay(file: Path) -> None:
+    """Publish historical orders (JSON lines or CSV) to the orders topic."""
+    from streams.replay import ReplayError, count_records, publish, read_records
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    try:
+        total = count_records(file)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def run() -> int:
+        await ensure_topics(settings)
+        with _progress() as progress:
+            task = progress.add_task(f"replaying {file.name}", total=total)
+            return await publish(settings, read_records(file), lambda n: progress.advance(task, n))
+
+    try:
+        sent = asyncio.run(run())
+    except (ReplayError, ConnectionError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"published {sent} records to {settings.orders_topic}")
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--shop", default="default", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="everything stored, as JSON")
+def customer(customer_id: str, shop: str, as_json: bool) -> None:
+    """Show a customer's current segment (Redis) or, with --json, everything stored."""
+    settings = _settings()
+    if as_json:
+        from streams.changelog import read_table
+
+        stored = asyncio.run(read_table(settings)).get(state_key(shop, customer_id))
+        if stored is None:
+            raise click.ClickException(f"no state for customer {customer_id!r} in shop {shop!r}")
+        sys.stdout.write(_state_json(stored.state, settings).decode() + "\n")
+        return
+
+    from streams.redis_cache import RedisCache
+
+    async def read() -> dict[str, str]:
+        cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+        try:
+            return await cache.read_customer(shop, customer_id)
+        finally:
+            await cache.close()
+
+    fields = asyncio.run(read())
+    if not fields:
+        raise click.ClickException(f"customer {customer_id!r} of shop {shop!r} is not in Redis")
+    table = Table("field", "value", title=f"customer {customer_id} ({shop})")
+    for name, value in fields.items():
+        table.add_row(name, value)
+    out.print(table)
+
+
+def _state_json(state, settings: Settings) -> bytes:  # type: ignore[no-untyped-def]
+    rules = load_rules(settings.rules_file)
+    at = state.as_of
+    body = state.model_dump(mode="json")
+    body["category_spend"] = state.category_spend()
+    body["metrics"] = compute_metrics(state, at, rules).model_dump(mode="json") if at else None
+    return orjson.dumps(body)
+
+
+@main.command()
+def export() -> None:
+    """Every customer's current state as JSON lines (read from the table's changelog)."""
+    from streams.changelog import read_table
+
+    settings = _settings()
+    with _progress() as progress:
+        task = progress.add_task("reading changelog", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        table = asyncio.run(read_table(settings, advance))
+    for stored in table.values():
+        sys.stdout.write(_state_json(stored.state, settings).decode() + "\n")
+    console.print(f"exported {len(table)} customers")
+
+
+@main.command()
+@click.option("--shop", default="default", show_default=True)
+def segments(shop: str) -> None:
+    """Segment sizes from the Redis cache."""
+    from streams.redis_cache import RedisCache
+
+    settings = _settings()
+
+    async def read() -> dict[str, int]:
+        cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+        try:
+            return await cache.segment_sizes(shop, SEGMENTS)
+        finally:
+            await cache.close()
+
+    sizes = asyncio.run(read())
+    table = Table("segment", "customers", title=f"segments of shop {shop}")
+    for name, size in sizes.items():
+        table.add_row(name, str(size))
+    out.print(table)
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def rules(file: Path | None) -> None:
+    """Validate a rule file (default: the configured one) and print it."""
+    try:
+        loaded = load_rules(file or _settings().rules_file)
+    except RulesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    out.print_json(loaded.model_dump_json())
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the order events on the orders topic."""
+    sys.stdout.write(orjson.dumps(order_event_json_schema(), option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
+
+
+@main.command()
+@click.option("--customers", default=40, show_default=True, help="sample customers")
+@click.option("--keep-running", is_flag=True, help="leave the worker running afterwards")
+def demo(customers: int, keep_running: bool) -> None:
+    """Start the devstack and a worker, replay a sample year of orders, show what happens."""
+    from streams.demo import run_demo
+
+    try:
+        run_demo(customers=customers, keep_running=keep_running)
+    except (DevstackError, ConnectionError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Every bytes <-> model conversion of the product, in one place (orjson + pydantic, never pickle).
+
+Incoming order events fail with ``DecodeError`` carrying a short machine-readable reason (used
+as the dead-letter header and metric label) and a human-readable message.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final, NamedTuple
+
+import orjson
+from pydantic import ValidationError
+
+from models.events import ORDER_EVENT, SegmentChanged
+from models.state import SCHEMA_VERSION, CustomerState
+from models.transitions import OrderEventT
+
+MAX_ORDER_BYTES: Final = 256 * 1024
+ORDER_TYPES: Final = frozenset({"order_placed", "order_cancelled", "order_refunded"})
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid order event; ``reason`` is a short label (``malformed_json``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoredState(NamedTuple):
+    """A table value: the customer's state and the partition it lives in."""
+
+    partition: int
+    state: CustomerState
+
+
+def decode_order(key: bytes | None, value: bytes | None, received_at: datetime) -> OrderEventT:
+    """Parse and validate one record of the orders topic."""
+    if value is None:
+        raise DecodeError("empty_value", "record has no value")
+    if len(value) > MAX_ORDER_BYTES:
+        raise DecodeError(
+            "too_large", f"order event of {len(value)} bytes exceeds {MAX_ORDER_BYTES} bytes"
+        )
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("malformed_json", f"not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DecodeError("malformed_json", f"expected a JSON object, got {type(raw).__name__}")
+    kind = raw.get("type")
+    if kind not in ORDER_TYPES:
+        raise DecodeError(
+            "unknown_event_type",
+            f"unknown event type {kind!r}; expected one of {sorted(ORDER_TYPES)}",
+        )
+    try:
+        event = ORDER_EVENT.validate_python(raw, context={"received_at": received_at})
+    except ValidationError as exc:
+        raise DecodeError("schema_violation", _describe(exc)) from exc
+    _check_key(key, event.customer_id)
+    return event
+
+
+def _check_key(key: bytes | None, customer_id: str) -> None:
+    # The record key decides the partition, and so which worker holds the customer's state:
+    # a record keyed by anything else would split the customer's state across partitions.
+    if key is None:
+        raise DecodeError("missing_key", "orders must be keyed by customer_id; record has no key")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("invalid_key", f"record key is not UTF-8: {exc}") from exc
+    if text != customer_id:
+        raise DecodeError(
+            "key_mismatch", f"record key {text[:64]!r} differs from customer_id {customer_id!r}"
+        )
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        location = ".".join(str(p) for p in err["loc"] if not isinstance(p, str) or p) or "(event)"
+        parts.append(f"{location}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def encode_stored(partition: int, state: CustomerState) -> bytes:
+    return orjson.dumps({"p": partition, "s": state.model_dump(mode="json")})
+
+
+def decode_stored(value: bytes) -> StoredState:
+    """Decode a table value; a state written by a newer schema is refused loudly."""
+    raw = orjson.loads(value)
+    state = raw["s"]
+    if state.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported state schema_version {state.get('schema_version')!r}")
+    return StoredState(raw["p"], CustomerState.model_validate(state))
+
+
+def encode_transition(transition: SegmentChanged, emitted_at: datetime) -> bytes:
+    body: dict[str, Any] = transition.model_dump(mode="json")
+    body["emitted_at"] = emitted_at.isoformat()
+    return orjson.dumps(body)
+
+
+def decode_transition(value: bytes) -> dict[str, Any]:
+    decoded: dict[str, Any] = orjson.loads(value)
+    return decoded
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON for CLI output and internal messages."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

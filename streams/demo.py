@@ -1,0 +1,154 @@
+"""``segmenter demo``: the whole product on a sample year of orders, in one command."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+from rich.console import Console
+from rich.table import Table
+
+from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from models.rules import SEGMENTS
+from streams.devstack import Devstack
+from streams.lag import group_lag
+from streams.redis_cache import RedisCache
+from streams.replay import publish
+from streams.sample_data import sample_records
+from streams.topics import delete_topics, ensure_topics
+from streams.worker import spawn_worker, stop_worker
+
+console = Console()
+DEMO = {
+    "app_id": "segmenter-demo",
+    "orders_topic": "demo.orders",
+    "transitions_topic": "demo.segment-transitions",
+    "dlq_topic": "demo.orders-dlq",
+    "redis_prefix": "segmenter-demo:",
+    "clock": "event",
+    "partitions": "4",
+    "web_port": "0",
+}
+DONE_TIMEOUT_SECONDS = 180.0
+
+
+def run_demo(customers: int, keep_running: bool) -> None:
+    base = Settings()
+    stack = Devstack(base.devstack_dir, DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT)
+    stack.up(say=console.print)
+    data_dir = base.devstack_dir / "demo-data"
+    settings = Settings(**DEMO, data_dir=data_dir)  # type: ignore[arg-type]
+    asyncio.run(_reset(settings))
+    shutil.rmtree(data_dir, ignore_errors=True)
+    asyncio.run(ensure_topics(settings))
+    log_path = base.devstack_dir / "demo-worker.log"
+    console.print(f"starting a worker (event-time clock; log: {log_path}) ...")
+    worker = spawn_worker({**DEMO, "data_dir": str(data_dir)}, log_path)
+    try:
+        records = list(sample_records(customers))
+        console.print(f"replaying {len(records)} order events of {customers} customers over a year")
+        asyncio.run(_replay_and_watch(settings, records, worker))
+        asyncio.run(_summary(settings))
+    finally:
+        if keep_running:
+            console.print(f"worker left running (pid {worker.pid})")
+        else:
+            stop_worker(worker)
+    console.print("the devstack stays up; stop it with: segmenter devstack down")
+
+
+async def _reset(settings: Settings) -> None:
+    await delete_topics(
+        settings,
+        [
+            settings.orders_topic,
+            settings.transitions_topic,
+            settings.dlq_topic,
+            settings.clock_topic,
+            settings.changelog_topic,
+        ],
+    )
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+async def _replay_and_watch(settings: Settings, records: list, worker) -> None:  # type: ignore[no-untyped-def,type-arg]
+    consumer = AIOKafkaConsumer(
+        settings.transitions_topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        sent = await publish(settings, iter(records))
+        console.print(f"published {sent} records; transitions as they happen:")
+        deadline = time.monotonic() + DONE_TIMEOUT_SECONDS
+        seen = 0
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with status {worker.returncode}")
+            batches = await consumer.getmany(timeout_ms=500)
+            for records_ in batches.values():
+                for record in records_:
+                    seen += 1
+                    _print_transition(orjson.loads(record.value))
+            lag = await group_lag(settings)
+            if lag and all(p.committed is not None and p.lag == 0 for p in lag) and not batches:
+                console.print(f"[bold]worker caught up: {seen} transitions[/]")
+                return
+        raise TimeoutError(f"the worker did not catch up within {DONE_TIMEOUT_SECONDS:.0f}s")
+    finally:
+        await consumer.stop()
+
+
+def _print_transition(t: dict) -> None:  # type: ignore[type-arg]
+    cause = t["cause"]["kind"] + (
+        f" {t['cause']['order_id']}" if t["cause"].get("order_id") else ""
+    )
+    console.print(
+        f"{t['event_time'][:10]} {t['customer_id']:<14} "
+        f"{t['from_segment'] or '-':>23} -> {t['to_segment'] or '-':<23} {cause}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+async def _summary(settings: Settings) -> None:
+    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    try:
+        sizes = await cache.segment_sizes("default", SEGMENTS)
+    finally:
+        await cache.close()
+    table = Table("segment", "customers", title="segment sizes (from Redis)")
+    for name, size in sizes.items():
+        table.add_row(name, str(size))
+    console.print(table)
+    dlq = await _count(settings, settings.dlq_topic)
+    console.print(f"dead-lettered records on {settings.dlq_topic}: {dlq}")
+
+
+async def _count(settings: Settings, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        from aiokafka import TopicPartition
+
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        end = await consumer.end_offsets(tps)
+        begin = await consumer.beginning_offsets(tps)
+        return sum(end[tp] - begin[tp] for tp in tps)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,56 @@
+"""The dead-letter topic: rejected records keep their original key and bytes, with the reason,
+the message and the source position in headers (the Kafka Connect convention)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HEADER_PREFIX = "segmenter.dlq."
+
+
+def dlq_headers(
+    reason: str, message: str, topic: str, partition: int, offset: int
+) -> dict[str, bytes]:
+    """Headers that tell an operator why and from where a record was dead-lettered."""
+    return {
+        f"{HEADER_PREFIX}reason": reason.encode(),
+        f"{HEADER_PREFIX}message": message[:2000].encode("utf-8", "replace"),
+        f"{HEADER_PREFIX}topic": topic.encode(),
+        f"{HEADER_PREFIX}partition": str(partition).encode(),
+        f"{HEADER_PREFIX}offset": str(offset).encode(),
+        f"{HEADER_PREFIX}failed_at": datetime.now(UTC).isoformat().encode(),
+    }
+
+
+class DeadLetters:
+    """Sends rejected records to the dead-letter topic and counts them by reason."""
+
+    def __init__(self, topic: Any) -> None:
+        self._topic = topic
+        self.counts: Counter[str] = Counter()
+
+    async def send(
+        self,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        message: str,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        self.counts[reason] += 1
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s", topic, partition, offset, reason, message[:300]
+        )
+        await self._topic.send(
+            key=key,
+            value=value,
+            headers=dlq_headers(reason, message, topic, partition, offset),
+        )

@@ -1,0 +1,167 @@
+"""The per-event work of the worker: read the record, call the core, write the results.
+
+One ``Processor`` serves the orders topic and the internal clock topic. It holds no business
+logic: decisions come from ``models.transitions``; this module decodes, routes rejects to the
+dead-letter topic, stores state, publishes transitions, caches in Redis and keeps the due index.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from models.events import SegmentChanged
+from models.rules import SegmentRules
+from models.state import CustomerState, compute_metrics
+from models.transitions import OrderRejected, apply_order, due_transitions, next_due
+from streams.clock import DueIndex
+from streams.codecs import (
+    DecodeError,
+    decode_order,
+    decode_stored,
+    encode_stored,
+    encode_transition,
+)
+from streams.dlq import DeadLetters
+from streams.redis_cache import RedisCache
+
+log = logging.getLogger(__name__)
+
+
+class Processor:
+    """Applies order events and clock ticks to the customer table."""
+
+    def __init__(
+        self,
+        *,
+        table: MutableMapping[bytes, bytes],
+        rules: SegmentRules,
+        transitions_topic: Any,
+        dead_letters: DeadLetters,
+        cache: RedisCache,
+        clock_mode: Literal["wall", "event"],
+    ) -> None:
+        self.table = table
+        self.rules = rules
+        self.transitions_topic = transitions_topic
+        self.dead_letters = dead_letters
+        self.cache = cache
+        self.clock_mode = clock_mode
+        self.index = DueIndex()
+        self.counts: Counter[str] = Counter()
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    async def on_order(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
+    ) -> None:
+        """One record of the orders topic."""
+        try:
+            order = decode_order(key, value, received_at=datetime.now(UTC))
+        except DecodeError as exc:
+            await self._reject(key, value, exc.reason, str(exc), topic, partition, offset)
+            return
+        self.counts[order.type] += 1
+        if self.clock_mode == "event":
+            now = self.index.advance_watermark(partition, order.occurred_at)
+            await self._fire_due(partition, now)
+        state_key = f"{order.shop_id}/{order.customer_id}"
+        state = self._load(state_key)
+        try:
+            new_state, transitions = apply_order(state, order, self.rules)
+        except OrderRejected as exc:
+            await self._reject(key, value, exc.reason, str(exc), topic, partition, offset)
+            return
+        except Exception as exc:  # a bug on one record must not stop the stream: park it, loudly
+            log.exception("processing %s[%d]@%d failed", topic, partition, offset)
+            await self._reject(key, value, "processing_error", repr(exc), topic, partition, offset)
+            return
+        if state is None or new_state.revision != state.revision:
+            await self._save(partition, new_state, transitions)
+
+    async def on_tick(self, value: bytes, partition: int) -> None:
+        """A wall-clock tick for one customer that was due (see ``wall_clock_tick``)."""
+        tick = orjson.loads(value)
+        await self._fire_key(partition, tick["key"], datetime.fromisoformat(tick["now"]))
+
+    # -- time ---------------------------------------------------------------------------------
+
+    async def _fire_due(self, partition: int, now: datetime) -> None:
+        for state_key in self.index.pop_due(partition, now):
+            await self._fire_key(partition, state_key, now)
+
+    async def _fire_key(self, partition: int, state_key: str, now: datetime) -> None:
+        state = self._load(state_key)
+        if state is None:
+            return
+        new_state, transitions = due_transitions(state, now, self.rules)
+        if new_state.revision != state.revision:
+            await self._save(partition, new_state, transitions)
+        else:
+            self.index.schedule(partition, state_key, next_due(state, self.rules))
+
+    def due_ticks(self, now: datetime) -> list[tuple[int, bytes]]:
+        """Wall-clock mode: (partition, tick) for every customer due at ``now``."""
+        ticks = []
+        for partition in self.index.partitions():
+            for state_key in self.index.pop_due(partition, now):
+                tick = orjson.dumps({"key": state_key, "now": now.isoformat()})
+                ticks.append((partition, tick))
+        return ticks
+
+    def rebuild_index(self) -> None:
+        """After recovery or a rebalance: due times and watermarks from the table's contents."""
+        self.index.clear()
+        for value in self.table.values():
+            partition, state = decode_stored(value)
+            self.index.schedule(partition, state.key, next_due(state, self.rules))
+            if state.as_of is not None:
+                self.index.advance_watermark(partition, state.as_of)
+        log.info("due index rebuilt: %d customers with a due time", len(self.index))
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _load(self, state_key: str) -> CustomerState | None:
+        value = self.table.get(state_key.encode())
+        return None if value is None else decode_stored(value).state
+
+    async def _save(
+        self, partition: int, state: CustomerState, transitions: list[SegmentChanged]
+    ) -> None:
+        self.table[state.key.encode()] = encode_stored(partition, state)
+        emitted_at = datetime.now(UTC)
+        for transition in transitions:
+            self.counts[transition.transition] += 1
+            await self.transitions_topic.send(
+                key=transition.customer_id.encode(),
+                value=encode_transition(transition, emitted_at),
+            )
+        at = state.as_of or emitted_at
+        await self.cache.write([(state, compute_metrics(state, at, self.rules))])
+        self.index.schedule(partition, state.key, next_due(state, self.rules))
+
+    async def _reject(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        message: str,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        self.counts["rejected"] += 1
+        await self.dead_letters.send(
+            key=key,
+            value=value,
+            reason=reason,
+            message=message,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )

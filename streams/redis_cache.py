@@ -1,0 +1,159 @@
+"""The Redis cache of every customer's current segment, key metrics and segment membership.
+
+Layout (``<p>`` is the configured prefix, ``segmenter:`` by default):
+
+- ``<p>customer:<shop>:<customer>``: hash of the customer's segment, ``segment_since``,
+  ``revision`` and key metrics;
+- ``<p>segment:<shop>:<segment>``: set of the customer ids currently in that segment.
+
+Writes go through one Lua script per customer, sent in a pipeline: the script refuses a write
+whose revision is not newer than the stored one, so older state never overwrites newer, and it
+moves the membership in the same atomic step. Redis is a cache of the table: a failed write is
+kept and retried, never raised into the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Final
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from models.events import Metrics
+from models.state import CustomerState
+
+log = logging.getLogger(__name__)
+
+_WRITE_SCRIPT: Final = """
+local current = redis.call('HGET', KEYS[1], 'revision')
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+local old = redis.call('HGET', KEYS[1], 'segment')
+if old and old ~= '' and old ~= ARGV[2] then
+  redis.call('SREM', ARGV[3] .. old, ARGV[4])
+end
+if ARGV[2] ~= '' then
+  redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'revision', ARGV[1], 'segment', ARGV[2], unpack(ARGV, 5))
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
+
+
+class RedisCache:
+    """Writes and reads the cache layout above."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._script = client.register_script(_WRITE_SCRIPT)
+        # Latest state per customer whose write failed; retried by ``flush_pending``.
+        self._pending: dict[str, tuple[CustomerState, Metrics]] = {}
+        self.errors = 0
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> RedisCache:
+        return cls(aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5), prefix)
+
+    def customer_key(self, shop_id: str, customer_id: str) -> str:
+        return f"{self._prefix}customer:{shop_id}:{customer_id}"
+
+    def segment_key(self, shop_id: str, segment: str) -> str:
+        return f"{self._prefix}segment:{shop_id}:{segment}"
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def write(self, items: Iterable[tuple[CustomerState, Metrics]]) -> None:
+        """Write these states in one pipeline; on failure keep them for the next flush."""
+        batch = {state.key: (state, metrics) for state, metrics in items}
+        if not batch:
+            return
+        try:
+            await self._write_batch(list(batch.values()))
+        except (RedisError, OSError) as exc:
+            self.errors += 1
+            log.warning("redis write of %d customers failed, will retry: %s", len(batch), exc)
+            for key, item in batch.items():
+                held = self._pending.get(key)
+                if held is None or held[0].revision < item[0].revision:
+                    self._pending[key] = item
+
+    async def flush_pending(self) -> int:
+        """Retry the writes that failed; returns how many are still pending."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            await self.write(pending.values())
+        return len(self._pending)
+
+    async def _write_batch(self, items: list[tuple[CustomerState, Metrics]]) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for state, metrics in items:
+                fields = self._fields(state, metrics)
+                await self._script(
+                    keys=[self.customer_key(state.shop_id, state.customer_id)],
+                    args=[
+                        state.revision,
+                        state.segment or "",
+                        f"{self._prefix}segment:{state.shop_id}:",
+                        state.customer_id,
+                        *fields,
+                    ],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+    @staticmethod
+    def _fields(state: CustomerState, m: Metrics) -> list[str]:
+        top = list(state.category_spend())[:3]
+        pairs = {
+            "shop_id": state.shop_id,
+            "customer_id": state.customer_id,
+            "segment_since": state.segment_since,
+            "as_of": state.as_of,
+            "currency": m.currency,
+            "order_count": m.order_count,
+            "total_spend": m.total_spend,
+            "average_order_value": m.average_order_value,
+            "discount_share": m.discount_share,
+            "first_order_at": m.first_order_at,
+            "last_order_at": m.last_order_at,
+            "typical_gap_days": m.typical_gap_days,
+            "inactive_after_days": m.inactive_after_days,
+            "top_categories": orjson.dumps(top).decode(),
+        }
+        out: list[str] = []
+        for name, value in pairs.items():
+            out += [name, _text(value)]
+        return out
+
+    async def read_customer(self, shop_id: str, customer_id: str) -> dict[str, str]:
+        raw = await self._client.hgetall(self.customer_key(shop_id, customer_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def segment_sizes(self, shop_id: str, segments: Iterable[str]) -> dict[str, int]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            names = list(segments)
+            for name in names:
+                pipe.scard(self.segment_key(shop_id, name))
+            sizes = await pipe.execute()
+        return dict(zip(names, (int(s) for s in sizes), strict=True))
+
+    async def members(self, shop_id: str, segment: str) -> set[str]:
+        return {m.decode() for m in await self._client.smembers(self.segment_key(shop_id, segment))}
+
+    async def close(self) -> None:
+        await self._client.aclose()

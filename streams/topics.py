@@ -1,0 +1,98 @@
+"""Creating and inspecting the topics the product uses (aiokafka admin client)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15_000
+    )
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise ConnectionError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} "
+            "(is the devstack up? `segmenter devstack up`)"
+        ) from exc
+    return admin
+
+
+async def ensure_topics(settings: Settings) -> int:
+    """Create missing topics; returns the partition count of the orders topic.
+
+    The internal clock topic must have exactly as many partitions as the orders topic, since a
+    clock tick is sent to the partition that holds the customer's state.
+    """
+    admin = await _admin(settings)
+    try:
+        existing = await _describe_partitions(admin, [settings.orders_topic])
+        partitions = existing.get(settings.orders_topic, settings.partitions)
+        wanted = {
+            settings.orders_topic: partitions,
+            settings.clock_topic: partitions,
+            settings.transitions_topic: settings.partitions,
+            settings.dlq_topic: settings.partitions,
+        }
+        current = await _describe_partitions(admin, list(wanted))
+        missing = [
+            NewTopic(name, count, settings.replication_factor)
+            for name, count in wanted.items()
+            if name not in current
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
+                await admin.create_topics(missing)
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        clock = current.get(settings.clock_topic, partitions)
+        if clock != partitions:
+            raise RuntimeError(
+                f"topic {settings.clock_topic} has {clock} partitions but "
+                f"{settings.orders_topic} has {partitions}: they must match"
+            )
+        await _wait_for_topics(admin, list(wanted))
+        return partitions
+    finally:
+        await admin.close()
+
+
+async def delete_topics(settings: Settings, topics: list[str]) -> None:
+    admin = await _admin(settings)
+    try:
+        present = [t for t in topics if t in set(await admin.list_topics())]
+        if present:
+            await admin.delete_topics(present)
+        for _ in range(100):
+            if not set(present) & set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"topics {present} still exist after deletion")
+    finally:
+        await admin.close()
+
+
+async def _describe_partitions(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    listed = set(await admin.list_topics())
+    present = [t for t in topics if t in listed]
+    if not present:
+        return {}
+    described = await admin.describe_topics(present)
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+
+
+async def _wait_for_topics(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    for _ in range(100):
+        if set(topics) <= set(await admin.list_topics()):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"topics {topics} did not appear")

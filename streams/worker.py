@@ -1,0 +1,62 @@
+"""Running a worker: create missing topics, build the app, hand over to Faust's worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import faust
+
+from config.rules import load_rules
+from config.settings import Settings
+from streams.app import create_app
+from streams.topics import ensure_topics
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker until it is stopped (SIGINT/SIGTERM)."""
+    rules = load_rules(settings.rules_file)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    partitions = loop.run_until_complete(ensure_topics(settings))
+    segmenter = create_app(settings, rules, partitions)
+    logging.getLogger(__name__).info(
+        "worker for %s: %d partitions, rules %s, %s clock",
+        settings.orders_topic,
+        partitions,
+        rules.version,
+        settings.clock,
+    )
+    worker = faust.Worker(segmenter.app, loop=loop, loglevel=settings.log_level.upper())
+    worker.execute_from_commandline()
+
+
+def spawn_worker(overrides: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``segmenter worker`` as a child process with ``SEGMENTER_*`` overrides."""
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """Stop a worker gracefully (SIGTERM), killing it if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
