@@ -1,4 +1,5 @@
-"""Reading the customer table straight from its compacted changelog topic.
+"""Reading topics from the beginning to their current end, and the customer table from its
+compacted changelog topic.
 
 The changelog is the authoritative copy of the table, readable without a running worker: the
 latest record per key wins, and a tombstone (no value) removes the key.
@@ -8,39 +9,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from config.settings import Settings
 from streams.codecs import StoredState, decode_stored
 
-
-async def read_table(
-    settings: Settings, progress: Callable[[int, int], None] | None = None
-) -> dict[str, StoredState]:
-    """Every customer's stored state, keyed by ``<shop>/<customer>``."""
-    latest: dict[bytes, bytes | None] = {}
-    async for key, value, done, total in _scan(settings):
-        latest[key] = value
-        if progress is not None:
-            progress(done, total)
-    return {
-        key.decode(): decode_stored(value)
-        for key, value in sorted(latest.items())
-        if value is not None
-    }
+Progress = Callable[[int, int], None]
 
 
-async def _scan(settings: Settings) -> AsyncIterator[tuple[bytes, bytes | None, int, int]]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
+async def read_topic(
+    bootstrap_servers: str, topic: str, progress: Progress | None = None
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` up to its end offsets at the time of the call."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(settings.changelog_topic)
+        partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(settings.changelog_topic) or set()
-        tps = [TopicPartition(settings.changelog_topic, p) for p in sorted(partitions)]
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
             return
         consumer.assign(tps)
@@ -54,10 +42,37 @@ async def _scan(settings: Settings) -> AsyncIterator[tuple[bytes, bytes | None, 
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, records in batches.items():
                 for record in records:
+                    if record.offset >= end[tp]:
+                        continue
                     done += 1
-                    if record.key is not None:
-                        yield record.key, record.value, done, total
+                    yield record
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
+            if progress is not None:
+                progress(done, total)
     finally:
         await consumer.stop()
+
+
+async def read_table(
+    settings: Settings, progress: Progress | None = None
+) -> dict[str, StoredState]:
+    """Every customer's stored state, keyed by ``<shop>/<customer>``."""
+    latest: dict[bytes, bytes | None] = {}
+    async for record in read_topic(
+        settings.kafka_bootstrap_servers, settings.changelog_topic, progress
+    ):
+        if record.key is not None:
+            latest[record.key] = record.value
+    return {
+        key.decode(): decode_stored(value)
+        for key, value in sorted(latest.items())
+        if value is not None
+    }
+
+
+async def count_records(bootstrap_servers: str, topic: str) -> int:
+    count = 0
+    async for _ in read_topic(bootstrap_servers, topic):
+        count += 1
+    return count

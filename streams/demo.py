@@ -14,6 +14,7 @@ from rich.table import Table
 
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from models.rules import SEGMENTS
+from streams.changelog import count_records
 from streams.devstack import Devstack
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
@@ -132,23 +133,5 @@ async def _summary(settings: Settings) -> None:
     for name, size in sizes.items():
         table.add_row(name, str(size))
     console.print(table)
-    dlq = await _count(settings, settings.dlq_topic)
+    dlq = await count_records(settings.kafka_bootstrap_servers, settings.dlq_topic)
     console.print(f"dead-lettered records on {settings.dlq_topic}: {dlq}")
-
-
-async def _count(settings: Settings, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await consumer.start()
-    try:
-        from aiokafka import TopicPartition
-
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        end = await consumer.end_offsets(tps)
-        begin = await consumer.beginning_offsets(tps)
-        return sum(end[tp] - begin[tp] for tp in tps)
-    finally:
-        await consumer.stop()

@@ -1,0 +1,70 @@
+"""Shared fixtures: the real devstack (started if needed), per-test isolated settings and
+helpers that wait on conditions with a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from streams.devstack import Devstack
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def devstack() -> Iterator[Devstack]:
+    """The local Kafka and Redis; started for the session unless already running."""
+    stack = Devstack(ROOT / ".devstack", DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT)
+    already_up = all(s.running for s in stack.status())
+    stack.up(say=print)
+    yield stack
+    if not already_up:
+        stack.down(say=print)
+
+
+@pytest.fixture
+def isolated(devstack: Devstack, tmp_path: Path) -> dict[str, str]:
+    """``SEGMENTER_*`` overrides with topic, group and Redis names unique to one test."""
+    uid = uuid.uuid4().hex[:10]
+    return {
+        "app_id": f"test-{uid}",
+        "orders_topic": f"test-{uid}.orders",
+        "transitions_topic": f"test-{uid}.segment-transitions",
+        "dlq_topic": f"test-{uid}.orders-dlq",
+        "redis_prefix": f"test-{uid}:",
+        "data_dir": str(tmp_path / "worker-data"),
+        "web_port": "0",
+        "partitions": "1",
+        "clock": "event",
+        "log_level": "info",
+    }
+
+
+def settings_from(overrides: dict[str, str]) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+) -> T:
+    """Poll ``probe`` until ``done(result)``; fail with the last result after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if done(last):
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

@@ -1,0 +1,173 @@
+"""The running system: a real worker process on the devstack's Kafka and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from streams.changelog import read_table, read_topic
+from streams.lag import group_lag
+from streams.replay import publish
+from streams.topics import ensure_topics
+from streams.worker import spawn_worker, stop_worker
+from tests.conftest import settings_from, wait_for
+from tests.factories import at, cancelled, placed
+
+pytestmark = pytest.mark.integration
+
+BAD_JSON = b'{"type": "order_placed", "order_id": "broken'
+BAD_AMOUNT = orjson.dumps({**placed("erin", "e-o1", 50), "total": -100})
+
+
+def _stream() -> list[tuple[bytes | None, bytes]]:
+    """Orders of five customers, sorted by time, with a duplicate and two bad records."""
+    events = [
+        placed("alice", "a-o1", 0, total=12_000),
+        placed("carol", "c-o1", 1),
+        cancelled("carol", "c-o1", 2),
+        placed("bob", "b-o1", 5),
+        placed("alice", "a-o2", 10, total=12_000),
+        placed("alice", "a-o2", 10, total=12_000),  # the webshop delivered it twice
+        placed("alice", "a-o3", 20, total=12_000),
+        placed("alice", "a-o4", 30, total=12_000),
+        placed("dave", "d-o1", 120, total=3_000),
+    ]
+    records: list[tuple[bytes | None, bytes]] = [
+        (e["customer_id"].encode(), orjson.dumps(e)) for e in events
+    ]
+    records.insert(4, (b"x", BAD_JSON))  # offset 4
+    records.insert(7, (b"erin", BAD_AMOUNT))  # offset 7
+    return records
+
+
+EXPECTED = [
+    # customer, from, to, cause, order id, event time
+    ("alice", None, "new", "order_placed", "a-o1", at(0)),
+    ("carol", None, "new", "order_placed", "c-o1", at(1)),
+    ("carol", "new", None, "order_cancelled", "c-o1", at(2)),
+    ("bob", None, "new", "order_placed", "b-o1", at(5)),
+    ("alice", "new", "returning", "order_placed", "a-o2", at(10)),
+    ("alice", "returning", "best_customer", "order_placed", "a-o4", at(30)),
+    # dave's order at day 120 moves the event-time clock past two due times:
+    ("alice", "best_customer", "inactive", "time", None, at(60)),  # 3 x 10-day rhythm
+    ("bob", "new", "inactive", "time", None, at(95)),  # single order: 90 days
+    ("dave", None, "new", "order_placed", "d-o1", at(120)),
+]
+
+
+@pytest.fixture
+def worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    import asyncio
+
+    asyncio.run(ensure_topics(settings_from(isolated)))
+    process = spawn_worker(isolated, tmp_path / "worker.log")
+    yield isolated
+    status = stop_worker(process)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-5000:]
+    assert status == 0, log[-3000:]
+
+
+async def _transitions(settings) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    return [
+        orjson.loads(r.value)
+        async for r in read_topic(settings.kafka_bootstrap_servers, settings.transitions_topic)
+    ]
+
+
+async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
+    worker: dict[str, str],
+) -> None:
+    settings = settings_from(worker)
+    records = _stream()
+    assert await publish(settings, iter(records)) == len(records)
+
+    transitions = await wait_for(
+        lambda: _transitions(settings), lambda ts: len(ts) >= len(EXPECTED), 120, "transitions"
+    )
+    await wait_for(
+        lambda: group_lag(settings),
+        lambda lag: [(p.committed, p.end) for p in lag] == [(len(records), len(records))],
+        60,
+        "the worker to commit every order",
+    )
+    transitions = await _transitions(settings)  # all of them, now that the input is committed
+
+    got = [
+        (
+            t["customer_id"],
+            t["from_segment"],
+            t["to_segment"],
+            t["cause"]["kind"],
+            t["cause"]["order_id"],
+            datetime.fromisoformat(t["event_time"]),
+        )
+        for t in transitions
+    ]
+    assert got == EXPECTED
+    assert len({t["event_id"] for t in transitions}) == len(EXPECTED)
+    best = transitions[5]
+    assert best["transition"] == "customer.became_best_customer"
+    assert best["metrics_before"]["order_count"] == 3
+    assert best["metrics_after"]["order_count"] == 4
+    assert best["metrics_after"]["total_spend"] == 48_000
+    assert best["rule_version"] == "basic-2026.11.1"
+
+    await _assert_redis(settings)
+    await _assert_dead_letters(settings)
+
+    table = await read_table(settings)
+    assert {k: v.state.segment for k, v in table.items()} == {
+        "default/alice": "inactive",
+        "default/bob": "inactive",
+        "default/carol": None,
+        "default/dave": "new",
+    }
+
+
+async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
+    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    p = settings.redis_prefix
+    try:
+        alice = await client.hgetall(f"{p}customer:default:alice")
+        assert {k: alice[k] for k in ("segment", "order_count", "total_spend", "currency")} == {
+            "segment": "inactive",
+            "order_count": "4",
+            "total_spend": "48000",
+            "currency": "EUR",
+        }
+        assert alice["segment_since"] == at(60).isoformat()
+        assert alice["average_order_value"] == "12000"
+        carol = await client.hgetall(f"{p}customer:default:carol")
+        assert (carol["segment"], carol["order_count"]) == ("", "0")
+        members = {
+            segment: await client.smembers(f"{p}segment:default:{segment}")
+            for segment in ("inactive", "new", "best_customer", "returning")
+        }
+        assert members == {
+            "inactive": {"alice", "bob"},
+            "new": {"dave"},
+            "best_customer": set(),
+            "returning": set(),
+        }
+        assert sorted(await client.keys(f"{p}*")) == sorted(
+            [f"{p}customer:default:{c}" for c in ("alice", "bob", "carol", "dave")]
+            + [f"{p}segment:default:inactive", f"{p}segment:default:new"]
+        )
+    finally:
+        await client.aclose()
+
+
+async def _assert_dead_letters(settings) -> None:  # type: ignore[no-untyped-def]
+    dead = [r async for r in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic)]
+    assert [(r.key, r.value) for r in dead] == [(b"x", BAD_JSON), (b"erin", BAD_AMOUNT)]
+    headers = [{k: v.decode() for k, v in r.headers} for r in dead]
+    assert [h["segmenter.dlq.reason"] for h in headers] == ["malformed_json", "schema_violation"]
+    assert [h["segmenter.dlq.offset"] for h in headers] == ["4", "7"]
+    assert {h["segmenter.dlq.topic"] for h in headers} == {settings.orders_topic}
+    assert "total" in headers[1]["segmenter.dlq.message"]

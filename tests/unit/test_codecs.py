@@ -1,0 +1,96 @@
+"""Decoding order records at the edge: every kind of bad input gets a reason, nothing crashes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from models.events import OrderPlaced
+from models.state import CustomerState
+from streams.codecs import (
+    MAX_ORDER_BYTES,
+    DecodeError,
+    decode_order,
+    decode_stored,
+    encode_stored,
+)
+from tests.factories import placed
+
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def _reason(key: bytes | None, value: bytes | None) -> str:
+    with pytest.raises(DecodeError) as info:
+        decode_order(key, value, NOW)
+    return info.value.reason
+
+
+def test_a_valid_order_decodes_with_money_in_minor_units() -> None:
+    event = decode_order(b"c1", orjson.dumps(placed("c1", "o1", 0, total=1999, discount=1)), NOW)
+    assert isinstance(event, OrderPlaced)
+    assert (event.total, event.discount, event.currency) == (1999, 1, "EUR")
+    assert event.lines[0].unit_price == 2000
+    assert event.shop_id == "default"
+
+
+def test_personal_data_on_the_event_is_dropped() -> None:
+    raw = {**placed("c1", "o1", 0), "email": "a@example.com", "name": "A. Person"}
+    event = decode_order(b"c1", orjson.dumps(raw), NOW)
+    assert "email" not in event.model_dump() and "name" not in event.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"total": -5}, "schema_violation"),
+        ({"total": 12.5}, "schema_violation"),
+        ({"total": "12"}, "schema_violation"),
+        ({"total": 10**12}, "schema_violation"),
+        ({"currency": "XXY"}, "schema_violation"),
+        ({"currency": "eur"}, "schema_violation"),
+        ({"occurred_at": "2025-01-01T00:00:00"}, "schema_violation"),  # no timezone
+        ({"occurred_at": "1985-01-01T00:00:00Z"}, "schema_violation"),
+        ({"occurred_at": (NOW + timedelta(days=3)).isoformat()}, "schema_violation"),
+        ({"order_id": ""}, "schema_violation"),
+        ({"customer_id": None}, "schema_violation"),
+        ({"type": "order_teleported"}, "unknown_event_type"),
+        (
+            {"lines": [{"sku": "a", "category": "b", "quantity": -1, "unit_price": 1}]},
+            "schema_violation",
+        ),
+    ],
+)
+def test_bad_fields_are_rejected_with_a_reason(change: dict, reason: str) -> None:  # type: ignore[type-arg]
+    event = {**placed("c1", "o1", 0), **change}
+    assert _reason(b"c1", orjson.dumps(event)) == reason
+
+
+def test_bad_records_are_rejected_with_a_reason() -> None:
+    good = orjson.dumps(placed("c1", "o1", 0))
+    assert _reason(b"c1", b"{not json") == "malformed_json"
+    assert _reason(b"c1", b"[1, 2]") == "malformed_json"
+    assert _reason(b"c1", None) == "empty_value"
+    assert _reason(b"c1", b" " * (MAX_ORDER_BYTES + 1)) == "too_large"
+    assert _reason(None, good) == "missing_key"
+    assert _reason(b"\xff\xfe", good) == "invalid_key"
+    assert _reason(b"c2", good) == "key_mismatch"
+
+
+def test_the_error_message_names_the_field() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_order(b"c1", orjson.dumps({**placed("c1", "o1", 0), "total": -5}), NOW)
+    assert "total" in str(info.value)
+
+
+def test_stored_state_round_trips() -> None:
+    state = CustomerState(shop_id="s", customer_id="c", segment="new", revision=3)
+    stored = decode_stored(encode_stored(2, state))
+    assert stored.partition == 2 and stored.state == state
+
+
+def test_stored_state_of_an_unknown_schema_is_refused() -> None:
+    raw = orjson.dumps({"p": 0, "s": {"schema_version": 99, "shop_id": "s", "customer_id": "c"}})
+    with pytest.raises(ValueError, match="schema_version"):
+        decode_stored(raw)

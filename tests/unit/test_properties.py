@@ -1,0 +1,76 @@
+"""Property-based tests of the fold: order, duplicates and cancellations."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config.rules import load_rules
+from models.state import compute_metrics
+from models.transitions import apply_order
+from tests.factories import at, cancelled, model, placed
+
+RULES = load_rules()
+
+orders = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=400),  # day
+        st.integers(min_value=0, max_value=50_000),  # total
+        st.integers(min_value=0, max_value=5_000),  # discount
+        st.sampled_from(["shoes", "bags", "socks"]),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _events(spec):  # type: ignore[no-untyped-def]
+    return [
+        model(placed("c", f"o{i}", day, total=total, discount=discount, category=category))
+        for i, (day, total, discount, category) in enumerate(spec)
+    ]
+
+
+def _fold(events):  # type: ignore[no-untyped-def]
+    state = None
+    for event in events:
+        state, _ = apply_order(state, event, RULES)
+    return state
+
+
+@settings(max_examples=150, deadline=None)
+@given(orders, st.randoms(use_true_random=False))
+def test_any_permutation_gives_the_same_state(spec, rnd) -> None:  # type: ignore[no-untyped-def]
+    events = _events(spec)
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    a, b = _fold(events), _fold(shuffled)
+    assert a.orders == b.orders
+    assert a.as_of == b.as_of
+    assert a.segment == b.segment
+    assert compute_metrics(a, a.as_of, RULES) == compute_metrics(b, b.as_of, RULES)
+
+
+@settings(max_examples=150, deadline=None)
+@given(orders)
+def test_applying_every_order_twice_equals_once(spec) -> None:  # type: ignore[no-untyped-def]
+    events = _events(spec)
+    assert _fold(events + events) == _fold(events)
+
+
+@settings(max_examples=150, deadline=None)
+@given(orders, st.integers(min_value=0, max_value=7))
+def test_cancel_after_place_equals_neither(spec, pick) -> None:  # type: ignore[no-untyped-def]
+    events = _events(spec)
+    victim = events[pick % len(events)]
+    cancel = model(cancelled("c", victim.order_id, 500))
+    with_cancel = _fold([*events, cancel])
+    without = [e for e in events if e.order_id != victim.order_id]
+    if not without:
+        assert compute_metrics(with_cancel, at(500), RULES).order_count == 0
+        assert with_cancel.segment is None
+        return
+    reference = _fold(without)
+    assert compute_metrics(with_cancel, at(500), RULES) == compute_metrics(
+        reference, at(500), RULES
+    )
