@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import faust
 
@@ -79,6 +80,11 @@ def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segm
                 await processor.on_order(
                     message.key, message.value, message.topic, message.partition, message.offset
                 )
+
+    @app.page("/stats")
+    async def stats(web: Any, request: Any) -> Any:
+        """Counters since the worker started: events by type, transitions, dead letters."""
+        return web.json(processor.stats())
 
     @table.on_recover
     async def rebuild_due_index() -> None:

@@ -114,6 +114,15 @@ class Processor:
                 ticks.append((partition, tick))
         return ticks
 
+    def stats(self) -> dict[str, Any]:
+        """Counters for operators (served by the worker at ``/stats``)."""
+        return {
+            "events": dict(self.counts),
+            "dead_letters": dict(self.dead_letters.counts),
+            "customers_with_due_time": len(self.index),
+            "redis": {"pending_writes": self.cache.pending, "write_errors": self.cache.errors},
+        }
+
     def rebuild_index(self) -> None:
         """After recovery or a rebalance: due times and watermarks from the table's contents."""
         self.index.clear()

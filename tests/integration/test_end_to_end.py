@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -60,13 +65,18 @@ EXPECTED = [
 ]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
 def worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    import asyncio
-
-    asyncio.run(ensure_topics(settings_from(isolated)))
-    process = spawn_worker(isolated, tmp_path / "worker.log")
-    yield isolated
+    overrides = {**isolated, "web_port": str(free_port())}
+    asyncio.run(ensure_topics(settings_from(overrides)))
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    yield overrides
     status = stop_worker(process)
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-5000:]
@@ -128,6 +138,52 @@ async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
         "default/carol": None,
         "default/dave": "new",
     }
+    await _assert_stats(worker)
+    await _assert_cli(worker)
+
+
+async def _assert_stats(overrides: dict[str, str]) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{overrides['web_port']}/stats"
+        async with session.get(url) as response:
+            stats = await response.json()
+    assert stats["dead_letters"] == {"malformed_json": 1, "schema_violation": 1}
+    assert stats["events"]["order_placed"] == 8  # the duplicate is decoded, then ignored
+    assert stats["events"]["order_cancelled"] == 1
+    assert stats["events"]["customer.became_inactive"] == 2
+
+
+async def _cli(overrides: dict[str, str], *args: str) -> str:
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streams.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+async def _assert_cli(overrides: dict[str, str]) -> None:
+    alice = orjson.loads(await _cli(overrides, "customer", "alice", "--json"))
+    assert alice["segment"] == "inactive"
+    assert sorted(alice["orders"]) == ["a-o1", "a-o2", "a-o3", "a-o4"]
+    assert alice["metrics"]["total_spend"] == 48_000
+    assert alice["category_spend"] == {"shoes": 48_000}
+    exported = [orjson.loads(line) for line in (await _cli(overrides, "export")).splitlines()]
+    assert [(c["customer_id"], c["segment"]) for c in exported] == [
+        ("alice", "inactive"),
+        ("bob", "inactive"),
+        ("carol", None),
+        ("dave", "new"),
+    ]
+    cached = await _cli(overrides, "customer", "dave")
+    assert "new" in cached and "3000" in cached
 
 
 async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
