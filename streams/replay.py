@@ -73,8 +73,9 @@ def _csv_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
                 for field in CSV_INT_FIELDS:
                     if row.get(field):
                         current[field] = _int(row[field], path, reader.line_num, field)
-                current["lines"] = []
-            if row.get("sku"):
+                if current.get("type") == "order_placed":
+                    current["lines"] = []
+            if row.get("sku") and "lines" in current:
                 current["lines"].append(
                     {
                         "sku": row["sku"],
