@@ -14,7 +14,7 @@ import faust
 
 from config.settings import Settings
 from models.rules import SegmentRules
-from streams.dlq import DeadLetters
+from streams.dlq import DeadLetters, SourceRecord
 from streams.orders import Processor
 from streams.redis_cache import RedisCache
 
@@ -78,7 +78,13 @@ def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segm
                 await processor.on_tick(message.value, message.partition)
             else:
                 await processor.on_order(
-                    message.key, message.value, message.topic, message.partition, message.offset
+                    SourceRecord(
+                        message.key,
+                        message.value,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                    )
                 )
 
     @app.page("/stats")

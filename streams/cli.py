@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import orjson
@@ -15,9 +17,12 @@ from rich.table import Table
 from config.rules import RulesError, load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from models.events import order_event_json_schema
-from models.rules import SEGMENTS
-from models.state import compute_metrics, state_key
+from models.rules import SEGMENTS, SegmentRules
+from models.state import CustomerState, compute_metrics, state_key
 from streams.devstack import Devstack, DevstackError
+from streams.redis_cache import RedisCache
+
+T = TypeVar("T")
 
 console = Console(stderr=True)
 out = Console()
@@ -143,19 +148,11 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
         stored = asyncio.run(read_table(settings)).get(state_key(shop, customer_id))
         if stored is None:
             raise click.ClickException(f"no state for customer {customer_id!r} in shop {shop!r}")
-        sys.stdout.write(_state_json(stored.state, settings).decode() + "\n")
+        rules = load_rules(settings.rules_file)
+        sys.stdout.write(_state_json(stored.state, rules).decode() + "\n")
         return
 
-    from streams.redis_cache import RedisCache
-
-    async def read() -> dict[str, str]:
-        cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
-        try:
-            return await cache.read_customer(shop, customer_id)
-        finally:
-            await cache.close()
-
-    fields = asyncio.run(read())
+    fields = _from_cache(settings, lambda cache: cache.read_customer(shop, customer_id))
     if not fields:
         raise click.ClickException(f"customer {customer_id!r} of shop {shop!r} is not in Redis")
     table = Table("field", "value", title=f"customer {customer_id} ({shop})")
@@ -164,8 +161,21 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
     out.print(table)
 
 
-def _state_json(state, settings: Settings) -> bytes:  # type: ignore[no-untyped-def]
-    rules = load_rules(settings.rules_file)
+def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) -> T:
+    """Run one read against the Redis cache."""
+
+    async def run() -> T:
+        cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+        try:
+            return await read(cache)
+        finally:
+            await cache.close()
+
+    return asyncio.run(run())
+
+
+def _state_json(state: CustomerState, rules: SegmentRules) -> bytes:
+    """A customer's stored state plus the figures derived from it, as JSON."""
     at = state.as_of
     body = state.model_dump(mode="json")
     body["category_spend"] = state.category_spend()
@@ -186,8 +196,9 @@ def export() -> None:
             progress.update(task, completed=done, total=total)
 
         table = asyncio.run(read_table(settings, advance))
+    rules = load_rules(settings.rules_file)
     for stored in table.values():
-        sys.stdout.write(_state_json(stored.state, settings).decode() + "\n")
+        sys.stdout.write(_state_json(stored.state, rules).decode() + "\n")
     console.print(f"exported {len(table)} customers")
 
 
@@ -195,18 +206,7 @@ def export() -> None:
 @click.option("--shop", default="default", show_default=True)
 def segments(shop: str) -> None:
     """Segment sizes from the Redis cache."""
-    from streams.redis_cache import RedisCache
-
-    settings = _settings()
-
-    async def read() -> dict[str, int]:
-        cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
-        try:
-            return await cache.segment_sizes(shop, SEGMENTS)
-        finally:
-            await cache.close()
-
-    sizes = asyncio.run(read())
+    sizes = _from_cache(_settings(), lambda cache: cache.segment_sizes(shop, SEGMENTS))
     table = Table("segment", "customers", title=f"segments of shop {shop}")
     for name, size in sizes.items():
         table.add_row(name, str(size))

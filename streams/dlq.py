@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,16 +14,25 @@ log = logging.getLogger(__name__)
 HEADER_PREFIX = "segmenter.dlq."
 
 
-def dlq_headers(
-    reason: str, message: str, topic: str, partition: int, offset: int
-) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class SourceRecord:
+    """An input record as it came off the broker."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def dlq_headers(reason: str, message: str, source: SourceRecord) -> dict[str, bytes]:
     """Headers that tell an operator why and from where a record was dead-lettered."""
     return {
         f"{HEADER_PREFIX}reason": reason.encode(),
         f"{HEADER_PREFIX}message": message[:2000].encode("utf-8", "replace"),
-        f"{HEADER_PREFIX}topic": topic.encode(),
-        f"{HEADER_PREFIX}partition": str(partition).encode(),
-        f"{HEADER_PREFIX}offset": str(offset).encode(),
+        f"{HEADER_PREFIX}topic": source.topic.encode(),
+        f"{HEADER_PREFIX}partition": str(source.partition).encode(),
+        f"{HEADER_PREFIX}offset": str(source.offset).encode(),
         f"{HEADER_PREFIX}failed_at": datetime.now(UTC).isoformat().encode(),
     }
 
@@ -34,23 +44,17 @@ class DeadLetters:
         self._topic = topic
         self.counts: Counter[str] = Counter()
 
-    async def send(
-        self,
-        *,
-        key: bytes | None,
-        value: bytes | None,
-        reason: str,
-        message: str,
-        topic: str,
-        partition: int,
-        offset: int,
-    ) -> None:
+    async def send(self, source: SourceRecord, reason: str, message: str) -> None:
+        """Publish the record unchanged, with the reason in its headers."""
         self.counts[reason] += 1
         log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s", topic, partition, offset, reason, message[:300]
+            "dead-lettered %s[%d]@%d: %s: %s",
+            source.topic,
+            source.partition,
+            source.offset,
+            reason,
+            message[:300],
         )
         await self._topic.send(
-            key=key,
-            value=value,
-            headers=dlq_headers(reason, message, topic, partition, offset),
+            key=source.key, value=source.value, headers=dlq_headers(reason, message, source)
         )

@@ -17,7 +17,7 @@ import orjson
 
 from models.events import SegmentChanged
 from models.rules import SegmentRules
-from models.state import CustomerState, compute_metrics
+from models.state import CustomerState, compute_metrics, state_key
 from models.transitions import OrderRejected, apply_order, due_transitions, next_due
 from streams.clock import DueIndex
 from streams.codecs import (
@@ -27,7 +27,7 @@ from streams.codecs import (
     encode_stored,
     encode_transition,
 )
-from streams.dlq import DeadLetters
+from streams.dlq import DeadLetters, SourceRecord
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -57,29 +57,27 @@ class Processor:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    async def on_order(
-        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
-    ) -> None:
+    async def on_order(self, record: SourceRecord) -> None:
         """One record of the orders topic."""
+        partition = record.partition
         try:
-            order = decode_order(key, value, received_at=datetime.now(UTC))
+            order = decode_order(record.key, record.value, received_at=datetime.now(UTC))
         except DecodeError as exc:
-            await self._reject(key, value, exc.reason, str(exc), topic, partition, offset)
+            await self.dead_letters.send(record, exc.reason, str(exc))
             return
         self.counts[order.type] += 1
         if self.clock_mode == "event":
             now = self.index.advance_watermark(partition, order.occurred_at)
             await self._fire_due(partition, now)
-        state_key = f"{order.shop_id}/{order.customer_id}"
-        state = self._load(state_key)
+        state = self._load(state_key(order.shop_id, order.customer_id))
         try:
             new_state, transitions = apply_order(state, order, self.rules)
         except OrderRejected as exc:
-            await self._reject(key, value, exc.reason, str(exc), topic, partition, offset)
+            await self.dead_letters.send(record, exc.reason, str(exc))
             return
         except Exception as exc:  # a bug on one record must not stop the stream: park it, loudly
-            log.exception("processing %s[%d]@%d failed", topic, partition, offset)
-            await self._reject(key, value, "processing_error", repr(exc), topic, partition, offset)
+            log.exception("processing %s[%d]@%d failed", record.topic, partition, record.offset)
+            await self.dead_letters.send(record, "processing_error", repr(exc))
             return
         if state is None or new_state.revision != state.revision:
             await self._save(partition, new_state, transitions)
@@ -92,25 +90,25 @@ class Processor:
     # -- time ---------------------------------------------------------------------------------
 
     async def _fire_due(self, partition: int, now: datetime) -> None:
-        for state_key in self.index.pop_due(partition, now):
-            await self._fire_key(partition, state_key, now)
+        for key in self.index.pop_due(partition, now):
+            await self._fire_key(partition, key, now)
 
-    async def _fire_key(self, partition: int, state_key: str, now: datetime) -> None:
-        state = self._load(state_key)
+    async def _fire_key(self, partition: int, key: str, now: datetime) -> None:
+        state = self._load(key)
         if state is None:
             return
         new_state, transitions = due_transitions(state, now, self.rules)
         if new_state.revision != state.revision:
             await self._save(partition, new_state, transitions)
         else:
-            self.index.schedule(partition, state_key, next_due(state, self.rules))
+            self.index.schedule(partition, key, next_due(state, self.rules))
 
     def due_ticks(self, now: datetime) -> list[tuple[int, bytes]]:
         """Wall-clock mode: (partition, tick) for every customer due at ``now``."""
         ticks = []
         for partition in self.index.partitions():
-            for state_key in self.index.pop_due(partition, now):
-                tick = orjson.dumps({"key": state_key, "now": now.isoformat()})
+            for key in self.index.pop_due(partition, now):
+                tick = orjson.dumps({"key": key, "now": now.isoformat()})
                 ticks.append((partition, tick))
         return ticks
 
@@ -135,8 +133,8 @@ class Processor:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    def _load(self, state_key: str) -> CustomerState | None:
-        value = self.table.get(state_key.encode())
+    def _load(self, key: str) -> CustomerState | None:
+        value = self.table.get(key.encode())
         return None if value is None else decode_stored(value).state
 
     async def _save(
@@ -153,24 +151,3 @@ class Processor:
         at = state.as_of or emitted_at
         await self.cache.write([(state, compute_metrics(state, at, self.rules))])
         self.index.schedule(partition, state.key, next_due(state, self.rules))
-
-    async def _reject(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        reason: str,
-        message: str,
-        topic: str,
-        partition: int,
-        offset: int,
-    ) -> None:
-        self.counts["rejected"] += 1
-        await self.dead_letters.send(
-            key=key,
-            value=value,
-            reason=reason,
-            message=message,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-        )
