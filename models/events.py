@@ -34,6 +34,12 @@ MAX_CLOCK_SKEW: Final = timedelta(days=1)
 Id = Annotated[
     str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=r"^\S+$")
 ]
+# Shop ids are part of table and cache keys (``<shop>/<customer>``, ``...:<shop>:<customer>``),
+# so they may not contain the separators.
+ShopId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, strip_whitespace=True, pattern=r"^[^\s/:]+$"),
+]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Amount = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
 PositiveAmount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)]
@@ -59,7 +65,7 @@ class OrderLine(_Event):
 class _OrderEvent(_Event):
     order_id: Id
     customer_id: Id
-    shop_id: Id = DEFAULT_SHOP
+    shop_id: ShopId = DEFAULT_SHOP
     occurred_at: AwareDatetime
 
     @field_validator("occurred_at")

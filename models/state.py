@@ -97,6 +97,12 @@ def _days(seconds: float) -> float:
     return round(seconds / SECONDS_PER_DAY, 4)
 
 
+def _rounded(days: float | None) -> float | None:
+    # Same precision as days_since_last_order, so that at the due time the comparison of the
+    # two is exact (an unrounded threshold could stay a hair above the rounded elapsed days).
+    return None if days is None else round(days, 4)
+
+
 def compute_metrics(state: CustomerState, at: datetime, rules: SegmentRules) -> Metrics:
     """The customer's figures as of instant ``at``."""
     orders = state.counted_orders()
@@ -118,5 +124,5 @@ def compute_metrics(state: CustomerState, at: datetime, rules: SegmentRules) -> 
         last_order_at=last,
         days_since_last_order=_days((at - last).total_seconds()) if last else None,
         typical_gap_days=typical_gap,
-        inactive_after_days=rules.inactivity.threshold_days(count, typical_gap),
+        inactive_after_days=_rounded(rules.inactivity.threshold_days(count, typical_gap)),
     )

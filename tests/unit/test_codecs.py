@@ -94,3 +94,9 @@ def test_stored_state_of_an_unknown_schema_is_refused() -> None:
     raw = orjson.dumps({"p": 0, "s": {"schema_version": 99, "shop_id": "s", "customer_id": "c"}})
     with pytest.raises(ValueError, match="schema_version"):
         decode_stored(raw)
+
+
+def test_shop_ids_cannot_contain_key_separators() -> None:
+    for shop in ("a/b", "a:b"):
+        event = {**placed("c1", "o1", 0), "shop_id": shop}
+        assert _reason(b"c1", orjson.dumps(event)) == "schema_violation"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,3 +76,20 @@ def test_cancel_after_place_equals_neither(spec, pick) -> None:  # type: ignore[
     assert compute_metrics(with_cancel, at(500), RULES) == compute_metrics(
         reference, at(500), RULES
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0.001, max_value=400, allow_nan=False), min_size=1, max_size=6))
+def test_every_active_customer_becomes_inactive_exactly_at_the_due_time(gaps) -> None:  # type: ignore[no-untyped-def]
+    from models.transitions import due_transitions, next_due
+
+    days = [0.0]
+    for gap in gaps:
+        days.append(days[-1] + gap)
+    state = _fold([model(placed("c", f"o{i}", day)) for i, day in enumerate(days)])
+    due = next_due(state, RULES)
+    assert due is not None
+    _, none = due_transitions(state, due - timedelta(microseconds=1), RULES)
+    assert none == []
+    _, fired = due_transitions(state, due, RULES)
+    assert [(t.to_segment, t.event_time) for t in fired] == [("inactive", due)]
