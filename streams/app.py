@@ -74,18 +74,13 @@ def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segm
     async def process(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
+            record = SourceRecord(
+                message.key, message.value, message.topic, message.partition, message.offset
+            )
             if message.topic == settings.clock_topic:
-                await processor.on_tick(message.value, message.partition)
+                await processor.on_tick(record)
             else:
-                await processor.on_order(
-                    SourceRecord(
-                        message.key,
-                        message.value,
-                        message.topic,
-                        message.partition,
-                        message.offset,
-                    )
-                )
+                await processor.on_order(record)
 
     @app.page("/stats")
     async def stats(web: Any, request: Any) -> Any:
@@ -94,7 +89,7 @@ def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segm
 
     @table.on_recover
     async def rebuild_due_index() -> None:
-        processor.rebuild_index()
+        await processor.rebuild_index()
 
     @app.timer(REDIS_RETRY_SECONDS)
     async def retry_redis() -> None:

@@ -102,14 +102,25 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+def _wait(
+    condition: Callable[[], bool], pid: int, timeout: float, what: str, logs: list[Path]
+) -> None:
+    """Wait until ``condition`` holds; fail at once if the process ``pid`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
+        _reap(pid)
+        if not _pid_alive(pid):
+            raise DevstackError(f"{what} exited during start-up;\n{_tails(logs)}")
         time.sleep(0.2)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-    raise DevstackError(f"{what} did not come up within {timeout:.0f}s; end of {log}:\n{tail}")
+    raise DevstackError(f"{what} did not come up within {timeout:.0f}s;\n{_tails(logs)}")
+
+
+def _tails(logs: list[Path]) -> str:
+    return "\n".join(
+        f"end of {log}:\n{log.read_text(errors='replace')[-1500:]}" for log in logs if log.exists()
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,6 +190,11 @@ class Devstack:
     def start_kafka(self, say: Callable[[str], None] = print) -> None:
         if self._kafka_answers():
             return
+        logs = [self.root / "kafka.out", self.root / "kafka.log"]
+        starting = self._own_pid("kafka")
+        if starting is not None:  # started earlier and still coming up: wait for it
+            _wait(self._kafka_answers, starting, START_TIMEOUT_SECONDS, "Kafka", logs)
+            return
         self.fetch_kafka(say)
         config_dir = self.root / "kafka"
         data = config_dir / "data"
@@ -237,7 +253,7 @@ class Devstack:
                 start_new_session=True,
             )
         (self.root / "kafka.pid").write_text(str(proc.pid))
-        _wait(self._kafka_answers, START_TIMEOUT_SECONDS, "Kafka", self.root / "kafka.out")
+        _wait(self._kafka_answers, proc.pid, START_TIMEOUT_SECONDS, "Kafka", logs)
 
     def _kafka_answers(self) -> bool:
         if not _port_open(self.kafka_port):
@@ -269,6 +285,11 @@ class Devstack:
     def start_redis(self, say: Callable[[str], None] = print) -> None:
         if self._redis_answers():
             return
+        logs = [self.root / "redis.out"]
+        starting = self._own_pid("redis")
+        if starting is not None:
+            _wait(self._redis_answers, starting, START_TIMEOUT_SECONDS, "Redis", logs)
+            return
         binary = self.redis_binary()
         data = self.root / "redis"
         data.mkdir(parents=True, exist_ok=True)
@@ -296,7 +317,7 @@ class Devstack:
                 start_new_session=True,
             )
         (self.root / "redis.pid").write_text(str(proc.pid))
-        _wait(self._redis_answers, START_TIMEOUT_SECONDS, "Redis", self.root / "redis.out")
+        _wait(self._redis_answers, proc.pid, START_TIMEOUT_SECONDS, "Redis", logs)
 
     def _redis_answers(self) -> bool:
         try:
@@ -313,45 +334,51 @@ class Devstack:
 
     def down(self, say: Callable[[str], None] = print) -> None:
         for name in ("kafka", "redis"):
-            pid = self._pid(name)
-            if pid is None or not _pid_alive(pid):
-                (self.root / f"{name}.pid").unlink(missing_ok=True)
-                continue
-            say(f"stopping {name} (pid {pid}) ...")
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                _reap(pid)
-                time.sleep(0.2)
-            if _pid_alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+            pid = self._own_pid(name)
+            if pid is not None:
+                say(f"stopping {name} (pid {pid}) ...")
+                _signal_group(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 60
+                while _pid_alive(pid) and time.monotonic() < deadline:
+                    _reap(pid)
+                    time.sleep(0.2)
+                if _pid_alive(pid):
+                    _signal_group(pid, signal.SIGKILL)
             (self.root / f"{name}.pid").unlink(missing_ok=True)
 
     def status(self) -> list[ServiceStatus]:
-        kafka_pid, redis_pid = self._pid("kafka"), self._pid("redis")
+        kafka_pid, redis_pid = self._own_pid("kafka"), self._own_pid("redis")
         return [
             ServiceStatus(
                 "kafka",
                 f"127.0.0.1:{self.kafka_port}",
                 self._kafka_answers(),
-                kafka_pid if kafka_pid and _pid_alive(kafka_pid) else None,
+                kafka_pid,
                 f"Apache Kafka {KAFKA_VERSION} (KRaft)",
             ),
             ServiceStatus(
                 "redis",
                 f"127.0.0.1:{self.redis_port}",
                 self._redis_answers(),
-                redis_pid if redis_pid and _pid_alive(redis_pid) else None,
+                redis_pid,
                 "redis-server",
             ),
         ]
 
-    def _pid(self, name: str) -> int | None:
-        path = self.root / f"{name}.pid"
+    def _own_pid(self, name: str) -> int | None:
+        """The pid in the pid file, if that process is alive and is the server we started."""
         try:
-            return int(path.read_text().strip())
+            pid = int((self.root / f"{name}.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
+        marker = b"kafka.Kafka" if name == "kafka" else b"-server"
+        return pid if marker in cmdline and _pid_alive(pid) else None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
 
 
 def _reap(pid: int) -> None:

@@ -7,6 +7,7 @@ dead-letter topic, stores state, publishes transitions, caches in Redis and keep
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import MutableMapping
@@ -58,19 +59,19 @@ class Processor:
     # -- inputs -------------------------------------------------------------------------------
 
     async def on_order(self, record: SourceRecord) -> None:
-        """One record of the orders topic."""
-        partition = record.partition
+        """One record of the orders topic; a record that cannot be used is dead-lettered."""
         try:
             order = decode_order(record.key, record.value, received_at=datetime.now(UTC))
         except DecodeError as exc:
             await self.dead_letters.send(record, exc.reason, str(exc))
             return
         self.counts[order.type] += 1
-        if self.clock_mode == "event":
-            now = self.index.advance_watermark(partition, order.occurred_at)
-            await self._fire_due(partition, now)
-        state = self._load(state_key(order.shop_id, order.customer_id))
+        partition = record.partition
         try:
+            if self.clock_mode == "event":
+                now = self.index.advance_watermark(partition, order.occurred_at)
+                await self._fire_due(partition, now)
+            state = self._load(state_key(order.shop_id, order.customer_id))
             new_state, transitions = apply_order(state, order, self.rules)
         except OrderRejected as exc:
             await self.dead_letters.send(record, exc.reason, str(exc))
@@ -82,10 +83,16 @@ class Processor:
         if state is None or new_state.revision != state.revision:
             await self._save(partition, new_state, transitions)
 
-    async def on_tick(self, value: bytes, partition: int) -> None:
-        """A wall-clock tick for one customer that was due (see ``wall_clock_tick``)."""
-        tick = orjson.loads(value)
-        await self._fire_key(partition, tick["key"], datetime.fromisoformat(tick["now"]))
+    async def on_tick(self, record: SourceRecord) -> None:
+        """A wall-clock tick for one customer that was due (see ``due_ticks``)."""
+        try:
+            tick = orjson.loads(record.value or b"")
+            await self._fire_key(record.partition, tick["key"], datetime.fromisoformat(tick["now"]))
+        except Exception as exc:
+            log.exception(
+                "clock tick %s[%d]@%d failed", record.topic, record.partition, record.offset
+            )
+            await self.dead_letters.send(record, "processing_error", repr(exc))
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -121,15 +128,31 @@ class Processor:
             "redis": {"pending_writes": self.cache.pending, "write_errors": self.cache.errors},
         }
 
-    def rebuild_index(self) -> None:
-        """After recovery or a rebalance: due times and watermarks from the table's contents."""
+    async def rebuild_index(self) -> None:
+        """After recovery or a rebalance: due times and watermarks from the table's contents.
+
+        Yields to the event loop now and then, so a large table does not starve the consumer's
+        heartbeats; a value that cannot be decoded is logged and skipped, never fatal.
+        """
         self.index.clear()
-        for value in self.table.values():
-            partition, state = decode_stored(value)
-            self.index.schedule(partition, state.key, next_due(state, self.rules))
+        failed = 0
+        for count, value in enumerate(self.table.values(), start=1):
+            try:
+                partition, state = decode_stored(value)
+                self.index.schedule(partition, state.key, next_due(state, self.rules))
+            except Exception:
+                failed += 1
+                log.exception("cannot index a stored customer state")
+                continue
             if state.as_of is not None:
                 self.index.advance_watermark(partition, state.as_of)
-        log.info("due index rebuilt: %d customers with a due time", len(self.index))
+            if count % 1000 == 0:
+                await asyncio.sleep(0)
+        log.info(
+            "due index rebuilt: %d customers with a due time, %d unreadable states",
+            len(self.index),
+            failed,
+        )
 
     # -- outputs ------------------------------------------------------------------------------
 
