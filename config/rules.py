@@ -8,7 +8,7 @@ from typing import Final
 import yaml
 from pydantic import ValidationError
 
-from models.rules import SegmentRules
+from models.rules import SegmentRules, check_rules
 
 DEFAULT_RULES_FILE: Final = Path(__file__).with_name("segments.yaml")
 
@@ -17,8 +17,12 @@ class RulesError(ValueError):
     """A rule file that cannot be used; the message says where and why."""
 
 
-def load_rules(path: Path | None = None) -> SegmentRules:
-    """Read and validate a rule file (YAML); the default is the bundled ``segments.yaml``."""
+def load_rules(path: Path | None = None, *, check: bool = True) -> SegmentRules:
+    """Read and validate a rule file (YAML); the default is the bundled ``segments.yaml``.
+
+    With ``check`` (the default) a map with unreachable rules or uncovered score combinations
+    is refused, naming them.
+    """
     path = path or DEFAULT_RULES_FILE
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -29,10 +33,17 @@ def load_rules(path: Path | None = None) -> SegmentRules:
     if not isinstance(raw, dict):
         raise RulesError(f"{path}: expected a mapping at the top level")
     try:
-        return SegmentRules.model_validate(raw)
+        rules = SegmentRules.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
             for err in exc.errors()
         )
         raise RulesError(f"{path}: invalid rule set: {problems}") from exc
+    if check:
+        report = check_rules(rules)
+        if not report.ok:
+            raise RulesError(
+                f"{path}: rule set {rules.version} fails the check:\n{report.describe()}"
+            )
+    return rules

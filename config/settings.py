@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     clock: Literal["wall", "event"] = "wall"
     clock_interval_seconds: float = Field(1.0, gt=0, le=60)
     rules_file: Path | None = None
+    marketing_topic_prefix: str = Field(
+        "", description="prefix of the per-transition marketing topics (customer.became_...)"
+    )
+    backfill: bool | None = Field(
+        None, description="mark transitions as backfill (default: in event-clock mode)"
+    )
+    marketing_skip_backfill: bool = True
+    recalibration_interval_hours: float = Field(
+        24.0, ge=0, description="quantile recalibration schedule, wall clock only (0: off)"
+    )
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (0: no server)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     devstack_dir: Path = Path(".devstack")
@@ -42,6 +52,18 @@ class Settings(BaseSettings):
     def clock_topic(self) -> str:
         """Internal topic through which the wall clock hands due customers to their partition."""
         return f"{self.app_id}-clock"
+
+    @property
+    def calibrations_topic(self) -> str:
+        """Compacted topic with the latest calibration of every shop (key: shop id)."""
+        return f"{self.app_id}-calibrations"
+
+    @property
+    def is_backfill(self) -> bool:
+        return self.backfill if self.backfill is not None else self.clock == "event"
+
+    def marketing_topic(self, transition: str) -> str:
+        return f"{self.marketing_topic_prefix}{transition}"
 
     @property
     def table_name(self) -> str:

@@ -127,7 +127,11 @@ ORDER_EVENT: Final[TypeAdapter[OrderPlaced | OrderCancelled | OrderRefunded]] = 
 
 
 class Metrics(BaseModel):
-    """The figures a segment decision is based on, as of one instant."""
+    """The figures a segment decision is based on, as of one instant.
+
+    ``recency_days``, ``order_count`` and ``total_spend`` are the R, F and M values;
+    ``r_score``, ``f_score`` and ``m_score`` their 1..5 scores under the calibration in force.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -138,16 +142,22 @@ class Metrics(BaseModel):
     discount_share: float
     first_order_at: datetime | None
     last_order_at: datetime | None
-    days_since_last_order: float | None
+    recency_days: float | None
     typical_gap_days: float | None
     inactive_after_days: float | None
+    r_score: int | None = None
+    f_score: int | None = None
+    m_score: int | None = None
 
 
-CauseKind = Literal["order_placed", "order_cancelled", "order_refunded", "time"]
+CauseKind = Literal[
+    "order_placed", "order_cancelled", "order_refunded", "time", "recalibration", "rule_change"
+]
 
 
 class Cause(BaseModel):
-    """Why a transition happened: an order event (by order id) or the passing of time."""
+    """Why a transition happened: an order event (by order id), the passing of time, a new
+    calibration of the scores, or a new rule set."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -155,28 +165,58 @@ class Cause(BaseModel):
     order_id: str | None = None
 
 
-class SegmentChanged(BaseModel):
-    """A customer moved from one segment to another. ``event_id`` is stable across replays."""
-
+class _Transition(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    type: Literal["segment_changed"] = "segment_changed"
     event_id: str
     shop_id: str
     customer_id: str
-    from_segment: str | None
-    to_segment: str | None
     transition: str
     cause: Cause
     event_time: datetime
+    rule_version: str
+    calibration_version: str
+
+
+class SegmentChanged(_Transition):
+    """A customer moved from one segment to another. ``event_id`` is stable across replays."""
+
+    type: Literal["segment_changed"] = "segment_changed"
+    from_segment: str | None
+    to_segment: str | None
     metrics_before: Metrics | None
     metrics_after: Metrics
-    rule_version: str
+
+
+class TagChanged(_Transition):
+    """A tag beside the segment was added or removed (``prefers_shoes``, ``discount_seeker``)."""
+
+    type: Literal["tag_changed"] = "tag_changed"
+    tag: str
+    change: Literal["added", "removed"]
+
+
+Transition = SegmentChanged | TagChanged
 
 
 def transition_name(to_segment: str | None) -> str:
     """The marketing-facing name of a move into ``to_segment``: ``customer.became_inactive``."""
     return f"customer.became_{to_segment}" if to_segment else "customer.left_all_segments"
+
+
+def tag_transition_name(change: str) -> str:
+    """``customer.tag_added`` or ``customer.tag_removed``."""
+    return f"customer.tag_{change}"
+
+
+def transition_names(segments: tuple[str, ...]) -> list[str]:
+    """Every transition name a rule set can produce: one marketing topic each."""
+    return [
+        *(transition_name(s) for s in segments),
+        transition_name(None),
+        tag_transition_name("added"),
+        tag_transition_name("removed"),
+    ]
 
 
 def order_event_json_schema() -> dict[str, Any]:

@@ -1,27 +1,26 @@
-"""The segment rule set: thresholds, the order in which segments are tried, and the decision.
+"""The segment rule set: scoring settings, personal inactivity, tags and the ordered segment map.
 
-A rule set is configuration (``config/segments.yaml``) validated into these frozen models.
-``decide`` is the one place that maps a customer's metrics to a segment; swapping the rule
-model means swapping this module, nothing in the adapters.
+A rule set is configuration (``config/segments.yaml``) validated into these frozen models. The
+map is evaluated first-match-wins, so it is a small program: ``check_rules`` finds rules that
+can never match and score combinations that no rule covers, and a rule set with either is
+refused before it runs.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.events import Metrics
+from models.scoring import Cutoffs
 
 INACTIVE: Final = "inactive"
-BEST_CUSTOMER: Final = "best_customer"
-LOW_AOV: Final = "low_average_order_value"
-NEW: Final = "new"
-RETURNING: Final = "returning"
-# First match wins; every customer with at least one order matches one of them.
-SEGMENTS: Final = (INACTIVE, LOW_AOV, BEST_CUSTOMER, NEW, RETURNING)
-
 PositiveDays = Annotated[float, Field(gt=0, le=3650)]
+Score = Annotated[int, Field(ge=1, le=5)]
+_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
 class _Rule(BaseModel):
@@ -55,48 +54,226 @@ class InactivityRule(_Rule):
         return min(max(self.factor * typical_gap_days, self.floor_days), self.ceiling_days)
 
 
-class BestCustomerRule(_Rule):
-    """Comes back often, spends a lot in total, and pays (nearly) full price."""
+class Scoring(_Rule):
+    """How R, F and M scores are computed, and how sticky they are."""
 
-    min_orders: Annotated[int, Field(ge=2)] = 4
-    min_total_spend: Annotated[int, Field(ge=0)] = 40_000
-    max_discount_share: Annotated[float, Field(ge=0, le=1)] = 0.10
+    mode: Literal["quantile", "fixed"] = "quantile"
+    # Fixed mode: these cut-offs for every shop. Quantile mode: used until a shop's first
+    # calibration (version ``bootstrap``).
+    cutoffs: Cutoffs
+    hysteresis_margin: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    # Segment changes caused by time or recalibration wait until the customer has been in the
+    # current segment this long; a customer's own orders always count at once.
+    min_dwell_days: Annotated[float, Field(ge=0, le=365)] = 7
 
 
-class LowAverageOrderValueRule(_Rule):
-    """Loyal and frequent, but with small baskets."""
+class Tags(_Rule):
+    """Tags beside the segment: purchase preferences and price sensitivity."""
 
-    min_orders: Annotated[int, Field(ge=2)] = 3
-    max_average_order_value: Annotated[int, Field(ge=0)] = 2_500
+    preference_top_n: Annotated[int, Field(ge=0, le=10)] = 2
+    preference_min_share: Annotated[float, Field(gt=0, le=1)] = 0.25
+    preference_min_orders: Annotated[int, Field(ge=1)] = 2
+    discount_seeker_min_share: Annotated[float, Field(gt=0, le=1)] = 0.20
+    full_price_max_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+    price_min_orders: Annotated[int, Field(ge=1)] = 2
+
+    @model_validator(mode="after")
+    def _separated(self) -> Tags:
+        if self.full_price_max_share >= self.discount_seeker_min_share:
+            raise ValueError("full_price_max_share must be below discount_seeker_min_share")
+        return self
+
+
+class Condition(_Rule):
+    """What a customer must satisfy for a segment; omitted parts match anything.
+
+    ``r``, ``f``, ``m`` are inclusive score ranges; ``inactive`` and ``single_order`` are the two
+    flags. The money and share bounds are *partial*: the checker cannot know which customers of
+    a score cell they match, so it never counts them as covering the cell.
+    """
+
+    r: tuple[Score, Score] | None = None
+    f: tuple[Score, Score] | None = None
+    m: tuple[Score, Score] | None = None
+    inactive: bool | None = None
+    single_order: bool | None = None
+    max_discount_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_discount_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_average_order_value: Annotated[int, Field(ge=0)] | None = None
+    min_average_order_value: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("r", "f", "m")
+    @classmethod
+    def _range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"score range {list(value)} is empty (low above high)")
+        return value
+
+    @property
+    def partial(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.max_discount_share,
+                self.min_discount_share,
+                self.max_average_order_value,
+                self.min_average_order_value,
+            )
+        )
+
+    def matches_cell(self, cell: Cell) -> bool:
+        """Whether the flag and score parts match (the partial bounds are not looked at)."""
+        return (
+            _in(self.r, cell.r)
+            and _in(self.f, cell.f)
+            and _in(self.m, cell.m)
+            and (self.inactive is None or self.inactive == cell.inactive)
+            and (self.single_order is None or self.single_order == cell.single_order)
+        )
+
+    def matches(self, facts: SegmentFacts) -> bool:
+        return self.matches_cell(facts.cell) and (
+            _at_most(facts.discount_share, self.max_discount_share)
+            and _at_least(facts.discount_share, self.min_discount_share)
+            and _at_most(facts.average_order_value, self.max_average_order_value)
+            and _at_least(facts.average_order_value, self.min_average_order_value)
+        )
+
+
+def _in(bounds: tuple[int, int] | None, value: int) -> bool:
+    return bounds is None or bounds[0] <= value <= bounds[1]
+
+
+def _at_most(value: float, bound: float | None) -> bool:
+    return bound is None or value <= bound
+
+
+def _at_least(value: float, bound: float | None) -> bool:
+    return bound is None or value >= bound
+
+
+class SegmentRule(_Rule):
+    name: str
+    description: str = ""
+    when: Condition = Condition()
+    # Publish moves into this segment on their own marketing topic.
+    marketing: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"segment name {value!r} must be lower_snake_case")
+        return value
 
 
 class SegmentRules(_Rule):
     """A versioned rule set; the version travels on every transition it causes."""
 
     version: Annotated[str, Field(min_length=1, max_length=64)]
+    scoring: Scoring
     inactivity: InactivityRule = InactivityRule()
-    best_customer: BestCustomerRule = BestCustomerRule()
-    low_average_order_value: LowAverageOrderValueRule = LowAverageOrderValueRule()
+    tags: Tags = Tags()
+    segments: Annotated[tuple[SegmentRule, ...], Field(min_length=1)]
+
+    @field_validator("segments")
+    @classmethod
+    def _unique(cls, segments: tuple[SegmentRule, ...]) -> tuple[SegmentRule, ...]:
+        names = [s.name for s in segments]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"segment names must be unique; repeated: {duplicates}")
+        return segments
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.segments)
 
 
-def decide(m: Metrics, rules: SegmentRules) -> str | None:
-    """The segment for these metrics; None for a customer with no (remaining) orders."""
-    if m.order_count == 0:
+@dataclass(frozen=True)
+class Cell:
+    """One combination the checker walks: the two flags and the three scores."""
+
+    inactive: bool
+    single_order: bool
+    r: int
+    f: int
+    m: int
+
+    def describe(self) -> str:
+        flags = ("inactive" if self.inactive else "active") + (
+            ", single order" if self.single_order else ", repeat buyer"
+        )
+        return f"r={self.r} f={self.f} m={self.m} ({flags})"
+
+
+@dataclass(frozen=True)
+class SegmentFacts:
+    """What a segment decision needs about a customer at one instant."""
+
+    cell: Cell
+    discount_share: float
+    average_order_value: int
+
+
+def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
+    """The first segment whose condition matches; None for a customer with no orders."""
+    if facts is None:
         return None
-    if (
-        m.days_since_last_order is not None
-        and m.inactive_after_days is not None
-        and m.days_since_last_order >= m.inactive_after_days
-    ):
-        return INACTIVE
-    low = rules.low_average_order_value
-    if m.order_count >= low.min_orders and m.average_order_value <= low.max_average_order_value:
-        return LOW_AOV
-    best = rules.best_customer
-    if (
-        m.order_count >= best.min_orders
-        and m.total_spend >= best.min_total_spend
-        and m.discount_share <= best.max_discount_share
-    ):
-        return BEST_CUSTOMER
-    return NEW if m.order_count == 1 else RETURNING
+    for segment in rules.segments:
+        if segment.when.matches(facts):
+            return segment.name
+    return None
+
+
+@dataclass(frozen=True)
+class RuleReport:
+    unreachable: tuple[str, ...]
+    uncovered: tuple[Cell, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreachable and not self.uncovered
+
+    def describe(self) -> str:
+        lines = []
+        if self.unreachable:
+            lines.append(
+                "unreachable rules (earlier rules always match first): "
+                + ", ".join(self.unreachable)
+            )
+        if self.uncovered:
+            shown = "; ".join(c.describe() for c in self.uncovered[:12])
+            more = len(self.uncovered) - 12
+            lines.append(
+                f"{len(self.uncovered)} combinations no rule covers: {shown}"
+                + (f" (+{more} more)" if more > 0 else "")
+            )
+        return "\n".join(lines) or "ok"
+
+
+def all_cells() -> list[Cell]:
+    return [
+        Cell(inactive, single, r, f, m)
+        for inactive, single in itertools.product((False, True), repeat=2)
+        for r, f, m in itertools.product(range(1, 6), repeat=3)
+    ]
+
+
+def check_rules(rules: SegmentRules) -> RuleReport:
+    """Unreachable rules and uncovered combinations of the first-match-wins map."""
+    reachable: set[str] = set()
+    uncovered: list[Cell] = []
+    for cell in all_cells():
+        covered = False
+        for segment in rules.segments:
+            if not segment.when.matches_cell(cell):
+                continue
+            reachable.add(segment.name)
+            if not segment.when.partial:
+                covered = True
+                break
+        if not covered:
+            uncovered.append(cell)
+    unreachable = tuple(s.name for s in rules.segments if s.name not in reachable)
+    return RuleReport(unreachable=unreachable, uncovered=tuple(uncovered))

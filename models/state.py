@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import Metrics
 from models.rules import SegmentRules
+from models.scoring import Calibration, Scores, compute_scores
 
 SCHEMA_VERSION: Final = 1
 SECONDS_PER_DAY: Final = 86_400.0
@@ -66,6 +67,12 @@ class CustomerState(BaseModel):
     as_of: datetime | None = None
     # Bumped on every change; guards the Redis cache against older state overwriting newer.
     revision: int = 0
+    # The scores of the last evaluation (hysteresis needs them), the tags, and what the last
+    # evaluation was made with: a newer rule set or calibration means re-evaluation.
+    scores: Scores | None = None
+    tags: tuple[str, ...] = ()
+    rule_version: str | None = None
+    calibration_version: str | None = None
 
     @property
     def key(self) -> str:
@@ -103,8 +110,20 @@ def _rounded(days: float | None) -> float | None:
     return None if days is None else round(days, 4)
 
 
-def compute_metrics(state: CustomerState, at: datetime, rules: SegmentRules) -> Metrics:
-    """The customer's figures as of instant ``at``."""
+def compute_metrics(
+    state: CustomerState,
+    at: datetime,
+    rules: SegmentRules,
+    calibration: Calibration,
+    *,
+    sticky: bool = False,
+) -> Metrics:
+    """The customer's figures and scores as of instant ``at``.
+
+    ``sticky``: keep the stored scores unless a value is clearly (beyond the hysteresis margin)
+    past a boundary; used when the cut-offs move under the customer (recalibration). Otherwise
+    the scores are a function of the customer's own orders and of ``at`` alone.
+    """
     orders = state.counted_orders()
     count = len(orders)
     spend = sum(r.net_total for r in orders)
@@ -114,6 +133,19 @@ def compute_metrics(state: CustomerState, at: datetime, rules: SegmentRules) -> 
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     typical_gap = _days(median(gaps)) if gaps else None
     last = times[-1] if times else None
+    recency = _days((at - last).total_seconds()) if last else None
+    scores = (
+        compute_scores(
+            recency if recency is not None else 0.0,
+            count,
+            spend,
+            calibration.cutoffs,
+            state.scores if sticky else None,
+            rules.scoring.hysteresis_margin,
+        )
+        if count
+        else None
+    )
     return Metrics(
         currency=state.currency,
         order_count=count,
@@ -122,7 +154,10 @@ def compute_metrics(state: CustomerState, at: datetime, rules: SegmentRules) -> 
         discount_share=round(discount / gross, 4) if gross else 0.0,
         first_order_at=times[0] if times else None,
         last_order_at=last,
-        days_since_last_order=_days((at - last).total_seconds()) if last else None,
+        recency_days=recency,
         typical_gap_days=typical_gap,
         inactive_after_days=_rounded(rules.inactivity.threshold_days(count, typical_gap)),
+        r_score=scores.r if scores else None,
+        f_score=scores.f if scores else None,
+        m_score=scores.m if scores else None,
     )

@@ -1,36 +1,63 @@
-"""The folds: apply an order event to a customer's state, and let time pass.
+"""The folds: apply an order event to a customer's state, let time pass, re-evaluate.
 
-Both are pure: ``(state, input, rules) -> (new state, transitions)``. They never read the system
-clock; time-caused transitions happen at the instant given by the caller. Together they give:
+All are pure: ``(state, input, model) -> (new state, transitions)``. They never read the system
+clock; time-caused transitions happen at the instant the caller gives. Together they give:
 
 - idempotency: an event already reflected in the state changes nothing (no revision bump);
 - order independence: the stored records are the same whatever order events arrive in;
-- deterministic transition ids: the same input yields the same ``event_id``.
+- deterministic transition ids: the same input yields the same ``event_id``;
+- no flapping: when cut-offs move (recalibration), scores are sticky within the hysteresis
+  margin; moves caused by time or recalibration wait for the minimum dwell time in the current
+  segment. Orders and time alone give scores that depend on the customer's orders only, so any
+  arrival order of the same orders gives the same state.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Literal
 
 from models.events import (
     Cause,
+    Metrics,
     OrderCancelled,
     OrderPlaced,
     OrderRefunded,
     SegmentChanged,
+    TagChanged,
+    Transition,
+    tag_transition_name,
     transition_name,
 )
-from models.rules import SegmentRules, decide
+from models.rules import Cell, SegmentFacts, SegmentRules, decide
+from models.scoring import Calibration, Scores, recency_drop_days
 from models.state import CustomerState, OrderRecord, compute_metrics
+from models.tags import compute_tags
 
 OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
 
 TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
-# A due time can at most move a customer into "inactive"; the bound only guards against a
-# rule set that would keep producing due times.
-_MAX_TIME_STEPS: Final = 8
+# Causes that are not the customer's own doing; they respect the minimum dwell time.
+_DEFERRABLE: Final = frozenset({"time", "recalibration", "rule_change"})
+_MAX_TIME_STEPS: Final = 16
+
+
+@dataclass(frozen=True)
+class SegmentModel:
+    """The rule set and the calibration of the customer's shop."""
+
+    rules: SegmentRules
+    calibration: Calibration
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: Metrics
+    segment: str | None
+    tags: tuple[str, ...]
+    scores: Scores | None
 
 
 class OrderRejected(ValueError):
@@ -41,65 +68,136 @@ class OrderRejected(ValueError):
         self.reason = reason
 
 
+def bootstrap_calibration(rules: SegmentRules, shop_id: str) -> Calibration:
+    """The calibration of a shop that has none yet: the rule file's fixed cut-offs."""
+    version = "bootstrap" if rules.scoring.mode == "quantile" else f"fixed:{rules.version}"
+    return Calibration(
+        shop_id=shop_id, version=version, method="fixed", cutoffs=rules.scoring.cutoffs
+    )
+
+
+def evaluate(
+    state: CustomerState, at: datetime, model: SegmentModel, *, sticky: bool = False
+) -> Evaluation:
+    """Metrics, segment and tags of the customer as of ``at`` (``sticky``: see
+    ``compute_metrics``)."""
+    rules = model.rules
+    m = compute_metrics(state, at, rules, model.calibration, sticky=sticky)
+    scores = None
+    facts = None
+    if m.order_count and m.r_score and m.f_score and m.m_score:
+        scores = Scores(r=m.r_score, f=m.f_score, m=m.m_score)
+        inactive = (
+            m.recency_days is not None
+            and m.inactive_after_days is not None
+            and m.recency_days >= m.inactive_after_days
+        )
+        cell = Cell(inactive, m.order_count == 1, scores.r, scores.f, scores.m)
+        facts = SegmentFacts(cell, m.discount_share, m.average_order_value)
+    return Evaluation(m, decide(facts, rules), compute_tags(state, m, rules.tags), scores)
+
+
 def apply_order(
-    state: CustomerState | None, event: OrderEventT, rules: SegmentRules
-) -> tuple[CustomerState, list[SegmentChanged]]:
+    state: CustomerState | None, event: OrderEventT, model: SegmentModel
+) -> tuple[CustomerState, list[Transition]]:
     """Fold one order event into the state; returns the new state and the transitions."""
     if state is None:
         state = CustomerState(shop_id=event.shop_id, customer_id=event.customer_id)
-    state, fired = due_transitions(state, event.occurred_at, rules)
+    state, fired = due_transitions(state, event.occurred_at, model)
     recorded = _record(state, event)
     if recorded is None:  # already applied: a redelivery or a duplicate from the webshop
         return state, fired
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
     updated = recorded.model_copy(update={"as_of": at, "revision": state.revision + 1})
     cause = Cause(kind=event.type, order_id=event.order_id)
-    new_state, changed = _resegment(state, updated, at, cause, rules)
+    new_state, changed = _resegment(state, updated, at, cause, model)
     return new_state, fired + changed
 
 
 def due_transitions(
-    state: CustomerState, now: datetime, rules: SegmentRules
-) -> tuple[CustomerState, list[SegmentChanged]]:
+    state: CustomerState, now: datetime, model: SegmentModel
+) -> tuple[CustomerState, list[Transition]]:
     """The transitions time causes up to ``now``, each stamped with its exact due time."""
-    fired: list[SegmentChanged] = []
+    fired: list[Transition] = []
     for _ in range(_MAX_TIME_STEPS):
-        due = next_due(state, rules)
+        due = next_due(state, model)
         if due is None or due > now:
             break
         at = max(due, state.as_of) if state.as_of else due
         updated = state.model_copy(update={"as_of": at, "revision": state.revision + 1})
-        state, changed = _resegment(state, updated, at, Cause(kind="time"), rules)
+        state, changed = _resegment(state, updated, at, Cause(kind="time"), model)
         if not changed:
             break
         fired += changed
     return state, fired
 
 
-def next_due(state: CustomerState, rules: SegmentRules) -> datetime | None:
-    """The instant the customer changes segment if no further order arrives (None: never)."""
+def needs_reevaluation(state: CustomerState, model: SegmentModel) -> bool:
+    """Whether the state was last evaluated under another rule set or calibration."""
+    return (
+        state.rule_version != model.rules.version
+        or state.calibration_version != model.calibration.version
+    )
+
+
+def reevaluate(state: CustomerState, model: SegmentModel) -> tuple[CustomerState, list[Transition]]:
+    """Re-decide under a new rule set or calibration, as of the state's own latest instant (so
+    the result and the transition ids do not depend on when the worker gets to it)."""
+    if not needs_reevaluation(state, model) or state.as_of is None:
+        return state, []
+    kind = "rule_change" if state.rule_version != model.rules.version else "recalibration"
+    at = state.as_of
+    if kind == "recalibration" and model.calibration.computed_at is not None:
+        at = max(at, model.calibration.computed_at)
+    updated = state.model_copy(update={"as_of": at, "revision": state.revision + 1})
+    return _resegment(state, updated, at, Cause(kind=kind), model)
+
+
+def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
+    """The instant the customer changes segment if no further order arrives (None: never).
+
+    Candidates are the instants the recency score can drop, the personal inactivity threshold
+    and the end of the minimum dwell; the first candidate at which the segment differs wins.
+    """
     if state.segment is None or state.as_of is None:
         return None
-    m = compute_metrics(state, state.as_of, rules)
-    if m.last_order_at is None or m.inactive_after_days is None:
+    m = compute_metrics(state, state.as_of, model.rules, model.calibration)
+    last = m.last_order_at
+    if last is None or m.inactive_after_days is None:
         return None
-    due = m.last_order_at + timedelta(days=m.inactive_after_days)
-    return due if decide(compute_metrics(state, due, rules), rules) != state.segment else None
+    days = [*recency_drop_days(model.calibration.cutoffs), m.inactive_after_days]
+    candidates = {last + timedelta(days=d) for d in days}
+    dwell_end = _dwell_end(state, model)
+    if dwell_end is not None:
+        candidates.add(dwell_end)
+    for candidate in sorted(candidates):
+        if candidate <= state.as_of or (dwell_end is not None and candidate < dwell_end):
+            continue
+        if evaluate(state, candidate, model).segment != state.segment:
+            return candidate
+    return None
+
+
+def _dwell_end(state: CustomerState, model: SegmentModel) -> datetime | None:
+    dwell = model.rules.scoring.min_dwell_days
+    if not dwell or state.segment_since is None:
+        return None
+    return state.segment_since + timedelta(days=dwell)
 
 
 def transition_id(
-    state: CustomerState, to_segment: str | None, cause: Cause, at: datetime, rules: SegmentRules
+    state: CustomerState, change: str, cause: Cause, at: datetime, model: SegmentModel
 ) -> str:
-    """A stable id: the same customer, move, cause, instant and rule version give the same id."""
+    """A stable id: the same customer, change, cause, instant and versions give the same id."""
     parts = (
         state.shop_id,
         state.customer_id,
-        str(state.segment),
-        str(to_segment),
+        change,
         cause.kind,
         cause.order_id or "",
         at.isoformat(),
-        rules.version,
+        model.rules.version,
+        model.calibration.version,
     )
     return str(uuid.uuid5(TRANSITION_NAMESPACE, "\x1f".join(parts)))
 
@@ -109,26 +207,70 @@ def _resegment(
     after: CustomerState,
     at: datetime,
     cause: Cause,
-    rules: SegmentRules,
-) -> tuple[CustomerState, list[SegmentChanged]]:
-    metrics_after = compute_metrics(after, at, rules)
-    segment = decide(metrics_after, rules)
-    if segment == before.segment:
-        return after, []
-    event = SegmentChanged(
-        event_id=transition_id(before, segment, cause, at, rules),
-        shop_id=before.shop_id,
-        customer_id=before.customer_id,
-        from_segment=before.segment,
-        to_segment=segment,
-        transition=transition_name(segment),
-        cause=cause,
-        event_time=at,
-        metrics_before=compute_metrics(before, at, rules) if before.segment else None,
-        metrics_after=metrics_after,
-        rule_version=rules.version,
+    model: SegmentModel,
+) -> tuple[CustomerState, list[Transition]]:
+    sticky = cause.kind in ("recalibration", "rule_change")
+    result = evaluate(after, at, model, sticky=sticky)
+    segment = result.segment
+    dwell_end = _dwell_end(before, model)
+    if (
+        cause.kind in _DEFERRABLE
+        and before.segment is not None
+        and segment is not None
+        and dwell_end is not None
+        and at < dwell_end
+    ):
+        segment = before.segment  # not the customer's doing: wait for the dwell time
+    common = {
+        "shop_id": before.shop_id,
+        "customer_id": before.customer_id,
+        "cause": cause,
+        "event_time": at,
+        "rule_version": model.rules.version,
+        "calibration_version": model.calibration.version,
+    }
+    transitions: list[Transition] = []
+    if segment != before.segment:
+        transitions.append(
+            SegmentChanged(
+                event_id=transition_id(before, f"{before.segment}>{segment}", cause, at, model),
+                transition=transition_name(segment),
+                from_segment=before.segment,
+                to_segment=segment,
+                metrics_before=(
+                    compute_metrics(before, at, model.rules, model.calibration, sticky=sticky)
+                    if before.segment
+                    else None
+                ),
+                metrics_after=result.metrics,
+                **common,
+            )
+        )
+    tag_changes: tuple[tuple[Literal["added", "removed"], list[str]], ...] = (
+        ("removed", sorted(set(before.tags) - set(result.tags))),
+        ("added", sorted(set(result.tags) - set(before.tags))),
     )
-    return after.model_copy(update={"segment": segment, "segment_since": at}), [event]
+    for change, tags in tag_changes:
+        for tag in tags:
+            transitions.append(
+                TagChanged(
+                    event_id=transition_id(before, f"{change}:{tag}", cause, at, model),
+                    transition=tag_transition_name(change),
+                    tag=tag,
+                    change=change,
+                    **common,
+                )
+            )
+    update: dict[str, object] = {
+        "segment": segment,
+        "scores": result.scores,
+        "tags": result.tags,
+        "rule_version": model.rules.version,
+        "calibration_version": model.calibration.version,
+    }
+    if segment != before.segment:
+        update["segment_since"] = at
+    return after.model_copy(update=update), transitions
 
 
 def _record(state: CustomerState, event: OrderEventT) -> CustomerState | None:

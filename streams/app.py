@@ -13,9 +13,12 @@ from typing import Any
 import faust
 
 from config.settings import Settings
+from models.events import transition_name, transition_names
 from models.rules import SegmentRules
+from models.scoring import Calibration
+from streams.calibrations import follow_calibrations, recalibrate
 from streams.dlq import DeadLetters, SourceRecord
-from streams.orders import Processor
+from streams.orders import Outputs, Processor
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,20 @@ def broker_urls(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
 
 
-def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segmenter:
-    """Build the app for a given orders topic partition count (see ``ensure_topics``)."""
+def marketing_transitions(rules: SegmentRules) -> list[str]:
+    """Transition names with a marketing topic of their own (segments may opt out)."""
+    quiet = {transition_name(s.name) for s in rules.segments if not s.marketing}
+    return [name for name in transition_names(rules.segment_names) if name not in quiet]
+
+
+def create_app(
+    settings: Settings,
+    rules: SegmentRules,
+    partitions: int,
+    calibrations: dict[str, Calibration],
+) -> Segmenter:
+    """Build the app for a given orders topic partition count (see ``ensure_topics``) and the
+    shops' current calibrations (see ``read_calibrations``)."""
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap_servers),
@@ -60,10 +75,20 @@ def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segm
         value_type=bytes,
     )
     cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    outputs = Outputs(
+        transitions=transitions,
+        marketing={
+            name: app.topic(settings.marketing_topic(name), **raw)
+            for name in marketing_transitions(rules)
+        },
+        backfill=settings.is_backfill,
+        marketing_skip_backfill=settings.marketing_skip_backfill,
+    )
     processor = Processor(
         table=table,
         rules=rules,
-        transitions_topic=transitions,
+        calibrations=calibrations,
+        outputs=outputs,
         dead_letters=DeadLetters(dlq),
         cache=cache,
         clock_mode=settings.clock,
@@ -97,11 +122,24 @@ def create_app(settings: Settings, rules: SegmentRules, partitions: int) -> Segm
             left = await cache.flush_pending()
             log.info("redis: %d customer writes still pending", left)
 
-    if settings.clock == "wall":
+    @app.timer(settings.clock_interval_seconds)
+    async def clock_tick() -> None:
+        ticks = processor.reevaluation_ticks()
+        if settings.clock == "wall":
+            ticks += processor.due_ticks(datetime.now(UTC))
+        for partition, tick in ticks:
+            await clock.send(value=tick, partition=partition)
 
-        @app.timer(settings.clock_interval_seconds)
-        async def wall_clock_tick() -> None:
-            for partition, tick in processor.due_ticks(datetime.now(UTC)):
-                await clock.send(value=tick, partition=partition)
+    @app.task
+    async def adopt_calibrations() -> None:
+        await follow_calibrations(settings, processor.set_calibration)
+
+    interval = settings.recalibration_interval_hours * 3600
+    if settings.clock == "wall" and rules.scoring.mode == "quantile" and interval > 0:
+
+        @app.timer(interval, on_leader=True)
+        async def scheduled_recalibration() -> None:
+            published = await recalibrate(settings, rules, datetime.now(UTC))
+            log.info("scheduled recalibration: %s", [c.version for c in published])
 
     return Segmenter(app=app, processor=processor, cache=cache)

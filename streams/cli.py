@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,8 +18,10 @@ from rich.table import Table
 from config.rules import RulesError, load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from models.events import order_event_json_schema
-from models.rules import SEGMENTS, SegmentRules
+from models.rules import SegmentRules, all_cells, check_rules
+from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics, state_key
+from models.transitions import bootstrap_calibration
 from streams.devstack import Devstack, DevstackError
 from streams.redis_cache import RedisCache
 
@@ -148,8 +151,9 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
         stored = asyncio.run(read_table(settings)).get(state_key(shop, customer_id))
         if stored is None:
             raise click.ClickException(f"no state for customer {customer_id!r} in shop {shop!r}")
-        rules = load_rules(settings.rules_file)
-        sys.stdout.write(_state_json(stored.state, rules).decode() + "\n")
+        loaded = load_rules(settings.rules_file)
+        calibrations = _calibrations(settings)
+        sys.stdout.write(_state_json(stored.state, loaded, calibrations).decode() + "\n")
         return
 
     fields = _from_cache(settings, lambda cache: cache.read_customer(shop, customer_id))
@@ -174,13 +178,24 @@ def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) 
     return asyncio.run(run())
 
 
-def _state_json(state: CustomerState, rules: SegmentRules) -> bytes:
+def _state_json(
+    state: CustomerState, rules: SegmentRules, calibrations: dict[str, Calibration]
+) -> bytes:
     """A customer's stored state plus the figures derived from it, as JSON."""
     at = state.as_of
+    calibration = calibrations.get(state.shop_id) or bootstrap_calibration(rules, state.shop_id)
     body = state.model_dump(mode="json")
     body["category_spend"] = state.category_spend()
-    body["metrics"] = compute_metrics(state, at, rules).model_dump(mode="json") if at else None
+    body["metrics"] = (
+        compute_metrics(state, at, rules, calibration).model_dump(mode="json") if at else None
+    )
     return orjson.dumps(body)
+
+
+def _calibrations(settings: Settings) -> dict[str, Calibration]:
+    from streams.calibrations import read_calibrations
+
+    return asyncio.run(read_calibrations(settings))
 
 
 @main.command()
@@ -196,9 +211,10 @@ def export() -> None:
             progress.update(task, completed=done, total=total)
 
         table = asyncio.run(read_table(settings, advance))
-    rules = load_rules(settings.rules_file)
+    loaded = load_rules(settings.rules_file)
+    calibrations = _calibrations(settings)
     for stored in table.values():
-        sys.stdout.write(_state_json(stored.state, rules).decode() + "\n")
+        sys.stdout.write(_state_json(stored.state, loaded, calibrations).decode() + "\n")
     console.print(f"exported {len(table)} customers")
 
 
@@ -206,22 +222,72 @@ def export() -> None:
 @click.option("--shop", default="default", show_default=True)
 def segments(shop: str) -> None:
     """Segment sizes from the Redis cache."""
-    sizes = _from_cache(_settings(), lambda cache: cache.segment_sizes(shop, SEGMENTS))
+    settings = _settings()
+    names = load_rules(settings.rules_file).segment_names
+    sizes = _from_cache(settings, lambda cache: cache.segment_sizes(shop, names))
     table = Table("segment", "customers", title=f"segments of shop {shop}")
     for name, size in sizes.items():
         table.add_row(name, str(size))
     out.print(table)
 
 
-@main.command()
+@main.group()
+def rules() -> None:
+    """The segment rule set."""
+
+
+@rules.command("check")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def rules(file: Path | None) -> None:
-    """Validate a rule file (default: the configured one) and print it."""
+def rules_check(file: Path | None) -> None:
+    """Refuse a rule file with unreachable rules or uncovered score combinations."""
+    path = file or _settings().rules_file
+    try:
+        loaded = load_rules(path, check=False)
+    except RulesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    report = check_rules(loaded)
+    if not report.ok:
+        raise click.ClickException(f"rule set {loaded.version}:\n{report.describe()}")
+    out.print(
+        f"rule set {loaded.version}: {len(loaded.segments)} segments, every one reachable, "
+        f"all {len(all_cells())} score/flag combinations covered"
+    )
+
+
+@rules.command("show")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def rules_show(file: Path | None) -> None:
+    """Print a rule file as the worker reads it."""
     try:
         loaded = load_rules(file or _settings().rules_file)
     except RulesError as exc:
         raise click.ClickException(str(exc)) from exc
     out.print_json(loaded.model_dump_json())
+
+
+@main.command()
+@click.option("--shop", default=None, help="only this shop (default: every shop)")
+def recalibrate(shop: str | None) -> None:
+    """Compute quantile cut-offs from every customer and publish them; workers re-evaluate."""
+    from streams.calibrations import recalibrate as run
+
+    settings = _settings()
+    loaded = load_rules(settings.rules_file)
+    if loaded.scoring.mode != "quantile":
+        raise click.ClickException(f"rule set {loaded.version} uses fixed cut-offs")
+    published = asyncio.run(run(settings, loaded, datetime.now(UTC), shop))
+    table = Table("shop", "version", "customers", "recency days", "frequency", "monetary")
+    for c in published:
+        cut = c.cutoffs
+        table.add_row(
+            c.shop_id,
+            c.version,
+            str(c.customers),
+            str(list(cut.recency_days)),
+            str(list(cut.frequency)),
+            str(list(cut.monetary)),
+        )
+    out.print(table)
 
 
 @main.command()

@@ -12,7 +12,8 @@ from typing import Any, Final, NamedTuple
 import orjson
 from pydantic import ValidationError
 
-from models.events import ORDER_EVENT, SegmentChanged
+from models.events import ORDER_EVENT, Transition
+from models.scoring import Calibration
 from models.state import SCHEMA_VERSION, CustomerState
 from models.transitions import OrderEventT
 
@@ -100,10 +101,19 @@ def decode_stored(value: bytes) -> StoredState:
     return StoredState(raw["p"], CustomerState.model_validate(state))
 
 
-def encode_transition(transition: SegmentChanged, emitted_at: datetime) -> bytes:
+def encode_transition(transition: Transition, emitted_at: datetime, backfill: bool) -> bytes:
     body: dict[str, Any] = transition.model_dump(mode="json")
     body["emitted_at"] = emitted_at.isoformat()
+    body["backfill"] = backfill
     return orjson.dumps(body)
+
+
+def encode_calibration(calibration: Calibration) -> bytes:
+    return orjson.dumps(calibration.model_dump(mode="json"))
+
+
+def decode_calibration(value: bytes) -> Calibration:
+    return Calibration.model_validate_json(value)
 
 
 def decode_transition(value: bytes) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
+from config.rules import load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
-from models.rules import SEGMENTS
+from streams.app import marketing_transitions
 from streams.changelog import count_records
 from streams.devstack import Devstack
 from streams.lag import group_lag
@@ -30,6 +31,7 @@ DEMO = {
     "transitions_topic": "demo.segment-transitions",
     "dlq_topic": "demo.orders-dlq",
     "redis_prefix": "segmenter-demo:",
+    "marketing_topic_prefix": "demo.",
     "clock": "event",
     "partitions": "4",
     "web_port": "0",
@@ -43,9 +45,10 @@ def run_demo(customers: int, keep_running: bool) -> None:
     stack.up(say=console.print)
     data_dir = base.devstack_dir / "demo-data"
     settings = Settings(**DEMO, data_dir=data_dir)  # type: ignore[arg-type]
-    asyncio.run(_reset(settings))
+    marketing = marketing_transitions(load_rules())
+    asyncio.run(_reset(settings, marketing))
     shutil.rmtree(data_dir, ignore_errors=True)
-    asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_topics(settings, marketing))
     log_path = base.devstack_dir / "demo-worker.log"
     console.print(f"starting a worker (event-time clock; log: {log_path}) ...")
     worker = spawn_worker({**DEMO, "data_dir": str(data_dir)}, log_path)
@@ -62,7 +65,7 @@ def run_demo(customers: int, keep_running: bool) -> None:
     console.print("the devstack stays up; stop it with: segmenter devstack down")
 
 
-async def _reset(settings: Settings) -> None:
+async def _reset(settings: Settings, marketing: list[str]) -> None:
     await delete_topics(
         settings,
         [
@@ -71,6 +74,8 @@ async def _reset(settings: Settings) -> None:
             settings.dlq_topic,
             settings.clock_topic,
             settings.changelog_topic,
+            settings.calibrations_topic,
+            *(settings.marketing_topic(name) for name in marketing),
         ],
     )
     client = aioredis.from_url(settings.redis_url)
@@ -126,7 +131,7 @@ def _print_transition(t: dict) -> None:  # type: ignore[type-arg]
 async def _summary(settings: Settings) -> None:
     cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
     try:
-        sizes = await cache.segment_sizes("default", SEGMENTS)
+        sizes = await cache.segment_sizes("default", load_rules().segment_names)
     finally:
         await cache.close()
     table = Table("segment", "customers", title="segment sizes (from Redis)")

@@ -3,6 +3,10 @@
 One ``Processor`` serves the orders topic and the internal clock topic. It holds no business
 logic: decisions come from ``models.transitions``; this module decodes, routes rejects to the
 dead-letter topic, stores state, publishes transitions, caches in Redis and keeps the due index.
+
+Clock ticks are the way work that does not come from an order reaches a customer's partition
+(so the table is only ever written inside stream iteration): ``due`` ticks when a due time
+passes (wall clock), ``reevaluate`` ticks after a new calibration or rule set.
 """
 
 from __future__ import annotations
@@ -10,16 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from models.events import SegmentChanged
+from models.events import Transition
 from models.rules import SegmentRules
+from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics, state_key
-from models.transitions import OrderRejected, apply_order, due_transitions, next_due
+from models.transitions import (
+    OrderRejected,
+    SegmentModel,
+    apply_order,
+    bootstrap_calibration,
+    due_transitions,
+    needs_reevaluation,
+    next_due,
+    reevaluate,
+)
 from streams.clock import DueIndex
 from streams.codecs import (
     DecodeError,
@@ -33,6 +48,19 @@ from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
 
+TickKind = Literal["due", "reevaluate"]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where transitions go: every one to ``transitions``; to the marketing topic of its type
+    unless it is a backfill and backfills are kept off the marketing topics."""
+
+    transitions: Any
+    marketing: Mapping[str, Any]
+    backfill: bool
+    marketing_skip_backfill: bool
+
 
 class Processor:
     """Applies order events and clock ticks to the customer table."""
@@ -42,19 +70,51 @@ class Processor:
         *,
         table: MutableMapping[bytes, bytes],
         rules: SegmentRules,
-        transitions_topic: Any,
+        calibrations: Mapping[str, Calibration],
+        outputs: Outputs,
         dead_letters: DeadLetters,
         cache: RedisCache,
         clock_mode: Literal["wall", "event"],
     ) -> None:
         self.table = table
         self.rules = rules
-        self.transitions_topic = transitions_topic
+        self.calibrations = dict(calibrations)
+        self.outputs = outputs
         self.dead_letters = dead_letters
         self.cache = cache
         self.clock_mode = clock_mode
         self.index = DueIndex()
         self.counts: Counter[str] = Counter()
+        self._models: dict[str, SegmentModel] = {}
+        # (partition, key) of customers to re-evaluate, handed out as ticks by the clock timer.
+        self.pending_reevaluation: list[tuple[int, str]] = []
+
+    def model_for(self, shop_id: str) -> SegmentModel:
+        model = self._models.get(shop_id)
+        if model is None:
+            calibration = self.calibrations.get(shop_id) or bootstrap_calibration(
+                self.rules, shop_id
+            )
+            model = self._models[shop_id] = SegmentModel(self.rules, calibration)
+        return model
+
+    def set_calibration(self, calibration: Calibration) -> bool:
+        """Adopt a shop's new calibration; True if it is new (its customers get re-evaluated)."""
+        if self.rules.scoring.mode != "quantile":
+            return False
+        current = self.calibrations.get(calibration.shop_id)
+        if current is not None and current.version == calibration.version:
+            return False
+        self.calibrations[calibration.shop_id] = calibration
+        self._models.pop(calibration.shop_id, None)
+        log.info(
+            "calibration %s of shop %s adopted (%d customers)",
+            calibration.version,
+            calibration.shop_id,
+            calibration.customers,
+        )
+        self.pending_reevaluation += self._stale_customers(calibration.shop_id)
+        return True
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -72,7 +132,7 @@ class Processor:
                 now = self.index.advance_watermark(partition, order.occurred_at)
                 await self._fire_due(partition, now)
             state = self._load(state_key(order.shop_id, order.customer_id))
-            new_state, transitions = apply_order(state, order, self.rules)
+            new_state, transitions = apply_order(state, order, self.model_for(order.shop_id))
         except OrderRejected as exc:
             await self.dead_letters.send(record, exc.reason, str(exc))
             return
@@ -84,17 +144,21 @@ class Processor:
             await self._save(partition, new_state, transitions)
 
     async def on_tick(self, record: SourceRecord) -> None:
-        """A wall-clock tick for one customer that was due (see ``due_ticks``)."""
+        """A clock tick for one customer (see ``due_ticks`` and ``reevaluation_ticks``)."""
         try:
             tick = orjson.loads(record.value or b"")
-            await self._fire_key(record.partition, tick["key"], datetime.fromisoformat(tick["now"]))
+            if tick.get("kind", "due") == "reevaluate":
+                await self._reevaluate_key(record.partition, tick["key"])
+            else:
+                now = datetime.fromisoformat(tick["now"])
+                await self._fire_key(record.partition, tick["key"], now)
         except Exception as exc:
             log.exception(
                 "clock tick %s[%d]@%d failed", record.topic, record.partition, record.offset
             )
             await self.dead_letters.send(record, "processing_error", repr(exc))
 
-    # -- time ---------------------------------------------------------------------------------
+    # -- time and re-evaluation -----------------------------------------------------------------
 
     async def _fire_due(self, partition: int, now: datetime) -> None:
         for key in self.index.pop_due(partition, now):
@@ -104,20 +168,44 @@ class Processor:
         state = self._load(key)
         if state is None:
             return
-        new_state, transitions = due_transitions(state, now, self.rules)
+        model = self.model_for(state.shop_id)
+        new_state, transitions = due_transitions(state, now, model)
         if new_state.revision != state.revision:
             await self._save(partition, new_state, transitions)
         else:
-            self.index.schedule(partition, key, next_due(state, self.rules))
+            self.index.schedule(partition, key, next_due(state, model))
+
+    async def _reevaluate_key(self, partition: int, key: str) -> None:
+        state = self._load(key)
+        if state is None:
+            return
+        new_state, transitions = reevaluate(state, self.model_for(state.shop_id))
+        if new_state.revision != state.revision:
+            await self._save(partition, new_state, transitions)
 
     def due_ticks(self, now: datetime) -> list[tuple[int, bytes]]:
         """Wall-clock mode: (partition, tick) for every customer due at ``now``."""
         ticks = []
         for partition in self.index.partitions():
             for key in self.index.pop_due(partition, now):
-                tick = orjson.dumps({"key": key, "now": now.isoformat()})
-                ticks.append((partition, tick))
+                ticks.append((partition, _tick("due", key, now)))
         return ticks
+
+    def reevaluation_ticks(self, limit: int = 5000) -> list[tuple[int, bytes]]:
+        """(partition, tick) for up to ``limit`` customers waiting for re-evaluation."""
+        batch = self.pending_reevaluation[:limit]
+        del self.pending_reevaluation[:limit]
+        return [(partition, _tick("reevaluate", key, None)) for partition, key in batch]
+
+    def _stale_customers(self, shop_id: str | None = None) -> list[tuple[int, str]]:
+        stale = []
+        for value in self.table.values():
+            partition, state = decode_stored(value)
+            if shop_id is not None and state.shop_id != shop_id:
+                continue
+            if needs_reevaluation(state, self.model_for(state.shop_id)):
+                stale.append((partition, state.key))
+        return stale
 
     def stats(self) -> dict[str, Any]:
         """Counters for operators (served by the worker at ``/stats``)."""
@@ -125,21 +213,28 @@ class Processor:
             "events": dict(self.counts),
             "dead_letters": dict(self.dead_letters.counts),
             "customers_with_due_time": len(self.index),
+            "pending_reevaluation": len(self.pending_reevaluation),
+            "calibrations": {shop: c.version for shop, c in sorted(self.calibrations.items())},
             "redis": {"pending_writes": self.cache.pending, "write_errors": self.cache.errors},
         }
 
     async def rebuild_index(self) -> None:
-        """After recovery or a rebalance: due times and watermarks from the table's contents.
+        """After recovery or a rebalance: due times, watermarks and the customers evaluated under
+        another rule set or calibration, from the table's contents.
 
         Yields to the event loop now and then, so a large table does not starve the consumer's
         heartbeats; a value that cannot be decoded is logged and skipped, never fatal.
         """
         self.index.clear()
+        self.pending_reevaluation.clear()
         failed = 0
         for count, value in enumerate(self.table.values(), start=1):
             try:
                 partition, state = decode_stored(value)
-                self.index.schedule(partition, state.key, next_due(state, self.rules))
+                model = self.model_for(state.shop_id)
+                self.index.schedule(partition, state.key, next_due(state, model))
+                if needs_reevaluation(state, model):
+                    self.pending_reevaluation.append((partition, state.key))
             except Exception:
                 failed += 1
                 log.exception("cannot index a stored customer state")
@@ -149,8 +244,9 @@ class Processor:
             if count % 1000 == 0:
                 await asyncio.sleep(0)
         log.info(
-            "due index rebuilt: %d customers with a due time, %d unreadable states",
+            "due index rebuilt: %d customers with a due time, %d to re-evaluate, %d unreadable",
             len(self.index),
+            len(self.pending_reevaluation),
             failed,
         )
 
@@ -161,16 +257,26 @@ class Processor:
         return None if value is None else decode_stored(value).state
 
     async def _save(
-        self, partition: int, state: CustomerState, transitions: list[SegmentChanged]
+        self, partition: int, state: CustomerState, transitions: list[Transition]
     ) -> None:
         self.table[state.key.encode()] = encode_stored(partition, state)
         emitted_at = datetime.now(UTC)
+        out = self.outputs
+        to_marketing = not (out.backfill and out.marketing_skip_backfill)
         for transition in transitions:
             self.counts[transition.transition] += 1
-            await self.transitions_topic.send(
-                key=transition.customer_id.encode(),
-                value=encode_transition(transition, emitted_at),
-            )
+            key = transition.customer_id.encode()
+            value = encode_transition(transition, emitted_at, out.backfill)
+            await out.transitions.send(key=key, value=value)
+            marketing = out.marketing.get(transition.transition)
+            if marketing is not None and to_marketing:
+                await marketing.send(key=key, value=value)
+        model = self.model_for(state.shop_id)
         at = state.as_of or emitted_at
-        await self.cache.write([(state, compute_metrics(state, at, self.rules))])
-        self.index.schedule(partition, state.key, next_due(state, self.rules))
+        metrics = compute_metrics(state, at, model.rules, model.calibration)
+        await self.cache.write([(state, metrics)])
+        self.index.schedule(partition, state.key, next_due(state, model))
+
+
+def _tick(kind: TickKind, key: str, now: datetime | None) -> bytes:
+    return orjson.dumps({"kind": kind, "key": key, "now": now.isoformat() if now else None})

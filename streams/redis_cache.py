@@ -131,9 +131,16 @@ class RedisCache:
             "discount_share": m.discount_share,
             "first_order_at": m.first_order_at,
             "last_order_at": m.last_order_at,
+            "recency_days": m.recency_days,
             "typical_gap_days": m.typical_gap_days,
             "inactive_after_days": m.inactive_after_days,
+            "r_score": m.r_score,
+            "f_score": m.f_score,
+            "m_score": m.m_score,
+            "tags": orjson.dumps(list(state.tags)).decode(),
             "top_categories": orjson.dumps(top).decode(),
+            "rule_version": state.rule_version,
+            "calibration_version": state.calibration_version,
         }
         out: list[str] = []
         for name, value in pairs.items():

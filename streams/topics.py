@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
@@ -28,8 +29,9 @@ async def _admin(settings: Settings) -> AIOKafkaAdminClient:
     return admin
 
 
-async def ensure_topics(settings: Settings) -> int:
-    """Create missing topics; returns the partition count of the orders topic.
+async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> int:
+    """Create missing topics (``marketing``: the transition names that get a topic of their
+    own); returns the partition count of the orders topic.
 
     The internal clock topic must have exactly as many partitions as the orders topic, since a
     clock tick is sent to the partition that holds the customer's state.
@@ -43,10 +45,18 @@ async def ensure_topics(settings: Settings) -> int:
             settings.clock_topic: partitions,
             settings.transitions_topic: settings.partitions,
             settings.dlq_topic: settings.partitions,
+            settings.calibrations_topic: 1,
+            **{settings.marketing_topic(name): settings.partitions for name in marketing},
         }
+        compacted = {settings.calibrations_topic}
         current = await _describe_partitions(admin, list(wanted))
         missing = [
-            NewTopic(name, count, settings.replication_factor)
+            NewTopic(
+                name,
+                count,
+                settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if name in compacted else None,
+            )
             for name, count in wanted.items()
             if name not in current
         ]

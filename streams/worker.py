@@ -14,7 +14,8 @@ import faust
 
 from config.rules import load_rules
 from config.settings import Settings
-from streams.app import create_app
+from streams.app import create_app, marketing_transitions
+from streams.calibrations import read_calibrations
 from streams.topics import ensure_topics
 
 
@@ -23,8 +24,9 @@ def run_worker(settings: Settings) -> None:
     rules = load_rules(settings.rules_file)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    partitions = loop.run_until_complete(ensure_topics(settings))
-    segmenter = create_app(settings, rules, partitions)
+    partitions = loop.run_until_complete(ensure_topics(settings, marketing_transitions(rules)))
+    calibrations = loop.run_until_complete(read_calibrations(settings))
+    segmenter = create_app(settings, rules, partitions, calibrations)
     logging.getLogger(__name__).info(
         "worker for %s: %d partitions, rules %s, %s clock",
         settings.orders_topic,

@@ -40,6 +40,7 @@ def isolated(devstack: Devstack, tmp_path: Path) -> dict[str, str]:
         "transitions_topic": f"test-{uid}.segment-transitions",
         "dlq_topic": f"test-{uid}.orders-dlq",
         "redis_prefix": f"test-{uid}:",
+        "marketing_topic_prefix": f"test-{uid}.",
         "data_dir": str(tmp_path / "worker-data"),
         "web_port": "0",
         "partitions": "1",

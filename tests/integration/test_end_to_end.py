@@ -50,14 +50,19 @@ def _stream() -> list[tuple[bytes | None, bytes]]:
     return records
 
 
+EXPECTED_TAGS = [
+    # customer, tag, change, order id
+    ("alice", "full_price_buyer", "added", "a-o2"),
+    ("alice", "prefers_shoes", "added", "a-o2"),
+]
 EXPECTED = [
     # customer, from, to, cause, order id, event time
     ("alice", None, "new", "order_placed", "a-o1", at(0)),
     ("carol", None, "new", "order_placed", "c-o1", at(1)),
     ("carol", "new", None, "order_cancelled", "c-o1", at(2)),
     ("bob", None, "new", "order_placed", "b-o1", at(5)),
-    ("alice", "new", "returning", "order_placed", "a-o2", at(10)),
-    ("alice", "returning", "best_customer", "order_placed", "a-o4", at(30)),
+    ("alice", "new", "potential_loyalist", "order_placed", "a-o2", at(10)),
+    ("alice", "potential_loyalist", "best_customer", "order_placed", "a-o4", at(30)),
     # dave's order at day 120 moves the event-time clock past two due times:
     ("alice", "best_customer", "inactive", "time", None, at(60)),  # 3 x 10-day rhythm
     ("bob", "new", "inactive", "time", None, at(95)),  # single order: 90 days
@@ -97,8 +102,11 @@ async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
     records = _stream()
     assert await publish(settings, iter(records)) == len(records)
 
-    transitions = await wait_for(
-        lambda: _transitions(settings), lambda ts: len(ts) >= len(EXPECTED), 120, "transitions"
+    await wait_for(
+        lambda: _transitions(settings),
+        lambda ts: len(ts) >= len(EXPECTED) + len(EXPECTED_TAGS),
+        120,
+        "transitions",
     )
     await wait_for(
         lambda: group_lag(settings),
@@ -106,7 +114,16 @@ async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
         60,
         "the worker to commit every order",
     )
-    transitions = await _transitions(settings)  # all of them, now that the input is committed
+    everything = await _transitions(settings)  # all of them, now that the input is committed
+    transitions = [t for t in everything if t["type"] == "segment_changed"]
+    tags = [
+        (t["customer_id"], t["tag"], t["change"], t["cause"]["order_id"])
+        for t in everything
+        if t["type"] == "tag_changed"
+    ]
+    assert tags == EXPECTED_TAGS
+    assert {t["backfill"] for t in everything} == {True}  # event-time clock: a replay
+    assert {t["calibration_version"] for t in everything} == {"bootstrap"}
 
     got = [
         (
@@ -120,13 +137,18 @@ async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
         for t in transitions
     ]
     assert got == EXPECTED
-    assert len({t["event_id"] for t in transitions}) == len(EXPECTED)
+    assert len({t["event_id"] for t in everything}) == len(everything)
     best = transitions[5]
     assert best["transition"] == "customer.became_best_customer"
     assert best["metrics_before"]["order_count"] == 3
     assert best["metrics_after"]["order_count"] == 4
     assert best["metrics_after"]["total_spend"] == 48_000
-    assert best["rule_version"] == "basic-2026.11.1"
+    assert best["rule_version"] == "rfm-2026.11.1"
+    after = best["metrics_after"]
+    assert (after["r_score"], after["f_score"], after["m_score"]) == (5, 4, 4)
+    # a backfill never reaches the marketing topics
+    marketing = settings.marketing_topic("customer.became_best_customer")
+    assert [r async for r in read_topic(settings.kafka_bootstrap_servers, marketing)] == []
 
     await _assert_redis(settings)
     await _assert_dead_letters(settings)
@@ -203,14 +225,17 @@ async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
         assert (carol["segment"], carol["order_count"]) == ("", "0")
         members = {
             segment: await client.smembers(f"{p}segment:default:{segment}")
-            for segment in ("inactive", "new", "best_customer", "returning")
+            for segment in ("inactive", "new", "best_customer", "potential_loyalist")
         }
         assert members == {
             "inactive": {"alice", "bob"},
             "new": {"dave"},
             "best_customer": set(),
-            "returning": set(),
+            "potential_loyalist": set(),
         }
+        assert alice["tags"] == '["full_price_buyer","prefers_shoes"]'
+        # 30 days after her last order: r is 4 from 30 days on
+        assert (alice["r_score"], alice["f_score"], alice["m_score"]) == ("4", "4", "4")
         assert sorted(await client.keys(f"{p}*")) == sorted(
             [f"{p}customer:default:{c}" for c in ("alice", "bob", "carol", "dave")]
             + [f"{p}segment:default:inactive", f"{p}segment:default:new"]

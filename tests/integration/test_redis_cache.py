@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from config.rules import load_rules
 from models.state import CustomerState, compute_metrics
 from streams.redis_cache import RedisCache
 from tests.conftest import settings_from
 from tests.factories import at
 
 pytestmark = pytest.mark.integration
-RULES = load_rules()
+from tests.unit.core import MODEL, RULES  # noqa: E402
+
+CAL = MODEL.calibration
 
 
 def _state(revision: int, segment: str | None) -> CustomerState:
@@ -28,7 +29,7 @@ async def test_older_state_never_overwrites_newer_and_membership_follows(
     try:
 
         async def write(state: CustomerState) -> None:
-            await cache.write([(state, compute_metrics(state, at(0), RULES))])
+            await cache.write([(state, compute_metrics(state, at(0), RULES, CAL))])
 
         await write(_state(2, "new"))
         await write(_state(1, "returning"))  # late, older: ignored
@@ -52,7 +53,7 @@ async def test_an_unreachable_redis_keeps_writes_pending_instead_of_raising() ->
     cache = RedisCache.from_url("redis://127.0.0.1:1/0", "unreachable:")
     try:
         state = _state(1, "new")
-        await cache.write([(state, compute_metrics(state, at(0), RULES))])
+        await cache.write([(state, compute_metrics(state, at(0), RULES, CAL))])
         assert cache.pending == 1
         assert cache.errors == 1
         assert await cache.flush_pending() == 1  # still down: kept

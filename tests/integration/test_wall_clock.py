@@ -64,3 +64,17 @@ async def test_a_single_order_customer_becomes_inactive_at_the_due_time(
     assert datetime.fromisoformat(became_inactive["event_time"]) == due
     lateness = datetime.fromisoformat(became_inactive["emitted_at"]) - due
     assert timedelta(0) <= lateness < timedelta(seconds=5), lateness
+    assert became_inactive["backfill"] is False
+
+    # live transitions also go to the marketing topic of their type
+    topic = settings.marketing_topic("customer.became_inactive")
+    marketing = await wait_for(
+        lambda: _read(settings, topic), lambda found: len(found) >= 1, 30, "the marketing topic"
+    )
+    assert [t["event_id"] for t in marketing] == [became_inactive["event_id"]]
+
+
+async def _read(settings, topic: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    return [
+        orjson.loads(r.value) async for r in read_topic(settings.kafka_bootstrap_servers, topic)
+    ]

@@ -7,12 +7,12 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.rules import load_rules
 from models.state import compute_metrics
 from models.transitions import apply_order
 from tests.factories import at, cancelled, model, placed
+from tests.unit.core import MODEL, RULES
 
-RULES = load_rules()
+CAL = MODEL.calibration
 
 orders = st.lists(
     st.tuples(
@@ -36,7 +36,7 @@ def _events(spec):  # type: ignore[no-untyped-def]
 def _fold(events):  # type: ignore[no-untyped-def]
     state = None
     for event in events:
-        state, _ = apply_order(state, event, RULES)
+        state, _ = apply_order(state, event, MODEL)
     return state
 
 
@@ -50,7 +50,7 @@ def test_any_permutation_gives_the_same_state(spec, rnd) -> None:  # type: ignor
     assert a.orders == b.orders
     assert a.as_of == b.as_of
     assert a.segment == b.segment
-    assert compute_metrics(a, a.as_of, RULES) == compute_metrics(b, b.as_of, RULES)
+    assert compute_metrics(a, a.as_of, RULES, CAL) == compute_metrics(b, b.as_of, RULES, CAL)
 
 
 @settings(max_examples=150, deadline=None)
@@ -69,27 +69,30 @@ def test_cancel_after_place_equals_neither(spec, pick) -> None:  # type: ignore[
     with_cancel = _fold([*events, cancel])
     without = [e for e in events if e.order_id != victim.order_id]
     if not without:
-        assert compute_metrics(with_cancel, at(500), RULES).order_count == 0
+        assert compute_metrics(with_cancel, at(500), RULES, CAL).order_count == 0
         assert with_cancel.segment is None
         return
     reference = _fold(without)
-    assert compute_metrics(with_cancel, at(500), RULES) == compute_metrics(
-        reference, at(500), RULES
-    )
+    # Scores are sticky (hysteresis) and so depend on the path; the R/F/M values do not.
+    values = {"r_score", "f_score", "m_score"}
+    assert compute_metrics(with_cancel, at(500), RULES, CAL).model_dump(
+        exclude=values
+    ) == compute_metrics(reference, at(500), RULES, CAL).model_dump(exclude=values)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(min_value=0.001, max_value=400, allow_nan=False), min_size=1, max_size=6))
-def test_every_active_customer_becomes_inactive_exactly_at_the_due_time(gaps) -> None:  # type: ignore[no-untyped-def]
+def test_every_due_time_fires_exactly_then(gaps) -> None:  # type: ignore[no-untyped-def]
     from models.transitions import due_transitions, next_due
 
     days = [0.0]
     for gap in gaps:
         days.append(days[-1] + gap)
     state = _fold([model(placed("c", f"o{i}", day)) for i, day in enumerate(days)])
-    due = next_due(state, RULES)
-    assert due is not None
-    _, none = due_transitions(state, due - timedelta(microseconds=1), RULES)
+    due = next_due(state, MODEL)
+    assert due is not None  # every customer with orders ends up inactive some day
+    _, none = due_transitions(state, due - timedelta(microseconds=1), MODEL)
     assert none == []
-    _, fired = due_transitions(state, due, RULES)
-    assert [(t.to_segment, t.event_time) for t in fired] == [("inactive", due)]
+    _, fired = due_transitions(state, due, MODEL)
+    moves = [t for t in fired if t.type == "segment_changed"]
+    assert [(t.cause.kind, t.event_time) for t in moves] == [("time", due)]

@@ -1,4 +1,4 @@
-"""The pure core: folding orders into state, segments, time-caused transitions."""
+"""The pure core: folding orders into state, the RFM segment map, time-caused transitions."""
 
 from __future__ import annotations
 
@@ -6,66 +6,66 @@ from datetime import timedelta
 
 import pytest
 
-from config.rules import load_rules
-from models.rules import BEST_CUSTOMER, INACTIVE, LOW_AOV, NEW, RETURNING
+from models.scoring import Calibration, Cutoffs
 from models.state import compute_metrics
-from models.transitions import OrderRejected, apply_order, due_transitions, next_due
+from models.transitions import (
+    OrderRejected,
+    SegmentModel,
+    apply_order,
+    due_transitions,
+    needs_reevaluation,
+    next_due,
+    reevaluate,
+)
 from tests.factories import at, cancelled, model, placed, refunded
-
-RULES = load_rules()
-
-
-def fold(events, state=None):  # type: ignore[no-untyped-def]
-    transitions = []
-    for event in events:
-        state, emitted = apply_order(state, model(event), RULES)
-        transitions += emitted
-    return state, transitions
+from tests.unit.core import MODEL, RULES, fold, segment_changes, segment_moves
 
 
 def test_first_order_makes_a_new_customer() -> None:
     state, transitions = fold([placed("c1", "o1", 0, total=4200)])
-    assert state.segment == NEW
+    assert state.segment == "new"
     assert state.segment_since == at(0)
-    assert [
-        (t.from_segment, t.to_segment, t.cause.kind, t.cause.order_id) for t in transitions
-    ] == [(None, NEW, "order_placed", "o1")]
+    assert segment_moves(transitions) == [(None, "new", "order_placed")]
     t = transitions[0]
     assert t.transition == "customer.became_new"
+    assert t.cause.order_id == "o1"
     assert t.metrics_before is None
-    assert t.metrics_after.order_count == 1
-    assert t.metrics_after.total_spend == 4200
-    assert t.rule_version == RULES.version
+    after = t.metrics_after
+    assert (after.order_count, after.total_spend, after.recency_days) == (1, 4200, 0.0)
+    assert (after.r_score, after.f_score, after.m_score) == (5, 1, 1)
+    assert (t.rule_version, t.calibration_version) == (RULES.version, "bootstrap")
 
 
-def test_second_order_makes_a_returning_customer() -> None:
+def test_second_recent_order_makes_a_potential_loyalist() -> None:
     state, transitions = fold([placed("c1", "o1", 0), placed("c1", "o2", 10)])
-    assert state.segment == RETURNING
-    assert [t.to_segment for t in transitions] == [NEW, RETURNING]
-    assert transitions[1].metrics_before.order_count == 1  # type: ignore[union-attr]
-    assert transitions[1].metrics_after.order_count == 2
+    assert state.segment == "potential_loyalist"
+    assert segment_moves(transitions) == [
+        (None, "new", "order_placed"),
+        ("new", "potential_loyalist", "order_placed"),
+    ]
+    moved = segment_changes(transitions)[-1]
+    assert moved.metrics_before.order_count == 1  # type: ignore[union-attr]
+    assert (moved.metrics_after.f_score, moved.metrics_after.m_score) == (2, 2)
 
 
 def test_best_customer_needs_frequency_spend_and_full_price() -> None:
-    full_price = [placed("c1", f"o{i}", i * 10, total=12_000) for i in range(4)]
-    state, transitions = fold(full_price)
-    assert state.segment == BEST_CUSTOMER
-    assert transitions[-1].cause.order_id == "o3"
+    state, transitions = fold([placed("c1", f"o{i}", i * 10, total=12_000) for i in range(4)])
+    assert state.segment == "best_customer"
+    assert segment_moves(transitions)[-1] == ("potential_loyalist", "best_customer", "order_placed")
     discounted = [placed("c2", f"o{i}", i * 10, total=9_000, discount=3_000) for i in range(4)]
     state, _ = fold(discounted)
-    assert state.segment == RETURNING  # 25% of the value came from discounts
+    assert state.segment == "champions"  # same scores, but 25 % of the value came from discounts
 
 
 def test_small_baskets_bought_often_are_low_average_order_value() -> None:
-    state, _ = fold([placed("c1", f"o{i}", i * 7, total=1_500) for i in range(30)])
-    metrics = compute_metrics(state, state.as_of, RULES)  # type: ignore[arg-type]
-    assert metrics.total_spend == 45_000  # above the best-customer spend, still small baskets
-    assert metrics.average_order_value == 1_500
-    assert state.segment == LOW_AOV
+    state, _ = fold([placed("c1", f"o{i}", i * 7, total=1_000) for i in range(6)])
+    m = compute_metrics(state, state.as_of, RULES, MODEL.calibration)  # type: ignore[arg-type]
+    assert (m.f_score, m.m_score, m.average_order_value) == (5, 2, 1_000)
+    assert state.segment == "low_average_order_value"
 
 
 def test_applying_an_order_twice_changes_nothing() -> None:
-    once, _t1 = fold([placed("c1", "o1", 0), placed("c1", "o2", 5)])
+    once, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 5)])
     twice, t2 = fold([placed("c1", "o2", 5)], state=once)
     assert twice == once
     assert t2 == []
@@ -74,17 +74,16 @@ def test_applying_an_order_twice_changes_nothing() -> None:
 def test_cancel_reverses_the_order_and_customer_leaves_all_segments() -> None:
     state, transitions = fold([placed("c1", "o1", 0), cancelled("c1", "o1", 1)])
     assert state.segment is None
-    assert transitions[-1].to_segment is None
-    assert transitions[-1].transition == "customer.left_all_segments"
-    assert compute_metrics(state, at(1), RULES).order_count == 0
+    left = segment_changes(transitions)[-1]
+    assert (left.to_segment, left.transition) == (None, "customer.left_all_segments")
+    assert compute_metrics(state, at(1), RULES, MODEL.calibration).order_count == 0
 
 
 def test_cancel_before_place_gives_the_same_records_as_place_then_cancel() -> None:
     a, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 3), cancelled("c1", "o1", 4)])
     b, _ = fold([cancelled("c1", "o1", 4), placed("c1", "o2", 3), placed("c1", "o1", 0)])
     assert a.orders == b.orders
-    assert a.segment == b.segment == NEW
-    assert compute_metrics(a, at(4), RULES) == compute_metrics(b, at(4), RULES)
+    assert a.segment == b.segment == "new"
 
 
 def test_refunds_reduce_spend_once_and_a_full_refund_removes_the_order() -> None:
@@ -97,60 +96,137 @@ def test_refunds_reduce_spend_once_and_a_full_refund_removes_the_order() -> None
             refunded("c1", "o2", 4, 3_000),
         ]
     )
-    m = compute_metrics(state, at(4), RULES)
+    m = compute_metrics(state, at(4), RULES, MODEL.calibration)
     assert (m.order_count, m.total_spend, m.average_order_value) == (1, 6_000, 6_000)
 
 
 def test_currency_change_is_rejected() -> None:
     state, _ = fold([placed("c1", "o1", 0)])
     with pytest.raises(OrderRejected) as info:
-        apply_order(state, model(placed("c1", "o2", 1, currency="USD")), RULES)
+        apply_order(state, model(placed("c1", "o2", 1, currency="USD")), MODEL)
     assert info.value.reason == "currency_mismatch"
 
 
 def test_inactivity_follows_the_customers_own_rhythm() -> None:
     weekly, _ = fold([placed("w", f"o{i}", i * 7) for i in range(6)])
-    # weekly buyer: 3 x 7 days = 21 days after the last order (day 35)
-    assert next_due(weekly, RULES) == at(35 + 21)
-    monthly, _ = fold([placed("m", f"o{i}", i * 60) for i in range(3)])
-    # every 60 days: 3 x 60 = 180 days after day 120
-    assert next_due(monthly, RULES) == at(120 + 180)
+    assert next_due(weekly, MODEL) == at(35 + 21)  # 3 x 7 days after the last order
     once, _ = fold([placed("o", "o1", 0)])
-    assert next_due(once, RULES) == at(RULES.inactivity.single_order_days)
+    assert next_due(once, MODEL) == at(RULES.inactivity.single_order_days)
 
 
-def test_inactivity_is_bounded_by_floor_and_ceiling() -> None:
-    daily, _ = fold([placed("d", f"o{i}", i) for i in range(5)])
-    assert next_due(daily, RULES) == at(4 + RULES.inactivity.floor_days)
-    rare, _ = fold([placed("r", f"o{i}", i * 300) for i in range(3)])
-    assert next_due(rare, RULES) == at(600 + RULES.inactivity.ceiling_days)
+def test_a_rare_buyer_slides_down_the_recency_scores_before_going_inactive() -> None:
+    state, _ = fold([placed("r", f"o{i}", i * 100) for i in range(3)])
+    assert state.segment == "potential_loyalist"  # r=5 f=3 m=2
+    state, fired = due_transitions(state, at(200 + 400), MODEL)
+    assert [(t.from_segment, t.to_segment, t.event_time) for t in fired] == [
+        ("potential_loyalist", "needs_attention", at(200 + 60)),  # r=3 from 60 days
+        ("needs_attention", "at_risk", at(200 + 120)),  # r=2 from 120 days
+        ("at_risk", "inactive", at(200 + 300)),  # 3 x its own 100-day rhythm
+    ]
+    assert {t.cause.kind for t in fired} == {"time"}
 
 
 def test_time_fires_exactly_at_the_due_time_and_only_once() -> None:
     state, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 10)])
-    due = next_due(state, RULES)
+    due = next_due(state, MODEL)
     assert due == at(10 + 30)
-    early, none = due_transitions(state, due - timedelta(seconds=1), RULES)  # type: ignore[operator]
+    early, none = due_transitions(state, due - timedelta(seconds=1), MODEL)  # type: ignore[operator]
     assert none == [] and early == state
-    later, fired = due_transitions(state, due + timedelta(days=3), RULES)  # type: ignore[operator]
-    assert [(t.from_segment, t.to_segment, t.cause.kind, t.event_time) for t in fired] == [
-        (RETURNING, INACTIVE, "time", due)
+    later, fired = due_transitions(state, due + timedelta(days=3), MODEL)  # type: ignore[operator]
+    assert [(t.to_segment, t.cause.kind, t.event_time) for t in fired] == [
+        ("inactive", "time", due)
     ]
-    again, fired_again = due_transitions(later, due + timedelta(days=5), RULES)  # type: ignore[operator]
+    again, fired_again = due_transitions(later, due + timedelta(days=5), MODEL)  # type: ignore[operator]
     assert fired_again == [] and again == later
-    assert next_due(later, RULES) is None
 
 
 def test_an_order_after_the_due_time_first_settles_time_then_reactivates() -> None:
     state, transitions = fold(
         [placed("c1", "o1", 0), placed("c1", "o2", 10), placed("c1", "o3", 100)]
     )
-    assert [(t.from_segment, t.to_segment, t.cause.kind) for t in transitions[-2:]] == [
-        (RETURNING, INACTIVE, "time"),
-        (INACTIVE, RETURNING, "order_placed"),
+    assert segment_moves(transitions)[-2:] == [
+        ("potential_loyalist", "inactive", "time"),
+        ("inactive", "potential_loyalist", "order_placed"),
     ]
-    assert transitions[-2].event_time == at(40)
-    assert state.segment == RETURNING
+    assert state.segment == "potential_loyalist"
+
+
+def test_time_moves_wait_for_the_minimum_dwell_but_orders_do_not() -> None:
+    rules = RULES.model_copy(
+        update={"scoring": RULES.scoring.model_copy(update={"min_dwell_days": 100})}
+    )
+    slow = SegmentModel(rules, MODEL.calibration)
+    state, _ = fold([placed("c1", "o1", 0)], segment_model=slow)
+    assert next_due(state, slow) == at(100)  # inactive from day 90, deferred to the dwell end
+    state, moves = fold([placed("c1", "o2", 5)], state=state, segment_model=slow)
+    assert segment_moves(moves) == [("new", "potential_loyalist", "order_placed")]
+
+
+def test_scores_near_a_boundary_do_not_flap() -> None:
+    from models.scoring import Scores, compute_scores
+
+    cuts = RULES.scoring.cutoffs
+    first = compute_scores(0, 2, 15_200, cuts, None, 0.05)  # just above the 15,000 boundary
+    assert first.m == 3
+    within = compute_scores(0, 2, 14_800, cuts, first, 0.05)  # a small refund: within the margin
+    assert within.m == 3
+    clearly = compute_scores(0, 2, 14_000, cuts, first, 0.05)
+    assert clearly.m == 2
+    back = compute_scores(0, 2, 15_500, cuts, Scores(r=5, f=2, m=2), 0.05)
+    assert back.m == 2  # going up needs more than 15,750
+
+
+def test_a_new_calibration_reevaluates_with_its_own_cause_and_version() -> None:
+    state, _ = fold([placed("c1", f"o{i}", i * 10, total=12_000) for i in range(4)])
+    assert state.segment == "best_customer"
+    strict = Calibration(
+        shop_id="default",
+        version="q-2025-02-01",
+        method="quantile",
+        computed_at=at(40),
+        cutoffs=Cutoffs(
+            recency_days=(5, 10, 20, 40),
+            frequency=(4, 6, 8, 10),
+            monetary=(50_000, 80_000, 100_000, 200_000),
+        ),
+    )
+    recalibrated = SegmentModel(RULES, strict)
+    assert needs_reevaluation(state, recalibrated)
+    new_state, moves = reevaluate(state, recalibrated)
+    assert segment_moves(moves) == [("best_customer", "potential_loyalist", "recalibration")]
+    assert moves[0].calibration_version == "q-2025-02-01"
+    assert moves[0].event_time == at(40)  # when the calibration was computed
+    assert not needs_reevaluation(new_state, recalibrated)
+    assert reevaluate(new_state, recalibrated) == (new_state, [])
+
+
+def test_a_new_rule_set_reevaluates_with_cause_rule_change() -> None:
+    state, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 10)])
+    renamed = RULES.model_copy(update={"version": "rfm-next"})
+    _, moves = reevaluate(state, SegmentModel(renamed, MODEL.calibration))
+    assert moves == []  # same decisions: nothing to tell marketing
+    state2, _ = reevaluate(state, SegmentModel(renamed, MODEL.calibration))
+    assert state2.rule_version == "rfm-next"
+
+
+def test_tags_for_price_sensitivity_and_preferences() -> None:
+    state, transitions = fold(
+        [
+            placed("c1", "o1", 0, total=7_000, discount=3_000, category="shoes"),
+            placed("c1", "o2", 5, total=7_000, discount=3_000, category="shoes"),
+        ]
+    )
+    assert state.tags == ("discount_seeker", "prefers_shoes")
+    tag_events = [
+        (t.tag, t.change, t.cause.order_id) for t in transitions if t.type == "tag_changed"
+    ]
+    assert tag_events == [("discount_seeker", "added", "o2"), ("prefers_shoes", "added", "o2")]
+    state, transitions = fold([cancelled("c1", "o2", 6)], state=state)
+    assert state.tags == ()
+    assert sorted((t.tag, t.change) for t in transitions if t.type == "tag_changed") == [
+        ("discount_seeker", "removed"),
+        ("prefers_shoes", "removed"),
+    ]
 
 
 def test_transition_ids_are_deterministic_and_distinct() -> None:
@@ -165,3 +241,25 @@ def test_shops_keep_separate_customers() -> None:
     a, _ = fold([placed("c1", "o1", 0, shop="shop-a")])
     b, _ = fold([placed("c1", "o1", 0, shop="shop-b")])
     assert a.key == "shop-a/c1" and b.key == "shop-b/c1"
+
+
+def test_a_recalibration_inside_the_dwell_time_moves_the_customer_at_its_end() -> None:
+    state, _ = fold([placed("c1", f"o{i}", i * 10, total=12_000) for i in range(4)])
+    early = SegmentModel(
+        RULES,
+        Calibration(
+            shop_id="default",
+            version="q-early",
+            method="quantile",
+            computed_at=at(31),  # one day after the customer became best customer
+            cutoffs=Cutoffs(
+                recency_days=(5, 10, 20, 40),
+                frequency=(4, 6, 8, 10),
+                monetary=(50_000, 80_000, 100_000, 200_000),
+            ),
+        ),
+    )
+    state, moves = reevaluate(state, early)
+    assert moves == [] and state.segment == "best_customer"
+    assert state.calibration_version == "q-early"
+    assert next_due(state, early) == at(37)  # segment since day 30 + 7 days dwell

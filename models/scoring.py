@@ -1,0 +1,157 @@
+"""R, F and M scores (1..5) from frozen, versioned cut-offs, with hysteresis.
+
+A calibration holds four ascending cut-offs per dimension. Quantile calibrations are computed
+from all customers of a shop at one instant and then frozen: a customer's score changes only by
+their own activity, by time passing, or by an explicit recalibration, never because other
+customers bought something. Fixed calibrations come straight from the rule file.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import datetime
+from statistics import quantiles
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Cuts = Annotated[tuple[float, float, float, float], Field()]
+
+
+class Cutoffs(BaseModel):
+    """Quintile boundaries: a value above the k-th cut-off scores at least k+1 (recency reversed:
+    more days since the last order scores lower)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recency_days: Cuts
+    frequency: Cuts
+    monetary: Cuts
+
+    @field_validator("recency_days", "frequency", "monetary")
+    @classmethod
+    def _ascending(cls, cuts: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b < a for a, b in itertools.pairwise(cuts)):
+            raise ValueError(f"cut-offs must be ascending, got {list(cuts)}")
+        if cuts[0] < 0:
+            raise ValueError("cut-offs must not be negative")
+        return cuts
+
+
+class Calibration(BaseModel):
+    """A frozen set of cut-offs for one shop, with the version that travels on transitions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shop_id: str
+    version: str
+    method: Literal["fixed", "quantile"]
+    cutoffs: Cutoffs
+    customers: int = 0
+    computed_at: datetime | None = None
+
+
+class Scores(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    r: int
+    f: int
+    m: int
+
+
+def score_higher_is_better(value: float, cuts: Sequence[float]) -> int:
+    return 1 + sum(value > c for c in cuts)
+
+
+def score_recency(days: float, cuts: Sequence[float]) -> int:
+    # ``>=``: the score drops at the very instant the boundary is reached, which is when a
+    # time-caused transition is due.
+    return 5 - sum(days >= c for c in cuts)
+
+
+def _sticky(raw_up: int, raw_down: int, previous: int | None, raw: int) -> int:
+    """Keep the previous score unless the value is clearly past a boundary (beyond the margin)."""
+    if previous is None:
+        return raw
+    if raw_up > previous:
+        return raw_up
+    if raw_down < previous:
+        return raw_down
+    return previous
+
+
+def _scaled(cuts: Sequence[float], factor: float) -> list[float]:
+    # Rounded like the elapsed days are, so a due time computed from a boundary is exact.
+    return [round(c * factor, 4) for c in cuts]
+
+
+def compute_scores(
+    recency_days: float,
+    frequency: int,
+    monetary: int,
+    cutoffs: Cutoffs,
+    previous: Scores | None,
+    margin: float,
+) -> Scores:
+    """Scores for these values. With ``previous`` scores, a score only moves when the value is
+    more than ``margin`` (relative) past the boundary, so customers near one do not flap."""
+    hi, lo = 1 + margin, 1 - margin
+    r_cuts, f_cuts, m_cuts = cutoffs.recency_days, cutoffs.frequency, cutoffs.monetary
+    return Scores(
+        r=_sticky(
+            score_recency(recency_days, _scaled(r_cuts, lo)),
+            score_recency(recency_days, _scaled(r_cuts, hi)),
+            previous.r if previous else None,
+            score_recency(recency_days, r_cuts),
+        ),
+        f=_sticky(
+            score_higher_is_better(frequency, _scaled(f_cuts, hi)),
+            score_higher_is_better(frequency, _scaled(f_cuts, lo)),
+            previous.f if previous else None,
+            score_higher_is_better(frequency, f_cuts),
+        ),
+        m=_sticky(
+            score_higher_is_better(monetary, _scaled(m_cuts, hi)),
+            score_higher_is_better(monetary, _scaled(m_cuts, lo)),
+            previous.m if previous else None,
+            score_higher_is_better(monetary, m_cuts),
+        ),
+    )
+
+
+def recency_drop_days(cutoffs: Cutoffs) -> list[float]:
+    """Days after the last order at which the recency score drops."""
+    return sorted(set(cutoffs.recency_days))
+
+
+def quintile_cuts(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """The 20/40/60/80 % quantiles (inclusive method); all equal for fewer than two values."""
+    if not values:
+        return (0.0, 0.0, 0.0, 0.0)
+    if len(values) == 1:
+        v = float(values[0])
+        return (v, v, v, v)
+    q = quantiles([float(v) for v in values], n=5, method="inclusive")
+    return (round(q[0], 4), round(q[1], 4), round(q[2], 4), round(q[3], 4))
+
+
+def calibrate(
+    shop_id: str,
+    version: str,
+    computed_at: datetime,
+    values: Sequence[tuple[float, int, int]],
+) -> Calibration:
+    """A quantile calibration from (recency days, frequency, monetary) of a shop's customers."""
+    return Calibration(
+        shop_id=shop_id,
+        version=version,
+        method="quantile",
+        customers=len(values),
+        computed_at=computed_at,
+        cutoffs=Cutoffs(
+            recency_days=quintile_cuts([v[0] for v in values]),
+            frequency=quintile_cuts([v[1] for v in values]),
+            monetary=quintile_cuts([v[2] for v in values]),
+        ),
+    )

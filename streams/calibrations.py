@@ -1,0 +1,130 @@
+"""Quantile calibrations: computed from every customer of a shop (across all partitions, read
+from the table's changelog), published to a compacted topic keyed by shop, and followed by every
+worker, which then re-evaluates its customers of that shop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from config.settings import Settings
+from models.rules import SegmentRules
+from models.scoring import Calibration, calibrate
+from models.state import compute_metrics
+from models.transitions import bootstrap_calibration
+from streams.changelog import read_table, read_topic
+from streams.codecs import StoredState, decode_calibration, encode_calibration
+
+log = logging.getLogger(__name__)
+
+
+def calibration_version(computed_at: datetime) -> str:
+    return f"q{computed_at.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def compute_calibrations(
+    table: dict[str, StoredState],
+    rules: SegmentRules,
+    at: Callable[[str], datetime],
+    shop: str | None = None,
+) -> list[Calibration]:
+    """One quantile calibration per shop, from the R/F/M values of its customers at ``at(shop)``."""
+    by_shop: dict[str, list[tuple[float, int, int]]] = defaultdict(list)
+    for stored in table.values():
+        state = stored.state
+        if shop is not None and state.shop_id != shop:
+            continue
+        instant = at(state.shop_id)
+        m = compute_metrics(state, instant, rules, bootstrap_calibration(rules, state.shop_id))
+        if m.order_count and m.recency_days is not None:
+            by_shop[state.shop_id].append((m.recency_days, m.order_count, m.total_spend))
+    return [
+        calibrate(shop_id, calibration_version(at(shop_id)), at(shop_id), values)
+        for shop_id, values in sorted(by_shop.items())
+    ]
+
+
+def event_time_clock(table: dict[str, StoredState]) -> Callable[[str], datetime]:
+    """For event-time deployments: a shop's clock is the newest instant any of its states
+    reflects."""
+    latest: dict[str, datetime] = {}
+    for stored in table.values():
+        state = stored.state
+        if state.as_of is not None and (
+            state.shop_id not in latest or state.as_of > latest[state.shop_id]
+        ):
+            latest[state.shop_id] = state.as_of
+    return lambda shop: latest[shop]
+
+
+async def recalibrate(
+    settings: Settings, rules: SegmentRules, now: datetime, shop: str | None = None
+) -> list[Calibration]:
+    """Compute and publish fresh calibrations; returns what was published."""
+    table = await read_table(settings)
+    clock = event_time_clock(table) if settings.clock == "event" else (lambda _shop: now)
+    calibrations = compute_calibrations(table, rules, clock, shop)
+    await publish_calibrations(settings, calibrations)
+    return calibrations
+
+
+async def publish_calibrations(settings: Settings, calibrations: list[Calibration]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for calibration in calibrations:
+            await producer.send_and_wait(
+                settings.calibrations_topic,
+                key=calibration.shop_id.encode(),
+                value=encode_calibration(calibration),
+            )
+    finally:
+        await producer.stop()
+
+
+async def read_calibrations(settings: Settings) -> dict[str, Calibration]:
+    """The latest calibration of every shop."""
+    latest: dict[str, Calibration] = {}
+    async for record in read_topic(settings.kafka_bootstrap_servers, settings.calibrations_topic):
+        if record.value is not None and record.key is not None:
+            calibration = decode_calibration(record.value)
+            latest[calibration.shop_id] = calibration
+    return latest
+
+
+async def follow_calibrations(
+    settings: Settings, on_calibration: Callable[[Calibration], object]
+) -> None:
+    """Call ``on_calibration`` for every calibration on the topic, then for each new one (runs
+    until cancelled). The topic is compacted and small: one record per shop."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(settings.calibrations_topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(settings.calibrations_topic) or set()
+        tps = [TopicPartition(settings.calibrations_topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        on_calibration(decode_calibration(record.value))
+                    except Exception:
+                        log.exception("cannot adopt calibration at offset %d", record.offset)
+    except asyncio.CancelledError:
+        raise
+    finally:
+        await consumer.stop()
