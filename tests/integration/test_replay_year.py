@@ -1,0 +1,230 @@
+"""A simulated year of a few thousand orders, replayed in event-time mode on the real broker:
+the worker's final R/F/M values must equal a batch recomputation from the same orders, and the
+transitions must tell a consistent story that ends in every customer's final segment."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from config.rules import load_rules
+from streams.app import marketing_transitions
+from streams.calibrations import recalibrate
+from streams.changelog import read_table, read_topic
+from streams.lag import group_lag
+from streams.replay import publish
+from streams.topics import ensure_topics
+from streams.worker import spawn_worker, stop_worker
+from tests.conftest import settings_from, wait_for
+from tests.factories import T0, cancelled, placed, refunded
+
+pytestmark = pytest.mark.integration
+CUSTOMERS = 250
+SEED = 2026
+
+
+def synthetic_year(seed: int = SEED) -> list[dict[str, Any]]:
+    """Orders of customers with their own rhythms, with cancellations, refunds, duplicates and
+    some events delivered late (out of time order)."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for i in range(CUSTOMERS):
+        customer = f"y{i:04d}"
+        gap = rng.choice([3, 7, 14, 30, 60, 120])
+        day = rng.uniform(0, 90)
+        count = rng.randint(1, 30)
+        discount_share = rng.choice([0.0, 0.0, 0.05, 0.3])
+        for n in range(count):
+            if day > 365:
+                break
+            total = rng.randint(500, 25_000)
+            discount = int(total * discount_share)
+            order = f"{customer}-{n}"
+            events.append(
+                placed(
+                    customer,
+                    order,
+                    day,
+                    total=total,
+                    discount=discount,
+                    category=rng.choice(["shoes", "bags", "socks", "coats"]),
+                )
+            )
+            roll = rng.random()
+            if roll < 0.08:
+                events.append(cancelled(customer, order, day + 0.5))
+            elif roll < 0.14:
+                events.append(
+                    refunded(customer, order, day + 3, rng.randint(1, total) if total else 1)
+                )
+            if rng.random() < 0.03:
+                events.append(dict(events[-1]))  # delivered twice
+            day += gap * rng.uniform(0.6, 1.5)
+    events.sort(key=lambda e: e["occurred_at"])
+    # a few events arrive late: moved up to 40 positions further down the stream
+    for _ in range(len(events) // 30):
+        a = rng.randrange(len(events) - 41)
+        events.insert(a + rng.randint(1, 40), events.pop(a))
+    return events
+
+
+def batch_rfm(events: list[dict[str, Any]]) -> dict[str, tuple[int, int, Any]]:
+    """Independent recomputation: per customer (orders that count, net spend, last order)."""
+    placed_: dict[tuple[str, str], dict[str, Any]] = {}
+    cancelled_: set[tuple[str, str]] = set()
+    refunds: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for e in events:
+        key = (e["customer_id"], e["order_id"])
+        if e["type"] == "order_placed":
+            placed_.setdefault(key, e)
+        elif e["type"] == "order_cancelled":
+            cancelled_.add(key)
+        else:
+            refunds[key][e.get("refund_id") or e["occurred_at"]] = e["total"]
+    result: dict[str, tuple[int, int, Any]] = {}
+    per_customer: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+    for key, e in placed_.items():
+        refunded_total = sum(refunds[key].values())
+        if key in cancelled_ or (e["total"] > 0 and refunded_total >= e["total"]):
+            continue
+        per_customer[key[0]].append((e["occurred_at"], max(e["total"] - refunded_total, 0)))
+    for customer, orders in per_customer.items():
+        result[customer] = (len(orders), sum(t for _, t in orders), max(at for at, _ in orders))
+    return result
+
+
+@pytest.fixture
+def replay_worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    overrides = {**isolated, "partitions": "2"}
+    settings = settings_from(overrides)
+    asyncio.run(ensure_topics(settings, marketing_transitions(load_rules())))
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    yield overrides
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert stop_worker(process) == 0, log[-3000:]
+    assert "Traceback" not in log, log[-5000:]
+
+
+async def test_a_replayed_year_matches_a_batch_recomputation(
+    replay_worker: dict[str, str],
+) -> None:
+    settings = settings_from(replay_worker)
+    events = synthetic_year()
+    assert len(events) > 2_000
+    records = [(e["customer_id"].encode(), orjson.dumps(e)) for e in events]
+    assert await publish(settings, iter(records)) == len(records)
+    await wait_for(
+        lambda: group_lag(settings),
+        lambda lag: (
+            bool(lag)
+            and all(p.committed == p.end for p in lag)
+            and sum(p.end for p in lag) == len(records)
+        ),
+        240,
+        "the worker to process the year",
+        interval=1.0,
+    )
+
+    table = {k: v.state for k, v in (await read_table(settings)).items()}
+    expected = batch_rfm(events)
+    rules = load_rules()
+    from models.state import compute_metrics
+    from models.transitions import bootstrap_calibration
+
+    calibration = bootstrap_calibration(rules, "default")
+    end = T0 + timedelta(days=400)
+    mismatches = []
+    for customer, (count, spend, last) in expected.items():
+        state = table[f"default/{customer}"]
+        m = compute_metrics(state, end, rules, calibration)
+        batch_recency = round((end - _dt(last)).total_seconds() / 86_400, 4)
+        if (m.order_count, m.total_spend, m.recency_days) != (count, spend, batch_recency):
+            mismatches.append(
+                (
+                    customer,
+                    (m.order_count, m.total_spend, m.recency_days),
+                    (count, spend, batch_recency),
+                )
+            )
+    assert mismatches == []
+    no_orders = {k for k, s in table.items() if not s.counted_orders()}
+    assert no_orders == {f"default/{c}" for c in {e["customer_id"] for e in events}} - {
+        f"default/{c}" for c in expected
+    }
+
+    transitions = await _transitions(settings)
+    _assert_consistent(transitions, table)
+
+    # An explicit recalibration: quantile cut-offs over all 250 customers (both partitions),
+    # adopted by the worker, which re-evaluates every customer under them.
+    published = await recalibrate(settings, rules, datetime.now(UTC))
+    assert [(c.shop_id, c.customers) for c in published] == [("default", len(expected))]
+    version = published[0].version
+    table = await wait_for(
+        lambda: _states(settings),
+        lambda states: all(s.calibration_version == version for s in states.values()),
+        120,
+        "every customer re-evaluated under the new calibration",
+        interval=1.0,
+    )
+    after = await _transitions(settings)
+    before_ids = {t["event_id"] for t in transitions}
+    caused = [
+        t for t in after if t["event_id"] not in before_ids and t["type"] == "segment_changed"
+    ]
+    assert caused, "quantile cut-offs differ from the bootstrap ones: some customers move"
+    assert {(t["cause"]["kind"], t["calibration_version"]) for t in caused} == {
+        ("recalibration", version)
+    }
+    assert {t["backfill"] for t in caused} == {True}
+    _assert_consistent(after, table)
+
+
+async def _transitions(settings) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return [
+        orjson.loads(r.value)
+        async for r in read_topic(settings.kafka_bootstrap_servers, settings.transitions_topic)
+    ]
+
+
+async def _states(settings) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return {k: v.state for k, v in (await read_table(settings)).items()}
+
+
+def _dt(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+def _assert_consistent(transitions: list[dict[str, Any]], table: dict[str, Any]) -> None:
+    """Per customer, segment moves chain (each starts where the previous ended) and end in the
+    final segment; tag changes add and remove alternately and end in the final tags. (All of a
+    customer's transitions share one partition, so the topic's read order is their order.)"""
+    segments: dict[str, str | None] = defaultdict(lambda: None)
+    tags: dict[str, set[str]] = defaultdict(set)
+    broken = []
+    for t in transitions:
+        key = f"{t['shop_id']}/{t['customer_id']}"
+        if t["type"] == "segment_changed":
+            if t["from_segment"] != segments[key]:
+                broken.append((key, segments[key], t["from_segment"], t["to_segment"]))
+            segments[key] = t["to_segment"]
+        elif t["change"] == "added":
+            if t["tag"] in tags[key]:
+                broken.append((key, "added twice", t["tag"]))
+            tags[key].add(t["tag"])
+        else:
+            if t["tag"] not in tags[key]:
+                broken.append((key, "removed but absent", t["tag"]))
+            tags[key].discard(t["tag"])
+    assert broken == []
+    assert {k: s.segment for k, s in table.items()} == {k: segments[k] for k in table}
+    assert {k: set(s.tags) for k, s in table.items()} == {k: tags[k] for k in table}
+    assert len({t["event_id"] for t in transitions}) == len(transitions)
