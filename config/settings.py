@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         None, description="mark transitions as backfill (default: in event-clock mode)"
     )
     marketing_skip_backfill: bool = True
+    marketing_skip_causes: frozenset[Literal["time", "recalibration", "rule_change"]] = Field(
+        frozenset({"rule_change"}),
+        description="transitions with these causes stay off the marketing topics",
+    )
     recalibration_interval_hours: float = Field(
         24.0, ge=0, description="quantile recalibration schedule, wall clock only (0: off)"
     )

@@ -39,8 +39,10 @@ from models.tags import compute_tags
 OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
 
 TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
-# Causes that are not the customer's own doing; they respect the minimum dwell time.
-_DEFERRABLE: Final = frozenset({"time", "recalibration", "rule_change"})
+# Causes that are not the customer's own doing, and could make a customer near a boundary
+# flap: they respect the minimum dwell time. (A rule change is a deliberate act: it applies at
+# once.)
+_DEFERRABLE: Final = frozenset({"time", "recalibration"})
 _MAX_TIME_STEPS: Final = 16
 
 

@@ -83,6 +83,7 @@ def create_app(
         },
         backfill=settings.is_backfill,
         marketing_skip_backfill=settings.marketing_skip_backfill,
+        marketing_skip_causes=frozenset(settings.marketing_skip_causes),
     )
     processor = Processor(
         table=table,

@@ -54,12 +54,13 @@ TickKind = Literal["due", "reevaluate"]
 @dataclass(frozen=True)
 class Outputs:
     """Where transitions go: every one to ``transitions``; to the marketing topic of its type
-    unless it is a backfill and backfills are kept off the marketing topics."""
+    unless it is a backfill (and backfills are kept off) or its cause is kept off."""
 
     transitions: Any
     marketing: Mapping[str, Any]
     backfill: bool
     marketing_skip_backfill: bool
+    marketing_skip_causes: frozenset[str] = frozenset()
 
 
 class Processor:
@@ -269,7 +270,8 @@ class Processor:
             value = encode_transition(transition, emitted_at, out.backfill)
             await out.transitions.send(key=key, value=value)
             marketing = out.marketing.get(transition.transition)
-            if marketing is not None and to_marketing:
+            skip = transition.cause.kind in out.marketing_skip_causes
+            if marketing is not None and to_marketing and not skip:
                 await marketing.send(key=key, value=value)
         model = self.model_for(state.shop_id)
         at = state.as_of or emitted_at

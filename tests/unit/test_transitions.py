@@ -263,3 +263,32 @@ def test_a_recalibration_inside_the_dwell_time_moves_the_customer_at_its_end() -
     assert moves == [] and state.segment == "best_customer"
     assert state.calibration_version == "q-early"
     assert next_due(state, early) == at(37)  # segment since day 30 + 7 days dwell
+
+
+def test_a_late_order_corrects_an_emitted_transition_with_a_transition_of_its_own() -> None:
+    # The customer was declared inactive at day 40; an order of day 35 arrives afterwards.
+    state, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 10)])
+    state, fired = due_transitions(state, at(50), MODEL)
+    assert segment_moves(fired) == [("potential_loyalist", "inactive", "time")]
+    state, corrected = fold([placed("c1", "o-late", 35)], state=state)
+    assert segment_moves(corrected) == [("inactive", "potential_loyalist", "order_placed")]
+    assert corrected[0].cause.order_id == "o-late"
+    assert corrected[0].event_time == at(40)  # as of the newest instant the state reflected
+    assert state.segment == "potential_loyalist"
+
+
+def test_calibrations_are_per_shop() -> None:
+    from streams.calibrations import compute_calibrations
+    from streams.codecs import StoredState
+
+    table = {}
+    for shop, totals in (("a", [1_000, 2_000, 3_000, 4_000, 5_000]), ("b", [90_000] * 5)):
+        for i, total in enumerate(totals):
+            state, _ = fold([placed(f"c{i}", "o1", i, total=total, shop=shop)])
+            table[state.key] = StoredState(0, state)
+    calibrations = compute_calibrations(table, RULES, lambda _shop: at(10))
+    assert [(c.shop_id, c.customers, c.cutoffs.monetary) for c in calibrations] == [
+        ("a", 5, (1_800.0, 2_600.0, 3_400.0, 4_200.0)),
+        ("b", 5, (90_000.0, 90_000.0, 90_000.0, 90_000.0)),
+    ]
+    assert {c.version for c in calibrations} == {"q20250111T120000Z"}
