@@ -76,6 +76,8 @@ class Tags(_Rule):
     discount_seeker_min_share: Annotated[float, Field(gt=0, le=1)] = 0.20
     full_price_max_share: Annotated[float, Field(ge=0, le=1)] = 0.05
     price_min_orders: Annotated[int, Field(ge=1)] = 2
+    # A tag is removed only when the customer is this far (share points) past its threshold.
+    hysteresis: Annotated[float, Field(ge=0, le=0.5)] = 0.05
 
     @model_validator(mode="after")
     def _separated(self) -> Tags:

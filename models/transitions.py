@@ -96,7 +96,7 @@ def evaluate(
         )
         cell = Cell(inactive, m.order_count == 1, scores.r, scores.f, scores.m)
         facts = SegmentFacts(cell, m.discount_share, m.average_order_value)
-    return Evaluation(m, decide(facts, rules), compute_tags(state, m, rules.tags), scores)
+    return Evaluation(m, decide(facts, rules), compute_tags(state, rules.tags), scores)
 
 
 def apply_order(

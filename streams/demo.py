@@ -120,9 +120,13 @@ def _print_transition(t: dict) -> None:  # type: ignore[type-arg]
     cause = t["cause"]["kind"] + (
         f" {t['cause']['order_id']}" if t["cause"].get("order_id") else ""
     )
+    if t["type"] == "tag_changed":
+        sign = "+" if t["change"] == "added" else "-"
+        change = f"{'':>23}    {sign} {t['tag']:<21}"
+    else:
+        change = f"{t['from_segment'] or '-':>23} -> {t['to_segment'] or '-':<23}"
     console.print(
-        f"{t['event_time'][:10]} {t['customer_id']:<14} "
-        f"{t['from_segment'] or '-':>23} -> {t['to_segment'] or '-':<23} {cause}",
+        f"{t['event_time'][:10]} {t['customer_id']:<14} {change} {cause}",
         highlight=False,
         soft_wrap=True,
     )

@@ -96,3 +96,12 @@ def test_every_due_time_fires_exactly_then(gaps) -> None:  # type: ignore[no-unt
     _, fired = due_transitions(state, due, MODEL)
     moves = [t for t in fired if t.type == "segment_changed"]
     assert [(t.cause.kind, t.event_time) for t in moves] == [("time", due)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(orders, st.randoms(use_true_random=False))
+def test_tags_do_not_depend_on_arrival_order(spec, rnd) -> None:  # type: ignore[no-untyped-def]
+    events = _events(spec)
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    assert _fold(events).tags == _fold(shuffled).tags

@@ -292,3 +292,25 @@ def test_calibrations_are_per_shop() -> None:
         ("b", 5, (90_000.0, 90_000.0, 90_000.0, 90_000.0)),
     ]
     assert {c.version for c in calibrations} == {"q20250111T120000Z"}
+
+
+def test_a_preference_near_the_threshold_does_not_flap() -> None:
+    # shoes' share of spend: 2/3, 4/9, 1/3, 0.235 (below 0.25, not below 0.20), 0.316
+    orders = [
+        ("shoes", 2_000),
+        ("bags", 1_000),
+        ("socks", 1_500),
+        ("coats", 1_500),
+        ("hats", 2_500),
+        ("shoes", 1_000),
+    ]
+    state, transitions = fold(
+        [placed("c1", f"o{i}", i * 3, total=t, category=c) for i, (c, t) in enumerate(orders)]
+    )
+    shoes = [
+        (t.change, t.cause.order_id)
+        for t in transitions
+        if getattr(t, "tag", "") == "prefers_shoes"
+    ]
+    assert shoes == [("added", "o1")]  # without hysteresis: removed at o4, added again at o5
+    assert "prefers_shoes" in state.tags
