@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from datetime import UTC, datetime
 
 import orjson
 import redis.asyncio as aioredis
@@ -15,7 +16,8 @@ from rich.table import Table
 from config.rules import load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.app import marketing_transitions
-from streams.changelog import count_records
+from streams.calibrations import recalibrate
+from streams.changelog import count_records, read_table
 from streams.devstack import Devstack
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
@@ -56,7 +58,9 @@ def run_demo(customers: int, keep_running: bool) -> None:
         records = list(sample_records(customers))
         console.print(f"replaying {len(records)} order events of {customers} customers over a year")
         asyncio.run(_replay_and_watch(settings, records, worker))
-        asyncio.run(_summary(settings))
+        fixed = asyncio.run(_segment_sizes(settings))
+        asyncio.run(_recalibrate(settings))
+        asyncio.run(_summary(settings, fixed))
     finally:
         if keep_running:
             console.print(f"worker left running (pid {worker.pid})")
@@ -132,15 +136,52 @@ def _print_transition(t: dict) -> None:  # type: ignore[type-arg]
     )
 
 
-async def _summary(settings: Settings) -> None:
+async def _recalibrate(settings: Settings) -> None:
+    """Quantile cut-offs from the year's customers; the worker re-evaluates everybody."""
+    rules = load_rules()
+    console.print("[bold]recalibrating[/]: quantile cut-offs over all customers ...")
+    before = await read_table(settings)
+    published = await recalibrate(settings, rules, datetime.now(UTC))
+    for c in published:
+        cut = c.cutoffs
+        console.print(
+            f"calibration {c.version} of shop {c.shop_id} ({c.customers} customers): "
+            f"recency days {list(cut.recency_days)}, orders {list(cut.frequency)}, "
+            f"spend {list(cut.monetary)}",
+            highlight=False,
+        )
+    versions = {c.shop_id: c.version for c in published}
+    deadline = time.monotonic() + DONE_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        after = await read_table(settings)
+        if all(
+            s.state.calibration_version == versions.get(s.state.shop_id) for s in after.values()
+        ):
+            moved = sum(1 for k, s in after.items() if s.state.segment != before[k].state.segment)
+            console.print(f"re-evaluated {len(after)} customers: {moved} changed segment")
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the worker did not re-evaluate the customers in time")
+
+
+async def _segment_sizes(settings: Settings) -> dict[str, int]:
     cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
     try:
-        sizes = await cache.segment_sizes("default", load_rules().segment_names)
+        return await cache.segment_sizes("default", load_rules().segment_names)
     finally:
         await cache.close()
-    table = Table("segment", "customers", title="segment sizes (from Redis)")
+
+
+async def _summary(settings: Settings, bootstrap: dict[str, int]) -> None:
+    sizes = await _segment_sizes(settings)
+    table = Table(
+        "segment",
+        "bootstrap cut-offs",
+        "quantile cut-offs",
+        title="customers per segment (from Redis)",
+    )
     for name, size in sizes.items():
-        table.add_row(name, str(size))
+        table.add_row(name, str(bootstrap.get(name, 0)), str(size))
     console.print(table)
     dlq = await count_records(settings.kafka_bootstrap_servers, settings.dlq_topic)
     console.print(f"dead-lettered records on {settings.dlq_topic}: {dlq}")

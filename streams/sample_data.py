@@ -19,9 +19,16 @@ END = START + timedelta(days=365)
 
 
 def _order(
-    rng: random.Random, customer: str, number: int, at: datetime, total: int, discount: int
+    rng: random.Random,
+    customer: str,
+    number: int,
+    at: datetime,
+    total: int,
+    discount: int,
+    favourites: tuple[str, ...],
 ) -> dict[str, Any]:
-    category = rng.choice(CATEGORIES)
+    # Most orders are in the customer's favourite categories, some are not.
+    category = rng.choice(favourites) if rng.random() < 0.8 else rng.choice(CATEGORIES)
     quantity = rng.randint(1, 3)
     return {
         "type": "order_placed",
@@ -53,12 +60,13 @@ def _series(
 ) -> list[dict[str, Any]]:
     events = []
     at = first
+    favourites = tuple(rng.sample(CATEGORIES, rng.randint(1, 2)))
     for number in range(1, count + 1):
         if at >= END:
             break
         amount = rng.randint(*total)
         discount = int(amount * discount_share)
-        events.append(_order(rng, customer, number, at, amount - discount, discount))
+        events.append(_order(rng, customer, number, at, amount - discount, discount, favourites))
         at += timedelta(days=gap_days * rng.uniform(0.8, 1.2), hours=rng.randint(0, 8))
     return events
 
@@ -68,7 +76,7 @@ def sample_events(customers: int = 40, seed: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     events: list[dict[str, Any]] = []
     patterns = (
-        ("weekly", 7, 40, (900, 2200), 0.0),  # low average order value
+        ("weekly", 7, 40, (900, 2200), 0.15),  # small baskets, with coupons
         ("monthly", 30, 12, (9000, 20000), 0.0),  # best customers: frequent enough, full price
         ("hunter", 21, 14, (6000, 12000), 0.35),  # discount hunters
         ("lapsing", 10, 8, (3000, 6000), 0.05),  # regulars who stop buying
