@@ -49,7 +49,11 @@ class Settings(BaseSettings):
         24.0, ge=0, description="quantile recalibration schedule, wall clock only (0: off)"
     )
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (0: no server)")
+    web_host: str = Field("127.0.0.1", description="address the worker's HTTP server binds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="worker logs: one JSON object per line, or plain text"
+    )
     devstack_dir: Path = Path(".devstack")
 
     @property

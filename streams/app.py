@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
+from faust.web import View
 
 from config.settings import Settings
 from models.events import transition_name, transition_names
@@ -18,12 +20,18 @@ from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams.calibrations import follow_calibrations, recalibrate
 from streams.dlq import DeadLetters, SourceRecord
+from streams.lag import LagProbe
+from streams.metrics import WorkerMetrics
 from streams.orders import Outputs, Processor
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_SECONDS = 2.0
+LAG_INTERVAL_SECONDS = 5.0
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
+# A time-caused transition later than this after its due time counts as overdue.
+OVERDUE_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -31,6 +39,7 @@ class Segmenter:
     app: faust.App
     processor: Processor
     cache: RedisCache
+    metrics: WorkerMetrics
 
 
 def broker_urls(bootstrap_servers: str) -> str:
@@ -60,7 +69,7 @@ def create_app(
         topic_replication_factor=settings.replication_factor,
         web_enabled=settings.web_port != 0,
         web_port=settings.web_port or 6066,
-        web_bind="127.0.0.1",
+        web_bind=settings.web_host,
         autodiscover=False,
         processing_guarantee="at_least_once",
     )
@@ -74,7 +83,14 @@ def create_app(
         key_type=bytes,  # bytes in, bytes out: streams.codecs owns the encoding
         value_type=bytes,
     )
-    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    metrics = WorkerMetrics()
+
+    def observe_redis(seconds: float, ok: bool) -> None:
+        metrics.redis_write.observe(seconds)
+        if not ok:
+            metrics.redis_errors.inc()
+
+    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix, observe_redis)
     outputs = Outputs(
         transitions=transitions,
         marketing={
@@ -90,9 +106,10 @@ def create_app(
         rules=rules,
         calibrations=calibrations,
         outputs=outputs,
-        dead_letters=DeadLetters(dlq),
+        dead_letters=DeadLetters(dlq, lambda reason: metrics.dead_letters.labels(reason).inc()),
         cache=cache,
         clock_mode=settings.clock,
+        metrics=metrics,
     )
     source = app.topic(settings.orders_topic, settings.clock_topic, **raw)
 
@@ -108,10 +125,7 @@ def create_app(
             else:
                 await processor.on_order(record)
 
-    @app.page("/stats")
-    async def stats(web: Any, request: Any) -> Any:
-        """Counters since the worker started: events by type, transitions, dead letters."""
-        return web.json(processor.stats())
+    _operations(app, settings, processor, cache, metrics)
 
     @table.on_recover
     async def rebuild_due_index() -> None:
@@ -143,4 +157,160 @@ def create_app(
             published = await recalibrate(settings, rules, datetime.now(UTC))
             log.info("scheduled recalibration: %s", [c.version for c in published])
 
-    return Segmenter(app=app, processor=processor, cache=cache)
+    return Segmenter(app=app, processor=processor, cache=cache, metrics=metrics)
+
+
+def _operations(
+    app: faust.App,
+    settings: Settings,
+    processor: Processor,
+    cache: RedisCache,
+    metrics: WorkerMetrics,
+) -> None:
+    """Metrics, health and readiness, pause/resume and the lag measurement."""
+    recovery = app.tables.recovery
+    paused = {"on": False}
+
+    def gauge(name: str, documentation: str, read: Any) -> None:
+        metrics.callback_gauge(name, documentation, read)
+
+    gauge(
+        "segmenter_table_customers",
+        "Customers in this worker's table partitions",
+        lambda: processor.customers,
+    )
+    gauge(
+        "segmenter_due_customers",
+        "Customers with a due time in this worker's index",
+        lambda: len(processor.index),
+    )
+
+    def overdue() -> list[datetime]:
+        return processor.overdue(datetime.now(UTC), OVERDUE_GRACE_SECONDS)
+
+    def oldest_overdue() -> float:
+        late = overdue()
+        return (datetime.now(UTC) - min(late)).total_seconds() if late else 0.0
+
+    gauge(
+        "segmenter_overdue_customers",
+        f"Customers whose time-caused transition is more than {OVERDUE_GRACE_SECONDS:.0f} s late",
+        lambda: len(overdue()),
+    )
+    gauge(
+        "segmenter_oldest_overdue_seconds",
+        "How late the most overdue due time is (0: none)",
+        oldest_overdue,
+    )
+    gauge(
+        "segmenter_redis_pending_writes",
+        "Customer writes waiting for Redis to come back",
+        lambda: cache.pending,
+    )
+    gauge(
+        "segmenter_pending_reevaluations",
+        "Customers waiting for re-evaluation",
+        lambda: len(processor.pending_reevaluation),
+    )
+    gauge(
+        "segmenter_recovering",
+        "1 while tables are being recovered from the changelog",
+        lambda: 1.0 if recovery.in_recovery else 0.0,
+    )
+    gauge(
+        "segmenter_recovery_remaining_messages",
+        "Changelog messages left to recover",
+        lambda: float(recovery.active_remaining_total()) if recovery.in_recovery else 0.0,
+    )
+    gauge(
+        "segmenter_paused",
+        "1 while consumption is paused by an operator",
+        lambda: 1.0 if paused["on"] else 0.0,
+    )
+
+    @app.on_partitions_revoked.connect
+    def count_rebalance(sender: Any, revoked: Any, **_: Any) -> None:
+        metrics.rebalances.inc()
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        # aiohttp takes the charset apart from the content type
+        return web.bytes(metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        """The process is alive and serving."""
+        return web.json({"status": "alive"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        """Recovery finished, the broker and Redis reachable: ready for traffic."""
+        checks = {
+            "recovered": recovery.completed.is_set() and not recovery.in_recovery,
+            "broker": bool(app.consumer.assignment()) or await _broker_reachable(settings),
+            "redis": await cache.ping(),
+        }
+        ready = all(checks.values())
+        return web.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    @app.page("/stats")
+    async def stats(web: Any, request: Any) -> Any:
+        """Counters since the worker started: events by type, transitions, dead letters."""
+        return web.json({**processor.stats(), "paused": paused["on"]})
+
+    def source_partitions() -> set[Any]:
+        return {tp for tp in app.consumer.assignment() if tp.topic == settings.orders_topic}
+
+    def set_paused(on: bool) -> dict[str, bool]:
+        paused["on"] = on
+        if on:
+            app.consumer.pause_partitions(source_partitions())
+        else:
+            app.consumer.resume_partitions(source_partitions())
+        return {"paused": on}
+
+    @app.page("/pause")
+    class Pause(View):
+        """POST: stop fetching orders (maintenance; lag builds up). GET: the current state."""
+
+        async def get(self, request: Any) -> Any:
+            return self.json({"paused": paused["on"]})
+
+        async def post(self, request: Any) -> Any:
+            return self.json(set_paused(True))
+
+    @app.page("/resume")
+    class Resume(View):
+        """POST: fetch orders again."""
+
+        async def get(self, request: Any) -> Any:
+            return self.json({"paused": paused["on"]})
+
+        async def post(self, request: Any) -> Any:
+            return self.json(set_paused(False))
+
+    probe = LagProbe(settings.kafka_bootstrap_servers, settings.app_id)
+
+    @app.timer(LAG_INTERVAL_SECONDS)
+    async def measure_lag() -> None:
+        if paused["on"]:  # a rebalance may have resumed them; keep the operator's word
+            app.consumer.pause_partitions(source_partitions())
+        try:
+            await probe.start()
+            partitions = [TopicPartition(tp.topic, tp.partition) for tp in source_partitions()]
+            lags = await probe.measure(partitions, with_age=True)
+        except Exception as exc:  # the broker is away: keep the last values
+            log.warning("lag measurement failed: %r", exc)
+            return
+        metrics.lag_messages.clear()
+        metrics.lag_seconds.clear()
+        for lag in lags:
+            labels = (lag.topic, str(lag.partition))
+            metrics.lag_messages.labels(*labels).set(lag.lag if lag.lag is not None else lag.end)
+            metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
+
+
+async def _broker_reachable(settings: Settings) -> bool:
+    from streams.topics import broker_answers
+
+    return await broker_answers(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -288,6 +289,73 @@ def recalibrate(shop: str | None) -> None:
             str(list(cut.monetary)),
         )
     out.print(table)
+
+
+@main.command()
+@click.option("--topic", default=None, help="input topic (default: the orders topic)")
+@click.option("--watch", is_flag=True, help="refresh until interrupted")
+@click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per partition")
+def lag(topic: str | None, watch: bool, interval: float, as_json: bool) -> None:
+    """Consumer lag of the worker group per partition, from the broker."""
+    from rich.live import Live
+
+    from streams.lag import LagProbe, PartitionLag
+
+    settings = _settings()
+    topic = topic or settings.orders_topic
+
+    def render(lags: list[PartitionLag]) -> Table:
+        table = Table(
+            "topic",
+            "partition",
+            "committed",
+            "log end",
+            "lag",
+            "oldest unprocessed",
+            title=f"group {settings.app_id}",
+        )
+        for p in lags:
+            age = f"{p.age_seconds:.1f} s" if p.age_seconds is not None else "-"
+            table.add_row(
+                p.topic, str(p.partition), _dash(p.committed), str(p.end), _dash(p.lag), age
+            )
+        total = sum(p.lag or 0 for p in lags)
+        table.caption = f"total lag: {total}"
+        return table
+
+    async def run() -> None:
+        async with LagProbe(settings.kafka_bootstrap_servers, settings.app_id) as probe:
+            partitions = await probe.partitions(topic)
+            if not partitions:
+                raise click.ClickException(f"topic {topic!r} does not exist")
+            lags = await probe.measure(partitions, with_age=True)
+            if as_json:
+                for p in lags:
+                    line = {
+                        "topic": p.topic,
+                        "partition": p.partition,
+                        "committed": p.committed,
+                        "end": p.end,
+                        "lag": p.lag,
+                        "age_seconds": p.age_seconds,
+                    }
+                    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+                return
+            if not watch:
+                out.print(render(lags))
+                return
+            with Live(render(lags), console=out, refresh_per_second=4) as live:
+                while True:
+                    await asyncio.sleep(interval)
+                    live.update(render(await probe.measure(partitions, with_age=True)))
+
+    with contextlib.suppress(KeyboardInterrupt):  # --watch ends with Ctrl-C
+        asyncio.run(run())
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 @main.command()

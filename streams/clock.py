@@ -39,16 +39,35 @@ class DueIndex:
         self._latest[key] = due
         heapq.heappush(self._heaps[partition], (due, key))
 
-    def pop_due(self, partition: int, now: datetime) -> list[str]:
-        """Keys on ``partition`` whose due time is at or before ``now``, earliest first."""
+    def pop_due(self, partition: int, now: datetime) -> list[tuple[str, datetime]]:
+        """(key, due time) on ``partition`` due at or before ``now``, earliest first."""
         heap = self._heaps.get(partition)
-        due_keys: list[str] = []
+        due_keys: list[tuple[str, datetime]] = []
         while heap and heap[0][0] <= now:
             due, key = heapq.heappop(heap)
             if self._latest.get(key) == due:
                 del self._latest[key]
-                due_keys.append(key)
+                due_keys.append((key, due))
         return due_keys
+
+    def overdue(self, before: datetime) -> list[datetime]:
+        """Due times still waiting in the index that are earlier than ``before``.
+
+        Walks only the heap nodes that are due (a parent is never later than its children),
+        so the cost grows with the number of overdue customers.
+        """
+        found = []
+        for heap in self._heaps.values():
+            stack = [0] if heap else []
+            while stack:
+                i = stack.pop()
+                due, key = heap[i]
+                if due >= before:
+                    continue
+                if self._latest.get(key) == due:
+                    found.append(due)
+                stack += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
+        return found
 
     def partitions(self) -> list[int]:
         return [p for p, heap in self._heaps.items() if heap]

@@ -25,7 +25,9 @@ from typing import Final
 
 import redis
 
-KAFKA_VERSION: Final = "4.4.0"
+# The newest Kafka release whose broker and tools (kafka-tools, for ConsumerGroupCommand) are
+# both on Maven Central.
+KAFKA_VERSION: Final = "4.3.1"
 LOG4J_VERSION: Final = "2.24.3"
 START_TIMEOUT_SECONDS: Final = 90.0
 
@@ -36,6 +38,10 @@ _POM: Final = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <dependencies>
     <dependency>
       <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
       <version>{kafka}</version>
     </dependency>
     <dependency>
@@ -143,13 +149,16 @@ class Devstack:
         self.redis_port = redis_port
         self.kafka_home = self.root / f"kafka-{KAFKA_VERSION}"
         self.libs = self.kafka_home / "libs"
+        self.classpath = f"{self.libs}/*"
 
     # -- Kafka --------------------------------------------------------------------------------
 
     def fetch_kafka(self, say: Callable[[str], None] = print) -> None:
         """Download the broker jars with Maven unless they are cached already."""
-        marker = self.libs / f"kafka_2.13-{KAFKA_VERSION}.jar"
-        if marker.exists():
+        markers = [
+            self.libs / f"{name}-{KAFKA_VERSION}.jar" for name in ("kafka_2.13", "kafka-tools")
+        ]
+        if all(m.exists() for m in markers):
             return
         mvn = shutil.which("mvn")
         if mvn is None:
@@ -176,7 +185,7 @@ class Devstack:
                 text=True,
                 check=False,
             )
-        if result.returncode != 0 or not marker.exists():
+        if result.returncode != 0 or not all(m.exists() for m in markers):
             raise DevstackError(f"Maven could not fetch Kafka:\n{result.stdout}\n{result.stderr}")
 
     def _java(self) -> str:
@@ -196,8 +205,8 @@ class Devstack:
             _wait(self._kafka_answers, starting, START_TIMEOUT_SECONDS, "Kafka", logs)
             return
         self.fetch_kafka(say)
-        config_dir = self.root / "kafka"
-        data = config_dir / "data"
+        config_dir = self.kafka_home / "config"  # per version: KRaft metadata does not downgrade
+        data = self.kafka_home / "data"
         config_dir.mkdir(parents=True, exist_ok=True)
         props = config_dir / "server.properties"
         props.write_text(
@@ -208,7 +217,7 @@ class Devstack:
         log4j = config_dir / "log4j2.properties"
         log = self.root / "kafka.log"
         log4j.write_text(_LOG4J2.format(log=log))
-        classpath = f"{self.libs}/*"
+        classpath = self.classpath
         java = self._java()
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,13 +41,15 @@ def dlq_headers(reason: str, message: str, source: SourceRecord) -> dict[str, by
 class DeadLetters:
     """Sends rejected records to the dead-letter topic and counts them by reason."""
 
-    def __init__(self, topic: Any) -> None:
+    def __init__(self, topic: Any, on_reason: Callable[[str], None] = lambda _reason: None) -> None:
         self._topic = topic
+        self._on_reason = on_reason
         self.counts: Counter[str] = Counter()
 
     async def send(self, source: SourceRecord, reason: str, message: str) -> None:
         """Publish the record unchanged, with the reason in its headers."""
         self.counts[reason] += 1
+        self._on_reason(reason)
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
             source.topic,
@@ -54,6 +57,12 @@ class DeadLetters:
             source.offset,
             reason,
             message[:300],
+            extra={
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+                "reason": reason,
+            },
         )
         await self._topic.send(
             key=source.key, value=source.value, headers=dlq_headers(reason, message, source)

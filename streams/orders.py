@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -44,6 +44,7 @@ from streams.codecs import (
     encode_transition,
 )
 from streams.dlq import DeadLetters, SourceRecord
+from streams.metrics import WorkerMetrics
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Processor:
         dead_letters: DeadLetters,
         cache: RedisCache,
         clock_mode: Literal["wall", "event"],
+        metrics: WorkerMetrics,
     ) -> None:
         self.table = table
         self.rules = rules
@@ -84,7 +86,12 @@ class Processor:
         self.dead_letters = dead_letters
         self.cache = cache
         self.clock_mode = clock_mode
+        self.metrics = metrics
         self.index = DueIndex()
+        # Wall clock: due ticks sent and not processed yet (key -> due time).
+        self.in_flight: dict[str, datetime] = {}
+        # Customers in the table of this worker's partitions.
+        self.customers = 0
         self.counts: Counter[str] = Counter()
         self._models: dict[str, SegmentModel] = {}
         # (partition, key) of customers to re-evaluate, handed out as ticks by the clock timer.
@@ -121,12 +128,17 @@ class Processor:
 
     async def on_order(self, record: SourceRecord) -> None:
         """One record of the orders topic; a record that cannot be used is dead-lettered."""
+        with self.metrics.processing.time():
+            await self._on_order(record)
+
+    async def _on_order(self, record: SourceRecord) -> None:
         try:
             order = decode_order(record.key, record.value, received_at=datetime.now(UTC))
         except DecodeError as exc:
             await self.dead_letters.send(record, exc.reason, str(exc))
             return
         self.counts[order.type] += 1
+        self.metrics.events.labels(order.type).inc()
         partition = record.partition
         try:
             if self.clock_mode == "event":
@@ -138,7 +150,13 @@ class Processor:
             await self.dead_letters.send(record, exc.reason, str(exc))
             return
         except Exception as exc:  # a bug on one record must not stop the stream: park it, loudly
-            log.exception("processing %s[%d]@%d failed", record.topic, partition, record.offset)
+            log.exception(
+                "processing %s[%d]@%d failed",
+                record.topic,
+                partition,
+                record.offset,
+                extra={"topic": record.topic, "partition": partition, "offset": record.offset},
+            )
             await self.dead_letters.send(record, "processing_error", repr(exc))
             return
         if state is None or new_state.revision != state.revision:
@@ -162,10 +180,11 @@ class Processor:
     # -- time and re-evaluation -----------------------------------------------------------------
 
     async def _fire_due(self, partition: int, now: datetime) -> None:
-        for key in self.index.pop_due(partition, now):
+        for key, _due in self.index.pop_due(partition, now):
             await self._fire_key(partition, key, now)
 
     async def _fire_key(self, partition: int, key: str, now: datetime) -> None:
+        self.in_flight.pop(key, None)
         state = self._load(key)
         if state is None:
             return
@@ -188,9 +207,18 @@ class Processor:
         """Wall-clock mode: (partition, tick) for every customer due at ``now``."""
         ticks = []
         for partition in self.index.partitions():
-            for key in self.index.pop_due(partition, now):
+            for key, due in self.index.pop_due(partition, now):
+                self.in_flight[key] = due
                 ticks.append((partition, _tick("due", key, now)))
         return ticks
+
+    def overdue(self, now: datetime, grace: float) -> list[datetime]:
+        """Due times passed more than ``grace`` seconds ago whose transition is not applied yet
+        (wall clock only: in event-time mode the stream's own time decides)."""
+        if self.clock_mode != "wall":
+            return []
+        before = now - timedelta(seconds=grace)
+        return self.index.overdue(before) + [d for d in self.in_flight.values() if d < before]
 
     def reevaluation_ticks(self, limit: int = 5000) -> list[tuple[int, bytes]]:
         """(partition, tick) for up to ``limit`` customers waiting for re-evaluation."""
@@ -227,8 +255,10 @@ class Processor:
         heartbeats; a value that cannot be decoded is logged and skipped, never fatal.
         """
         self.index.clear()
+        self.in_flight.clear()
         self.pending_reevaluation.clear()
         failed = 0
+        count = 0
         for count, value in enumerate(self.table.values(), start=1):
             try:
                 partition, state = decode_stored(value)
@@ -244,6 +274,7 @@ class Processor:
                 self.index.advance_watermark(partition, state.as_of)
             if count % 1000 == 0:
                 await asyncio.sleep(0)
+        self.customers = count
         log.info(
             "due index rebuilt: %d customers with a due time, %d to re-evaluate, %d unreadable",
             len(self.index),
@@ -260,15 +291,33 @@ class Processor:
     async def _save(
         self, partition: int, state: CustomerState, transitions: list[Transition]
     ) -> None:
+        if state.revision == 1:  # the first change of a customer creates their table entry
+            self.customers += 1
         self.table[state.key.encode()] = encode_stored(partition, state)
         emitted_at = datetime.now(UTC)
         out = self.outputs
         to_marketing = not (out.backfill and out.marketing_skip_backfill)
         for transition in transitions:
             self.counts[transition.transition] += 1
+            self.metrics.transitions.labels(transition.transition, transition.cause.kind).inc()
+            if not out.backfill:
+                delay = (emitted_at - transition.event_time).total_seconds()
+                self.metrics.transition_delay.observe(max(delay, 0.0))
             key = transition.customer_id.encode()
             value = encode_transition(transition, emitted_at, out.backfill)
             await out.transitions.send(key=key, value=value)
+            log.debug(
+                "transition %s of %s",
+                transition.transition,
+                transition.customer_id,
+                extra={
+                    "event_id": transition.event_id,
+                    "shop_id": transition.shop_id,
+                    "customer_id": transition.customer_id,
+                    "transition": transition.transition,
+                    "cause": transition.cause.kind,
+                },
+            )
             marketing = out.marketing.get(transition.transition)
             skip = transition.cause.kind in out.marketing_skip_causes
             if marketing is not None and to_marketing and not skip:

@@ -15,7 +15,8 @@ kept and retried, never raised into the stream.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import orjson
@@ -55,17 +56,30 @@ def _text(value: Any) -> str:
 class RedisCache:
     """Writes and reads the cache layout above."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        observe: Callable[[float, bool], None] = lambda _seconds, _ok: None,
+    ) -> None:
         self._client = client
         self._prefix = prefix
+        self._observe = observe
         self._script = client.register_script(_WRITE_SCRIPT)
         # Latest state per customer whose write failed; retried by ``flush_pending``.
         self._pending: dict[str, tuple[CustomerState, Metrics]] = {}
         self.errors = 0
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> RedisCache:
-        return cls(aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5), prefix)
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        observe: Callable[[float, bool], None] = lambda _seconds, _ok: None,
+    ) -> RedisCache:
+        """``observe(seconds, ok)`` is called after every write (for metrics)."""
+        client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        return cls(client, prefix, observe)
 
     def customer_key(self, shop_id: str, customer_id: str) -> str:
         return f"{self._prefix}customer:{shop_id}:{customer_id}"
@@ -82,9 +96,12 @@ class RedisCache:
         batch = {state.key: (state, metrics) for state, metrics in items}
         if not batch:
             return
+        started = time.perf_counter()
         try:
             await self._write_batch(list(batch.values()))
+            self._observe(time.perf_counter() - started, True)
         except (RedisError, OSError) as exc:
+            self._observe(time.perf_counter() - started, False)
             self.errors += 1
             log.warning("redis write of %d customers failed, will retry: %s", len(batch), exc)
             for key, item in batch.items():
@@ -161,6 +178,12 @@ class RedisCache:
 
     async def members(self, shop_id: str, segment: str) -> set[str]:
         return {m.decode() for m in await self._client.smembers(self.segment_key(shop_id, segment))}
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except (RedisError, OSError):
+            return False
 
     async def close(self) -> None:
         await self._client.aclose()

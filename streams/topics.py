@@ -106,3 +106,18 @@ async def _wait_for_topics(admin: AIOKafkaAdminClient, topics: list[str]) -> Non
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"topics {topics} did not appear")
+
+
+async def broker_answers(settings: Settings) -> bool:
+    """Whether the brokers answer a metadata request within a few seconds."""
+    try:
+        admin = await _admin(settings)
+    except ConnectionError:
+        return False
+    try:
+        await asyncio.wait_for(admin.list_topics(), 5)
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -34,8 +35,38 @@ def run_worker(settings: Settings) -> None:
         rules.version,
         settings.clock,
     )
-    worker = faust.Worker(segmenter.app, loop=loop, loglevel=settings.log_level.upper())
+    worker = faust.Worker(
+        segmenter.app,
+        loop=loop,
+        loglevel=settings.log_level.upper(),
+        logging_config=logging_config(settings),
+        quiet=True,  # no banner on stdout: logs only
+    )
     worker.execute_from_commandline()
+
+
+def logging_config(settings: Settings) -> dict[str, Any]:
+    """``logging.config.dictConfig`` for the worker: JSON lines on stderr by default."""
+    formatter: dict[str, Any] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    if settings.log_format == "json":
+        formatter = {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": settings.log_level.upper(), "handlers": ["default"]},
+    }
 
 
 def spawn_worker(overrides: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -1,0 +1,94 @@
+"""Prometheus metrics of a worker (prometheus-client, one registry per worker).
+
+Every name here is what the Grafana dashboard and the alert rules in ``ops/`` may use; a test
+checks that they use nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class WorkerMetrics:
+    """The instruments; gauges that are cheaper to compute at scrape time take callbacks."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.lag_messages = Gauge(
+            "segmenter_consumer_lag_messages",
+            "Log end offset minus committed offset, per assigned input partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "segmenter_consumer_lag_seconds",
+            "Age of the oldest unprocessed record, per assigned input partition (0: none)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.events = Counter(
+            "segmenter_events_total", "Order events processed, by type", ["type"], registry=r
+        )
+        self.processing = Histogram(
+            "segmenter_processing_seconds",
+            "From receiving an order record to having written its results",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.transition_delay = Histogram(
+            "segmenter_transition_delay_seconds",
+            "From a live transition's event time to its emission (backfills excluded)",
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.transitions = Counter(
+            "segmenter_transitions_total",
+            "Transitions emitted, by transition name and cause",
+            ["transition", "cause"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "segmenter_dead_letters_total",
+            "Records dead-lettered, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.redis_write = Histogram(
+            "segmenter_redis_write_seconds",
+            "Duration of one pipelined Redis write",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "segmenter_redis_errors_total", "Failed Redis writes (kept and retried)", registry=r
+        )
+        self.rebalances = Counter(
+            "segmenter_rebalances_total", "Consumer group rebalances seen", registry=r
+        )
+
+    def callback_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        gauge = Gauge(name, documentation, registry=self.registry)
+        gauge.set_function(read)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def names(self) -> set[str]:
+        """Every sample name this registry can expose (with _total, _bucket, ... suffixes),
+        whether or not a labelled child has been created yet."""
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_count", "_sum", "_created"),
+            "gauge": ("",),
+        }
+        return {
+            family.name + suffix
+            for family in self.registry.collect()
+            for suffix in suffixes.get(family.type, ("",))
+        }

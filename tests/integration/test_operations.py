@@ -1,0 +1,230 @@
+"""Operations on the running system: lag from /metrics, from `segmenter lag` and from Kafka's
+own ConsumerGroupCommand agree to the message; health, readiness and JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from config.rules import load_rules
+from models.state import CustomerState
+from streams.app import marketing_transitions
+from streams.codecs import encode_stored
+from streams.devstack import Devstack
+from streams.lag import group_lag
+from streams.replay import publish
+from streams.topics import ensure_topics
+from streams.worker import spawn_worker, stop_worker
+from tests.conftest import settings_from, wait_for
+from tests.factories import placed
+
+pytestmark = pytest.mark.integration
+LAG = re.compile(r'^segmenter_consumer_lag_messages\{partition="(\d+)",topic="([^"]+)"\} (\S+)$')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def ops_worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    overrides = {**isolated, "partitions": "2", "web_port": str(free_port())}
+    asyncio.run(ensure_topics(settings_from(overrides), marketing_transitions(load_rules())))
+    log = tmp_path / "worker.log"
+    process = spawn_worker(overrides, log)
+    yield {"overrides": overrides, "log": log}
+    assert stop_worker(process) == 0, log.read_text()[-3000:]
+
+
+def _orders(first: int, count: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (f"c{i % 7}".encode(), orjson.dumps(placed(f"c{i % 7}", f"o{i}", i)))
+        for i in range(first, first + count)
+    ]
+
+
+async def _get(port: str, path: str, method: str = "GET") -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{port}{path}"
+    async with aiohttp.ClientSession() as session, session.request(method, url) as response:
+        body = await response.read()
+        kind = response.headers.get("Content-Type", "")
+        return response.status, orjson.loads(body) if "json" in kind else body.decode()
+
+
+async def _metrics_lag(port: str, topic: str) -> dict[int, float]:
+    status, text = await _get(port, "/metrics")
+    assert status == 200
+    found = {}
+    for line in text.splitlines():
+        match = LAG.match(line)
+        if match and match.group(2) == topic:
+            found[int(match.group(1))] = float(match.group(3))
+    return found
+
+
+async def _segmenter_lag(overrides: dict[str, str]) -> dict[int, int | None]:
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "lag",
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return {row["partition"]: row["lag"] for row in map(orjson.loads, stdout.splitlines())}
+
+
+async def _kafka_tool_lag(stack: Devstack, group: str, topic: str) -> dict[int, int]:
+    """LAG per partition as Kafka's own ConsumerGroupCommand reports it."""
+    process = await asyncio.create_subprocess_exec(
+        "java",
+        "-cp",
+        stack.classpath,
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        "--bootstrap-server",
+        f"127.0.0.1:{stack.kafka_port}",
+        "--describe",
+        "--group",
+        group,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    lines = [line.split() for line in stdout.decode().splitlines() if line.strip()]
+    header = next(cols for cols in lines if "LAG" in cols)
+    at = {name: header.index(name) for name in ("TOPIC", "PARTITION", "LAG")}
+    return {
+        int(cols[at["PARTITION"]]): int(cols[at["LAG"]])
+        for cols in lines
+        if len(cols) > at["LAG"] and cols[at["TOPIC"]] == topic
+    }
+
+
+async def test_lag_agrees_everywhere_and_drains(
+    ops_worker: dict[str, Any], devstack: Devstack
+) -> None:
+    overrides = ops_worker["overrides"]
+    port, settings = overrides["web_port"], settings_from(overrides)
+    topic = settings.orders_topic
+    assert await publish(settings, iter(_orders(0, 5))) == 5
+    await wait_for(
+        lambda: group_lag(settings),
+        lambda lag: sum(p.lag or 0 for p in lag) == 0 and all(p.committed is not None for p in lag),
+        90,
+        "the first orders",
+    )
+    _, ready = await wait_for(lambda: _get(port, "/readyz"), lambda r: r[0] == 200, 30, "ready")
+    assert ready == {"ready": True, "checks": {"recovered": True, "broker": True, "redis": True}}
+    assert (await _get(port, "/healthz")) == (200, {"status": "alive"})
+
+    assert (await _get(port, "/pause", "POST")) == (200, {"paused": True})
+    n = 37
+    assert await publish(settings, iter(_orders(5, n))) == n
+
+    ours = await wait_for(
+        lambda: _segmenter_lag(overrides),
+        lambda lag: sum(lag.values()) == n,
+        30,
+        "segmenter lag to show the new orders",
+    )
+    assert await _kafka_tool_lag(devstack, settings.app_id, topic) == ours
+    assert await wait_for(
+        lambda: _metrics_lag(port, topic), lambda m: m == ours, 30, "/metrics to show the same lag"
+    ) == {p: float(v) for p, v in ours.items()}
+    _, text = await _get(port, "/metrics")
+    ages = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("segmenter_consumer_lag_seconds{") and not line.endswith(" 0.0")
+    ]
+    assert ages and all(age > 0 for age in ages)
+
+    assert (await _get(port, "/resume", "POST")) == (200, {"paused": False})
+    await wait_for(
+        lambda: _segmenter_lag(overrides),
+        lambda lag: set(lag.values()) == {0},
+        60,
+        "the worker to catch up",
+    )
+    assert set((await _kafka_tool_lag(devstack, settings.app_id, topic)).values()) == {0}
+    await wait_for(
+        lambda: _metrics_lag(port, topic),
+        lambda m: set(m.values()) == {0.0},
+        30,
+        "/metrics lag back to 0",
+    )
+    _, text = await _get(port, "/metrics")
+    assert 'segmenter_events_total{type="order_placed"} 42.0' in text
+
+    records = [line for line in ops_worker["log"].read_text().splitlines() if line.strip()]
+    parsed = [orjson.loads(line) for line in records]  # every line is one JSON object
+    assert {"time", "level", "logger", "message"} <= set(parsed[-1])
+
+
+async def test_not_ready_while_recovering(isolated: dict[str, str], tmp_path: Path) -> None:
+    overrides = {**isolated, "partitions": "2", "web_port": str(free_port())}
+    settings = settings_from(overrides)
+    await ensure_topics(settings, marketing_transitions(load_rules()))
+    # A changelog with many customers, so a worker with an empty store has much to recover.
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    await admin.create_topics(
+        [NewTopic(settings.changelog_topic, 2, 1, topic_configs={"cleanup.policy": "compact"})]
+    )
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=50)
+    await producer.start()
+    customers = 40_000
+    for i in range(customers):
+        state = CustomerState(shop_id="default", customer_id=f"r{i}")
+        await producer.send(
+            settings.changelog_topic,
+            key=state.key.encode(),
+            value=encode_stored(i % 2, state),
+            partition=i % 2,
+        )
+    await producer.flush()
+    await producer.stop()
+
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    try:
+        port = overrides["web_port"]
+        seen: list[tuple[int, Any]] = []
+
+        async def probe() -> tuple[int, Any]:
+            try:
+                result = await _get(port, "/readyz")
+            except aiohttp.ClientConnectionError:
+                return (0, None)
+            seen.append(result)
+            return result
+
+        await wait_for(probe, lambda r: r[0] == 200, 120, "readiness", interval=0.05)
+        not_ready = [body for status, body in seen if status == 503]
+        assert not_ready, f"never saw the worker recovering: {seen[:3]}"
+        assert all(body["checks"]["recovered"] is False for body in not_ready)
+        _, text = await _get(port, "/metrics")
+        assert f"segmenter_table_customers {float(customers)}" in text
+    finally:
+        assert await asyncio.to_thread(stop_worker, process) == 0
