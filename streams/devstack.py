@@ -220,7 +220,6 @@ class Devstack:
         classpath = self.classpath
         java = self._java()
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             result = subprocess.run(
                 [
                     java,
@@ -229,8 +228,7 @@ class Devstack:
                     "kafka.tools.StorageTool",
                     "format",
                     "--standalone",
-                    "-t",
-                    cluster_id,
+                    f"--cluster-id={cluster_id()}",
                     "-c",
                     str(props),
                 ],
@@ -388,6 +386,15 @@ class Devstack:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
+
+
+def cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes, URL-safe base64. Like Kafka's own
+    ``Uuid.randomUuid``, never one starting with ``-`` (a command line would read an option)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 def _reap(pid: int) -> None:
