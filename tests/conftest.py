@@ -4,6 +4,9 @@ helpers that wait on conditions with a timeout."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -69,3 +72,27 @@ async def wait_for(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def run_cli(overrides: dict[str, str], *args: str) -> str:
+    """Run ``segmenter ARGS`` with ``SEGMENTER_*`` overrides; returns stdout, fails on error."""
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streams.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +17,7 @@ from streams.lag import group_lag
 from streams.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
-from tests.conftest import settings_from, wait_for
+from tests.conftest import free_port, run_cli, settings_from, wait_for
 from tests.factories import at, cancelled, placed
 
 pytestmark = pytest.mark.integration
@@ -68,12 +65,6 @@ EXPECTED = [
     ("bob", "new", "inactive", "time", None, at(95)),  # single order: 90 days
     ("dave", None, "new", "order_placed", "d-o1", at(120)),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -175,36 +166,20 @@ async def _assert_stats(overrides: dict[str, str]) -> None:
     assert stats["events"]["customer.became_inactive"] == 2
 
 
-async def _cli(overrides: dict[str, str], *args: str) -> str:
-    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "streams.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return stdout.decode()
-
-
 async def _assert_cli(overrides: dict[str, str]) -> None:
-    alice = orjson.loads(await _cli(overrides, "customer", "alice", "--json"))
+    alice = orjson.loads(await run_cli(overrides, "customer", "alice", "--json"))
     assert alice["segment"] == "inactive"
     assert sorted(alice["orders"]) == ["a-o1", "a-o2", "a-o3", "a-o4"]
     assert alice["metrics"]["total_spend"] == 48_000
     assert alice["category_spend"] == {"shoes": 48_000}
-    exported = [orjson.loads(line) for line in (await _cli(overrides, "export")).splitlines()]
+    exported = [orjson.loads(line) for line in (await run_cli(overrides, "export")).splitlines()]
     assert [(c["customer_id"], c["segment"]) for c in exported] == [
         ("alice", "inactive"),
         ("bob", "inactive"),
         ("carol", None),
         ("dave", "new"),
     ]
-    cached = await _cli(overrides, "customer", "dave")
+    cached = await run_cli(overrides, "customer", "dave")
     assert "new" in cached and "3000" in cached
 
 

@@ -4,10 +4,7 @@ own ConsumerGroupCommand agree to the message; health, readiness and JSON logs."
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,17 +22,11 @@ from streams.lag import group_lag
 from streams.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
-from tests.conftest import settings_from, wait_for
+from tests.conftest import free_port, run_cli, settings_from, wait_for
 from tests.factories import placed
 
 pytestmark = pytest.mark.integration
 LAG = re.compile(r'^segmenter_consumer_lag_messages\{partition="(\d+)",topic="([^"]+)"\} (\S+)$')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -75,20 +66,8 @@ async def _metrics_lag(port: str, topic: str) -> dict[int, float]:
 
 
 async def _segmenter_lag(overrides: dict[str, str]) -> dict[int, int | None]:
-    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "streams.cli",
-        "lag",
-        "--json",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return {row["partition"]: row["lag"] for row in map(orjson.loads, stdout.splitlines())}
+    out = await run_cli(overrides, "lag", "--json")
+    return {row["partition"]: row["lag"] for row in map(orjson.loads, out.splitlines())}
 
 
 async def _kafka_tool_lag(stack: Devstack, group: str, topic: str) -> dict[int, int]:
