@@ -163,6 +163,7 @@ class Cause(BaseModel):
 
     kind: CauseKind
     order_id: str | None = None
+    refund_id: str | None = None
 
 
 class _Transition(BaseModel):

@@ -62,6 +62,8 @@ class Scoring(_Rule):
     # calibration (version ``bootstrap``).
     cutoffs: Cutoffs
     hysteresis_margin: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    # Quantiles of fewer customers say little: such shops keep the rule file's cut-offs.
+    min_customers: Annotated[int, Field(ge=1)] = 20
     # Segment changes caused by time or recalibration wait until the customer has been in the
     # current segment this long; a customer's own orders always count at once.
     min_dwell_days: Annotated[float, Field(ge=0, le=365)] = 7
@@ -110,6 +112,16 @@ class Condition(_Rule):
         if value is not None and value[0] > value[1]:
             raise ValueError(f"score range {list(value)} is empty (low above high)")
         return value
+
+    @model_validator(mode="after")
+    def _bounds_consistent(self) -> Condition:
+        for low, high, what in (
+            (self.min_discount_share, self.max_discount_share, "discount_share"),
+            (self.min_average_order_value, self.max_average_order_value, "average_order_value"),
+        ):
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"min_{what} ({low}) is above max_{what} ({high}): never matches")
+        return self
 
     @property
     def partial(self) -> bool:
@@ -263,13 +275,22 @@ def all_cells() -> list[Cell]:
 
 
 def check_rules(rules: SegmentRules) -> RuleReport:
-    """Unreachable rules and uncovered combinations of the first-match-wins map."""
+    """Unreachable rules and uncovered combinations of the first-match-wins map.
+
+    A partial rule that repeats the condition of an earlier rule exactly can never match either.
+    """
     reachable: set[str] = set()
     uncovered: list[Cell] = []
+    seen: set[Condition] = set()
+    repeats = set()
+    for segment in rules.segments:
+        if segment.when in seen:
+            repeats.add(segment.name)
+        seen.add(segment.when)
     for cell in all_cells():
         covered = False
         for segment in rules.segments:
-            if not segment.when.matches_cell(cell):
+            if segment.name in repeats or not segment.when.matches_cell(cell):
                 continue
             reachable.add(segment.name)
             if not segment.when.partial:

@@ -36,7 +36,8 @@ class Cutoffs(BaseModel):
             raise ValueError(f"cut-offs must be ascending, got {list(cuts)}")
         if cuts[0] < 0:
             raise ValueError("cut-offs must not be negative")
-        return cuts
+        # The precision of the values scored (days to 4 decimals), so due times are exact.
+        return tuple(round(c, 4) for c in cuts)
 
 
 class Calibration(BaseModel):

@@ -110,19 +110,23 @@ def _rounded(days: float | None) -> float | None:
     return None if days is None else round(days, 4)
 
 
+ScoreMode = Literal["fresh", "time", "sticky"]
+
+
 def compute_metrics(
     state: CustomerState,
     at: datetime,
     rules: SegmentRules,
     calibration: Calibration,
     *,
-    sticky: bool = False,
+    scoring: ScoreMode = "fresh",
 ) -> Metrics:
     """The customer's figures and scores as of instant ``at``.
 
-    ``sticky``: keep the stored scores unless a value is clearly (beyond the hysteresis margin)
-    past a boundary; used when the cut-offs move under the customer (recalibration). Otherwise
-    the scores are a function of the customer's own orders and of ``at`` alone.
+    ``scoring``: ``fresh`` scores the values as they are (after an order); ``time`` rescores
+    recency only and keeps the stored F and M scores (time cannot change them); ``sticky`` keeps
+    every stored score unless its value is clearly, beyond the hysteresis margin, past a
+    boundary (when the cut-offs move under the customer: recalibration, rule change).
     """
     orders = state.counted_orders()
     count = len(orders)
@@ -134,18 +138,18 @@ def compute_metrics(
     typical_gap = _days(median(gaps)) if gaps else None
     last = times[-1] if times else None
     recency = _days((at - last).total_seconds()) if last else None
-    scores = (
-        compute_scores(
+    scores = None
+    if count:
+        scores = compute_scores(
             recency if recency is not None else 0.0,
             count,
             spend,
             calibration.cutoffs,
-            state.scores if sticky else None,
+            state.scores if scoring == "sticky" else None,
             rules.scoring.hysteresis_margin,
         )
-        if count
-        else None
-    )
+        if scoring == "time" and state.scores is not None:
+            scores = scores.model_copy(update={"f": state.scores.f, "m": state.scores.m})
     return Metrics(
         currency=state.currency,
         order_count=count,

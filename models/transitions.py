@@ -21,6 +21,7 @@ from typing import Final, Literal
 
 from models.events import (
     Cause,
+    CauseKind,
     Metrics,
     OrderCancelled,
     OrderPlaced,
@@ -33,7 +34,7 @@ from models.events import (
 )
 from models.rules import Cell, SegmentFacts, SegmentRules, decide
 from models.scoring import Calibration, Scores, recency_drop_days
-from models.state import CustomerState, OrderRecord, compute_metrics
+from models.state import CustomerState, OrderRecord, ScoreMode, compute_metrics
 from models.tags import compute_tags
 
 OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
@@ -44,6 +45,16 @@ TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
 # once.)
 _DEFERRABLE: Final = frozenset({"time", "recalibration"})
 _MAX_TIME_STEPS: Final = 16
+# How each cause scores: an order rescores everything from the customer's own values; time can
+# only move recency; a re-evaluation keeps scores within the hysteresis margin.
+_SCORING: Final[dict[str, ScoreMode]] = {
+    "order_placed": "fresh",
+    "order_cancelled": "fresh",
+    "order_refunded": "fresh",
+    "time": "time",
+    "recalibration": "sticky",
+    "rule_change": "sticky",
+}
 
 
 @dataclass(frozen=True)
@@ -79,12 +90,12 @@ def bootstrap_calibration(rules: SegmentRules, shop_id: str) -> Calibration:
 
 
 def evaluate(
-    state: CustomerState, at: datetime, model: SegmentModel, *, sticky: bool = False
+    state: CustomerState, at: datetime, model: SegmentModel, *, scoring: ScoreMode = "fresh"
 ) -> Evaluation:
-    """Metrics, segment and tags of the customer as of ``at`` (``sticky``: see
+    """Metrics, segment and tags of the customer as of ``at`` (``scoring``: see
     ``compute_metrics``)."""
     rules = model.rules
-    m = compute_metrics(state, at, rules, model.calibration, sticky=sticky)
+    m = compute_metrics(state, at, rules, model.calibration, scoring=scoring)
     scores = None
     facts = None
     if m.order_count and m.r_score and m.f_score and m.m_score:
@@ -111,15 +122,22 @@ def apply_order(
         return state, fired
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
     updated = recorded.model_copy(update={"as_of": at, "revision": state.revision + 1})
-    cause = Cause(kind=event.type, order_id=event.order_id)
+    refund = event.refund_key if isinstance(event, OrderRefunded) else None
+    cause = Cause(kind=event.type, order_id=event.order_id, refund_id=refund)
     new_state, changed = _resegment(state, updated, at, cause, model)
     return new_state, fired + changed
 
 
 def due_transitions(
-    state: CustomerState, now: datetime, model: SegmentModel
+    state: CustomerState,
+    now: datetime,
+    model: SegmentModel,
+    cause: CauseKind = "time",
 ) -> tuple[CustomerState, list[Transition]]:
-    """The transitions time causes up to ``now``, each stamped with its exact due time."""
+    """The transitions time causes up to ``now``, each stamped with its exact due time.
+
+    ``cause``: what the moves are attributed to; a re-evaluation catching up with time under a
+    new rule set or calibration passes its own cause, so those moves are told apart."""
     fired: list[Transition] = []
     for _ in range(_MAX_TIME_STEPS):
         due = next_due(state, model)
@@ -127,7 +145,7 @@ def due_transitions(
             break
         at = max(due, state.as_of) if state.as_of else due
         updated = state.model_copy(update={"as_of": at, "revision": state.revision + 1})
-        state, changed = _resegment(state, updated, at, Cause(kind="time"), model)
+        state, changed = _resegment(state, updated, at, Cause(kind=cause), model)
         if not changed:
             break
         fired += changed
@@ -142,17 +160,22 @@ def needs_reevaluation(state: CustomerState, model: SegmentModel) -> bool:
     )
 
 
-def reevaluate(state: CustomerState, model: SegmentModel) -> tuple[CustomerState, list[Transition]]:
-    """Re-decide under a new rule set or calibration, as of the state's own latest instant (so
-    the result and the transition ids do not depend on when the worker gets to it)."""
+def reevaluate(
+    state: CustomerState, model: SegmentModel, now: datetime
+) -> tuple[CustomerState, list[Transition]]:
+    """Re-decide under a new rule set or calibration as of the state's own latest instant, then
+    catch up with time until ``now`` under the same cause (so moves that follow from the new
+    rules or cut-offs are never passed off as caused by time). The event times, and so the
+    transition ids, do not depend on when the worker gets to it."""
     if not needs_reevaluation(state, model) or state.as_of is None:
         return state, []
-    kind = "rule_change" if state.rule_version != model.rules.version else "recalibration"
-    at = state.as_of
-    if kind == "recalibration" and model.calibration.computed_at is not None:
-        at = max(at, model.calibration.computed_at)
-    updated = state.model_copy(update={"as_of": at, "revision": state.revision + 1})
-    return _resegment(state, updated, at, Cause(kind=kind), model)
+    kind: CauseKind = (
+        "rule_change" if state.rule_version != model.rules.version else "recalibration"
+    )
+    updated = state.model_copy(update={"revision": state.revision + 1})
+    state, moved = _resegment(state, updated, state.as_of, Cause(kind=kind), model)
+    state, caught_up = due_transitions(state, now, model, cause=kind)
+    return state, moved + caught_up
 
 
 def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
@@ -163,7 +186,7 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     """
     if state.segment is None or state.as_of is None:
         return None
-    m = compute_metrics(state, state.as_of, model.rules, model.calibration)
+    m = compute_metrics(state, state.as_of, model.rules, model.calibration, scoring="time")
     last = m.last_order_at
     if last is None or m.inactive_after_days is None:
         return None
@@ -175,7 +198,7 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     for candidate in sorted(candidates):
         if candidate <= state.as_of or (dwell_end is not None and candidate < dwell_end):
             continue
-        if evaluate(state, candidate, model).segment != state.segment:
+        if evaluate(state, candidate, model, scoring="time").segment != state.segment:
             return candidate
     return None
 
@@ -197,6 +220,7 @@ def transition_id(
         change,
         cause.kind,
         cause.order_id or "",
+        cause.refund_id or "",
         at.isoformat(),
         model.rules.version,
         model.calibration.version,
@@ -211,8 +235,8 @@ def _resegment(
     cause: Cause,
     model: SegmentModel,
 ) -> tuple[CustomerState, list[Transition]]:
-    sticky = cause.kind in ("recalibration", "rule_change")
-    result = evaluate(after, at, model, sticky=sticky)
+    scoring = _SCORING[cause.kind]
+    result = evaluate(after, at, model, scoring=scoring)
     segment = result.segment
     dwell_end = _dwell_end(before, model)
     if (
@@ -240,7 +264,7 @@ def _resegment(
                 from_segment=before.segment,
                 to_segment=segment,
                 metrics_before=(
-                    compute_metrics(before, at, model.rules, model.calibration, sticky=sticky)
+                    compute_metrics(before, at, model.rules, model.calibration, scoring=scoring)
                     if before.segment
                     else None
                 ),

@@ -246,8 +246,10 @@ def _operations(
     async def readyz(web: Any, request: Any) -> Any:
         """Recovery finished, the broker and Redis reachable: ready for traffic."""
         checks = {
-            "recovered": recovery.completed.is_set() and not recovery.in_recovery,
-            "broker": bool(app.consumer.assignment()) or await _broker_reachable(settings),
+            "recovered": recovery.completed.is_set()
+            and not recovery.in_recovery
+            and not app.rebalancing,
+            "broker": await _broker_reachable(settings),
             "redis": await cache.ping(),
         }
         ready = all(checks.values())
@@ -287,6 +289,8 @@ def _operations(
             return self.json({"paused": paused["on"]})
 
         async def post(self, request: Any) -> Any:
+            if recovery.in_recovery:  # recovery resumes the partitions itself when done
+                return self.json({"paused": paused["on"], "error": "recovering"}, status=409)
             return self.json(set_paused(False))
 
     probe = LagProbe(settings.kafka_bootstrap_servers, settings.app_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -69,6 +69,8 @@ async def recalibrate(
     table = await read_table(settings)
     clock = event_time_clock(table) if settings.clock == "event" else (lambda _shop: now)
     calibrations = compute_calibrations(table, rules, clock, shop)
+    # A shop with too few customers keeps the rule file's cut-offs.
+    calibrations = [c for c in calibrations if c.customers >= rules.scoring.min_customers]
     await publish_calibrations(settings, calibrations)
     return calibrations
 
@@ -98,7 +100,7 @@ async def read_calibrations(settings: Settings) -> dict[str, Calibration]:
 
 
 async def follow_calibrations(
-    settings: Settings, on_calibration: Callable[[Calibration], object]
+    settings: Settings, on_calibration: Callable[[Calibration], Awaitable[object]]
 ) -> None:
     """Call ``on_calibration`` for every calibration on the topic, then for each new one (runs
     until cancelled). The topic is compacted and small: one record per shop."""
@@ -121,7 +123,7 @@ async def follow_calibrations(
                     if record.value is None:
                         continue
                     try:
-                        on_calibration(decode_calibration(record.value))
+                        await on_calibration(decode_calibration(record.value))
                     except Exception:
                         log.exception("cannot adopt calibration at offset %d", record.offset)
     except asyncio.CancelledError:

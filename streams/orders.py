@@ -100,18 +100,23 @@ class Processor:
     def model_for(self, shop_id: str) -> SegmentModel:
         model = self._models.get(shop_id)
         if model is None:
-            calibration = self.calibrations.get(shop_id) or bootstrap_calibration(
-                self.rules, shop_id
+            quantile = self.rules.scoring.mode == "quantile"
+            calibration = (self.calibrations.get(shop_id) if quantile else None) or (
+                bootstrap_calibration(self.rules, shop_id)
             )
             model = self._models[shop_id] = SegmentModel(self.rules, calibration)
         return model
 
-    def set_calibration(self, calibration: Calibration) -> bool:
-        """Adopt a shop's new calibration; True if it is new (its customers get re-evaluated)."""
+    async def set_calibration(self, calibration: Calibration) -> bool:
+        """Adopt a shop's newer calibration; True if adopted (its customers get re-evaluated).
+
+        Older or equal calibrations (a replay of the compacted topic) are ignored; in fixed
+        mode none is adopted.
+        """
         if self.rules.scoring.mode != "quantile":
             return False
         current = self.calibrations.get(calibration.shop_id)
-        if current is not None and current.version == calibration.version:
+        if current is not None and _not_newer(calibration, current):
             return False
         self.calibrations[calibration.shop_id] = calibration
         self._models.pop(calibration.shop_id, None)
@@ -121,7 +126,7 @@ class Processor:
             calibration.shop_id,
             calibration.customers,
         )
-        self.pending_reevaluation += self._stale_customers(calibration.shop_id)
+        self.pending_reevaluation += await self._stale_customers(calibration.shop_id)
         return True
 
     # -- inputs -------------------------------------------------------------------------------
@@ -199,7 +204,11 @@ class Processor:
         state = self._load(key)
         if state is None:
             return
-        new_state, transitions = reevaluate(state, self.model_for(state.shop_id))
+        if self.clock_mode == "wall":
+            now = datetime.now(UTC)
+        else:  # the partition's event time; the customer's own if the partition has none yet
+            now = self.index.watermarks.get(partition) or state.as_of or datetime.now(UTC)
+        new_state, transitions = reevaluate(state, self.model_for(state.shop_id), now)
         if new_state.revision != state.revision:
             await self._save(partition, new_state, transitions)
 
@@ -226,13 +235,23 @@ class Processor:
         del self.pending_reevaluation[:limit]
         return [(partition, _tick("reevaluate", key, None)) for partition, key in batch]
 
-    def _stale_customers(self, shop_id: str | None = None) -> list[tuple[int, str]]:
+    async def _stale_customers(self, shop_id: str) -> list[tuple[int, str]]:
+        """Customers of the shop evaluated under another calibration; yields to the event loop
+        now and then, skips (and logs) values it cannot read."""
         stale = []
-        for value in self.table.values():
-            partition, state = decode_stored(value)
-            if shop_id is not None and state.shop_id != shop_id:
+        prefix = f"{shop_id}/".encode()
+        model = self.model_for(shop_id)
+        for count, (key, value) in enumerate(self.table.items(), start=1):
+            if count % 1000 == 0:
+                await asyncio.sleep(0)
+            if not key.startswith(prefix):
                 continue
-            if needs_reevaluation(state, self.model_for(state.shop_id)):
+            try:
+                partition, state = decode_stored(value)
+            except Exception:
+                log.exception("cannot read the stored state of %r", key)
+                continue
+            if needs_reevaluation(state, model):
                 stale.append((partition, state.key))
         return stale
 
@@ -325,8 +344,24 @@ class Processor:
         model = self.model_for(state.shop_id)
         at = state.as_of or emitted_at
         metrics = compute_metrics(state, at, model.rules, model.calibration)
+        if state.scores is not None:  # the scores the segment was decided with
+            metrics = metrics.model_copy(
+                update={
+                    "r_score": state.scores.r,
+                    "f_score": state.scores.f,
+                    "m_score": state.scores.m,
+                }
+            )
         await self.cache.write([(state, metrics)])
         self.index.schedule(partition, state.key, next_due(state, model))
+
+
+def _not_newer(candidate: Calibration, current: Calibration) -> bool:
+    if candidate.version == current.version:
+        return True
+    if candidate.computed_at is None or current.computed_at is None:
+        return False
+    return candidate.computed_at <= current.computed_at
 
 
 def _tick(kind: TickKind, key: str, now: datetime | None) -> bytes:

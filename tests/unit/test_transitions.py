@@ -176,36 +176,67 @@ def test_scores_near_a_boundary_do_not_flap() -> None:
     assert back.m == 2  # going up needs more than 15,750
 
 
+STRICT = Cutoffs(
+    recency_days=(5, 10, 20, 40),
+    frequency=(4, 6, 8, 10),
+    monetary=(50_000, 80_000, 100_000, 200_000),
+)
+
+
 def test_a_new_calibration_reevaluates_with_its_own_cause_and_version() -> None:
     state, _ = fold([placed("c1", f"o{i}", i * 10, total=12_000) for i in range(4)])
-    assert state.segment == "best_customer"
+    assert state.segment == "best_customer"  # since day 30
     strict = Calibration(
-        shop_id="default",
-        version="q-2025-02-01",
-        method="quantile",
-        computed_at=at(40),
-        cutoffs=Cutoffs(
-            recency_days=(5, 10, 20, 40),
-            frequency=(4, 6, 8, 10),
-            monetary=(50_000, 80_000, 100_000, 200_000),
-        ),
+        shop_id="default", version="q-2025-02-15", method="quantile", cutoffs=STRICT
     )
     recalibrated = SegmentModel(RULES, strict)
     assert needs_reevaluation(state, recalibrated)
-    new_state, moves = reevaluate(state, recalibrated)
+    new_state, moves = reevaluate(state, recalibrated, now=at(38))
+    # f and m drop clearly (4 orders, 48,000 against the strict cut-offs): r4 f2 m2. The move
+    # waits for the 7-day dwell and is still told apart as caused by the recalibration.
     assert segment_moves(moves) == [("best_customer", "potential_loyalist", "recalibration")]
-    assert moves[0].calibration_version == "q-2025-02-01"
-    assert moves[0].event_time == at(40)  # when the calibration was computed
+    assert (moves[0].event_time, moves[0].calibration_version) == (at(37), "q-2025-02-15")
     assert not needs_reevaluation(new_state, recalibrated)
-    assert reevaluate(new_state, recalibrated) == (new_state, [])
+    assert reevaluate(new_state, recalibrated, now=at(38)) == (new_state, [])
+
+
+def test_time_does_not_undo_the_hysteresis_of_a_recalibration() -> None:
+    state, _ = fold([placed("c1", "o1", 0, total=16_000), placed("c1", "o2", 5, total=15_000)])
+    assert (state.scores.f, state.scores.m) == (2, 4)  # type: ignore[union-attr]
+    moved = Cutoffs(
+        recency_days=RULES.scoring.cutoffs.recency_days,
+        frequency=RULES.scoring.cutoffs.frequency,
+        monetary=(5_000, 15_000, 31_500, 60_000),  # 31,000 is now just below the 4th boundary
+    )
+    model = SegmentModel(
+        RULES, Calibration(shop_id="default", version="q2", method="quantile", cutoffs=moved)
+    )
+    state, moves = reevaluate(state, model, now=at(6))
+    assert moves == [] and state.scores.m == 4  # type: ignore[union-attr]
+    later, fired = due_transitions(state, at(40), model)
+    assert later.scores.m == 4  # type: ignore[union-attr]  # time rescores recency only
+    assert all(t.metrics_after.m_score == 4 for t in fired if t.type == "segment_changed")
+
+
+def test_a_rule_change_catches_up_with_time_under_its_own_cause() -> None:
+    state, _ = fold([placed("c1", "o1", 0)])
+    shorter = RULES.model_copy(
+        update={
+            "version": "rfm-short",
+            "inactivity": RULES.inactivity.model_copy(update={"single_order_days": 60}),
+        }
+    )
+    _, moves = reevaluate(state, SegmentModel(shorter, MODEL.calibration), now=at(70))
+    assert segment_moves(moves) == [("new", "inactive", "rule_change")]
+    assert moves[0].event_time == at(60)
 
 
 def test_a_new_rule_set_reevaluates_with_cause_rule_change() -> None:
     state, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 10)])
     renamed = RULES.model_copy(update={"version": "rfm-next"})
-    _, moves = reevaluate(state, SegmentModel(renamed, MODEL.calibration))
+    _, moves = reevaluate(state, SegmentModel(renamed, MODEL.calibration), now=at(11))
     assert moves == []  # same decisions: nothing to tell marketing
-    state2, _ = reevaluate(state, SegmentModel(renamed, MODEL.calibration))
+    state2, _ = reevaluate(state, SegmentModel(renamed, MODEL.calibration), now=at(11))
     assert state2.rule_version == "rfm-next"
 
 
@@ -246,20 +277,9 @@ def test_shops_keep_separate_customers() -> None:
 def test_a_recalibration_inside_the_dwell_time_moves_the_customer_at_its_end() -> None:
     state, _ = fold([placed("c1", f"o{i}", i * 10, total=12_000) for i in range(4)])
     early = SegmentModel(
-        RULES,
-        Calibration(
-            shop_id="default",
-            version="q-early",
-            method="quantile",
-            computed_at=at(31),  # one day after the customer became best customer
-            cutoffs=Cutoffs(
-                recency_days=(5, 10, 20, 40),
-                frequency=(4, 6, 8, 10),
-                monetary=(50_000, 80_000, 100_000, 200_000),
-            ),
-        ),
+        RULES, Calibration(shop_id="default", version="q-early", method="quantile", cutoffs=STRICT)
     )
-    state, moves = reevaluate(state, early)
+    state, moves = reevaluate(state, early, now=at(31))  # a day after becoming best customer
     assert moves == [] and state.segment == "best_customer"
     assert state.calibration_version == "q-early"
     assert next_due(state, early) == at(37)  # segment since day 30 + 7 days dwell
@@ -314,3 +334,12 @@ def test_a_preference_near_the_threshold_does_not_flap() -> None:
     ]
     assert shoes == [("added", "o1")]  # without hysteresis: removed at o4, added again at o5
     assert "prefers_shoes" in state.tags
+
+
+def test_two_refunds_that_cause_the_same_move_get_different_ids() -> None:
+    orders = [placed("c1", f"o{i}", i, total=8_000) for i in range(4)]
+    state, _ = fold([*orders, refunded("c1", "o0", 5, 500, refund_id="r1")])
+    _, first = fold([refunded("c1", "o1", 6, 100, refund_id="r2")], state=state)
+    _, second = fold([refunded("c1", "o1", 6, 100, refund_id="r3")], state=state)
+    ids = {t.event_id for t in first} | {t.event_id for t in second}
+    assert len(ids) == len(first) + len(second)
