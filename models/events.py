@@ -62,8 +62,7 @@ class OrderLine(_Event):
     unit_price: Amount
 
 
-class _OrderEvent(_Event):
-    order_id: Id
+class _CustomerEvent(_Event):
     customer_id: Id
     shop_id: ShopId = DEFAULT_SHOP
     occurred_at: AwareDatetime
@@ -79,6 +78,10 @@ class _OrderEvent(_Event):
                 f"occurred_at {value.isoformat()} is more than {MAX_CLOCK_SKEW} in the future"
             )
         return value.astimezone(UTC)
+
+
+class _OrderEvent(_CustomerEvent):
+    order_id: Id
 
 
 class _WithCurrency(_OrderEvent):
@@ -126,6 +129,23 @@ ORDER_EVENT: Final[TypeAdapter[OrderPlaced | OrderCancelled | OrderRefunded]] = 
 )
 
 
+class ConsentChanged(_CustomerEvent):
+    """The customer granted or withdrew consent to being segmented for marketing."""
+
+    type: Literal["consent_granted", "consent_withdrawn"]
+
+
+class ErasureRequested(_CustomerEvent):
+    """Erase everything stored about the customer (right to erasure)."""
+
+    type: Literal["erasure_requested"] = "erasure_requested"
+    request_id: Id
+
+
+CONSENT_EVENT: Final[TypeAdapter[ConsentChanged]] = TypeAdapter(ConsentChanged)
+ERASURE_EVENT: Final[TypeAdapter[ErasureRequested]] = TypeAdapter(ErasureRequested)
+
+
 class Metrics(BaseModel):
     """The figures a segment decision is based on, as of one instant.
 
@@ -151,7 +171,15 @@ class Metrics(BaseModel):
 
 
 CauseKind = Literal[
-    "order_placed", "order_cancelled", "order_refunded", "time", "recalibration", "rule_change"
+    "order_placed",
+    "order_cancelled",
+    "order_refunded",
+    "time",
+    "recalibration",
+    "rule_change",
+    "consent_granted",
+    "consent_withdrawn",
+    "erasure",
 ]
 
 

@@ -73,6 +73,9 @@ class CustomerState(BaseModel):
     tags: tuple[str, ...] = ()
     rule_version: str | None = None
     calibration_version: str | None = None
+    # The customer's latest consent decision and when it was made (None: no record).
+    consent: Literal["granted", "withdrawn"] | None = None
+    consent_at: datetime | None = None
 
     @property
     def key(self) -> str:

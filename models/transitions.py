@@ -22,6 +22,8 @@ from typing import Final, Literal
 from models.events import (
     Cause,
     CauseKind,
+    ConsentChanged,
+    ErasureRequested,
     Metrics,
     OrderCancelled,
     OrderPlaced,
@@ -32,6 +34,7 @@ from models.events import (
     tag_transition_name,
     transition_name,
 )
+from models.privacy import consented
 from models.rules import Cell, SegmentFacts, SegmentRules, decide
 from models.scoring import Calibration, Scores, recency_drop_days
 from models.state import CustomerState, OrderRecord, ScoreMode, compute_metrics
@@ -54,15 +57,20 @@ _SCORING: Final[dict[str, ScoreMode]] = {
     "time": "time",
     "recalibration": "sticky",
     "rule_change": "sticky",
+    "consent_granted": "fresh",
+    "consent_withdrawn": "fresh",
+    "erasure": "fresh",
 }
 
 
 @dataclass(frozen=True)
 class SegmentModel:
-    """The rule set and the calibration of the customer's shop."""
+    """The rule set and the calibration of the customer's shop, and the consent policy."""
 
     rules: SegmentRules
     calibration: Calibration
+    # True: a customer without a consent record is not segmented.
+    consent_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ def evaluate(
     m = compute_metrics(state, at, rules, model.calibration, scoring=scoring)
     scores = None
     facts = None
+    if not consented(state, model.consent_required):
+        return Evaluation(m, None, (), None)  # segmented only with consent
     if m.order_count and m.r_score and m.f_score and m.m_score:
         scores = Scores(r=m.r_score, f=m.f_score, m=m.m_score)
         inactive = (
@@ -126,6 +136,37 @@ def apply_order(
     cause = Cause(kind=event.type, order_id=event.order_id, refund_id=refund)
     new_state, changed = _resegment(state, updated, at, cause, model)
     return new_state, fired + changed
+
+
+def apply_consent(
+    state: CustomerState | None, event: ConsentChanged, model: SegmentModel
+) -> tuple[CustomerState, list[Transition]]:
+    """Record a consent decision. The newest decision (by its time) wins, so redelivered and
+    late events change nothing; a withdrawal moves the customer out of every segment and tag,
+    a grant segments them again."""
+    if state is None:
+        state = CustomerState(shop_id=event.shop_id, customer_id=event.customer_id)
+    decision = "granted" if event.type == "consent_granted" else "withdrawn"
+    if state.consent_at is not None and event.occurred_at <= state.consent_at:
+        return state, []
+    at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
+    updated = state.model_copy(
+        update={
+            "consent": decision,
+            "consent_at": event.occurred_at,
+            "as_of": at,
+            "revision": state.revision + 1,
+        }
+    )
+    return _resegment(state, updated, at, Cause(kind=event.type), model)
+
+
+def erase(state: CustomerState, event: ErasureRequested, model: SegmentModel) -> list[Transition]:
+    """The last transitions of an erased customer: out of their segment and tags, so every
+    downstream copy learns to forget them. The state itself is deleted by the caller."""
+    at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
+    gone = state.model_copy(update={"orders": {}, "consent": "withdrawn"})
+    return _resegment(state, gone, at, Cause(kind="erasure"), model)[1]
 
 
 def due_transitions(

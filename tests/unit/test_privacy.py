@@ -1,0 +1,74 @@
+"""Consent, erasure and pseudonyms in the pure core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.events import CONSENT_EVENT, ERASURE_EVENT
+from models.privacy import erasure_marker, pseudonym
+from models.transitions import SegmentModel, apply_consent, erase, next_due
+from tests.factories import at, placed
+from tests.unit.core import MODEL, fold, segment_moves
+
+REQUIRED = SegmentModel(MODEL.rules, MODEL.calibration, consent_required=True)
+
+
+def consent(customer: str, granted: bool, day: float) -> Any:
+    kind = "consent_granted" if granted else "consent_withdrawn"
+    return CONSENT_EVENT.validate_python(
+        {"type": kind, "customer_id": customer, "occurred_at": at(day).isoformat()}
+    )
+
+
+def test_withdrawing_consent_leaves_every_segment_and_tag() -> None:
+    state, _ = fold([placed("c1", "o1", 0, category="shoes"), placed("c1", "o2", 5)])
+    assert state.segment == "potential_loyalist" and state.tags
+    state, moves = apply_consent(state, consent("c1", False, 6), MODEL)
+    assert segment_moves(moves) == [("potential_loyalist", None, "consent_withdrawn")]
+    assert {(t.tag, t.change) for t in moves if t.type == "tag_changed"} == {
+        (tag, "removed") for tag in ("full_price_buyer", "prefers_shoes")
+    }
+    assert state.segment is None and state.tags == () and next_due(state, MODEL) is None
+    # orders without consent are recorded but segment nobody
+    state, quiet = fold([placed("c1", "o3", 7)], state=state)
+    assert quiet == [] and len(state.orders) == 3
+    state, back = apply_consent(state, consent("c1", True, 8), MODEL)
+    assert segment_moves(back) == [(None, "potential_loyalist", "consent_granted")]
+
+
+def test_the_newest_consent_decision_wins_whatever_the_arrival_order() -> None:
+    state, _ = fold([placed("c1", "o1", 0)])
+    late_first, _ = apply_consent(state, consent("c1", False, 3), MODEL)
+    late_first, ignored = apply_consent(late_first, consent("c1", True, 2), MODEL)
+    assert ignored == [] and late_first.consent == "withdrawn"
+    in_order, _ = apply_consent(state, consent("c1", True, 2), MODEL)
+    in_order, _ = apply_consent(in_order, consent("c1", False, 3), MODEL)
+    assert in_order.consent == late_first.consent == "withdrawn"
+    again, none = apply_consent(in_order, consent("c1", False, 3), MODEL)
+    assert none == [] and again == in_order  # redelivered
+
+
+def test_when_consent_is_required_nobody_is_segmented_without_a_record() -> None:
+    state, moves = fold([placed("c1", "o1", 0)], segment_model=REQUIRED)
+    assert moves == [] and state.segment is None
+    state, granted = apply_consent(state, consent("c1", True, 1), REQUIRED)
+    assert segment_moves(granted) == [(None, "new", "consent_granted")]
+
+
+def test_erasure_tells_downstream_the_customer_left_everything() -> None:
+    state, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 5)])
+    request = ERASURE_EVENT.validate_python(
+        {"customer_id": "c1", "request_id": "r-1", "occurred_at": at(9).isoformat()}
+    )
+    moves = erase(state, request, MODEL)
+    assert segment_moves(moves) == [("potential_loyalist", None, "erasure")]
+    assert {t.change for t in moves if t.type == "tag_changed"} == {"removed"}
+
+
+def test_pseudonyms_are_keyed_stable_and_per_shop() -> None:
+    a = pseudonym(b"secret", "shop", "c1")
+    assert a == pseudonym(b"secret", "shop", "c1") and a.startswith("p-") and len(a) == 34
+    assert a != pseudonym(b"other", "shop", "c1")
+    assert a != pseudonym(b"secret", "shop2", "c1")
+    assert "c1" not in erasure_marker(None, "shop", "c1")
+    assert erasure_marker(b"k", "shop", "c1") != erasure_marker(None, "shop", "c1")
