@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVSTACK_KAFKA_PORT = 19092
@@ -27,6 +27,21 @@ class Settings(BaseSettings):
     orders_topic: str = "orders"
     transitions_topic: str = "segment-transitions"
     dlq_topic: str = "orders-dlq"
+    consent_topic: str = "customer-consent"
+    erasure_topic: str = "customer-erasure"
+    erasure_receipts_topic: str = "customer-erasure-receipts"
+    consent_required: bool = Field(
+        False, description="customers without a consent record are not segmented"
+    )
+    pseudonymisation_secret: SecretStr | None = Field(
+        None, description="if set, customer ids are replaced by a keyed hash before storage"
+    )
+    changelog_segment_ms: int = Field(
+        3_600_000,
+        ge=100,
+        description="changelog segment age: bounds how long an erased customer's old records "
+        "wait for compaction",
+    )
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics we create")
     replication_factor: int = Field(1, ge=1, le=16)
     store: Literal["rocksdb", "memory"] = "rocksdb"
@@ -65,6 +80,11 @@ class Settings(BaseSettings):
     def calibrations_topic(self) -> str:
         """Compacted topic with the latest calibration of every shop (key: shop id)."""
         return f"{self.app_id}-calibrations"
+
+    @property
+    def secret(self) -> bytes | None:
+        secret = self.pseudonymisation_secret
+        return secret.get_secret_value().encode() if secret else None
 
     @property
     def is_backfill(self) -> bool:

@@ -22,7 +22,7 @@ from streams.calibrations import follow_calibrations, recalibrate
 from streams.dlq import DeadLetters, SourceRecord
 from streams.lag import LagProbe
 from streams.metrics import WorkerMetrics
-from streams.orders import Outputs, Processor
+from streams.orders import Outputs, Privacy, Processor
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,27 @@ def create_app(
     clock = app.topic(settings.clock_topic, partitions=partitions, **raw)
     transitions = app.topic(settings.transitions_topic, **raw)
     dlq = app.topic(settings.dlq_topic, **raw)
+    compaction = {
+        # Old values of an erased customer are compacted away once their segment is closed;
+        # the segment age bounds how long that takes.
+        "segment.ms": str(settings.changelog_segment_ms),
+        "max.compaction.lag.ms": str(settings.changelog_segment_ms),
+        "min.cleanable.dirty.ratio": "0.01",
+    }
     table = app.Table(
         settings.table_name,
         partitions=partitions,
         key_type=bytes,  # bytes in, bytes out: streams.codecs owns the encoding
         value_type=bytes,
+        extra_topic_configs=compaction,
+    )
+    # Erased customers, by a hash of their id: their orders start nothing until new consent.
+    erasures = app.Table(
+        "erasures",
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs=compaction,
     )
     metrics = WorkerMetrics()
 
@@ -100,9 +116,11 @@ def create_app(
         backfill=settings.is_backfill,
         marketing_skip_backfill=settings.marketing_skip_backfill,
         marketing_skip_causes=frozenset(settings.marketing_skip_causes),
+        receipts=app.topic(settings.erasure_receipts_topic, **raw),
     )
     processor = Processor(
         table=table,
+        erasures=erasures,
         rules=rules,
         calibrations=calibrations,
         outputs=outputs,
@@ -110,8 +128,21 @@ def create_app(
         cache=cache,
         clock_mode=settings.clock,
         metrics=metrics,
+        privacy=Privacy(consent_required=settings.consent_required, secret=settings.secret),
     )
-    source = app.topic(settings.orders_topic, settings.clock_topic, **raw)
+    source = app.topic(
+        settings.orders_topic,
+        settings.clock_topic,
+        settings.consent_topic,
+        settings.erasure_topic,
+        **raw,
+    )
+    handlers = {
+        settings.orders_topic: processor.on_order,
+        settings.clock_topic: processor.on_tick,
+        settings.consent_topic: processor.on_consent,
+        settings.erasure_topic: processor.on_erasure,
+    }
 
     @app.agent(source, name="segmenter.process")
     async def process(stream: faust.StreamT) -> None:
@@ -120,10 +151,7 @@ def create_app(
             record = SourceRecord(
                 message.key, message.value, message.topic, message.partition, message.offset
             )
-            if message.topic == settings.clock_topic:
-                await processor.on_tick(record)
-            else:
-                await processor.on_order(record)
+            await handlers[message.topic](record)
 
     _operations(app, settings, processor, cache, metrics)
 

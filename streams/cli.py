@@ -19,6 +19,7 @@ from rich.table import Table
 from config.rules import RulesError, load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from models.events import order_event_json_schema
+from models.privacy import pseudonym
 from models.rules import SegmentRules, all_cells, check_rules
 from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics, state_key
@@ -149,7 +150,8 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
     if as_json:
         from streams.changelog import read_table
 
-        stored = asyncio.run(read_table(settings)).get(state_key(shop, customer_id))
+        ref = _customer_ref(settings, shop, customer_id)
+        stored = asyncio.run(read_table(settings)).get(state_key(shop, ref))
         if stored is None:
             raise click.ClickException(f"no state for customer {customer_id!r} in shop {shop!r}")
         loaded = load_rules(settings.rules_file)
@@ -157,7 +159,8 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
         sys.stdout.write(_state_json(stored.state, loaded, calibrations).decode() + "\n")
         return
 
-    fields = _from_cache(settings, lambda cache: cache.read_customer(shop, customer_id))
+    ref = _customer_ref(settings, shop, customer_id)
+    fields = _from_cache(settings, lambda cache: cache.read_customer(shop, ref))
     if not fields:
         raise click.ClickException(f"customer {customer_id!r} of shop {shop!r} is not in Redis")
     table = Table("field", "value", title=f"customer {customer_id} ({shop})")
@@ -230,6 +233,29 @@ def segments(shop: str) -> None:
     for name, size in sizes.items():
         table.add_row(name, str(size))
     out.print(table)
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--shop", default="default", show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipt")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait")
+def forget(customer_id: str, shop: str, wait: bool, timeout: float) -> None:
+    """Erase everything stored about a customer (right to erasure); prints the receipt."""
+    from streams.privacy_requests import request_erasure
+
+    settings = _settings()
+    try:
+        receipt = asyncio.run(request_erasure(settings, shop, customer_id, wait, timeout))
+    except (ConnectionError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.stdout.write(orjson.dumps(receipt).decode() + "\n")
+
+
+def _customer_ref(settings: Settings, shop: str, customer_id: str) -> str:
+    """The id the customer is stored under: its pseudonym when a secret is configured."""
+    secret = settings.secret
+    return pseudonym(secret, shop, customer_id) if secret else customer_id
 
 
 @main.group()

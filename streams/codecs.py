@@ -7,18 +7,28 @@ as the dead-letter header and metric label) and a human-readable message.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from models.events import ORDER_EVENT, Transition
+from models.events import (
+    CONSENT_EVENT,
+    ERASURE_EVENT,
+    ORDER_EVENT,
+    ConsentChanged,
+    ErasureRequested,
+    Transition,
+)
 from models.scoring import Calibration
 from models.state import SCHEMA_VERSION, CustomerState
 from models.transitions import OrderEventT
 
 MAX_ORDER_BYTES: Final = 256 * 1024
 ORDER_TYPES: Final = frozenset({"order_placed", "order_cancelled", "order_refunded"})
+CONSENT_TYPES: Final = frozenset({"consent_granted", "consent_withdrawn"})
+ERASURE_TYPES: Final = frozenset({"erasure_requested"})
+T = TypeVar("T")
 
 
 class DecodeError(ValueError):
@@ -38,6 +48,28 @@ class StoredState(NamedTuple):
 
 def decode_order(key: bytes | None, value: bytes | None, received_at: datetime) -> OrderEventT:
     """Parse and validate one record of the orders topic."""
+    return _decode(key, value, received_at, ORDER_EVENT, ORDER_TYPES)
+
+
+def decode_consent(key: bytes | None, value: bytes | None, received_at: datetime) -> ConsentChanged:
+    """Parse and validate one record of the consent topic."""
+    return _decode(key, value, received_at, CONSENT_EVENT, CONSENT_TYPES)
+
+
+def decode_erasure(
+    key: bytes | None, value: bytes | None, received_at: datetime
+) -> ErasureRequested:
+    """Parse and validate one record of the erasure topic."""
+    return _decode(key, value, received_at, ERASURE_EVENT, ERASURE_TYPES)
+
+
+def _decode(
+    key: bytes | None,
+    value: bytes | None,
+    received_at: datetime,
+    adapter: TypeAdapter[T],
+    types: frozenset[str],
+) -> T:
     if value is None:
         raise DecodeError("empty_value", "record has no value")
     if len(value) > MAX_ORDER_BYTES:
@@ -50,17 +82,17 @@ def decode_order(key: bytes | None, value: bytes | None, received_at: datetime) 
         raise DecodeError("malformed_json", f"not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise DecodeError("malformed_json", f"expected a JSON object, got {type(raw).__name__}")
-    kind = raw.get("type")
-    if kind not in ORDER_TYPES:
+    kind = raw.get("type", next(iter(types)) if len(types) == 1 else None)
+    if kind not in types:
         raise DecodeError(
             "unknown_event_type",
-            f"unknown event type {kind!r}; expected one of {sorted(ORDER_TYPES)}",
+            f"unknown event type {kind!r}; expected one of {sorted(types)}",
         )
     try:
-        event = ORDER_EVENT.validate_python(raw, context={"received_at": received_at})
+        event = adapter.validate_python(raw, context={"received_at": received_at})
     except ValidationError as exc:
         raise DecodeError("schema_violation", _describe(exc)) from exc
-    _check_key(key, event.customer_id)
+    _check_key(key, event.customer_id)  # type: ignore[attr-defined]
     return event
 
 

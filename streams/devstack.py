@@ -72,6 +72,7 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.retention.hours=-1
+log.cleaner.backoff.ms=1000
 """
 
 _LOG4J2: Final = """status = warn

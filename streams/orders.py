@@ -17,20 +17,23 @@ from collections import Counter
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
 from models.events import Transition
+from models.privacy import consented, erasure_marker, pseudonym
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics, state_key
 from models.transitions import (
     OrderRejected,
     SegmentModel,
+    apply_consent,
     apply_order,
     bootstrap_calibration,
     due_transitions,
+    erase,
     needs_reevaluation,
     next_due,
     reevaluate,
@@ -38,6 +41,8 @@ from models.transitions import (
 from streams.clock import DueIndex
 from streams.codecs import (
     DecodeError,
+    decode_consent,
+    decode_erasure,
     decode_order,
     decode_stored,
     encode_stored,
@@ -50,18 +55,36 @@ from streams.redis_cache import RedisCache
 log = logging.getLogger(__name__)
 
 TickKind = Literal["due", "reevaluate"]
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
 class Outputs:
     """Where transitions go: every one to ``transitions``; to the marketing topic of its type
-    unless it is a backfill (and backfills are kept off) or its cause is kept off."""
+    unless it is a backfill (and backfills are kept off) or its cause is kept off. Erasure
+    receipts go to ``receipts``."""
 
     transitions: Any
     marketing: Mapping[str, Any]
     backfill: bool
     marketing_skip_backfill: bool
     marketing_skip_causes: frozenset[str] = frozenset()
+    receipts: Any = None
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """The consent policy and the pseudonymisation secret."""
+
+    consent_required: bool = False
+    secret: bytes | None = None
+
+    def identify(self, event: E) -> E:
+        """The event with the customer id replaced by its pseudonym, if a secret is set."""
+        if self.secret is None:
+            return event
+        alias = pseudonym(self.secret, event.shop_id, event.customer_id)  # type: ignore[attr-defined]
+        return event.model_copy(update={"customer_id": alias})  # type: ignore[attr-defined]
 
 
 class Processor:
@@ -71,6 +94,7 @@ class Processor:
         self,
         *,
         table: MutableMapping[bytes, bytes],
+        erasures: MutableMapping[bytes, bytes],
         rules: SegmentRules,
         calibrations: Mapping[str, Calibration],
         outputs: Outputs,
@@ -78,8 +102,11 @@ class Processor:
         cache: RedisCache,
         clock_mode: Literal["wall", "event"],
         metrics: WorkerMetrics,
+        privacy: Privacy = Privacy(),
     ) -> None:
         self.table = table
+        self.erasures = erasures
+        self.privacy = privacy
         self.rules = rules
         self.calibrations = dict(calibrations)
         self.outputs = outputs
@@ -104,7 +131,9 @@ class Processor:
             calibration = (self.calibrations.get(shop_id) if quantile else None) or (
                 bootstrap_calibration(self.rules, shop_id)
             )
-            model = self._models[shop_id] = SegmentModel(self.rules, calibration)
+            model = self._models[shop_id] = SegmentModel(
+                self.rules, calibration, consent_required=self.privacy.consent_required
+            )
         return model
 
     async def set_calibration(self, calibration: Calibration) -> bool:
@@ -142,6 +171,7 @@ class Processor:
         except DecodeError as exc:
             await self.dead_letters.send(record, exc.reason, str(exc))
             return
+        order = self.privacy.identify(order)
         self.counts[order.type] += 1
         self.metrics.events.labels(order.type).inc()
         partition = record.partition
@@ -150,6 +180,17 @@ class Processor:
                 now = self.index.advance_watermark(partition, order.occurred_at)
                 await self._fire_due(partition, now)
             state = self._load(state_key(order.shop_id, order.customer_id))
+            if state is None and self._erased(order.shop_id, order.customer_id):
+                # Erased: a fresh state only after consent is given again. Counted, logged.
+                self.counts["skipped_erased"] += 1
+                log.info(
+                    "order of an erased customer skipped at %s[%d]@%d",
+                    record.topic,
+                    partition,
+                    record.offset,
+                    extra={"topic": record.topic, "partition": partition, "offset": record.offset},
+                )
+                return
             new_state, transitions = apply_order(state, order, self.model_for(order.shop_id))
         except OrderRejected as exc:
             await self.dead_letters.send(record, exc.reason, str(exc))
@@ -166,6 +207,68 @@ class Processor:
             return
         if state is None or new_state.revision != state.revision:
             await self._save(partition, new_state, transitions)
+
+    async def on_consent(self, record: SourceRecord) -> None:
+        """One record of the consent topic."""
+        try:
+            event = self.privacy.identify(
+                decode_consent(record.key, record.value, received_at=datetime.now(UTC))
+            )
+        except DecodeError as exc:
+            await self.dead_letters.send(record, exc.reason, str(exc))
+            return
+        self.counts[event.type] += 1
+        self.metrics.events.labels(event.type).inc()
+        state = self._load(state_key(event.shop_id, event.customer_id))
+        if event.type == "consent_granted":
+            self.erasures.pop(self._marker(event.shop_id, event.customer_id), None)
+        elif state is None and self._erased(event.shop_id, event.customer_id):
+            return  # erased: nothing to withdraw from, and nothing to store
+        new_state, transitions = apply_consent(state, event, self.model_for(event.shop_id))
+        if state is None or new_state.revision != state.revision:
+            await self._save(record.partition, new_state, transitions)
+
+    async def on_erasure(self, record: SourceRecord) -> None:
+        """One record of the erasure topic: delete every copy we hold, then send a receipt."""
+        try:
+            event = self.privacy.identify(
+                decode_erasure(record.key, record.value, received_at=datetime.now(UTC))
+            )
+        except DecodeError as exc:
+            await self.dead_letters.send(record, exc.reason, str(exc))
+            return
+        self.counts[event.type] += 1
+        self.metrics.events.labels(event.type).inc()
+        key = state_key(event.shop_id, event.customer_id)
+        state = self._load(key)
+        if state is not None:
+            await self._send(erase(state, event, self.model_for(event.shop_id)), force=True)
+            del self.table[key.encode()]  # a tombstone on the compacted changelog
+            self.customers -= 1
+        self.index.schedule(record.partition, key, None)
+        self.in_flight.pop(key, None)
+        self.pending_reevaluation = [p for p in self.pending_reevaluation if p[1] != key]
+        cache_removed = await self.cache.remove(event.shop_id, event.customer_id)
+        self.erasures[self._marker(event.shop_id, event.customer_id)] = (
+            event.occurred_at.isoformat().encode()
+        )
+        receipt = {
+            "type": "erasure_completed",
+            "request_id": event.request_id,
+            "shop_id": event.shop_id,
+            "requested_at": event.occurred_at.isoformat(),
+            "completed_at": datetime.now(UTC).isoformat(),
+            "state_deleted": state is not None,
+            "cache_deleted": cache_removed,
+            "cache_deletion_pending": not cache_removed,
+        }
+        await self.outputs.receipts.send(key=event.request_id.encode(), value=orjson.dumps(receipt))
+
+    def _marker(self, shop_id: str, customer_id: str) -> bytes:
+        return erasure_marker(self.privacy.secret, shop_id, customer_id).encode()
+
+    def _erased(self, shop_id: str, customer_id: str) -> bool:
+        return self._marker(shop_id, customer_id) in self.erasures
 
     async def on_tick(self, record: SourceRecord) -> None:
         """A clock tick for one customer (see ``due_ticks`` and ``reevaluation_ticks``)."""
@@ -313,9 +416,31 @@ class Processor:
         if state.revision == 1:  # the first change of a customer creates their table entry
             self.customers += 1
         self.table[state.key.encode()] = encode_stored(partition, state)
+        emitted_at = await self._send(transitions)
+        model = self.model_for(state.shop_id)
+        if not consented(state, model.consent_required):  # Redis holds nothing about them
+            await self.cache.remove(state.shop_id, state.customer_id)
+            self.index.schedule(partition, state.key, None)
+            return
+        at = state.as_of or emitted_at
+        metrics = compute_metrics(state, at, model.rules, model.calibration)
+        if state.scores is not None:  # the scores the segment was decided with
+            metrics = metrics.model_copy(
+                update={
+                    "r_score": state.scores.r,
+                    "f_score": state.scores.f,
+                    "m_score": state.scores.m,
+                }
+            )
+        await self.cache.write([(state, metrics)])
+        self.index.schedule(partition, state.key, next_due(state, model))
+
+    async def _send(self, transitions: list[Transition], force: bool = False) -> datetime:
+        """Publish transitions to the transitions topic and the marketing topics (``force``:
+        to marketing whatever the backfill setting: an erasure must reach downstream)."""
         emitted_at = datetime.now(UTC)
         out = self.outputs
-        to_marketing = not (out.backfill and out.marketing_skip_backfill)
+        to_marketing = force or not (out.backfill and out.marketing_skip_backfill)
         for transition in transitions:
             self.counts[transition.transition] += 1
             self.metrics.transitions.labels(transition.transition, transition.cause.kind).inc()
@@ -341,19 +466,7 @@ class Processor:
             skip = transition.cause.kind in out.marketing_skip_causes
             if marketing is not None and to_marketing and not skip:
                 await marketing.send(key=key, value=value)
-        model = self.model_for(state.shop_id)
-        at = state.as_of or emitted_at
-        metrics = compute_metrics(state, at, model.rules, model.calibration)
-        if state.scores is not None:  # the scores the segment was decided with
-            metrics = metrics.model_copy(
-                update={
-                    "r_score": state.scores.r,
-                    "f_score": state.scores.f,
-                    "m_score": state.scores.m,
-                }
-            )
-        await self.cache.write([(state, metrics)])
-        self.index.schedule(partition, state.key, next_due(state, model))
+        return emitted_at
 
 
 def _not_newer(candidate: Calibration, current: Calibration) -> bool:

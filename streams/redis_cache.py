@@ -28,6 +28,14 @@ from models.state import CustomerState
 
 log = logging.getLogger(__name__)
 
+_REMOVE_SCRIPT: Final = """
+local segment = redis.call('HGET', KEYS[1], 'segment')
+if segment and segment ~= '' then
+  redis.call('SREM', ARGV[1] .. segment, ARGV[2])
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 _WRITE_SCRIPT: Final = """
 local current = redis.call('HGET', KEYS[1], 'revision')
 if current and tonumber(current) >= tonumber(ARGV[1]) then
@@ -66,8 +74,11 @@ class RedisCache:
         self._prefix = prefix
         self._observe = observe
         self._script = client.register_script(_WRITE_SCRIPT)
+        self._remove_script = client.register_script(_REMOVE_SCRIPT)
         # Latest state per customer whose write failed; retried by ``flush_pending``.
         self._pending: dict[str, tuple[CustomerState, Metrics]] = {}
+        # Customers to remove once Redis answers again (retried before the pending writes).
+        self._pending_removals: set[tuple[str, str]] = set()
         self.errors = 0
 
     @classmethod
@@ -89,7 +100,7 @@ class RedisCache:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._pending_removals)
 
     async def write(self, items: Iterable[tuple[CustomerState, Metrics]]) -> None:
         """Write these states in one pipeline; on failure keep them for the next flush."""
@@ -109,8 +120,31 @@ class RedisCache:
                 if held is None or held[0].revision < item[0].revision:
                     self._pending[key] = item
 
+    async def remove(self, shop_id: str, customer_id: str) -> bool:
+        """Delete the customer's hash and segment membership (no consent, or erased); drops a
+        pending write of the customer so it cannot bring them back. False if Redis failed."""
+        key = self.customer_key(shop_id, customer_id)
+        self._pending.pop(f"{shop_id}/{customer_id}", None)
+        try:
+            await self._remove_script(
+                keys=[key], args=[f"{self._prefix}segment:{shop_id}:", customer_id]
+            )
+            return True
+        except (RedisError, OSError) as exc:
+            self.errors += 1
+            self._pending_removals.add((shop_id, customer_id))
+            log.warning("redis removal of a customer failed, will retry: %s", exc)
+            return False
+
     async def flush_pending(self) -> int:
-        """Retry the writes that failed; returns how many are still pending."""
+        """Retry the removals and writes that failed; returns how many are still pending."""
+        removals, self._pending_removals = self._pending_removals, set()
+        for shop_id, customer_id in removals:
+            key = (shop_id, customer_id)
+            held = self._pending.pop(f"{shop_id}/{customer_id}", None)
+            await self.remove(shop_id, customer_id)
+            if held is not None and key not in self._pending_removals:
+                self._pending[f"{shop_id}/{customer_id}"] = held  # written after the removal
         if self._pending:
             pending, self._pending = self._pending, {}
             await self.write(pending.values())

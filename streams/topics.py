@@ -43,6 +43,10 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
         wanted = {
             settings.orders_topic: partitions,
             settings.clock_topic: partitions,
+            # consent and erasure are co-partitioned with orders: keyed by customer as well
+            settings.consent_topic: partitions,
+            settings.erasure_topic: partitions,
+            settings.erasure_receipts_topic: settings.partitions,
             settings.transitions_topic: settings.partitions,
             settings.dlq_topic: settings.partitions,
             settings.calibrations_topic: 1,
@@ -64,12 +68,13 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
                 await admin.create_topics(missing)
             log.info("created topics %s", ", ".join(t.name for t in missing))
-        clock = current.get(settings.clock_topic, partitions)
-        if clock != partitions:
-            raise RuntimeError(
-                f"topic {settings.clock_topic} has {clock} partitions but "
-                f"{settings.orders_topic} has {partitions}: they must match"
-            )
+        for name in (settings.clock_topic, settings.consent_topic, settings.erasure_topic):
+            count = current.get(name, partitions)
+            if count != partitions:
+                raise RuntimeError(
+                    f"topic {name} has {count} partitions but {settings.orders_topic} has "
+                    f"{partitions}: they must match (records are keyed by customer)"
+                )
         await _wait_for_topics(admin, list(wanted))
         return partitions
     finally:

@@ -53,3 +53,13 @@ def test_cluster_ids_never_look_like_an_option() -> None:
     ids = [cluster_id() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+
+
+def test_tests_isolate_every_topic() -> None:
+    from config.settings import Settings
+    from tests.conftest import ROOT
+
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    for name in Settings.model_fields:
+        if name.endswith("_topic") or name.endswith("_prefix"):
+            assert f'"{name}": f"test-{{uid}}' in conftest, name
