@@ -413,10 +413,13 @@ class Processor:
     async def _save(
         self, partition: int, state: CustomerState, transitions: list[Transition]
     ) -> None:
+        # Transitions first, acknowledged by the broker, then the state: if a crash comes in
+        # between, the event is processed again (its offset is not committed) and the same
+        # transitions, with the same ids, are sent again. Never a state without its transitions.
+        emitted_at = await self._send(transitions)
         if state.revision == 1:  # the first change of a customer creates their table entry
             self.customers += 1
         self.table[state.key.encode()] = encode_stored(partition, state)
-        emitted_at = await self._send(transitions)
         model = self.model_for(state.shop_id)
         if not consented(state, model.consent_required):  # Redis holds nothing about them
             await self.cache.remove(state.shop_id, state.customer_id)
@@ -437,8 +440,10 @@ class Processor:
 
     async def _send(self, transitions: list[Transition], force: bool = False) -> datetime:
         """Publish transitions to the transitions topic and the marketing topics (``force``:
-        to marketing whatever the backfill setting: an erasure must reach downstream)."""
+        to marketing whatever the backfill setting: an erasure must reach downstream), and wait
+        until the broker has acknowledged them all."""
         emitted_at = datetime.now(UTC)
+        deliveries: list[Any] = []
         out = self.outputs
         to_marketing = force or not (out.backfill and out.marketing_skip_backfill)
         for transition in transitions:
@@ -449,7 +454,7 @@ class Processor:
                 self.metrics.transition_delay.observe(max(delay, 0.0))
             key = transition.customer_id.encode()
             value = encode_transition(transition, emitted_at, out.backfill)
-            await out.transitions.send(key=key, value=value)
+            deliveries.append(await out.transitions.send(key=key, value=value))
             log.debug(
                 "transition %s of %s",
                 transition.transition,
@@ -465,7 +470,8 @@ class Processor:
             marketing = out.marketing.get(transition.transition)
             skip = transition.cause.kind in out.marketing_skip_causes
             if marketing is not None and to_marketing and not skip:
-                await marketing.send(key=key, value=value)
+                deliveries.append(await marketing.send(key=key, value=value))
+        await asyncio.gather(*deliveries)
         return emitted_at
 
 
