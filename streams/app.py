@@ -13,6 +13,7 @@ from typing import Any
 import faust
 from aiokafka import TopicPartition
 from faust.web import View
+from redis.exceptions import RedisError
 
 from config.settings import Settings
 from models.events import transition_name, transition_names
@@ -160,10 +161,27 @@ def create_app(
         await processor.rebuild_index()
 
     @app.timer(REDIS_RETRY_SECONDS)
-    async def retry_redis() -> None:
-        if cache.pending:
-            left = await cache.flush_pending()
-            log.info("redis: %d customer writes still pending", left)
+    async def keep_redis_in_step() -> None:
+        """Retry failed writes; after Redis lost its data, write this worker's customers again."""
+        try:
+            if cache.pending:
+                left = await cache.flush_pending()
+                log.info("redis: %d customer writes still pending", left)
+            if app.tables.recovery.in_recovery or app.rebalancing:
+                return
+            owned = {
+                tp.partition
+                for tp in app.consumer.assignment()
+                if tp.topic == settings.orders_topic
+            }
+            missing = await cache.missing_markers(settings.app_id, owned)
+            if missing:
+                written = await processor.resync_cache(set(missing))
+                for partition in missing:
+                    await cache.set_marker(settings.app_id, partition)
+                log.info("redis: wrote %d customers of partitions %s again", written, missing)
+        except RedisError as exc:
+            log.warning("redis unavailable: %s", exc)
 
     @app.timer(settings.clock_interval_seconds)
     async def clock_tick() -> None:

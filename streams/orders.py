@@ -358,6 +358,31 @@ class Processor:
                 stale.append((partition, state.key))
         return stale
 
+    async def resync_cache(self, partitions: set[int], batch: int = 500) -> int:
+        """Write every consenting customer of ``partitions`` to Redis again (after Redis lost
+        its data); returns how many. Yields to the event loop between batches."""
+        written = 0
+        pending: list[tuple[CustomerState, Any]] = []
+        for value in list(self.table.values()):
+            try:
+                partition, state = decode_stored(value)
+            except Exception:
+                log.exception("cannot read a stored customer state")
+                continue
+            model = self.model_for(state.shop_id)
+            if partition not in partitions or not consented(state, model.consent_required):
+                continue
+            pending.append((state, self._cache_metrics(state, model)))
+            if len(pending) >= batch:
+                await self.cache.write(pending)
+                written += len(pending)
+                pending = []
+                await asyncio.sleep(0)
+        if pending:
+            await self.cache.write(pending)
+            written += len(pending)
+        return written
+
     def stats(self) -> dict[str, Any]:
         """Counters for operators (served by the worker at ``/stats``)."""
         return {
@@ -425,18 +450,22 @@ class Processor:
             await self.cache.remove(state.shop_id, state.customer_id)
             self.index.schedule(partition, state.key, None)
             return
-        at = state.as_of or emitted_at
-        metrics = compute_metrics(state, at, model.rules, model.calibration)
-        if state.scores is not None:  # the scores the segment was decided with
-            metrics = metrics.model_copy(
-                update={
-                    "r_score": state.scores.r,
-                    "f_score": state.scores.f,
-                    "m_score": state.scores.m,
-                }
-            )
-        await self.cache.write([(state, metrics)])
+        await self.cache.write([(state, self._cache_metrics(state, model, emitted_at))])
         self.index.schedule(partition, state.key, next_due(state, model))
+
+    def _cache_metrics(
+        self, state: CustomerState, model: SegmentModel, fallback: datetime | None = None
+    ) -> Any:
+        """The figures cached for the customer: as of their latest instant, with the scores the
+        segment was decided with."""
+        at = state.as_of or fallback or datetime.now(UTC)
+        metrics = compute_metrics(state, at, model.rules, model.calibration)
+        if state.scores is None:
+            return metrics
+        scores = state.scores
+        return metrics.model_copy(
+            update={"r_score": scores.r, "f_score": scores.f, "m_score": scores.m}
+        )
 
     async def _send(self, transitions: list[Transition], force: bool = False) -> datetime:
         """Publish transitions to the transitions topic and the marketing topics (``force``:

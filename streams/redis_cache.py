@@ -213,6 +213,25 @@ class RedisCache:
     async def members(self, shop_id: str, segment: str) -> set[str]:
         return {m.decode() for m in await self._client.smembers(self.segment_key(shop_id, segment))}
 
+    def marker_key(self, group: str, partition: int) -> str:
+        """Set once a partition's customers are all in Redis; gone after a flush or a restart
+        of a Redis without persistence, which is how a worker knows to write them again."""
+        return f"{self._prefix}synced:{group}:{partition}"
+
+    async def missing_markers(self, group: str, partitions: Iterable[int]) -> list[int]:
+        """Partitions whose customers must be written again (Redis lost them)."""
+        partitions = sorted(partitions)
+        if not partitions:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                pipe.exists(self.marker_key(group, partition))
+            found = await pipe.execute()
+        return [p for p, exists in zip(partitions, found, strict=True) if not exists]
+
+    async def set_marker(self, group: str, partition: int) -> None:
+        await self._client.set(self.marker_key(group, partition), "1")
+
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())

@@ -214,9 +214,33 @@ async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
         assert sorted(await client.keys(f"{p}*")) == sorted(
             [f"{p}customer:default:{c}" for c in ("alice", "bob", "carol", "dave")]
             + [f"{p}segment:default:inactive", f"{p}segment:default:new"]
+            + [f"{p}synced:{settings.app_id}:0"]  # partition 0's customers are all in Redis
         )
+
+        # Redis loses everything (a flush, a restart without persistence): the worker notices
+        # and writes its customers again, without a replay by hand.
+        snapshot = await _redis_contents(client, p)
+        assert await client.delete(*await client.keys(f"{p}*")) == 7
+        restored = await wait_for(
+            lambda: _redis_contents(client, p), lambda c: c == snapshot, 60, "Redis refilled"
+        )
+        assert restored[f"{p}customer:default:alice"]["segment"] == "inactive"
     finally:
         await client.aclose()
+
+
+async def _redis_contents(client, prefix: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    contents: dict[str, object] = {}
+    for key in await client.keys(f"{prefix}*"):
+        kind = await client.type(key)
+        contents[key] = (
+            await client.hgetall(key)
+            if kind == "hash"
+            else await client.smembers(key)
+            if kind == "set"
+            else await client.get(key)
+        )
+    return contents
 
 
 async def _assert_dead_letters(settings) -> None:  # type: ignore[no-untyped-def]
