@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics we create")
     replication_factor: int = Field(1, ge=1, le=16)
     store: Literal["rocksdb", "memory"] = "rocksdb"
+    session_timeout_seconds: float = Field(
+        10.0,
+        ge=3,
+        le=300,
+        description="a worker that stops heart-beating for this long (crash) loses its "
+        "partitions to the others",
+    )
     data_dir: Path = Path(".segmenter-data")
     clock: Literal["wall", "event"] = "wall"
     clock_interval_seconds: float = Field(1.0, gt=0, le=60)

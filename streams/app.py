@@ -73,6 +73,8 @@ def create_app(
         web_bind=settings.web_host,
         autodiscover=False,
         processing_guarantee="at_least_once",
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     clock = app.topic(settings.clock_topic, partitions=partitions, **raw)

@@ -340,19 +340,26 @@ class Devstack:
         self.start_redis(say)
         self.start_kafka(say)
 
+    def stop(self, name: str, say: Callable[[str], None] = print) -> None:
+        """Stop one server (``kafka`` or ``redis``); used by the fault-injection tests."""
+        self._stop(name, say)
+
     def down(self, say: Callable[[str], None] = print) -> None:
         for name in ("kafka", "redis"):
-            pid = self._own_pid(name)
-            if pid is not None:
-                say(f"stopping {name} (pid {pid}) ...")
-                _signal_group(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 60
-                while _pid_alive(pid) and time.monotonic() < deadline:
-                    _reap(pid)
-                    time.sleep(0.2)
-                if _pid_alive(pid):
-                    _signal_group(pid, signal.SIGKILL)
-            (self.root / f"{name}.pid").unlink(missing_ok=True)
+            self._stop(name, say)
+
+    def _stop(self, name: str, say: Callable[[str], None]) -> None:
+        pid = self._own_pid(name)
+        if pid is not None:
+            say(f"stopping {name} (pid {pid}) ...")
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.2)
+            if _pid_alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+        (self.root / f"{name}.pid").unlink(missing_ok=True)
 
     def status(self) -> list[ServiceStatus]:
         kafka_pid, redis_pid = self._own_pid("kafka"), self._own_pid("redis")

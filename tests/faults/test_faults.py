@@ -1,0 +1,392 @@
+"""Fault injection on the real broker, Redis and worker processes (bounded, loopback only).
+
+Every scenario replays the same synthetic stream (with two bad records) while something goes
+wrong, then checks: every customer's R/F/M equals a batch recomputation, the set of transition
+ids equals the set of a clean run (duplicates are allowed, they carry the same id), Redis equals
+the tables, and the dead-letter topic holds exactly the bad records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from config.rules import load_rules
+from config.settings import Settings
+from models.state import compute_metrics
+from models.transitions import bootstrap_calibration
+from streams.app import marketing_transitions
+from streams.changelog import read_table, read_topic
+from streams.devstack import Devstack
+from streams.lag import group_lag
+from streams.topics import ensure_topics
+from streams.worker import spawn_worker, stop_worker
+from tests.conftest import free_port, settings_from, wait_for
+from tests.factories import T0
+from tests.synthetic import batch_rfm, synthetic_year
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+CUSTOMERS = 120
+CHUNKS = 12
+REDIS_DOWN_SECONDS = 20.0
+
+
+def _bad_order(**change: Any) -> bytes:
+    good = {
+        "type": "order_placed",
+        "order_id": "bad",
+        "customer_id": "y0001",
+        "occurred_at": T0.isoformat(),
+        "currency": "EUR",
+        "total": 100,
+        "lines": [{"sku": "s", "category": "c", "quantity": 1, "unit_price": 100}],
+    }
+    return orjson.dumps({**good, **change})
+
+
+# One of every kind of bad input a webshop's stream can carry.
+BAD = [
+    (b"y0001", b'{"type": "order_placed", "order_id": '),  # malformed JSON
+    (b"y0001", _bad_order(total="lots")),  # wrong type
+    (b"y0001", _bad_order(order_id=None)),  # missing id
+    (b"y0001", _bad_order(lines=[{"sku": "s", "category": "c", "quantity": -2, "unit_price": 1}])),
+    (b"y0001", _bad_order(total=10**13)),  # absurd amount
+    (b"y0001", _bad_order(currency="XYZ")),  # unknown currency
+    (b"y0001", _bad_order(occurred_at="2999-01-01T00:00:00Z")),  # far in the future
+    (b"y0001", _bad_order(occurred_at="1985-01-01T00:00:00Z")),  # before 1990
+    (b"y0001", _bad_order(note="x" * 300_000)),  # huge
+    (b"\xff\xfe", _bad_order()),  # key not UTF-8
+    (b"y0001", orjson.dumps({"type": "order_teleported", "customer_id": "y0001"})),
+]
+RESULTS: list[dict[str, Any]] = []
+
+
+@dataclass
+class Stream:
+    events: list[dict[str, Any]]
+    records: list[tuple[bytes, bytes]]
+    bad_at: set[int] = field(default_factory=set)  # indexes of the bad records in ``records``
+
+
+def make_stream(duplicate_and_reorder: bool = False) -> Stream:
+    events = synthetic_year(customers=CUSTOMERS)
+    records = [(e["customer_id"].encode(), orjson.dumps(e)) for e in events]
+    if duplicate_and_reorder:
+        rng = random.Random(7)
+        records = [r for r in records for _ in range(2 if rng.random() < 0.2 else 1)]
+        for _ in range(len(records) // 10):
+            a = rng.randrange(len(records) - 21)
+            records.insert(a + rng.randint(1, 20), records.pop(a))
+    stream = Stream(events, records)
+    step = len(records) // (len(BAD) + 1)
+    for n, bad in enumerate(BAD, start=1):
+        stream.records.insert(n * step + n - 1, bad)
+    stream.bad_at = {i for i, r in enumerate(stream.records) if r in BAD}
+    assert len(stream.bad_at) == len(BAD)
+    return stream
+
+
+class Harness:
+    """Workers as processes, the stream published in chunks, faults in between."""
+
+    def __init__(self, overrides: dict[str, str], tmp_path: Path) -> None:
+        self.overrides = {**overrides, "partitions": "2", "clock": "event"}
+        self.settings = settings_from(self.overrides)
+        self.tmp = tmp_path
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.bad_positions: set[tuple[int, int]] = set()
+        self.recovery_seconds = 0.0
+
+    async def __aenter__(self) -> Harness:
+        await ensure_topics(self.settings, marketing_transitions(load_rules()))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for name in list(self.workers):
+            await self.stop(name)
+
+    def start(self, name: str) -> None:
+        overrides = {
+            **self.overrides,
+            "data_dir": str(self.tmp / name),
+            "web_port": str(free_port()),
+        }
+        self.workers[name] = spawn_worker(overrides, self.tmp / f"{name}.log")
+
+    async def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        process = self.workers.pop(name)
+        if sig == signal.SIGKILL:
+            process.kill()
+            process.wait()
+        else:
+            await asyncio.to_thread(stop_worker, process)
+
+    async def restart_after_kill(self, name: str) -> None:
+        await self.stop(name, signal.SIGKILL)
+        started = time.monotonic()
+        self.start(name)
+        await self.settle()
+        self.recovery_seconds = max(self.recovery_seconds, time.monotonic() - started)
+
+    async def publish(self, stream: Stream, between: dict[int, Any]) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+        )
+        await producer.start()
+        try:
+            size = -(-len(stream.records) // CHUNKS)
+            for chunk in range(CHUNKS):
+                part = list(enumerate(stream.records))[chunk * size : (chunk + 1) * size]
+                sent = [
+                    (i, await producer.send(self.settings.orders_topic, key=k, value=v))
+                    for i, (k, v) in part
+                ]
+                for i, future in sent:
+                    meta = await future
+                    if i in stream.bad_at:
+                        self.bad_positions.add((meta.partition, meta.offset))
+                if chunk in between:
+                    await between[chunk]()
+        finally:
+            await producer.stop()
+
+    async def settle(self) -> None:
+        total = None
+
+        async def probe() -> list[Any]:
+            nonlocal total
+            return await group_lag(self.settings)
+
+        await wait_for(
+            probe,
+            lambda lag: (
+                bool(lag) and all(p.committed is not None and p.committed == p.end for p in lag)
+            ),
+            240,
+            "the workers to process every order",
+            interval=1.0,
+        )
+
+    async def verify(self, name: str, stream: Stream, clean_ids: set[str] | None) -> None:
+        settings = self.settings
+        table = {k: v.state for k, v in (await read_table(settings)).items()}
+        mismatches: list[Any] = []
+        rules = load_rules()
+        calibration = bootstrap_calibration(rules, "default")
+        end = T0 + timedelta(days=400)
+        for customer, (count, spend, last) in batch_rfm(stream.events).items():
+            state = table.get(f"default/{customer}")
+            m = compute_metrics(state, end, rules, calibration) if state else None
+            from datetime import datetime
+
+            recency = round((end - datetime.fromisoformat(last)).total_seconds() / 86_400, 4)
+            if m is None or (m.order_count, m.total_spend, m.recency_days) != (
+                count,
+                spend,
+                recency,
+            ):
+                mismatches.append(("state", customer))
+        transitions = [
+            orjson.loads(r.value)
+            async for r in read_topic(settings.kafka_bootstrap_servers, settings.transitions_topic)
+        ]
+        ids = [t["event_id"] for t in transitions]
+        if clean_ids is not None and set(ids) != clean_ids:
+            mismatches.append(("transition ids", len(set(ids) ^ clean_ids)))
+        mismatches += await _redis_mismatches(settings, table)
+        dead = {
+            (int(h["segmenter.dlq.partition"]), int(h["segmenter.dlq.offset"]))
+            async for h in _dlq_headers(settings)
+        }
+        if dead != self.bad_positions:
+            mismatches.append(("dead letters", sorted(dead ^ self.bad_positions)))
+        RESULTS.append(
+            {
+                "scenario": name,
+                "orders sent": len(stream.records),
+                "mismatches": len(mismatches),
+                "duplicate ids delivered": len(ids) - len(set(ids)),
+                "recovery s": round(self.recovery_seconds, 1),
+            }
+        )
+        assert mismatches == []
+
+
+async def _dlq_headers(settings: Settings) -> Any:
+    async for record in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic):
+        yield {k: v.decode() for k, v in record.headers}
+
+
+async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[Any]:
+    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    p = settings.redis_prefix
+    found: list[Any] = []
+    try:
+
+        async def cached() -> list[Any]:
+            wrong = []
+            members: dict[str, set[str]] = defaultdict(set)
+            for key, state in table.items():
+                shop, customer = key.split("/", 1)
+                fields = await client.hgetall(f"{p}customer:{shop}:{customer}")
+                if (fields.get("segment"), fields.get("revision")) != (
+                    state.segment or "",
+                    str(state.revision),
+                ):
+                    wrong.append(("redis", customer))
+                if state.segment:
+                    members[state.segment].add(customer)
+            for segment in load_rules().segment_names:
+                if await client.smembers(f"{p}segment:default:{segment}") != members[segment]:
+                    wrong.append(("redis set", segment))
+            return wrong
+
+        # Redis converges on its own (retries, refills after a restart): give it a moment.
+        found = await wait_for(cached, lambda wrong: wrong == [], 60, "Redis to equal the tables")
+    except AssertionError:
+        found = await cached()
+    finally:
+        await client.aclose()
+    return found
+
+
+@pytest.fixture(scope="module")
+def clean_ids(tmp_path_factory: pytest.TempPathFactory, devstack: Devstack) -> set[str]:
+    """Transition ids of an undisturbed run over the same stream."""
+    import uuid
+
+    uid = uuid.uuid4().hex[:10]
+    overrides = _isolated(uid, tmp_path_factory.mktemp("clean"))
+
+    async def run() -> set[str]:
+        async with Harness(overrides, tmp_path_factory.mktemp("clean-run")) as h:
+            h.start("w1")
+            stream = make_stream()
+            await h.publish(stream, {})
+            await h.settle()
+            return {
+                orjson.loads(r.value)["event_id"]
+                async for r in read_topic(
+                    h.settings.kafka_bootstrap_servers, h.settings.transitions_topic
+                )
+            }
+
+    return asyncio.run(run())
+
+
+def _isolated(uid: str, path: Path) -> dict[str, str]:
+    return {
+        "app_id": f"fault-{uid}",
+        "orders_topic": f"fault-{uid}.orders",
+        "transitions_topic": f"fault-{uid}.transitions",
+        "dlq_topic": f"fault-{uid}.dlq",
+        "consent_topic": f"fault-{uid}.consent",
+        "erasure_topic": f"fault-{uid}.erasure",
+        "erasure_receipts_topic": f"fault-{uid}.receipts",
+        "redis_prefix": f"fault-{uid}:",
+        "marketing_topic_prefix": f"fault-{uid}.",
+        "data_dir": str(path),
+        "log_level": "info",
+    }
+
+
+async def test_kill_9_at_random_points(
+    isolated: dict[str, str], tmp_path: Path, clean_ids: set[str]
+) -> None:
+    rng = random.Random(99)
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+
+        async def kill_soon() -> None:
+            await asyncio.sleep(rng.uniform(0.0, 0.3))  # while it works through the chunk
+            await h.restart_after_kill("w1")
+
+        stream = make_stream()
+        await h.publish(
+            stream, {1: kill_soon, 3: kill_soon, 5: kill_soon, 7: kill_soon, 9: kill_soon}
+        )
+        await h.settle()
+        await h.verify("kill -9, 5 rounds", stream, clean_ids)
+
+
+async def test_a_second_worker_joins_and_the_first_leaves(
+    isolated: dict[str, str], tmp_path: Path, clean_ids: set[str]
+) -> None:
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+
+        async def join() -> None:
+            h.start("w2")
+
+        async def leave() -> None:
+            await h.stop("w1")
+
+        stream = make_stream()
+        await h.publish(stream, {3: join, 8: leave})
+        await h.settle()
+        await h.verify("worker joins, then leaves", stream, clean_ids)
+
+
+async def test_redis_stopped_and_restarted(
+    isolated: dict[str, str], tmp_path: Path, devstack: Devstack, clean_ids: set[str]
+) -> None:
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+
+        async def redis_down() -> None:
+            await asyncio.to_thread(devstack.stop, "redis", print)
+
+        async def redis_up() -> None:
+            await asyncio.sleep(REDIS_DOWN_SECONDS)  # the outage lasts while orders flow
+            await asyncio.to_thread(devstack.start_redis, print)
+
+        stream = make_stream()
+        await h.publish(stream, {3: redis_down, 8: redis_up})
+        await h.settle()
+        await h.verify("redis down and up", stream, clean_ids)
+
+
+async def test_broker_stopped_and_restarted(
+    isolated: dict[str, str], tmp_path: Path, devstack: Devstack, clean_ids: set[str]
+) -> None:
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+        stream = make_stream()
+        first, second = (
+            stream.records[: len(stream.records) // 2],
+            stream.records[len(stream.records) // 2 :],
+        )
+        half = Stream(stream.events, first, {i for i in stream.bad_at if i < len(first)})
+        await h.publish(half, {})
+        await asyncio.to_thread(devstack.stop, "kafka", print)
+        await asyncio.to_thread(devstack.start_kafka, print)
+        rest = Stream(
+            stream.events, second, {i - len(first) for i in stream.bad_at if i >= len(first)}
+        )
+        await h.publish(rest, {})
+        await h.settle()
+        await h.verify("broker down and up", stream, clean_ids)
+
+
+async def test_duplicated_and_reordered_input(isolated: dict[str, str], tmp_path: Path) -> None:
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+        stream = make_stream(duplicate_and_reorder=True)
+        await h.publish(stream, {})
+        await h.settle()
+        await h.verify("duplicated + reordered input", stream, None)
