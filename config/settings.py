@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics we create")
     replication_factor: int = Field(1, ge=1, le=16)
     store: Literal["rocksdb", "memory"] = "rocksdb"
+    startup_timeout_seconds: float = Field(
+        300.0, ge=0, description="how long a starting worker waits for Kafka to answer"
+    )
     session_timeout_seconds: float = Field(
         10.0,
         ge=3,

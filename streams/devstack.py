@@ -341,8 +341,15 @@ class Devstack:
         self.start_kafka(say)
 
     def stop(self, name: str, say: Callable[[str], None] = print) -> None:
-        """Stop one server (``kafka`` or ``redis``); used by the fault-injection tests."""
+        """Stop one server (``kafka`` or ``redis``); used by the fault-injection tests. Fails if
+        the server still answers afterwards (one this devstack did not start)."""
         self._stop(name, say)
+        answers = self._kafka_answers if name == "kafka" else self._redis_answers
+        if answers():
+            raise DevstackError(
+                f"{name} still answers after stopping it: it was not started by the devstack "
+                f"in {self.root}"
+            )
 
     def down(self, say: Callable[[str], None] = print) -> None:
         for name in ("kafka", "redis"):

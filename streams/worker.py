@@ -8,13 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 
 from config.rules import load_rules
 from config.settings import Settings
+from models.rules import SegmentRules
+from models.scoring import Calibration
 from streams.app import create_app, marketing_transitions
 from streams.calibrations import read_calibrations
 from streams.topics import ensure_topics
@@ -25,8 +29,7 @@ def run_worker(settings: Settings) -> None:
     rules = load_rules(settings.rules_file)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    partitions = loop.run_until_complete(ensure_topics(settings, marketing_transitions(rules)))
-    calibrations = loop.run_until_complete(read_calibrations(settings))
+    partitions, calibrations = loop.run_until_complete(_prepare(settings, rules))
     segmenter = create_app(settings, rules, partitions, calibrations)
     logging.getLogger(__name__).info(
         "worker for %s: %d partitions, rules %s, %s clock",
@@ -67,6 +70,25 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         },
         "root": {"level": settings.log_level.upper(), "handlers": ["default"]},
     }
+
+
+async def _prepare(settings: Settings, rules: SegmentRules) -> tuple[int, dict[str, Calibration]]:
+    """Create missing topics and read the calibrations, waiting for the broker if it is not
+    up yet (a worker starting before, or during a restart of, the broker)."""
+    log = logging.getLogger(__name__)
+    deadline = time.monotonic() + settings.startup_timeout_seconds
+    while True:
+        try:
+            partitions = await ensure_topics(settings, marketing_transitions(rules))
+            return partitions, await read_calibrations(settings)
+        except (ConnectionError, KafkaError) as exc:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(
+                    f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
+                    f"{settings.startup_timeout_seconds:.0f}s: {exc}"
+                ) from exc
+            log.warning("waiting for Kafka at %s: %s", settings.kafka_bootstrap_servers, exc)
+            await asyncio.sleep(2)
 
 
 def spawn_worker(overrides: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

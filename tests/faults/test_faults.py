@@ -174,9 +174,7 @@ class Harness:
 
         await wait_for(
             probe,
-            lambda lag: (
-                bool(lag) and all(p.committed is not None and p.committed == p.end for p in lag)
-            ),
+            lambda lag: bool(lag) and all((p.committed or 0) == p.end for p in lag),
             240,
             "the workers to process every order",
             interval=1.0,
@@ -373,6 +371,7 @@ async def test_broker_stopped_and_restarted(
         )
         half = Stream(stream.events, first, {i for i in stream.bad_at if i < len(first)})
         await h.publish(half, {})
+        await h.settle()  # the worker is up and working when the broker goes away
         await asyncio.to_thread(devstack.stop, "kafka", print)
         await asyncio.to_thread(devstack.start_kafka, print)
         rest = Stream(
@@ -390,3 +389,45 @@ async def test_duplicated_and_reordered_input(isolated: dict[str, str], tmp_path
         await h.publish(stream, {})
         await h.settle()
         await h.verify("duplicated + reordered input", stream, None)
+
+
+async def test_a_worker_started_while_the_broker_is_down_waits_for_it(
+    isolated: dict[str, str], tmp_path: Path, devstack: Devstack
+) -> None:
+    async with Harness(isolated, tmp_path) as h:
+        await asyncio.to_thread(devstack.stop, "kafka", print)
+        try:
+            h.start("w1")
+            log = tmp_path / "w1.log"
+
+            async def log_text() -> str:
+                return log.read_text() if log.exists() else ""
+
+            await wait_for(
+                log_text,
+                lambda text: "waiting for Kafka" in text,
+                60,
+                "the worker to wait for the broker",
+            )
+            assert h.workers["w1"].poll() is None, log.read_text()[-2000:]
+        finally:
+            await asyncio.to_thread(devstack.start_kafka, print)
+        events = [
+            (
+                b"z1",
+                orjson.dumps(
+                    {
+                        "type": "order_placed",
+                        "order_id": "z-o1",
+                        "customer_id": "z1",
+                        "occurred_at": T0.isoformat(),
+                        "currency": "EUR",
+                        "total": 900,
+                    }
+                ),
+            )
+        ]
+        await h.publish(Stream([], events), {})
+        await h.settle()
+        table = await read_table(h.settings)
+        assert table["default/z1"].state.segment == "new"
