@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from statistics import quantiles
 from typing import Annotated, Literal
 
@@ -82,9 +83,10 @@ def _sticky(raw_up: int, raw_down: int, previous: int | None, raw: int) -> int:
     return previous
 
 
-def _scaled(cuts: Sequence[float], factor: float) -> list[float]:
+@lru_cache(maxsize=1024)
+def _scaled(cuts: tuple[float, ...], factor: float) -> tuple[float, ...]:
     # Rounded like the elapsed days are, so a due time computed from a boundary is exact.
-    return [round(c * factor, 4) for c in cuts]
+    return tuple(round(c * factor, 4) for c in cuts)
 
 
 def compute_scores(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 from statistics import median
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,6 +98,48 @@ class CustomerState(BaseModel):
         return dict(sorted(spend.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+class OrderFacts(NamedTuple):
+    """What a customer's orders add up to, whatever the instant (see ``order_facts``)."""
+
+    orders: int
+    spend: int
+    gross: int
+    discount: int
+    first: datetime | None
+    last: datetime | None
+    typical_gap_days: float | None
+
+
+# order_facts of the states seen last, by id: (the state object, its facts). States are
+# immutable and the entry holds the object, so its id cannot be reused while the entry lives.
+_FACTS: dict[int, tuple[CustomerState, OrderFacts]] = {}
+_FACTS_SIZE: Final = 65_536
+
+
+def order_facts(state: CustomerState) -> OrderFacts:
+    """Counts, sums and the typical gap of the orders that count (memoised per state object:
+    evaluating one customer at several instants derives them once)."""
+    hit = _FACTS.get(id(state))
+    if hit is not None and hit[0] is state:
+        return hit[1]
+    orders = state.counted_orders()
+    times = [r.placed_at for r in orders if r.placed_at is not None]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    facts = OrderFacts(
+        orders=len(orders),
+        spend=sum(r.net_total for r in orders),
+        gross=sum(r.total + r.discount for r in orders),
+        discount=sum(r.discount for r in orders),
+        first=times[0] if times else None,
+        last=times[-1] if times else None,
+        typical_gap_days=_days(median(gaps)) if gaps else None,
+    )
+    if len(_FACTS) >= _FACTS_SIZE:
+        _FACTS.clear()
+    _FACTS[id(state)] = (state, facts)
+    return facts
+
+
 def state_key(shop_id: str, customer_id: str) -> str:
     """The table key of a customer: customer ids are unique within a shop only."""
     return f"{shop_id}/{customer_id}"
@@ -131,15 +173,9 @@ def compute_metrics(
     every stored score unless its value is clearly, beyond the hysteresis margin, past a
     boundary (when the cut-offs move under the customer: recalibration, rule change).
     """
-    orders = state.counted_orders()
-    count = len(orders)
-    spend = sum(r.net_total for r in orders)
-    gross = sum(r.total + r.discount for r in orders)
-    discount = sum(r.discount for r in orders)
-    times = [r.placed_at for r in orders if r.placed_at is not None]
-    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
-    typical_gap = _days(median(gaps)) if gaps else None
-    last = times[-1] if times else None
+    facts = order_facts(state)
+    count, spend, gross, discount = facts.orders, facts.spend, facts.gross, facts.discount
+    typical_gap, last = facts.typical_gap_days, facts.last
     recency = _days((at - last).total_seconds()) if last else None
     scores = None
     if count:
@@ -159,7 +195,7 @@ def compute_metrics(
         total_spend=spend,
         average_order_value=spend // count if count else 0,
         discount_share=round(discount / gross, 4) if gross else 0.0,
-        first_order_at=times[0] if times else None,
+        first_order_at=facts.first,
         last_order_at=last,
         recency_days=recency,
         typical_gap_days=typical_gap,

@@ -9,6 +9,7 @@ the tags depend on which orders there are, never on the order they arrived in.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from models.rules import Tags
 from models.state import CustomerState
@@ -17,6 +18,7 @@ DISCOUNT_SEEKER = "discount_seeker"
 FULL_PRICE_BUYER = "full_price_buyer"
 
 
+@lru_cache(maxsize=4096)
 def preference_tag(category: str) -> str:
     """``prefers_<category>`` with the category folded to lower_snake_case."""
     slug = re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_") or "other"

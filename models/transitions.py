@@ -15,7 +15,7 @@ clock; time-caused transitions happen at the instant the caller gives. Together 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
@@ -48,6 +48,7 @@ TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
 # once.)
 _DEFERRABLE: Final = frozenset({"time", "recalibration"})
 _MAX_TIME_STEPS: Final = 16
+_DUE_CACHE_SIZE: Final = 65_536
 # How each cause scores: an order rescores everything from the customer's own values; time can
 # only move recency; a re-evaluation keeps scores within the hysteresis margin.
 _SCORING: Final[dict[str, ScoreMode]] = {
@@ -71,6 +72,11 @@ class SegmentModel:
     calibration: Calibration
     # True: a customer without a consent record is not segmented.
     consent_required: bool = False
+    # next_due of the states seen last, by customer key: (the state object, its due time). A
+    # state is immutable, so a hit on the very same object is exact; bounded, never stale.
+    _due: dict[str, tuple[CustomerState, datetime | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,15 @@ def bootstrap_calibration(rules: SegmentRules, shop_id: str) -> Calibration:
 
 
 def evaluate(
-    state: CustomerState, at: datetime, model: SegmentModel, *, scoring: ScoreMode = "fresh"
+    state: CustomerState,
+    at: datetime,
+    model: SegmentModel,
+    *,
+    scoring: ScoreMode = "fresh",
+    tags: bool = True,
 ) -> Evaluation:
     """Metrics, segment and tags of the customer as of ``at`` (``scoring``: see
-    ``compute_metrics``)."""
+    ``compute_metrics``; ``tags=False``: the segment only, tags left empty)."""
     rules = model.rules
     m = compute_metrics(state, at, rules, model.calibration, scoring=scoring)
     scores = None
@@ -117,7 +128,9 @@ def evaluate(
         )
         cell = Cell(inactive, m.order_count == 1, scores.r, scores.f, scores.m)
         facts = SegmentFacts(cell, m.discount_share, m.average_order_value)
-    return Evaluation(m, decide(facts, rules), compute_tags(state, rules.tags), scores)
+    return Evaluation(
+        m, decide(facts, rules), compute_tags(state, rules.tags) if tags else (), scores
+    )
 
 
 def apply_order(
@@ -225,6 +238,17 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     Candidates are the instants the recency score can drop, the personal inactivity threshold
     and the end of the minimum dwell; the first candidate at which the segment differs wins.
     """
+    cached = model._due.get(state.customer_id)
+    if cached is not None and cached[0] is state:
+        return cached[1]
+    due = _next_due(state, model)
+    if len(model._due) >= _DUE_CACHE_SIZE:
+        model._due.clear()
+    model._due[state.customer_id] = (state, due)
+    return due
+
+
+def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     if state.segment is None or state.as_of is None:
         return None
     m = compute_metrics(state, state.as_of, model.rules, model.calibration, scoring="time")
@@ -239,7 +263,7 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     for candidate in sorted(candidates):
         if candidate <= state.as_of or (dwell_end is not None and candidate < dwell_end):
             continue
-        if evaluate(state, candidate, model, scoring="time").segment != state.segment:
+        if evaluate(state, candidate, model, scoring="time", tags=False).segment != state.segment:
             return candidate
     return None
 
