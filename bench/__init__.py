@@ -1,0 +1,1 @@
+"""The throughput and latency benchmark (``python -m bench``, see the README)."""

@@ -1,0 +1,96 @@
+"""The results table (Markdown), with the targets each figure is held to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = {
+    "ratio": 0.20,  # full semantics vs the raw baseline, same run
+    "p99_ms": 100.0,  # at 1,000 orders/s
+    "warm_restart_s": 30.0,  # 1 million customers in the store
+    "state_bytes_per_customer": 300.0,
+}
+
+
+def _verdict(value: Any, target: float, higher_is_better: bool = False) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "**missed**"
+
+
+def render(results: Any) -> str:
+    m = results.machine
+    f = results.figures
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {m.get('date')} on {m.get('cores')} cores ({m.get('cpu')}), "
+        f"{m.get('memory_gib')} GiB, {m.get('os')}, Python {m.get('python')}; Apache Kafka "
+        "and Redis of the devstack on loopback, on the same machine. "
+        "Command: `make bench` (`python -m bench`).",
+        "",
+        "| figure | value | target | |",
+        "|---|---|---|---|",
+    ]
+
+    def row(name: str, value: Any, target: str = "", verdict: str = "") -> None:
+        lines.append(f"| {name} | {value} | {target} | {verdict} |")
+
+    if t := f.get("throughput"):
+        raw = t["raw_orders_per_s"]
+        row("orders in the throughput run", f"{t['orders']:,} ({t['customers']:,} customers)")
+        row("raw aiokafka baseline, orders/s (before, after)", f"{raw[0]:,}, {raw[1]:,}")
+        row("full worker, orders/s", f"{t['worker_orders_per_s']:,}")
+        row(
+            "full worker / baseline",
+            f"{t['ratio']:.1%}",
+            f">= {TARGETS['ratio']:.0%}",
+            _verdict(t["ratio"], TARGETS["ratio"], higher_is_better=True),
+        )
+        row("worker RSS after the run (peak), MiB", f"{t['worker_rss_mib'].get('VmRSS')} "
+            f"({t['worker_rss_mib'].get('VmHWM')})")  # fmt: skip
+        row(
+            "state on disk per customer (throughput store), bytes",
+            t["state_bytes_per_customer"],
+            f"< {TARGETS['state_bytes_per_customer']:.0f}",
+            _verdict(t["state_bytes_per_customer"], TARGETS["state_bytes_per_customer"]),
+        )
+    if (lat := f.get("latency")) and "p50_ms" in lat:
+        row(
+            f"end-to-end latency at {lat['offered_per_s']:,} orders/s "
+            f"(achieved {lat['achieved_per_s']:,}), p50 / p99 / max, ms",
+            f"{lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']}",
+            f"p99 < {TARGETS['p99_ms']:.0f}",
+            _verdict(lat["p99_ms"], TARGETS["p99_ms"]),
+        )
+        row(
+            "  p99 to the transition topic / to Redis, ms",
+            f"{lat['transition_p99_ms']} / {lat['redis_p99_ms']}",
+        )
+    if late := f.get("lateness"):
+        row(
+            f"time-caused transitions ({late['customers']:,}): emitted after the due instant, "
+            "p50 / p99 / max, ms",
+            f"{late['emitted_p50_ms']} / {late['emitted_p99_ms']} / {late['emitted_max_ms']}",
+        )
+        row("  seen by a consumer after the due instant, p99, ms", late["seen_p99_ms"])
+    if r := f.get("restart"):
+        row("customers in the restart store", f"{r['customers']:,}")
+        row("cold start (recovery from the changelog), s", r["cold_recovery_s"])
+        row(
+            "warm restart on the same RocksDB store, to ready, s",
+            r["warm_restart_s"],
+            f"< {TARGETS['warm_restart_s']:.0f}",
+            _verdict(r["warm_restart_s"], TARGETS["warm_restart_s"]),
+        )
+        row(
+            "state on disk per customer (restart store), bytes",
+            r["state_bytes_per_customer"],
+            f"< {TARGETS['state_bytes_per_customer']:.0f}",
+            _verdict(r["state_bytes_per_customer"], TARGETS["state_bytes_per_customer"]),
+        )
+        row("worker RSS with the store loaded (peak), MiB", f"{r['worker_rss_mib'].get('VmRSS')} "
+            f"({r['worker_rss_mib'].get('VmHWM')})")  # fmt: skip
+    lines.append("")
+    return "\n".join(lines)
