@@ -55,6 +55,19 @@ class Settings(BaseSettings):
         description="a worker that stops heart-beating for this long (crash) loses its "
         "partitions to the others",
     )
+    batch_max_records: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="records processed per batch: one changelog write per customer and one "
+        "Redis pipeline per batch",
+    )
+    batch_max_wait_seconds: float = Field(
+        0.005,
+        gt=0,
+        le=10,
+        description="how long a batch waits to fill before it is processed (adds to latency)",
+    )
     data_dir: Path = Path(".segmenter-data")
     clock: Literal["wall", "event"] = "wall"
     clock_interval_seconds: float = Field(1.0, gt=0, le=60)

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from aiokafka import TopicPartition
+from faust.streams import _current_event  # the variable behind faust.current_event()
 from faust.web import View
 from redis.exceptions import RedisError
 
@@ -75,6 +77,8 @@ def create_app(
         processing_guarantee="at_least_once",
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
+        producer_max_batch_size=512 * 1024,
+        stream_buffer_maxsize=max(4096, 2 * settings.batch_max_records),
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     clock = app.topic(settings.clock_topic, partitions=partitions, **raw)
@@ -149,12 +153,27 @@ def create_app(
 
     @app.agent(source, name="segmenter.process")
     async def process(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = event.message
-            record = SourceRecord(
-                message.key, message.value, message.topic, message.partition, message.offset
-            )
-            await handlers[message.topic](record)
+        # Batches, acknowledged only once processed and written: a crash (or an error that
+        # stops the worker) leaves the batch's offsets uncommitted, so nothing is skipped.
+        async for events in stream.noack_take(
+            settings.batch_max_records, within=settings.batch_max_wait_seconds
+        ):
+            items = []
+            for event in events:
+                message = event.message
+                record = SourceRecord(
+                    message.key, message.value, message.topic, message.partition, message.offset
+                )
+                items.append((record, handlers[message.topic]))
+
+            def activate(index: int, events: Any = events) -> None:
+                # Only this task's context variable (what tables read): the stream's own
+                # ``current_event`` belongs to the task filling the next batch.
+                _current_event.set(weakref.ref(events[index]))
+
+            await processor.on_batch(items, activate)
+            for event in events:
+                await stream.ack(event)
 
     _operations(app, settings, processor, cache, metrics)
 

@@ -4,6 +4,14 @@ One ``Processor`` serves the orders topic and the internal clock topic. It holds
 logic: decisions come from ``models.transitions``; this module decodes, routes rejects to the
 dead-letter topic, stores state, publishes transitions, caches in Redis and keeps the due index.
 
+Records come in batches (``on_batch``): each record is decided on its own, in order, and its
+transitions are sent at once; the batch's state changes wait in an overlay (so later records of
+the same customer see them) until the broker has acknowledged every transition of the batch.
+Then each changed customer is written once to the table (one changelog record per customer per
+batch) and once to Redis (one pipeline per batch). A crash before that leaves the batch's
+offsets uncommitted: the records are processed again and, being idempotent, give the same
+state and the same transition ids.
+
 Clock ticks are the way work that does not come from an order reaches a customer's partition
 (so the table is only ever written inside stream iteration): ``due`` ticks when a due time
 passes (wall clock), ``reevaluate`` ticks after a new calibration or rule set.
@@ -14,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
@@ -56,6 +64,27 @@ log = logging.getLogger(__name__)
 
 TickKind = Literal["due", "reevaluate"]
 E = TypeVar("E")
+Handler = Callable[[SourceRecord], Awaitable[None]]
+
+
+@dataclass
+class _Change:
+    """A customer's newest state in the running batch, not written yet."""
+
+    partition: int
+    state: CustomerState
+    record: int  # index of the batch record that made it (the table write happens as of it)
+    emitted_at: datetime | None
+
+
+@dataclass
+class _Batch:
+    """The running batch: records are processed one by one, writes wait for the acks."""
+
+    activate: Callable[[int], None]  # make record i the current event (table partition)
+    current: int = 0
+    changes: dict[str, _Change] = field(default_factory=dict)
+    deliveries: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,7 @@ class Processor:
         self._models: dict[str, SegmentModel] = {}
         # (partition, key) of customers to re-evaluate, handed out as ticks by the clock timer.
         self.pending_reevaluation: list[tuple[int, str]] = []
+        self._batch: _Batch | None = None
 
     def model_for(self, shop_id: str) -> SegmentModel:
         model = self._models.get(shop_id)
@@ -159,6 +189,55 @@ class Processor:
         return True
 
     # -- inputs -------------------------------------------------------------------------------
+
+    async def on_batch(
+        self, items: Sequence[tuple[SourceRecord, Handler]], activate: Callable[[int], None]
+    ) -> None:
+        """Process records in order, then write the batch's state changes (see the module
+        docstring). ``activate(i)`` makes record ``i`` the current stream event, which decides
+        the table partition of reads and writes."""
+        self._batch = batch = _Batch(activate)
+        try:
+            for index, (record, handler) in enumerate(items):
+                batch.current = index
+                activate(index)
+                await handler(record)
+            await self._flush_batch()
+        finally:
+            self._batch = None
+
+    async def _flush_batch(self) -> None:
+        """Wait for the broker to acknowledge the batch's transitions, then write every changed
+        customer once to the table and once to Redis, and schedule their due times."""
+        batch = self._batch
+        if batch is None or not (batch.changes or batch.deliveries):
+            return
+        await asyncio.gather(*batch.deliveries)
+        changes, batch.changes, batch.deliveries = batch.changes, {}, []
+        writes = []
+        for key, change in changes.items():
+            batch.activate(change.record)
+            self.table[key.encode()] = encode_stored(change.partition, change.state)
+            writes += await self._after_write(change.partition, change.state, change.emitted_at)
+        await self.cache.write(writes)
+        batch.activate(batch.current)
+
+    async def _after_write(
+        self, partition: int, state: CustomerState, emitted_at: datetime | None
+    ) -> list[tuple[CustomerState, Any]]:
+        """The Redis write a written state asks for (none without consent: then Redis is
+        cleared of the customer)."""
+        model = self.model_for(state.shop_id)
+        if not consented(state, model.consent_required):  # Redis holds nothing about them
+            await self.cache.remove(state.shop_id, state.customer_id)
+            return []
+        return [(state, self._cache_metrics(state, model, emitted_at))]
+
+    def _schedule(self, partition: int, state: CustomerState) -> None:
+        """The customer's next due time, at once (later records of the batch may reach it)."""
+        model = self.model_for(state.shop_id)
+        due = next_due(state, model) if consented(state, model.consent_required) else None
+        self.index.schedule(partition, state.key, due)
 
     async def on_order(self, record: SourceRecord) -> None:
         """One record of the orders topic; a record that cannot be used is dead-lettered."""
@@ -239,6 +318,9 @@ class Processor:
             return
         self.counts[event.type] += 1
         self.metrics.events.labels(event.type).inc()
+        # Deletes are not batched: the batch so far is written first, so the erasure follows
+        # every earlier change of the customer.
+        await self._flush_batch()
         key = state_key(event.shop_id, event.customer_id)
         state = self._load(key)
         if state is not None:
@@ -432,6 +514,8 @@ class Processor:
     # -- outputs ------------------------------------------------------------------------------
 
     def _load(self, key: str) -> CustomerState | None:
+        if self._batch is not None and (change := self._batch.changes.get(key)) is not None:
+            return change.state
         value = self.table.get(key.encode())
         return None if value is None else decode_stored(value).state
 
@@ -441,17 +525,24 @@ class Processor:
         # Transitions first, acknowledged by the broker, then the state: if a crash comes in
         # between, the event is processed again (its offset is not committed) and the same
         # transitions, with the same ids, are sent again. Never a state without its transitions.
-        emitted_at = await self._send(transitions)
+        emitted_at, deliveries = await self._publish(transitions)
         if state.revision == 1:  # the first change of a customer creates their table entry
             self.customers += 1
-        self.table[state.key.encode()] = encode_stored(partition, state)
-        model = self.model_for(state.shop_id)
-        if not consented(state, model.consent_required):  # Redis holds nothing about them
-            await self.cache.remove(state.shop_id, state.customer_id)
-            self.index.schedule(partition, state.key, None)
+        self._schedule(partition, state)
+        batch = self._batch
+        if batch is not None:  # written when the batch's transitions are acknowledged
+            batch.deliveries += deliveries
+            previous = batch.changes.get(state.key)
+            batch.changes[state.key] = _Change(
+                partition,
+                state,
+                batch.current,
+                emitted_at if transitions or previous is None else previous.emitted_at,
+            )
             return
-        await self.cache.write([(state, self._cache_metrics(state, model, emitted_at))])
-        self.index.schedule(partition, state.key, next_due(state, model))
+        await asyncio.gather(*deliveries)
+        self.table[state.key.encode()] = encode_stored(partition, state)
+        await self.cache.write(await self._after_write(partition, state, emitted_at))
 
     def _cache_metrics(
         self, state: CustomerState, model: SegmentModel, fallback: datetime | None = None
@@ -468,11 +559,20 @@ class Processor:
         )
 
     async def _send(self, transitions: list[Transition], force: bool = False) -> datetime:
-        """Publish transitions to the transitions topic and the marketing topics (``force``:
-        to marketing whatever the backfill setting: an erasure must reach downstream), and wait
-        until the broker has acknowledged them all."""
+        """``_publish`` and wait until the broker has acknowledged every transition."""
+        emitted_at, deliveries = await self._publish(transitions, force)
+        await asyncio.gather(*deliveries)
+        return emitted_at
+
+    async def _publish(
+        self, transitions: list[Transition], force: bool = False
+    ) -> tuple[datetime, list[Any]]:
+        """Hand transitions to the producer for the transitions topic and the marketing topics
+        (``force``: to marketing whatever the backfill setting: an erasure must reach
+        downstream); returns the emission time and the delivery futures."""
         emitted_at = datetime.now(UTC)
         deliveries: list[Any] = []
+        debug = log.isEnabledFor(logging.DEBUG)
         out = self.outputs
         to_marketing = force or not (out.backfill and out.marketing_skip_backfill)
         for transition in transitions:
@@ -484,24 +584,24 @@ class Processor:
             key = transition.customer_id.encode()
             value = encode_transition(transition, emitted_at, out.backfill)
             deliveries.append(await out.transitions.send(key=key, value=value))
-            log.debug(
-                "transition %s of %s",
-                transition.transition,
-                transition.customer_id,
-                extra={
-                    "event_id": transition.event_id,
-                    "shop_id": transition.shop_id,
-                    "customer_id": transition.customer_id,
-                    "transition": transition.transition,
-                    "cause": transition.cause.kind,
-                },
-            )
+            if debug:  # no log record is built per transition unless asked for
+                log.debug(
+                    "transition %s of %s",
+                    transition.transition,
+                    transition.customer_id,
+                    extra={
+                        "event_id": transition.event_id,
+                        "shop_id": transition.shop_id,
+                        "customer_id": transition.customer_id,
+                        "transition": transition.transition,
+                        "cause": transition.cause.kind,
+                    },
+                )
             marketing = out.marketing.get(transition.transition)
             skip = transition.cause.kind in out.marketing_skip_causes
             if marketing is not None and to_marketing and not skip:
                 deliveries.append(await marketing.send(key=key, value=value))
-        await asyncio.gather(*deliveries)
-        return emitted_at
+        return emitted_at, deliveries
 
 
 def _not_newer(candidate: Calibration, current: Calibration) -> bool:

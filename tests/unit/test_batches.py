@@ -1,0 +1,125 @@
+"""Batches give the same result as one record at a time: the same state of every customer,
+the same transitions in the same order, one table write per changed customer per batch, and
+no table write before the batch's transitions are acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from config.rules import load_rules
+from streams.codecs import decode_stored
+from streams.dlq import DeadLetters, SourceRecord
+from streams.metrics import WorkerMetrics
+from streams.orders import Outputs, Processor
+from tests.synthetic import synthetic_year
+
+
+class Topic:
+    """Records what is sent; deliveries are acknowledged only when ``ack_all`` is called."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+        self.pending: list[asyncio.Future[None]] = []
+
+    async def send(self, key: bytes, value: bytes, **_: Any) -> asyncio.Future[None]:
+        self.log.append(("send", orjson.loads(value)["event_id"]))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class Table(dict[bytes, bytes]):
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.log = log
+        self.writes: Counter[bytes] = Counter()
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.log.append(("write", key))
+        self.writes[key] += 1
+        super().__setitem__(key, value)
+
+
+class Cache:
+    pending = 0
+    errors = 0
+
+    def __init__(self) -> None:
+        self.written: dict[str, int] = {}
+        self.calls = 0
+
+    async def write(self, items: Any) -> None:
+        items = list(items)
+        if items:
+            self.calls += 1
+        for state, _metrics in items:
+            self.written[state.key] = max(self.written.get(state.key, 0), state.revision)
+
+    async def remove(self, shop_id: str, customer_id: str) -> bool:
+        return True
+
+
+def _processor() -> tuple[Processor, Table, Topic, Cache, list[tuple[str, Any]]]:
+    log: list[tuple[str, Any]] = []
+    transitions = Topic(log)
+    table = Table(log)
+    cache = Cache()
+    processor = Processor(
+        table=table,
+        erasures={},
+        rules=load_rules(),
+        calibrations={},
+        outputs=Outputs(
+            transitions=transitions, marketing={}, backfill=True, marketing_skip_backfill=True
+        ),
+        dead_letters=DeadLetters(Topic([])),
+        cache=cache,  # type: ignore[arg-type]
+        clock_mode="event",
+        metrics=WorkerMetrics(),
+    )
+    return processor, table, transitions, cache, log
+
+
+def _records() -> list[SourceRecord]:
+    events = synthetic_year(customers=60)
+    return [
+        SourceRecord(e["customer_id"].encode(), orjson.dumps(e), "orders", 0, offset)
+        for offset, e in enumerate(events)
+    ]
+
+
+async def _run(size: int) -> tuple[dict[bytes, Any], list[str], Table, Cache, list[Any]]:
+    processor, table, _transitions, cache, log = _processor()
+    records = _records()
+    for start in range(0, len(records), size):
+        chunk = records[start : start + size]
+        await processor.on_batch([(r, processor.on_order) for r in chunk], lambda _i: None)
+    states = {k: decode_stored(v).state for k, v in table.items()}
+    sent = [item for kind, item in log if kind == "send"]
+    return states, sent, table, cache, log
+
+
+@pytest.mark.parametrize("size", [7, 100, 5000])
+async def test_batches_equal_one_record_at_a_time(size: int) -> None:
+    one_states, one_sent, _, _, _ = await _run(1)
+    states, sent, table, cache, _ = await _run(size)
+    assert states == one_states
+    assert sent == one_sent  # same transitions, same ids, same order
+    assert cache.written == {k.decode(): s.revision for k, s in states.items()}
+    batches = -(-len(_records()) // size)
+    assert max(table.writes.values()) <= batches  # at most one write per customer per batch
+    assert cache.calls <= batches
+
+
+async def test_state_is_written_only_after_the_batch_transitions() -> None:
+    _, _, _, _, log = await _run(100)
+    # within each batch every send comes before every table write
+    kinds = [kind for kind, _ in log]
+    switches = sum(1 for a, b in zip(kinds, kinds[1:], strict=False) if (a, b) == ("write", "send"))
+    batches = -(-len(_records()) // 100)
+    assert switches <= batches - 1
