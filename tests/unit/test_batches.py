@@ -5,6 +5,7 @@ no table write before the batch's transitions are acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -120,6 +121,6 @@ async def test_state_is_written_only_after_the_batch_transitions() -> None:
     _, _, _, _, log = await _run(100)
     # within each batch every send comes before every table write
     kinds = [kind for kind, _ in log]
-    switches = sum(1 for a, b in zip(kinds, kinds[1:], strict=False) if (a, b) == ("write", "send"))
+    switches = sum(1 for a, b in itertools.pairwise(kinds) if (a, b) == ("write", "send"))
     batches = -(-len(_records()) // 100)
     assert switches <= batches - 1
