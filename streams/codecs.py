@@ -21,7 +21,7 @@ from models.events import (
     Transition,
 )
 from models.scoring import Calibration
-from models.state import SCHEMA_VERSION, CustomerState
+from models.state import SCHEMA_VERSION, CustomerState, state_key
 from models.transitions import OrderEventT
 
 MAX_ORDER_BYTES: Final = 256 * 1024
@@ -120,8 +120,47 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def encode_stored(partition: int, state: CustomerState) -> bytes:
-    return orjson.dumps({"p": partition, "s": state.model_dump(mode="json")})
+def encode_stored(partition: int, state: CustomerState, due: datetime | None = None) -> bytes:
+    """A table value: the partition, the customer's next due time as computed when the state
+    was written (``d``: lets a restart rebuild the due index without decoding every state)
+    and the state, without the fields that hold their default (compact on disk)."""
+    body = state.model_dump(mode="json", exclude_defaults=True)
+    body["schema_version"] = SCHEMA_VERSION
+    return orjson.dumps({"p": partition, "d": due.isoformat() if due else None, "s": body})
+
+
+class StoredHeader(NamedTuple):
+    """What the due index needs of a table value, read without validating the whole state."""
+
+    partition: int
+    key: str
+    shop_id: str
+    due: datetime | None
+    as_of: datetime | None
+    rule_version: str | None
+    calibration_version: str | None
+
+
+def decode_header(value: bytes) -> StoredHeader | None:
+    """The header of a table value, or None if the value has none (written before the due
+    time was stored: decode it with ``decode_stored``)."""
+    raw = orjson.loads(value)
+    if "d" not in raw:
+        return None
+    state = raw["s"]
+    if state.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported state schema_version {state.get('schema_version')!r}")
+    due, as_of = raw["d"], state.get("as_of")
+    shop_id = state["shop_id"]
+    return StoredHeader(
+        partition=raw["p"],
+        key=state_key(shop_id, state["customer_id"]),
+        shop_id=shop_id,
+        due=datetime.fromisoformat(due) if due else None,
+        as_of=datetime.fromisoformat(as_of) if as_of else None,
+        rule_version=state.get("rule_version"),
+        calibration_version=state.get("calibration_version"),
+    )
 
 
 def decode_stored(value: bytes) -> StoredState:

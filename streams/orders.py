@@ -51,6 +51,7 @@ from streams.codecs import (
     DecodeError,
     decode_consent,
     decode_erasure,
+    decode_header,
     decode_order,
     decode_stored,
     encode_stored,
@@ -75,6 +76,7 @@ class _Change:
     state: CustomerState
     record: int  # index of the batch record that made it (the table write happens as of it)
     emitted_at: datetime | None
+    due: datetime | None
 
 
 @dataclass
@@ -217,7 +219,7 @@ class Processor:
         writes = []
         for key, change in changes.items():
             batch.activate(change.record)
-            self.table[key.encode()] = encode_stored(change.partition, change.state)
+            self.table[key.encode()] = encode_stored(change.partition, change.state, change.due)
             writes += await self._after_write(change.partition, change.state, change.emitted_at)
         await self.cache.write(writes)
         batch.activate(batch.current)
@@ -233,11 +235,13 @@ class Processor:
             return []
         return [(state, self._cache_metrics(state, model, emitted_at))]
 
-    def _schedule(self, partition: int, state: CustomerState) -> None:
-        """The customer's next due time, at once (later records of the batch may reach it)."""
+    def _schedule(self, partition: int, state: CustomerState) -> datetime | None:
+        """The customer's next due time, scheduled at once (later records of the batch may
+        reach it); stored with the state."""
         model = self.model_for(state.shop_id)
         due = next_due(state, model) if consented(state, model.consent_required) else None
         self.index.schedule(partition, state.key, due)
+        return due
 
     async def on_order(self, record: SourceRecord) -> None:
         """One record of the orders topic; a record that cannot be used is dead-lettered."""
@@ -432,12 +436,18 @@ class Processor:
             if not key.startswith(prefix):
                 continue
             try:
-                partition, state = decode_stored(value)
+                header = decode_header(value)
+                if header is None:
+                    partition, state = decode_stored(value)
+                    if needs_reevaluation(state, model):
+                        stale.append((partition, state.key))
+                elif (header.rule_version, header.calibration_version) != (
+                    model.rules.version,
+                    model.calibration.version,
+                ):
+                    stale.append((header.partition, header.key))
             except Exception:
                 log.exception("cannot read the stored state of %r", key)
-                continue
-            if needs_reevaluation(state, model):
-                stale.append((partition, state.key))
         return stale
 
     async def resync_cache(self, partitions: set[int], batch: int = 500) -> int:
@@ -490,17 +500,10 @@ class Processor:
         count = 0
         for count, value in enumerate(self.table.values(), start=1):
             try:
-                partition, state = decode_stored(value)
-                model = self.model_for(state.shop_id)
-                self.index.schedule(partition, state.key, next_due(state, model))
-                if needs_reevaluation(state, model):
-                    self.pending_reevaluation.append((partition, state.key))
+                self._index_value(value)
             except Exception:
                 failed += 1
                 log.exception("cannot index a stored customer state")
-                continue
-            if state.as_of is not None:
-                self.index.advance_watermark(partition, state.as_of)
             if count % 1000 == 0:
                 await asyncio.sleep(0)
         self.customers = count
@@ -510,6 +513,32 @@ class Processor:
             len(self.pending_reevaluation),
             failed,
         )
+
+    def _index_value(self, value: bytes) -> None:
+        """Schedule one stored customer: from the stored due time when the state was evaluated
+        under the current rules and calibration (no decoding of the state), else in full."""
+        header = decode_header(value)
+        if header is not None:
+            model = self.model_for(header.shop_id)
+            current = (
+                header.rule_version == model.rules.version
+                and header.calibration_version == model.calibration.version
+            )
+            if current:
+                partition, key, due, as_of = header.partition, header.key, header.due, header.as_of
+            else:  # decided under other rules or cut-offs: re-evaluated (and rescheduled) soon
+                self.pending_reevaluation.append((header.partition, header.key))
+                partition, state = decode_stored(value)
+                key, due, as_of = state.key, next_due(state, model), state.as_of
+        else:
+            partition, state = decode_stored(value)
+            model = self.model_for(state.shop_id)
+            key, due, as_of = state.key, next_due(state, model), state.as_of
+            if needs_reevaluation(state, model):
+                self.pending_reevaluation.append((partition, key))
+        self.index.schedule(partition, key, due)
+        if as_of is not None:
+            self.index.advance_watermark(partition, as_of)
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -528,7 +557,7 @@ class Processor:
         emitted_at, deliveries = await self._publish(transitions)
         if state.revision == 1:  # the first change of a customer creates their table entry
             self.customers += 1
-        self._schedule(partition, state)
+        due = self._schedule(partition, state)
         batch = self._batch
         if batch is not None:  # written when the batch's transitions are acknowledged
             batch.deliveries += deliveries
@@ -538,10 +567,11 @@ class Processor:
                 state,
                 batch.current,
                 emitted_at if transitions or previous is None else previous.emitted_at,
+                due,
             )
             return
         await asyncio.gather(*deliveries)
-        self.table[state.key.encode()] = encode_stored(partition, state)
+        self.table[state.key.encode()] = encode_stored(partition, state, due)
         await self.cache.write(await self._after_write(partition, state, emitted_at))
 
     def _cache_metrics(

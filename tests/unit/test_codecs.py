@@ -12,6 +12,7 @@ from models.state import CustomerState
 from streams.codecs import (
     MAX_ORDER_BYTES,
     DecodeError,
+    decode_header,
     decode_order,
     decode_stored,
     encode_stored,
@@ -100,3 +101,43 @@ def test_shop_ids_cannot_contain_key_separators() -> None:
     for shop in ("a/b", "a:b"):
         event = {**placed("c1", "o1", 0), "shop_id": shop}
         assert _reason(b"c1", orjson.dumps(event)) == "schema_violation"
+
+
+def _real_state() -> CustomerState:
+    from config.rules import load_rules
+    from models.transitions import SegmentModel, apply_order, bootstrap_calibration
+
+    rules = load_rules()
+    model = SegmentModel(rules, bootstrap_calibration(rules, "default"))
+    state = None
+    for n, day in enumerate((0, 9, 20)):
+        event = OrderPlaced.model_validate(placed("c1", f"o{n}", day, total=4000 + n))
+        state, _ = apply_order(state, event, model)
+    assert state is not None
+    return state
+
+
+def test_stored_header_gives_the_due_index_what_it_needs_without_the_state() -> None:
+    state = _real_state()
+    due = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    value = encode_stored(3, state, due)
+    header = decode_header(value)
+    assert header == (
+        3,
+        "default/c1",
+        "default",
+        due,
+        state.as_of,
+        state.rule_version,
+        state.calibration_version,
+    )
+    assert decode_stored(value).state == state  # defaults left out on disk, restored on read
+    assert decode_header(encode_stored(0, state, None)).due is None  # type: ignore[union-attr]
+
+
+def test_values_written_before_the_header_are_still_read() -> None:
+    state = _real_state()
+    old = orjson.dumps({"p": 1, "s": state.model_dump(mode="json")})
+    assert decode_header(old) is None
+    assert decode_stored(old) == (1, state)
+    assert len(encode_stored(1, state, None)) < len(old)  # the compact form is smaller
