@@ -82,12 +82,22 @@ class CustomerState(BaseModel):
         return state_key(self.shop_id, self.customer_id)
 
     def counted_orders(self) -> list[OrderRecord]:
-        """The orders that count, oldest first (ties broken by order id for determinism)."""
+        """The orders that count, oldest first (ties broken by order id for determinism).
+
+        Memoised per state object (states are immutable): the scores, the tags and the due
+        time of one evaluation all walk the same list. Do not modify the returned list."""
+        hit = _COUNTED.get(id(self))
+        if hit is not None and hit[0] is self:
+            return hit[1]
         items = sorted(
             ((r.placed_at, oid, r) for oid, r in self.orders.items() if r.counts),
             key=lambda t: (t[0], t[1]),
         )
-        return [r for _, _, r in items]
+        counted = [r for _, _, r in items]
+        if len(_COUNTED) >= _FACTS_SIZE:
+            _COUNTED.clear()
+        _COUNTED[id(self)] = (self, counted)
+        return counted
 
     def category_spend(self) -> dict[str, int]:
         """Spend per product category over the orders that count (minor units)."""
@@ -113,7 +123,8 @@ class OrderFacts(NamedTuple):
 # order_facts of the states seen last, by id: (the state object, its facts). States are
 # immutable and the entry holds the object, so its id cannot be reused while the entry lives.
 _FACTS: dict[int, tuple[CustomerState, OrderFacts]] = {}
-_FACTS_SIZE: Final = 65_536
+_COUNTED: dict[int, tuple[CustomerState, list[OrderRecord]]] = {}
+_FACTS_SIZE: Final = 4096  # one evaluation needs a few; a batch a few thousand
 
 
 def order_facts(state: CustomerState) -> OrderFacts:
@@ -149,6 +160,11 @@ def _days(seconds: float) -> float:
     return round(seconds / SECONDS_PER_DAY, 4)
 
 
+def days_between(earlier: datetime, later: datetime) -> float:
+    """Days from one instant to another, at the precision every recency figure uses."""
+    return _days((later - earlier).total_seconds())
+
+
 def _rounded(days: float | None) -> float | None:
     # Same precision as days_since_last_order, so that at the due time the comparison of the
     # two is exact (an unrounded threshold could stay a hair above the rounded elapsed days).
@@ -176,7 +192,7 @@ def compute_metrics(
     facts = order_facts(state)
     count, spend, gross, discount = facts.orders, facts.spend, facts.gross, facts.discount
     typical_gap, last = facts.typical_gap_days, facts.last
-    recency = _days((at - last).total_seconds()) if last else None
+    recency = days_between(last, at) if last else None
     scores = None
     if count:
         scores = compute_scores(

@@ -36,8 +36,8 @@ from models.events import (
 )
 from models.privacy import consented
 from models.rules import Cell, SegmentFacts, SegmentRules, decide
-from models.scoring import Calibration, Scores, recency_drop_days
-from models.state import CustomerState, OrderRecord, ScoreMode, compute_metrics
+from models.scoring import Calibration, Scores, recency_drop_days, score_recency
+from models.state import CustomerState, OrderRecord, ScoreMode, compute_metrics, days_between
 from models.tags import compute_tags
 
 OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
@@ -263,9 +263,28 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     for candidate in sorted(candidates):
         if candidate <= state.as_of or (dwell_end is not None and candidate < dwell_end):
             continue
-        if evaluate(state, candidate, model, scoring="time", tags=False).segment != state.segment:
+        if _segment_after_time(m, last, candidate, model) != state.segment:
             return candidate
     return None
+
+
+def _segment_after_time(
+    m: Metrics, last: datetime, at: datetime, model: SegmentModel
+) -> str | None:
+    """The segment at ``at`` when only time passes: what ``evaluate(..., scoring="time")``
+    decides, from the figures at the customer's latest instant (time moves the recency score
+    and the inactivity flag only; F and M stay)."""
+    if not (m.order_count and m.f_score and m.m_score) or m.inactive_after_days is None:
+        return None
+    recency = days_between(last, at)
+    cell = Cell(
+        recency >= m.inactive_after_days,
+        m.order_count == 1,
+        score_recency(recency, model.calibration.cutoffs.recency_days),
+        m.f_score,
+        m.m_score,
+    )
+    return decide(SegmentFacts(cell, m.discount_share, m.average_order_value), model.rules)
 
 
 def _dwell_end(state: CustomerState, model: SegmentModel) -> datetime | None:

@@ -155,6 +155,11 @@ def create_app(
     async def process(stream: faust.StreamT) -> None:
         # Batches, acknowledged only once processed and written: a crash (or an error that
         # stops the worker) leaves the batch's offsets uncommitted, so nothing is skipped.
+        # A batch writes up to one changelog record per record: let Faust's producer buffer
+        # hold them, instead of stalling the stream while it drains 100 at a time.
+        app.producer.buffer.max_messages = max(
+            app.producer.buffer.max_messages, 4 * settings.batch_max_records
+        )
         async for events in stream.noack_take(
             settings.batch_max_records, within=settings.batch_max_wait_seconds
         ):
