@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 import uuid
@@ -607,13 +608,42 @@ async def main(options: Options) -> Results:
     run = Run(options)
     options.workdir.mkdir(parents=True, exist_ok=True)
     run.stack.up(say=console.print)
-    if "throughput" in options.phases:
-        await throughput(run)
-    if {"latency", "lateness"} & set(options.phases):
-        await live(run)
-    if "restart" in options.phases:
-        await restart(run)
+    try:
+        if "throughput" in options.phases:
+            await throughput(run)
+        if {"latency", "lateness"} & set(options.phases):
+            await live(run)
+        if "restart" in options.phases:
+            await restart(run)
+    finally:
+        await cleanup(run)
     return run.results
+
+
+async def cleanup(run: Run) -> None:
+    """Delete the run's topics, Redis keys and worker stores (a run writes gigabytes)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    prefix = f"bench-{run.uid}-"
+    admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+    redis = Redis.from_url(run.redis_url)
+    try:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=10_000)]
+        for start in range(0, len(keys), 10_000):
+            await redis.delete(*keys[start : start + 10_000])
+    finally:
+        await redis.aclose()
+    for path in run.options.workdir.glob(f"{prefix}*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    console.print(f"removed {len(topics)} topics, {len(keys)} Redis keys and the worker stores")
 
 
 def write(results: Results, path: Path) -> str:
