@@ -7,8 +7,8 @@ dead-letter topic, stores state, publishes transitions, caches in Redis and keep
 Records come in batches (``on_batch``): each record is decided on its own, in order, and its
 transitions are sent at once; the batch's state changes wait in an overlay (so later records of
 the same customer see them) until the broker has acknowledged every transition of the batch.
-Then each changed customer is written once to the table (one changelog record per customer per
-batch) and once to Redis (one pipeline per batch). A crash before that leaves the batch's
+Then each changed customer is written once to Redis (one pipeline per batch) and once to the
+table (one changelog record per customer per batch). A crash before that leaves the batch's
 offsets uncommitted: the records are processed again and, being idempotent, give the same
 state and the same transition ids.
 
@@ -216,12 +216,15 @@ class Processor:
             return
         await asyncio.gather(*batch.deliveries)
         changes, batch.changes, batch.deliveries = batch.changes, {}, []
+        # Redis before the table: a crash after the table write would make the replayed
+        # records no-ops, and Redis would keep the older state.
         writes = []
+        for change in changes.values():
+            writes += await self._after_write(change.partition, change.state, change.emitted_at)
+        await self.cache.write(writes)
         for key, change in changes.items():
             batch.activate(change.record)
             self.table[key.encode()] = encode_stored(change.partition, change.state, change.due)
-            writes += await self._after_write(change.partition, change.state, change.emitted_at)
-        await self.cache.write(writes)
         batch.activate(batch.current)
 
     async def _after_write(
@@ -571,8 +574,8 @@ class Processor:
             )
             return
         await asyncio.gather(*deliveries)
-        self.table[state.key.encode()] = encode_stored(partition, state, due)
         await self.cache.write(await self._after_write(partition, state, emitted_at))
+        self.table[state.key.encode()] = encode_stored(partition, state, due)
 
     def _cache_metrics(
         self, state: CustomerState, model: SegmentModel, fallback: datetime | None = None

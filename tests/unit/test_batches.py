@@ -50,7 +50,8 @@ class Cache:
     pending = 0
     errors = 0
 
-    def __init__(self) -> None:
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
         self.written: dict[str, int] = {}
         self.calls = 0
 
@@ -58,6 +59,7 @@ class Cache:
         items = list(items)
         if items:
             self.calls += 1
+            self.log.append(("redis", len(items)))
         for state, _metrics in items:
             self.written[state.key] = max(self.written.get(state.key, 0), state.revision)
 
@@ -69,7 +71,7 @@ def _processor() -> tuple[Processor, Table, Topic, Cache, list[tuple[str, Any]]]
     log: list[tuple[str, Any]] = []
     transitions = Topic(log)
     table = Table(log)
-    cache = Cache()
+    cache = Cache(log)
     processor = Processor(
         table=table,
         erasures={},
@@ -119,8 +121,13 @@ async def test_batches_equal_one_record_at_a_time(size: int) -> None:
 
 async def test_state_is_written_only_after_the_batch_transitions() -> None:
     _, _, _, _, log = await _run(100)
-    # within each batch every send comes before every table write
+    # within each batch: every send, then the Redis write, then the table writes (a crash
+    # after the table write makes the replayed records no-ops: Redis must be written by then)
     kinds = [kind for kind, _ in log]
+    for i, kind in enumerate(kinds):
+        if kind == "write":
+            assert kinds[i - 1] in ("write", "redis"), kinds[max(i - 3, 0) : i + 1]
+    kinds = [kind for kind in kinds if kind != "redis"]
     switches = sum(1 for a, b in itertools.pairwise(kinds) if (a, b) == ("write", "send"))
     batches = -(-len(_records()) // 100)
     assert switches <= batches - 1
