@@ -57,7 +57,6 @@ def cli(
         due_customers=due_customers,
         restart_customers=restart_customers,
         phases=phases or PHASES,
-        results=out,
     )
     results = asyncio.run(main(options))
     text = write(results, out)

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,13 +35,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bench.data import StreamSpec, order_stream
 from bench.raw import run_raw
+from bench.store import create_compacted_topic, fill_changelog
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from streams.cli import progress_bar
 from streams.codecs import ORDER_TYPES
 from streams.devstack import Devstack
+from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,6 @@ class Options:
     restart_customers: int = 1_000_000
     phases: tuple[str, ...] = ("throughput", "latency", "lateness", "restart")
     workdir: Path = ROOT / ".bench"
-    results: Path = ROOT / "bench" / "results"
 
 
 @dataclass
@@ -68,16 +68,6 @@ class Results:
     machine: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 def machine() -> dict[str, Any]:
@@ -141,7 +131,7 @@ class Run:
         await producer.start()
         sent = 0
         try:
-            with _progress() as bar:
+            with progress_bar() as bar:
                 task = bar.add_task(f"publishing to {topic}", total=total)
                 pending = []
                 for key, value in records:
@@ -251,14 +241,12 @@ async def throughput(run: Run) -> None:
     o = run.options
     overrides = run.overrides("throughput", clock="event")
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    from streams.topics import ensure_topics
-
     await ensure_topics(settings)
     spec = StreamSpec(customers=o.customers)
     records = _prefix(order_stream(spec), o.throughput_orders)
     sent = await run.publish(settings.orders_topic, records, o.throughput_orders)
     raw_topic = f"{settings.app_id}.raw-out"
-    await create_topic(run.bootstrap, raw_topic, o.partitions)
+    await create_compacted_topic(run.bootstrap, raw_topic, o.partitions)
 
     async def raw() -> float:
         with console.status("raw aiokafka baseline ..."):
@@ -285,20 +273,6 @@ async def throughput(run: Run) -> None:
     }
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    """A compacted topic, like a table's changelog."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(name, partitions, 1, topic_configs={"cleanup.policy": "compact"})]
-        )
-    finally:
-        await admin.close()
-
-
 def _prefix(records: Iterator[tuple[bytes, bytes]], count: int) -> Iterator[tuple[bytes, bytes]]:
     for n, record in enumerate(records):
         if n >= count:
@@ -322,7 +296,7 @@ async def _worker_throughput(
             samples.append((time.monotonic(), count))
             return count
 
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("full worker", total=expected)
 
             async def probe() -> int:
@@ -563,15 +537,11 @@ async def _lateness(
 
 
 async def restart(run: Run) -> None:
-    from bench.store import fill_changelog
-
     o = run.options
     overrides = run.overrides("restart", clock="wall")
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    from streams.topics import ensure_topics
-
     await ensure_topics(settings)
-    await fill_changelog(settings, o.restart_customers, run.bootstrap, _progress)
+    await fill_changelog(settings, o.restart_customers, run.bootstrap, progress_bar)
     port = int(overrides["web_port"])
     log = o.workdir / f"{settings.app_id}.log"
     process = spawn_worker(overrides, log)
@@ -654,7 +624,3 @@ def write(results: Results, path: Path) -> str:
     path.with_suffix(".json").write_text(json.dumps(asdict(results), indent=2) + "\n")
     path.with_suffix(".md").write_text(text)
     return text
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")

@@ -50,6 +50,18 @@ def template_states(count: int, spec: StreamSpec) -> list[CustomerState]:
     return list(states.values())
 
 
+async def create_compacted_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """A compacted topic, like a table's changelog."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, partitions, 1, topic_configs={"cleanup.policy": "compact"})]
+        )
+    finally:
+        await admin.close()
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives a record key."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
@@ -68,21 +80,8 @@ async def fill_changelog(
     encoded = [
         (s.shop_id, s.customer_id, [encode_stored(p, s) for p in range(partitions)]) for s in states
     ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:  # as the worker would create it: compacted, co-partitioned with the orders
-        await admin.create_topics(
-            [
-                NewTopic(
-                    settings.changelog_topic,
-                    partitions,
-                    1,
-                    topic_configs={"cleanup.policy": "compact"},
-                )
-            ]
-        )
-    finally:
-        await admin.close()
+    # as the worker would create it: compacted, co-partitioned with the orders
+    await create_compacted_topic(bootstrap, settings.changelog_topic, partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1024 * 1024, acks=1
     )

@@ -9,9 +9,10 @@ rule needs (counts, sums, averages, gaps) is derived from the records, never sto
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import datetime
 from statistics import median
-from typing import Final, Literal, NamedTuple
+from typing import Final, Generic, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +22,7 @@ from models.scoring import Calibration, Scores, compute_scores
 
 SCHEMA_VERSION: Final = 1
 SECONDS_PER_DAY: Final = 86_400.0
+T = TypeVar("T")
 
 
 class OrderRecord(BaseModel):
@@ -86,18 +88,7 @@ class CustomerState(BaseModel):
 
         Memoised per state object (states are immutable): the scores, the tags and the due
         time of one evaluation all walk the same list. Do not modify the returned list."""
-        hit = _COUNTED.get(id(self))
-        if hit is not None and hit[0] is self:
-            return hit[1]
-        items = sorted(
-            ((r.placed_at, oid, r) for oid, r in self.orders.items() if r.counts),
-            key=lambda t: (t[0], t[1]),
-        )
-        counted = [r for _, _, r in items]
-        if len(_COUNTED) >= _FACTS_SIZE:
-            _COUNTED.clear()
-        _COUNTED[id(self)] = (self, counted)
-        return counted
+        return _COUNTED.get(self, _counted_orders)
 
     def category_spend(self) -> dict[str, int]:
         """Spend per product category over the orders that count (minor units)."""
@@ -120,23 +111,43 @@ class OrderFacts(NamedTuple):
     typical_gap_days: float | None
 
 
-# order_facts of the states seen last, by id: (the state object, its facts). States are
-# immutable and the entry holds the object, so its id cannot be reused while the entry lives.
-_FACTS: dict[int, tuple[CustomerState, OrderFacts]] = {}
-_COUNTED: dict[int, tuple[CustomerState, list[OrderRecord]]] = {}
-_FACTS_SIZE: Final = 4096  # one evaluation needs a few; a batch a few thousand
+class StateMemo(Generic[T]):
+    """Values computed from one state object, for the states seen last.
+
+    States are immutable, so a hit on the very same object is exact; an entry holds its
+    object, so the object's id cannot be reused while the entry lives. Bounded: cleared when
+    full (one evaluation needs a few entries, a batch a few thousand)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._entries: dict[int, tuple[CustomerState, T]] = {}
+        self._size = size
+
+    def get(self, state: CustomerState, compute: Callable[[CustomerState], T]) -> T:
+        hit = self._entries.get(id(state))
+        if hit is not None and hit[0] is state:
+            return hit[1]
+        value = compute(state)
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[id(state)] = (state, value)
+        return value
+
+
+_FACTS: StateMemo[OrderFacts] = StateMemo()
+_COUNTED: StateMemo[list[OrderRecord]] = StateMemo()
 
 
 def order_facts(state: CustomerState) -> OrderFacts:
     """Counts, sums and the typical gap of the orders that count (memoised per state object:
     evaluating one customer at several instants derives them once)."""
-    hit = _FACTS.get(id(state))
-    if hit is not None and hit[0] is state:
-        return hit[1]
+    return _FACTS.get(state, _order_facts)
+
+
+def _order_facts(state: CustomerState) -> OrderFacts:
     orders = state.counted_orders()
     times = [r.placed_at for r in orders if r.placed_at is not None]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
-    facts = OrderFacts(
+    return OrderFacts(
         orders=len(orders),
         spend=sum(r.net_total for r in orders),
         gross=sum(r.total + r.discount for r in orders),
@@ -145,10 +156,14 @@ def order_facts(state: CustomerState) -> OrderFacts:
         last=times[-1] if times else None,
         typical_gap_days=_days(median(gaps)) if gaps else None,
     )
-    if len(_FACTS) >= _FACTS_SIZE:
-        _FACTS.clear()
-    _FACTS[id(state)] = (state, facts)
-    return facts
+
+
+def _counted_orders(state: CustomerState) -> list[OrderRecord]:
+    items = sorted(
+        ((r.placed_at, oid, r) for oid, r in state.orders.items() if r.counts),
+        key=lambda t: (t[0], t[1]),
+    )
+    return [r for _, _, r in items]
 
 
 def state_key(shop_id: str, customer_id: str) -> str:

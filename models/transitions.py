@@ -37,7 +37,14 @@ from models.events import (
 from models.privacy import consented
 from models.rules import Cell, SegmentFacts, SegmentRules, decide
 from models.scoring import Calibration, Scores, recency_drop_days, score_recency
-from models.state import CustomerState, OrderRecord, ScoreMode, compute_metrics, days_between
+from models.state import (
+    CustomerState,
+    OrderRecord,
+    ScoreMode,
+    StateMemo,
+    compute_metrics,
+    days_between,
+)
 from models.tags import compute_tags
 
 OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
@@ -48,7 +55,6 @@ TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
 # once.)
 _DEFERRABLE: Final = frozenset({"time", "recalibration"})
 _MAX_TIME_STEPS: Final = 16
-_DUE_CACHE_SIZE: Final = 65_536
 # How each cause scores: an order rescores everything from the customer's own values; time can
 # only move recency; a re-evaluation keeps scores within the hysteresis margin.
 _SCORING: Final[dict[str, ScoreMode]] = {
@@ -72,10 +78,9 @@ class SegmentModel:
     calibration: Calibration
     # True: a customer without a consent record is not segmented.
     consent_required: bool = False
-    # next_due of the states seen last, by customer key: (the state object, its due time). A
-    # state is immutable, so a hit on the very same object is exact; bounded, never stale.
-    _due: dict[str, tuple[CustomerState, datetime | None]] = field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    # next_due of the states seen last (next_due is asked of the same state more than once)
+    _due: StateMemo[datetime | None] = field(
+        default_factory=StateMemo, init=False, repr=False, compare=False, hash=False
     )
 
 
@@ -238,14 +243,7 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     Candidates are the instants the recency score can drop, the personal inactivity threshold
     and the end of the minimum dwell; the first candidate at which the segment differs wins.
     """
-    cached = model._due.get(state.customer_id)
-    if cached is not None and cached[0] is state:
-        return cached[1]
-    due = _next_due(state, model)
-    if len(model._due) >= _DUE_CACHE_SIZE:
-        model._due.clear()
-    model._due[state.customer_id] = (state, due)
-    return due
+    return model._due.get(state, lambda s: _next_due(s, model))
 
 
 def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:

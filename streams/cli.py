@@ -41,7 +41,8 @@ def _devstack(settings: Settings) -> Devstack:
     return Devstack(settings.devstack_dir, DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT)
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The progress bar of long commands (on stderr; also used by the benchmark)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -129,7 +130,7 @@ def replay(file: Path) -> None:
 
     async def run() -> int:
         await ensure_topics(settings)
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task(f"replaying {file.name}", total=total)
             return await publish(settings, read_records(file), lambda n: progress.advance(task, n))
 
@@ -208,7 +209,7 @@ def export() -> None:
     from streams.changelog import read_table
 
     settings = _settings()
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("reading changelog", total=None)
 
         def advance(done: int, total: int) -> None:
