@@ -136,6 +136,7 @@ def create_app(
         clock_mode=settings.clock,
         metrics=metrics,
         privacy=Privacy(consent_required=settings.consent_required, secret=settings.secret),
+        table_durable=lambda: _producer_drained(app),
     )
     source = app.topic(
         settings.orders_topic,
@@ -384,6 +385,16 @@ def _operations(
             labels = (lag.topic, str(lag.partition))
             metrics.lag_messages.labels(*labels).set(lag.lag if lag.lag is not None else lag.end)
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
+
+
+async def _producer_drained(app: faust.App) -> None:
+    """Every record handed to Faust's producer so far (table changelog writes included) is
+    acknowledged. Faust's own flush gives up after 0.1 s without a send, and a commit after it
+    could cover changelog records still in its buffer."""
+    producer = app.producer
+    while producer.buffer.size:
+        await producer.buffer.flush()
+    await producer.flush()
 
 
 async def _broker_reachable(settings: Settings) -> bool:

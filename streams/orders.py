@@ -134,10 +134,13 @@ class Processor:
         clock_mode: Literal["wall", "event"],
         metrics: WorkerMetrics,
         privacy: Privacy = Privacy(),
+        table_durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.table = table
         self.erasures = erasures
         self.privacy = privacy
+        # Waits until the table's changelog writes so far are acknowledged by the broker.
+        self.table_durable = table_durable or _nothing
         self.rules = rules
         self.calibrations = dict(calibrations)
         self.outputs = outputs
@@ -210,7 +213,8 @@ class Processor:
 
     async def _flush_batch(self) -> None:
         """Wait for the broker to acknowledge the batch's transitions, then write every changed
-        customer once to the table and once to Redis, and schedule their due times."""
+        customer once to Redis and once to the table, and wait for the broker to acknowledge
+        the table's changelog records."""
         batch = self._batch
         if batch is None or not (batch.changes or batch.deliveries):
             return
@@ -226,6 +230,9 @@ class Processor:
             batch.activate(change.record)
             self.table[key.encode()] = encode_stored(change.partition, change.state, change.due)
         batch.activate(batch.current)
+        # The changelog holds the batch before its offsets are acknowledged: a crash after
+        # that replays nothing, so the states must not be only in the local store.
+        await self.table_durable()
 
     async def _after_write(
         self, partition: int, state: CustomerState, emitted_at: datetime | None
@@ -252,14 +259,9 @@ class Processor:
             await self._on_order(record)
 
     async def _on_order(self, record: SourceRecord) -> None:
-        try:
-            order = decode_order(record.key, record.value, received_at=datetime.now(UTC))
-        except DecodeError as exc:
-            await self.dead_letters.send(record, exc.reason, str(exc))
+        order = await self._decoded(record, decode_order)
+        if order is None:
             return
-        order = self.privacy.identify(order)
-        self.counts[order.type] += 1
-        self.metrics.events.labels(order.type).inc()
         partition = record.partition
         try:
             if self.clock_mode == "event":
@@ -291,40 +293,26 @@ class Processor:
             )
             await self.dead_letters.send(record, "processing_error", repr(exc))
             return
-        if state is None or new_state.revision != state.revision:
-            await self._save(partition, new_state, transitions)
+        await self._save(partition, new_state, transitions, created=state is None)
 
     async def on_consent(self, record: SourceRecord) -> None:
         """One record of the consent topic."""
-        try:
-            event = self.privacy.identify(
-                decode_consent(record.key, record.value, received_at=datetime.now(UTC))
-            )
-        except DecodeError as exc:
-            await self.dead_letters.send(record, exc.reason, str(exc))
+        event = await self._decoded(record, decode_consent)
+        if event is None:
             return
-        self.counts[event.type] += 1
-        self.metrics.events.labels(event.type).inc()
         state = self._load(state_key(event.shop_id, event.customer_id))
         if event.type == "consent_granted":
             self.erasures.pop(self._marker(event.shop_id, event.customer_id), None)
         elif state is None and self._erased(event.shop_id, event.customer_id):
             return  # erased: nothing to withdraw from, and nothing to store
         new_state, transitions = apply_consent(state, event, self.model_for(event.shop_id))
-        if state is None or new_state.revision != state.revision:
-            await self._save(record.partition, new_state, transitions)
+        await self._save(record.partition, new_state, transitions, created=state is None)
 
     async def on_erasure(self, record: SourceRecord) -> None:
         """One record of the erasure topic: delete every copy we hold, then send a receipt."""
-        try:
-            event = self.privacy.identify(
-                decode_erasure(record.key, record.value, received_at=datetime.now(UTC))
-            )
-        except DecodeError as exc:
-            await self.dead_letters.send(record, exc.reason, str(exc))
+        event = await self._decoded(record, decode_erasure)
+        if event is None:
             return
-        self.counts[event.type] += 1
-        self.metrics.events.labels(event.type).inc()
         # Deletes are not batched: the batch so far is written first, so the erasure follows
         # every earlier change of the customer.
         await self._flush_batch()
@@ -352,6 +340,21 @@ class Processor:
             "cache_deletion_pending": not cache_removed,
         }
         await self.outputs.receipts.send(key=event.request_id.encode(), value=orjson.dumps(receipt))
+
+    async def _decoded(
+        self, record: SourceRecord, decode: Callable[[bytes | None, bytes | None, datetime], E]
+    ) -> E | None:
+        """The record's event under its pseudonym, counted; None if it was dead-lettered."""
+        try:
+            event = decode(record.key, record.value, datetime.now(UTC))
+        except DecodeError as exc:
+            await self.dead_letters.send(record, exc.reason, str(exc))
+            return None
+        event = self.privacy.identify(event)
+        kind: str = event.type  # type: ignore[attr-defined]
+        self.counts[kind] += 1
+        self.metrics.events.labels(kind).inc()
+        return event
 
     def _marker(self, shop_id: str, customer_id: str) -> bytes:
         return erasure_marker(self.privacy.secret, shop_id, customer_id).encode()
@@ -387,10 +390,7 @@ class Processor:
             return
         model = self.model_for(state.shop_id)
         new_state, transitions = due_transitions(state, now, model)
-        if new_state.revision != state.revision:
-            await self._save(partition, new_state, transitions)
-        else:
-            self.index.schedule(partition, key, next_due(state, model))
+        await self._save(partition, new_state, transitions)
 
     async def _reevaluate_key(self, partition: int, key: str) -> None:
         state = self._load(key)
@@ -523,22 +523,22 @@ class Processor:
         header = decode_header(value)
         if header is not None:
             model = self.model_for(header.shop_id)
-            current = (
-                header.rule_version == model.rules.version
-                and header.calibration_version == model.calibration.version
-            )
-            if current:
-                partition, key, due, as_of = header.partition, header.key, header.due, header.as_of
-            else:  # decided under other rules or cut-offs: re-evaluated (and rescheduled) soon
-                self.pending_reevaluation.append((header.partition, header.key))
-                partition, state = decode_stored(value)
-                key, due, as_of = state.key, next_due(state, model), state.as_of
-        else:
-            partition, state = decode_stored(value)
-            model = self.model_for(state.shop_id)
-            key, due, as_of = state.key, next_due(state, model), state.as_of
-            if needs_reevaluation(state, model):
-                self.pending_reevaluation.append((partition, key))
+            if (header.rule_version, header.calibration_version) == (
+                model.rules.version,
+                model.calibration.version,
+            ):
+                self._index(header.partition, header.key, header.due, header.as_of)
+                return
+        # No header, or decided under other rules or cut-offs: decode, re-evaluate soon.
+        partition, state = decode_stored(value)
+        model = self.model_for(state.shop_id)
+        if needs_reevaluation(state, model):
+            self.pending_reevaluation.append((partition, state.key))
+        self._index(partition, state.key, next_due(state, model), state.as_of)
+
+    def _index(
+        self, partition: int, key: str, due: datetime | None, as_of: datetime | None
+    ) -> None:
         self.index.schedule(partition, key, due)
         if as_of is not None:
             self.index.advance_watermark(partition, as_of)
@@ -552,30 +552,40 @@ class Processor:
         return None if value is None else decode_stored(value).state
 
     async def _save(
-        self, partition: int, state: CustomerState, transitions: list[Transition]
+        self,
+        partition: int,
+        state: CustomerState,
+        transitions: list[Transition],
+        *,
+        created: bool = False,
     ) -> None:
-        # Transitions first, acknowledged by the broker, then the state: if a crash comes in
-        # between, the event is processed again (its offset is not committed) and the same
-        # transitions, with the same ids, are sent again. Never a state without its transitions.
+        """Write the customer's state in this batch, after its transitions.
+
+        Transitions first, acknowledged by the broker, then the state: if a crash comes in
+        between, the event is processed again (its offset is not committed) and the same
+        transitions, with the same ids, are sent again. Never a state without its transitions.
+
+        Unchanged states are written too: a record processed again after a crash can find its
+        effect already in the table while the crash lost the Redis write (or left it pending);
+        writing again makes Redis whole (one write per customer per batch anyway).
+        """
         emitted_at, deliveries = await self._publish(transitions)
-        if state.revision == 1:  # the first change of a customer creates their table entry
+        if created:
             self.customers += 1
         due = self._schedule(partition, state)
         batch = self._batch
-        if batch is not None:  # written when the batch's transitions are acknowledged
-            batch.deliveries += deliveries
-            previous = batch.changes.get(state.key)
-            batch.changes[state.key] = _Change(
-                partition,
-                state,
-                batch.current,
-                emitted_at if transitions or previous is None else previous.emitted_at,
-                due,
-            )
-            return
-        await asyncio.gather(*deliveries)
-        await self.cache.write(await self._after_write(partition, state, emitted_at))
-        self.table[state.key.encode()] = encode_stored(partition, state, due)
+        if batch is None:
+            raise RuntimeError("customer states change only inside on_batch")
+        # Written by _flush_batch, once the batch's transitions are acknowledged.
+        batch.deliveries += deliveries
+        previous = batch.changes.get(state.key)
+        batch.changes[state.key] = _Change(
+            partition,
+            state,
+            batch.current,
+            emitted_at if transitions or previous is None else previous.emitted_at,
+            due,
+        )
 
     def _cache_metrics(
         self, state: CustomerState, model: SegmentModel, fallback: datetime | None = None
@@ -635,6 +645,10 @@ class Processor:
             if marketing is not None and to_marketing and not skip:
                 deliveries.append(await marketing.send(key=key, value=value))
         return emitted_at, deliveries
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _not_newer(candidate: Calibration, current: Calibration) -> bool:

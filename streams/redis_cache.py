@@ -7,9 +7,10 @@ Layout (``<p>`` is the configured prefix, ``segmenter:`` by default):
 - ``<p>segment:<shop>:<segment>``: set of the customer ids currently in that segment.
 
 Writes go through one Lua script per customer, sent in a pipeline: the script refuses a write
-whose revision is not newer than the stored one, so older state never overwrites newer, and it
-moves the membership in the same atomic step. Redis is a cache of the table: a failed write is
-kept and retried, never raised into the stream.
+whose revision is older than the stored one, so older state never overwrites newer, and it
+moves the membership in the same atomic step. A write of the same revision wins: a replay after
+a crash can decide a revision again, and the table holds what was decided last. Redis is a
+cache of the table: a failed write is kept and retried, never raised into the stream.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ return redis.call('DEL', KEYS[1])
 
 _WRITE_SCRIPT: Final = """
 local current = redis.call('HGET', KEYS[1], 'revision')
-if current and tonumber(current) >= tonumber(ARGV[1]) then
+if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
 local old = redis.call('HGET', KEYS[1], 'segment')

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import logging.config
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from streams.topics import ensure_topics
 
 def run_worker(settings: Settings) -> None:
     """Run one worker until it is stopped (SIGINT/SIGTERM)."""
+    logging.config.dictConfig(logging_config(settings))
     rules = load_rules(settings.rules_file)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -45,6 +48,7 @@ def run_worker(settings: Settings) -> None:
         rules.version,
         settings.clock,
     )
+    clean = _trust_local_store(settings, Path(segmenter.app.conf.tabledir))
     worker = faust.Worker(
         segmenter.app,
         loop=loop,
@@ -52,7 +56,34 @@ def run_worker(settings: Settings) -> None:
         logging_config=logging_config(settings),
         quiet=True,  # no banner on stdout: logs only
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        if exit_.code in (0, None):  # stopped: the store and its changelog agree
+            clean.parent.mkdir(parents=True, exist_ok=True)
+            clean.touch()
+        raise
+
+
+CLEAN_SHUTDOWN = "clean-shutdown"
+
+
+def _trust_local_store(settings: Settings, tabledir: Path) -> Path:
+    """Keep the local table store only if the last worker on it stopped cleanly.
+
+    A worker killed mid-batch can leave states in the local store whose changelog records
+    were never acknowledged; the records that made them are replayed, find them applied, and
+    would never send them again. Like Kafka Streams without a checkpoint, the store is then
+    rebuilt from the changelog. Returns the marker to write on a clean stop."""
+    marker = settings.data_dir / CLEAN_SHUTDOWN
+    if tabledir.exists() and not marker.exists():
+        logging.getLogger(__name__).warning(
+            "the last worker on %s did not stop cleanly: rebuilding its tables from the changelog",
+            settings.data_dir,
+        )
+        shutil.rmtree(tabledir)
+    marker.unlink(missing_ok=True)
+    return marker
 
 
 def logging_config(settings: Settings) -> dict[str, Any]:
