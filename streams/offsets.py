@@ -1,0 +1,90 @@
+"""Two corrections to Faust's consumer bookkeeping, so that a partition's commits keep up.
+
+1. Seek before resuming. When a worker has restored its tables, Faust resumes the input
+   partitions and only then seeks them to their committed offsets. Records fetched in between
+   are processed, the seek sends the fetcher back, and Faust's record of which offsets were
+   delivered and acknowledged no longer matches the partition: offsets acknowledged twice,
+   gaps recorded over offsets that were processed, commits that fall behind for minutes (seen
+   after every restart from the changelog). Here the input partitions stay paused until Faust
+   has sought them.
+
+2. Which offset a commit may reach. Faust records every acknowledged offset of a partition in a
+   list and, at each commit, hands the first run of consecutive offsets to the commit. Its own
+   version (``Consumer._new_offset``) ends the run at an offset recorded twice (robinhood/faust
+   #625 and #559), and removes the run from the list when it is handed over, not when the
+   commit is made, so a commit that does not happen loses the run for good. Here the list keeps
+   every offset from the committed one on, once, and a commit may reach the end of the run that
+   starts at the committed offset (or right after it: Faust lets a single offset that is never
+   delivered, like a transaction marker, be skipped). Offsets below the committed one are
+   dropped. Which offsets count as done (acknowledged, or in a gap Faust recorded) is Faust's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
+
+_PATCHED = "_segmenter_commit_offsets"
+
+
+def next_commit(consumer: Any, tp: Any) -> int | None:
+    """The offset the partition's next commit may reach, or None (nothing new to commit)."""
+    acked: list[int] = consumer._acked[tp]
+    if not acked:
+        return None
+    done = set(acked)
+    gap = consumer._gap[tp]
+    overlapping = gap.overlap(0, max(done)) if gap else ()
+    if overlapping:
+        for interval in overlapping:
+            done.update(range(interval.begin, interval.end))
+        gap.chop(0, max(done) + 1)
+    committed = consumer._committed_offset[tp]
+    if committed:
+        done = {offset for offset in done if offset >= committed}
+        index: set[int] = consumer._acked_index[tp]
+        index.difference_update([offset for offset in index if offset < committed])
+    acked[:] = sorted(done)
+    if not acked:
+        return None
+    start = acked[0]
+    if committed and start - committed > 1:  # an offset after the committed one is not done
+        return None
+    end = start
+    while end in done:
+        end += 1
+    return end
+
+
+def resumed_after_seek(
+    recovery_completed: Callable[[Any, int], Awaitable[None]],
+) -> Callable[[Any, int], Awaitable[None]]:
+    """Faust's ``Recovery.on_recovery_completed``, with the input partitions it resumes held
+    until it returns (it seeks them in between), and not resumed if a rebalance began."""
+
+    async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+        consumer = self.app.consumer
+        held: list[Any] = []
+        consumer.resume_partitions = held.extend
+        try:
+            await recovery_completed(self, generation_id)
+        finally:
+            del consumer.resume_partitions  # the class's method again
+        if held and self.app.consumer_generation_id == generation_id:
+            consumer.resume_partitions(held)
+
+    return on_recovery_completed
+
+
+def install() -> None:
+    """Apply both corrections to Faust (once per process)."""
+    if getattr(Consumer, _PATCHED, False):
+        return
+    Consumer._new_offset = next_commit  # type: ignore[method-assign,assignment]
+    Recovery.on_recovery_completed = resumed_after_seek(  # type: ignore[method-assign]
+        Recovery.on_recovery_completed
+    )
+    setattr(Consumer, _PATCHED, True)
