@@ -490,8 +490,14 @@ class Processor:
         }
 
     async def rebuild_index(self) -> None:
-        """After recovery or a rebalance: due times, watermarks and the customers evaluated under
-        another rule set or calibration, from the table's contents.
+        """After recovery or a rebalance: due times and the customers evaluated under another
+        rule set or calibration, from the table's contents.
+
+        Not the partitions' event time: the table can be ahead of the committed offsets (a
+        batch is written before its offsets are committed, and a crash can leave part of one
+        written), and the replayed records must see the event time they saw the first time.
+        Taken from the newest stored state, it would find a customer whose replayed orders are
+        still to come inactive before them. It starts again with the first record.
 
         Yields to the event loop now and then, so a large table does not starve the consumer's
         heartbeats; a value that cannot be decoded is logged and skipped, never fatal.
@@ -527,21 +533,14 @@ class Processor:
                 model.rules.version,
                 model.calibration.version,
             ):
-                self._index(header.partition, header.key, header.due, header.as_of)
+                self.index.schedule(header.partition, header.key, header.due)
                 return
         # No header, or decided under other rules or cut-offs: decode, re-evaluate soon.
         partition, state = decode_stored(value)
         model = self.model_for(state.shop_id)
         if needs_reevaluation(state, model):
             self.pending_reevaluation.append((partition, state.key))
-        self._index(partition, state.key, next_due(state, model), state.as_of)
-
-    def _index(
-        self, partition: int, key: str, due: datetime | None, as_of: datetime | None
-    ) -> None:
-        self.index.schedule(partition, key, due)
-        if as_of is not None:
-            self.index.advance_watermark(partition, as_of)
+        self.index.schedule(partition, state.key, next_due(state, model))
 
     # -- outputs ------------------------------------------------------------------------------
 

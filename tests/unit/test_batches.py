@@ -131,3 +131,33 @@ async def test_state_is_written_only_after_the_batch_transitions() -> None:
     switches = sum(1 for a, b in itertools.pairwise(kinds) if (a, b) == ("write", "send"))
     batches = -(-len(_records()) // 100)
     assert switches <= batches - 1
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+async def test_a_restart_after_a_partly_written_batch_sends_what_one_run_sends(kept: int) -> None:
+    """A worker dies while its last batch's changelog records are on their way: some reached
+    the broker, some did not, and the batch's offsets were not committed. The next worker
+    restores the table and replays the batch. Together they send exactly the transitions of
+    one uninterrupted run (the same ids: nothing fires early or twice)."""
+    _, one_run, _, _, _ = await _run(1)
+    records = _records()
+    size = 400
+    last = (len(records) // 2) // size * size  # the batch the worker dies in
+
+    async def feed(processor: Processor, part: list[SourceRecord]) -> None:
+        for start in range(0, len(part), size):
+            batch = part[start : start + size]
+            await processor.on_batch([(r, processor.on_order) for r in batch], lambda _i: None)
+
+    first, table, _, _, first_log = _processor()
+    await feed(first, records[:last])
+    before = dict(table)
+    await feed(first, records[last : last + size])
+    changed = sorted(k for k, v in table.items() if before.get(k) != v)
+    arrived = {k: table[k] for k in changed[kept::2]}  # every other changed customer
+    second, restored, _, _, second_log = _processor()
+    dict.update(restored, {**before, **arrived})  # the changelog, as the restore reads it
+    await second.rebuild_index()
+    await feed(second, records[last:])
+    sent = {item for kind, item in first_log + second_log if kind == "send"}
+    assert sent == set(one_run)
