@@ -1,6 +1,14 @@
-"""Two corrections to Faust's consumer bookkeeping, so that a partition's commits keep up.
+"""Three corrections to Faust's consumer, so that no input record is skipped and commits keep up.
 
-1. Seek before resuming. When a worker has restored its tables, Faust resumes the input
+1. No partition means none. Faust's fetcher hands aiokafka its live set of active partitions,
+   and aiokafka reads an empty collection as "every partition". When the set empties during a
+   fetch (a restore from the changelog has just finished and paused its partitions), aiokafka
+   returns records of the paused input partitions too, Faust drops them as not active, and
+   aiokafka's position has moved past them: seen as a worker that, after a restart, never
+   processed the records that were waiting for it. Here aiokafka sees the same live set,
+   except that an empty one means no partition.
+
+2. Seek before resuming. When a worker has restored its tables, Faust resumes the input
    partitions and only then seeks them to their committed offsets. Records fetched in between
    are processed, the seek sends the fetcher back, and Faust's record of which offsets were
    delivered and acknowledged no longer matches the partition: offsets acknowledged twice,
@@ -8,7 +16,7 @@
    after every restart from the changelog). Here the input partitions stay paused until Faust
    has sought them.
 
-2. Which offset a commit may reach. Faust records every acknowledged offset of a partition in a
+3. Which offset a commit may reach. Faust records every acknowledged offset of a partition in a
    list and, at each commit, hands the first run of consecutive offsets to the commit. Its own
    version (``Consumer._new_offset``) ends the run at an offset recorded twice (robinhood/faust
    #625 and #559), and removes the run from the list when it is handed over, not when the
@@ -21,11 +29,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 _PATCHED = "_segmenter_commit_offsets"
 
@@ -59,6 +68,22 @@ def next_commit(consumer: Any, tp: Any) -> int | None:
     return end
 
 
+class ActiveOnly:
+    """The live set of active partitions as aiokafka's fetcher reads it (``if partitions and
+    tp not in partitions``): membership from the set, and never "no filter"."""
+
+    __slots__ = ("live",)
+
+    def __init__(self, live: Container[Any]) -> None:
+        self.live = live
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.live
+
+
 def resumed_after_seek(
     recovery_completed: Callable[[Any, int], Awaitable[None]],
 ) -> Callable[[Any, int], Awaitable[None]]:
@@ -80,10 +105,26 @@ def resumed_after_seek(
 
 
 def install() -> None:
-    """Apply both corrections to Faust (once per process)."""
+    """Apply the corrections to Faust (once per process)."""
     if getattr(Consumer, _PATCHED, False):
         return
     Consumer._new_offset = next_commit  # type: ignore[method-assign,assignment]
+    faust_fetch = AIOKafkaConsumerThread._fetch_records
+
+    async def _fetch_records(
+        self: AIOKafkaConsumerThread,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        if active_partitions is not None:  # None: a client without a group, every partition
+            active_partitions = ActiveOnly(active_partitions)
+        return await faust_fetch(
+            self, consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+
+    AIOKafkaConsumerThread._fetch_records = _fetch_records  # type: ignore[method-assign]
     Recovery.on_recovery_completed = resumed_after_seek(  # type: ignore[method-assign]
         Recovery.on_recovery_completed
     )

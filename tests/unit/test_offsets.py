@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
@@ -119,6 +121,32 @@ async def test_nothing_is_resumed_when_a_rebalance_began() -> None:
     done = recovery(generation=3)
     await completed(done, 3)
     assert done.app.consumer.calls == [("seek", frozenset())]
+
+
+async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
+    offsets.install()
+    live: set[TP] = {TP0}
+    asked: list[Any] = []
+
+    async def fetched_records(partitions: Any, timeout: float, max_records: int) -> dict:
+        # aiokafka's own filter: ``if partitions and tp not in partitions: continue``
+        asked.append(partitions)
+        buffered = {TP0: ["r0"], TP("shop.orders", 1): ["r1"]}
+        return {tp: r for tp, r in buffered.items() if not (partitions and tp not in partitions)}
+
+    fetcher = SimpleNamespace(
+        fetched_records=fetched_records,
+        _closed=False,
+        _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext),
+    )
+    aiokafka = SimpleNamespace(_fetcher=fetcher, _closed=False)
+    thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+    fetch = AIOKafkaConsumerThread._fetch_records
+    assert await fetch(thread, aiokafka, live, timeout=0.0, max_records=10) == {TP0: ["r0"]}
+    live.clear()  # a restore has just paused its partitions: none is active
+    assert await fetch(thread, aiokafka, live, timeout=0.0, max_records=10) == {}
+    live.add(TP0)
+    assert TP0 in asked[-1]  # the live set, not a copy
 
 
 def test_install_is_idempotent() -> None:
