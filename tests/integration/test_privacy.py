@@ -104,10 +104,18 @@ async def test_erasure_leaves_nothing_but_a_tombstone(privacy_worker: dict[str, 
     assert moves[-1] == ("new", "potential_loyalist", "order_placed")
     client = aioredis.from_url(settings.redis_url, decode_responses=True)
     try:
-        frank_before = await client.hgetall(f"{p}customer:default:frank")
-        assert (await client.hgetall(f"{p}customer:default:erin"))[
-            "segment"
-        ] == "potential_loyalist"
+        # Redis is written after a batch's transitions are acknowledged: wait for both hashes.
+        cached = await wait_for(
+            lambda: asyncio.gather(
+                client.hgetall(f"{p}customer:default:frank"),
+                client.hgetall(f"{p}customer:default:erin"),
+            ),
+            lambda hashes: all(h.get("segment") for h in hashes),
+            60,
+            "frank and erin in Redis",
+        )
+        frank_before, erin = cached
+        assert erin["segment"] == "potential_loyalist"
 
         receipt = orjson.loads(await run_cli(privacy_worker, "forget", "erin"))
         assert {k: receipt[k] for k in ("type", "shop_id", "state_deleted", "cache_deleted")} == {
