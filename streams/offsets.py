@@ -1,4 +1,5 @@
-"""Three corrections to Faust's consumer, so that no input record is skipped and commits keep up.
+"""Corrections to Faust, so that no input record is skipped, commits keep up, and a broker
+that has just restarted does not stop the stream.
 
 1. No partition means none. Faust's fetcher hands aiokafka its live set of active partitions,
    and aiokafka reads an empty collection as "every partition". When the set empties during a
@@ -25,6 +26,13 @@
    starts at the committed offset (or right after it: Faust lets a single offset that is never
    delivered, like a transaction marker, be skipped). Offsets below the committed one are
    dropped. Which offsets count as done (acknowledged, or in a gap Faust recorded) is Faust's.
+
+4. Not known yet is not zero. Before a table's first write Faust checks that its changelog topic
+   has as many partitions as the source topic, reading the consumer's metadata. Right after the
+   broker restarted (or the topic was created) the metadata can list the changelog topic with
+   no partitions; Faust raised ``PartitionsMismatch`` and the agent stopped for good (seen when
+   a worker started while the broker was down). Here a changelog topic listed with no
+   partitions is checked again at the next write; a real mismatch still raises.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
+from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -128,4 +137,12 @@ def install() -> None:
     Recovery.on_recovery_completed = resumed_after_seek(  # type: ignore[method-assign]
         Recovery.on_recovery_completed
     )
+    faust_verify = Collection._verify_source_topic_partitions
+
+    def _verify_source_topic_partitions(self: Collection, source_topic: str) -> None:
+        if self.app.consumer.topic_partitions(self.changelog_topic_name) == 0:
+            return  # not in the metadata yet: checked again at the next write
+        faust_verify(self, source_topic)
+
+    Collection._verify_source_topic_partitions = _verify_source_topic_partitions  # type: ignore[method-assign]
     setattr(Consumer, _PATCHED, True)

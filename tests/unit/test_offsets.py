@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from faust.exceptions import PartitionsMismatch
+from faust.tables.base import Collection
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
@@ -147,6 +150,25 @@ async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
     assert await fetch(thread, aiokafka, live, timeout=0.0, max_records=10) == {}
     live.add(TP0)
     assert TP0 in asked[-1]  # the live set, not a copy
+
+
+def test_a_changelog_topic_not_in_the_metadata_yet_is_checked_again() -> None:
+    offsets.install()
+    known = {"shop.orders": 2, "app-customers-changelog": 0}
+    table = SimpleNamespace(
+        app=SimpleNamespace(consumer=SimpleNamespace(topic_partitions=known.get)),
+        changelog_topic_name="app-customers-changelog",
+        name="customers",
+        _verified_source_topics_for_partitions=set(),
+    )
+    Collection._verify_source_topic_partitions(table, "shop.orders")  # no PartitionsMismatch
+    assert table._verified_source_topics_for_partitions == set()  # checked again next time
+    known["app-customers-changelog"] = 3  # a real mismatch still stops the agent
+    with pytest.raises(PartitionsMismatch):
+        Collection._verify_source_topic_partitions(table, "shop.orders")
+    known["app-customers-changelog"] = 2
+    Collection._verify_source_topic_partitions(table, "shop.orders")
+    assert table._verified_source_topics_for_partitions == {"shop.orders"}
 
 
 def test_install_is_idempotent() -> None:
