@@ -21,7 +21,7 @@ from config.settings import Settings
 from models.events import transition_name, transition_names
 from models.rules import SegmentRules
 from models.scoring import Calibration
-from streams import offsets
+from streams import faust_corrections
 from streams.calibrations import follow_calibrations, recalibrate
 from streams.dlq import DeadLetters, SourceRecord
 from streams.lag import LagProbe
@@ -64,7 +64,7 @@ def create_app(
 ) -> Segmenter:
     """Build the app for a given orders topic partition count (see ``ensure_topics``) and the
     shops' current calibrations (see ``read_calibrations``)."""
-    offsets.install()
+    faust_corrections.install()
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap_servers),

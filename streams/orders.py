@@ -77,6 +77,7 @@ class _Change:
     record: int  # index of the batch record that made it (the table write happens as of it)
     emitted_at: datetime | None
     due: datetime | None
+    changed: bool  # differs from the table's (else only Redis is written again)
 
 
 @dataclass
@@ -227,6 +228,8 @@ class Processor:
             writes += await self._after_write(change.partition, change.state, change.emitted_at)
         await self.cache.write(writes)
         for key, change in changes.items():
+            if not change.changed:
+                continue
             batch.activate(change.record)
             self.table[key.encode()] = encode_stored(change.partition, change.state, change.due)
         batch.activate(batch.current)
@@ -293,7 +296,7 @@ class Processor:
             )
             await self.dead_letters.send(record, "processing_error", repr(exc))
             return
-        await self._save(partition, new_state, transitions, created=state is None)
+        await self._save(partition, new_state, transitions, previous=state)
 
     async def on_consent(self, record: SourceRecord) -> None:
         """One record of the consent topic."""
@@ -306,7 +309,7 @@ class Processor:
         elif state is None and self._erased(event.shop_id, event.customer_id):
             return  # erased: nothing to withdraw from, and nothing to store
         new_state, transitions = apply_consent(state, event, self.model_for(event.shop_id))
-        await self._save(record.partition, new_state, transitions, created=state is None)
+        await self._save(record.partition, new_state, transitions, previous=state)
 
     async def on_erasure(self, record: SourceRecord) -> None:
         """One record of the erasure topic: delete every copy we hold, then send a receipt."""
@@ -390,7 +393,7 @@ class Processor:
             return
         model = self.model_for(state.shop_id)
         new_state, transitions = due_transitions(state, now, model)
-        await self._save(partition, new_state, transitions)
+        await self._save(partition, new_state, transitions, previous=state)
 
     async def _reevaluate_key(self, partition: int, key: str) -> None:
         state = self._load(key)
@@ -402,7 +405,7 @@ class Processor:
             now = self.index.watermarks.get(partition) or state.as_of or datetime.now(UTC)
         new_state, transitions = reevaluate(state, self.model_for(state.shop_id), now)
         if new_state.revision != state.revision:
-            await self._save(partition, new_state, transitions)
+            await self._save(partition, new_state, transitions, previous=state)
 
     def due_ticks(self, now: datetime) -> list[tuple[int, bytes]]:
         """Wall-clock mode: (partition, tick) for every customer due at ``now``."""
@@ -556,7 +559,7 @@ class Processor:
         state: CustomerState,
         transitions: list[Transition],
         *,
-        created: bool = False,
+        previous: CustomerState | None,
     ) -> None:
         """Write the customer's state in this batch, after its transitions.
 
@@ -564,26 +567,29 @@ class Processor:
         between, the event is processed again (its offset is not committed) and the same
         transitions, with the same ids, are sent again. Never a state without its transitions.
 
-        Unchanged states are written too: a record processed again after a crash can find its
-        effect already in the table while the crash lost the Redis write (or left it pending);
-        writing again makes Redis whole (one write per customer per batch anyway).
+        ``previous`` is the state it was decided from (None: a new customer). An unchanged
+        state goes to Redis again but not to the table: a record processed again after a crash
+        can find its effect already in the table while the crash lost the Redis write (or left
+        it pending).
         """
         emitted_at, deliveries = await self._publish(transitions)
-        if created:
+        if previous is None:
             self.customers += 1
+        changed = previous is None or state.revision != previous.revision
         due = self._schedule(partition, state)
         batch = self._batch
         if batch is None:
             raise RuntimeError("customer states change only inside on_batch")
         # Written by _flush_batch, once the batch's transitions are acknowledged.
         batch.deliveries += deliveries
-        previous = batch.changes.get(state.key)
+        earlier = batch.changes.get(state.key)
         batch.changes[state.key] = _Change(
             partition,
             state,
             batch.current,
-            emitted_at if transitions or previous is None else previous.emitted_at,
+            emitted_at if transitions or earlier is None else earlier.emitted_at,
             due,
+            changed or (earlier is not None and earlier.changed),
         )
 
     def _cache_metrics(

@@ -45,7 +45,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-_PATCHED = "_segmenter_commit_offsets"
+_PATCHED = "_segmenter_corrected"
 
 
 def next_commit(consumer: Any, tp: Any) -> int | None:

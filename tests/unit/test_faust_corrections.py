@@ -17,7 +17,7 @@ from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams import offsets
+from streams import faust_corrections
 
 TP0 = TP("shop.orders", 0)
 
@@ -37,7 +37,7 @@ def bookkeeping(
 
 
 def test_a_duplicate_acknowledgement_does_not_hold_the_commit_back() -> None:
-    offsets.install()
+    faust_corrections.install()
     # every offset 160..296 processed once and recorded once more (a restore, then a seek)
     consumer = bookkeeping(sorted([*range(160, 297), *range(161, 297)]), committed=160)
     assert consumer._new_offset(TP0) == 297
@@ -48,7 +48,7 @@ def test_a_duplicate_acknowledgement_does_not_hold_the_commit_back() -> None:
 
 
 def test_a_gap_already_acknowledged_is_counted_once() -> None:
-    offsets.install()
+    faust_corrections.install()
     # records 259..330 processed; the gap 260..314 recorded by the seek as well
     consumer = bookkeeping(list(range(259, 331)), committed=259, gaps=((260, 315),))
     assert consumer._new_offset(TP0) == 331
@@ -56,7 +56,7 @@ def test_a_gap_already_acknowledged_is_counted_once() -> None:
 
 
 def test_a_commit_that_did_not_happen_is_made_by_the_next_one() -> None:
-    offsets.install()
+    faust_corrections.install()
     consumer = bookkeeping(list(range(10, 20)), committed=10)
     assert consumer._new_offset(TP0) == 20
     # no commit (the committed offset stays 10); more records are acknowledged
@@ -65,7 +65,7 @@ def test_a_commit_that_did_not_happen_is_made_by_the_next_one() -> None:
 
 
 def test_an_unacknowledged_offset_holds_the_commit_back() -> None:
-    offsets.install()
+    faust_corrections.install()
     consumer = bookkeeping([100, 101, 101, 104, 105], committed=100)
     assert consumer._new_offset(TP0) == 102
     consumer._committed_offset[TP0] = 102
@@ -76,7 +76,7 @@ def test_an_unacknowledged_offset_holds_the_commit_back() -> None:
 
 
 def test_a_real_gap_is_still_skipped() -> None:
-    offsets.install()
+    faust_corrections.install()
     # offsets 5..9 never delivered (compaction, transaction markers): Faust skips them
     consumer = bookkeeping([1, 2, 3, 4, 10, 11], committed=1, gaps=((5, 10),))
     assert consumer._new_offset(TP0) == 12
@@ -108,7 +108,7 @@ async def faust_order(self: Any, generation_id: int) -> None:
 
 
 async def test_input_partitions_are_resumed_after_the_seek() -> None:
-    completed = offsets.resumed_after_seek(faust_order)
+    completed = faust_corrections.resumed_after_seek(faust_order)
     done = recovery(generation=3)
     await completed(done, 3)
     assert done.app.consumer.calls == [("seek", frozenset()), ("resume", frozenset({TP0}))]
@@ -120,14 +120,14 @@ async def test_nothing_is_resumed_when_a_rebalance_began() -> None:
         await faust_order(self, generation_id)
         self.app.consumer_generation_id = generation_id + 1
 
-    completed = offsets.resumed_after_seek(rebalanced)
+    completed = faust_corrections.resumed_after_seek(rebalanced)
     done = recovery(generation=3)
     await completed(done, 3)
     assert done.app.consumer.calls == [("seek", frozenset())]
 
 
 async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
-    offsets.install()
+    faust_corrections.install()
     live: set[TP] = {TP0}
     asked: list[Any] = []
 
@@ -153,7 +153,7 @@ async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
 
 
 def test_a_changelog_topic_not_in_the_metadata_yet_is_checked_again() -> None:
-    offsets.install()
+    faust_corrections.install()
     known = {"shop.orders": 2, "app-customers-changelog": 0}
     table = SimpleNamespace(
         app=SimpleNamespace(consumer=SimpleNamespace(topic_partitions=known.get)),
@@ -172,7 +172,7 @@ def test_a_changelog_topic_not_in_the_metadata_yet_is_checked_again() -> None:
 
 
 def test_install_is_idempotent() -> None:
-    offsets.install()
+    faust_corrections.install()
     patched = Consumer._new_offset
-    offsets.install()
+    faust_corrections.install()
     assert Consumer._new_offset is patched
