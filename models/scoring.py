@@ -9,6 +9,7 @@ customers bought something. Fixed calibrations come straight from the rule file.
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -63,19 +64,18 @@ class Scores(BaseModel):
 
 
 def score_higher_is_better(value: float, cuts: Sequence[float]) -> int:
-    return 1 + sum(value > c for c in cuts)
+    # cut-offs are ascending (validated): the cut-offs below the value, by bisection
+    return 1 + bisect_left(cuts, value)
 
 
 def score_recency(days: float, cuts: Sequence[float]) -> int:
     # ``>=``: the score drops at the very instant the boundary is reached, which is when a
     # time-caused transition is due.
-    return 5 - sum(days >= c for c in cuts)
+    return 5 - bisect_right(cuts, days)
 
 
-def _sticky(raw_up: int, raw_down: int, previous: int | None, raw: int) -> int:
+def _sticky(raw_up: int, raw_down: int, previous: int) -> int:
     """Keep the previous score unless the value is clearly past a boundary (beyond the margin)."""
-    if previous is None:
-        return raw
     if raw_up > previous:
         return raw_up
     if raw_down < previous:
@@ -99,26 +99,29 @@ def compute_scores(
 ) -> Scores:
     """Scores for these values. With ``previous`` scores, a score only moves when the value is
     more than ``margin`` (relative) past the boundary, so customers near one do not flap."""
-    hi, lo = 1 + margin, 1 - margin
     r_cuts, f_cuts, m_cuts = cutoffs.recency_days, cutoffs.frequency, cutoffs.monetary
+    if previous is None:  # nothing to stick to: the raw scores
+        return Scores(
+            r=score_recency(recency_days, r_cuts),
+            f=score_higher_is_better(frequency, f_cuts),
+            m=score_higher_is_better(monetary, m_cuts),
+        )
+    hi, lo = 1 + margin, 1 - margin
     return Scores(
         r=_sticky(
             score_recency(recency_days, _scaled(r_cuts, lo)),
             score_recency(recency_days, _scaled(r_cuts, hi)),
-            previous.r if previous else None,
-            score_recency(recency_days, r_cuts),
+            previous.r,
         ),
         f=_sticky(
             score_higher_is_better(frequency, _scaled(f_cuts, hi)),
             score_higher_is_better(frequency, _scaled(f_cuts, lo)),
-            previous.f if previous else None,
-            score_higher_is_better(frequency, f_cuts),
+            previous.f,
         ),
         m=_sticky(
             score_higher_is_better(monetary, _scaled(m_cuts, hi)),
             score_higher_is_better(monetary, _scaled(m_cuts, lo)),
-            previous.m if previous else None,
-            score_higher_is_better(monetary, m_cuts),
+            previous.m,
         ),
     )
 

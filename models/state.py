@@ -22,6 +22,7 @@ from models.scoring import Calibration, Scores, compute_scores
 
 SCHEMA_VERSION: Final = 1
 SECONDS_PER_DAY: Final = 86_400.0
+K = TypeVar("K")
 T = TypeVar("T")
 
 
@@ -86,9 +87,9 @@ class CustomerState(BaseModel):
     def counted_orders(self) -> list[OrderRecord]:
         """The orders that count, oldest first (ties broken by order id for determinism).
 
-        Memoised per state object (states are immutable): the scores, the tags and the due
-        time of one evaluation all walk the same list. Do not modify the returned list."""
-        return _COUNTED.get(self, _counted_orders)
+        Memoised per ``orders`` mapping (states are immutable): the scores, the tags and the
+        due time of one evaluation all walk the same list. Do not modify the returned list."""
+        return _COUNTED.get(self.orders, _counted_orders)
 
     def category_spend(self) -> dict[str, int]:
         """Spend per product category over the orders that count (minor units)."""
@@ -111,40 +112,47 @@ class OrderFacts(NamedTuple):
     typical_gap_days: float | None
 
 
-class StateMemo(Generic[T]):
-    """Values computed from one state object, for the states seen last.
+class IdentityMemo(Generic[K, T]):
+    """Values computed from one immutable object (a state, the orders of a state), for the
+    objects seen last.
 
-    States are immutable, so a hit on the very same object is exact; an entry holds its
-    object, so the object's id cannot be reused while the entry lives. Bounded: cleared when
-    full (one evaluation needs a few entries, a batch a few thousand)."""
+    A hit on the very same object is exact; an entry holds its object, so the object's id
+    cannot be reused while the entry lives. Bounded: cleared when full (one evaluation needs a
+    few entries, a batch a few thousand)."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._entries: dict[int, tuple[CustomerState, T]] = {}
+        self._entries: dict[int, tuple[K, T]] = {}
         self._size = size
 
-    def get(self, state: CustomerState, compute: Callable[[CustomerState], T]) -> T:
-        hit = self._entries.get(id(state))
-        if hit is not None and hit[0] is state:
+    def get(self, key: K, compute: Callable[[K], T]) -> T:
+        hit = self._entries.get(id(key))
+        if hit is not None and hit[0] is key:
             return hit[1]
-        value = compute(state)
-        if len(self._entries) >= self._size:
-            self._entries.clear()
-        self._entries[id(state)] = (state, value)
+        value = compute(key)
+        self.put(key, value)
         return value
 
+    def put(self, key: K, value: T) -> None:
+        """Remember a value already known (computed along with the object)."""
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[id(key)] = (key, value)
 
-_FACTS: StateMemo[OrderFacts] = StateMemo()
-_COUNTED: StateMemo[list[OrderRecord]] = StateMemo()
+
+# Keyed by a state's ``orders`` mapping, which states derived by ``model_copy`` share (and
+# which is never modified): the states of one evaluation derive them once.
+_FACTS: IdentityMemo[dict[str, OrderRecord], OrderFacts] = IdentityMemo()
+_COUNTED: IdentityMemo[dict[str, OrderRecord], list[OrderRecord]] = IdentityMemo()
 
 
 def order_facts(state: CustomerState) -> OrderFacts:
-    """Counts, sums and the typical gap of the orders that count (memoised per state object:
-    evaluating one customer at several instants derives them once)."""
-    return _FACTS.get(state, _order_facts)
+    """Counts, sums and the typical gap of the orders that count (memoised: evaluating one
+    customer at several instants derives them once)."""
+    return _FACTS.get(state.orders, _order_facts)
 
 
-def _order_facts(state: CustomerState) -> OrderFacts:
-    orders = state.counted_orders()
+def _order_facts(orders_by_id: dict[str, OrderRecord]) -> OrderFacts:
+    orders = _COUNTED.get(orders_by_id, _counted_orders)
     times = [r.placed_at for r in orders if r.placed_at is not None]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     return OrderFacts(
@@ -158,9 +166,9 @@ def _order_facts(state: CustomerState) -> OrderFacts:
     )
 
 
-def _counted_orders(state: CustomerState) -> list[OrderRecord]:
+def _counted_orders(orders: dict[str, OrderRecord]) -> list[OrderRecord]:
     items = sorted(
-        ((r.placed_at, oid, r) for oid, r in state.orders.items() if r.counts),
+        ((r.placed_at, oid, r) for oid, r in orders.items() if r.counts),
         key=lambda t: (t[0], t[1]),
     )
     return [r for _, _, r in items]

@@ -39,9 +39,9 @@ from models.rules import Cell, SegmentFacts, SegmentRules, decide
 from models.scoring import Calibration, Scores, recency_drop_days, score_recency
 from models.state import (
     CustomerState,
+    IdentityMemo,
     OrderRecord,
     ScoreMode,
-    StateMemo,
     compute_metrics,
     days_between,
 )
@@ -79,8 +79,12 @@ class SegmentModel:
     # True: a customer without a consent record is not segmented.
     consent_required: bool = False
     # next_due of the states seen last (next_due is asked of the same state more than once)
-    _due: StateMemo[datetime | None] = field(
-        default_factory=StateMemo, init=False, repr=False, compare=False, hash=False
+    _due: IdentityMemo[CustomerState, datetime | None] = field(
+        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
+    )
+    # current_metrics of the states decided last, as their evaluation computed them
+    _current: IdentityMemo[CustomerState, Metrics] = field(
+        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
     )
 
 
@@ -246,10 +250,32 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     return model._due.get(state, lambda s: _next_due(s, model))
 
 
+def current_metrics(state: CustomerState, model: SegmentModel) -> Metrics:
+    """The customer's figures as of their latest instant (``as_of``), with the scores their
+    segment was decided with (what Redis shows). Memoised: the evaluation that decided the
+    state hands its figures on."""
+    if state.as_of is None:
+        raise ValueError("a state without an instant has no current figures")
+    return model._current.get(state, lambda s: _current_metrics(s, model))
+
+
+def _current_metrics(state: CustomerState, model: SegmentModel) -> Metrics:
+    assert state.as_of is not None
+    metrics = compute_metrics(state, state.as_of, model.rules, model.calibration)
+    scores = state.scores
+    if scores is None:
+        return metrics
+    return metrics.model_copy(
+        update={"r_score": scores.r, "f_score": scores.f, "m_score": scores.m}
+    )
+
+
 def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     if state.segment is None or state.as_of is None:
         return None
-    m = compute_metrics(state, state.as_of, model.rules, model.calibration, scoring="time")
+    # Time moves the recency score only, which _segment_after_time computes for every
+    # candidate instant: the rest is the state's current figures.
+    m = current_metrics(state, model)
     last = m.last_order_at
     if last is None or m.inactive_after_days is None:
         return None
@@ -378,7 +404,12 @@ def _resegment(
     }
     if segment != before.segment:
         update["segment_since"] = at
-    return after.model_copy(update=update), transitions
+    decided = after.model_copy(update=update)
+    if decided.as_of == at and (result.scores is not None or scoring == "fresh"):
+        # the figures of the evaluation are the state's current figures: with the scores
+        # the state keeps, or (no scores kept) scored fresh like _current_metrics does
+        model._current.put(decided, result.metrics)
+    return decided, transitions
 
 
 def _record(state: CustomerState, event: OrderEventT) -> CustomerState | None:

@@ -40,6 +40,7 @@ from models.transitions import (
     apply_consent,
     apply_order,
     bootstrap_calibration,
+    current_metrics,
     due_transitions,
     erase,
     needs_reevaluation,
@@ -597,14 +598,10 @@ class Processor:
     ) -> Any:
         """The figures cached for the customer: as of their latest instant, with the scores the
         segment was decided with."""
-        at = state.as_of or fallback or datetime.now(UTC)
-        metrics = compute_metrics(state, at, model.rules, model.calibration)
-        if state.scores is None:
-            return metrics
-        scores = state.scores
-        return metrics.model_copy(
-            update={"r_score": scores.r, "f_score": scores.f, "m_score": scores.m}
-        )
+        if state.as_of is not None:
+            return current_metrics(state, model)
+        at = fallback or datetime.now(UTC)
+        return compute_metrics(state, at, model.rules, model.calibration)
 
     async def _send(self, transitions: list[Transition], force: bool = False) -> datetime:
         """``_publish`` and wait until the broker has acknowledged every transition."""

@@ -105,3 +105,43 @@ def test_tags_do_not_depend_on_arrival_order(spec, rnd) -> None:  # type: ignore
     shuffled = list(events)
     rnd.shuffle(shuffled)
     assert _fold(events).tags == _fold(shuffled).tags
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    orders,
+    st.floats(min_value=0, max_value=900, allow_nan=False),
+    st.floats(min_value=0.5, max_value=2.0, allow_nan=False),
+)
+def test_figures_handed_on_by_an_evaluation_equal_figures_computed_afresh(
+    spec, later, scale
+) -> None:  # type: ignore[no-untyped-def]
+    """The figures an evaluation memoises for the state it decided (Redis, the due time) are
+    the figures computed from scratch: after orders, after time, after a recalibration."""
+    from models.scoring import Calibration, Cutoffs
+    from models.state import CustomerState
+    from models.transitions import (
+        SegmentModel,
+        current_metrics,
+        due_transitions,
+        next_due,
+        reevaluate,
+    )
+
+    cut = CAL.cutoffs
+    moved = Cutoffs(
+        recency_days=tuple(c * scale for c in cut.recency_days),
+        frequency=cut.frequency,
+        monetary=tuple(c * scale for c in cut.monetary),
+    )
+    recalibrated = SegmentModel(
+        RULES, Calibration(shop_id="s", version="moved", method="quantile", cutoffs=moved)
+    )
+    state = _fold(_events(spec))
+    timed, _ = due_transitions(state, state.as_of + timedelta(days=later), MODEL)
+    revised, _ = reevaluate(state, recalibrated, state.as_of + timedelta(days=later))
+    for decided, segment_model in ((state, MODEL), (timed, MODEL), (revised, recalibrated)):
+        afresh = CustomerState.model_validate(decided.model_dump())  # another object: no memo
+        assert afresh == decided and afresh is not decided
+        assert current_metrics(decided, segment_model) == current_metrics(afresh, segment_model)
+        assert next_due(decided, segment_model) == next_due(afresh, segment_model)
