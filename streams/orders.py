@@ -7,10 +7,10 @@ dead-letter topic, stores state, publishes transitions, caches in Redis and keep
 Records come in batches (``on_batch``): each record is decided on its own, in order, and its
 transitions are sent at once; the batch's state changes wait in an overlay (so later records of
 the same customer see them) until the broker has acknowledged every transition of the batch.
-Then each changed customer is written once to Redis (one pipeline per batch) and once to the
-table (one changelog record per customer per batch). A crash before that leaves the batch's
-offsets uncommitted: the records are processed again and, being idempotent, give the same
-state and the same transition ids.
+Then each changed customer is written once to the table (one changelog record per customer per
+batch) and, at the same time, once to Redis (one pipeline per batch). A crash before that
+leaves the batch's offsets uncommitted: the records are processed again and, being
+idempotent, give the same state and the same transition ids.
 
 Clock ticks are the way work that does not come from an order reaches a customer's partition
 (so the table is only ever written inside stream iteration): ``due`` ticks when a due time
@@ -215,28 +215,28 @@ class Processor:
 
     async def _flush_batch(self) -> None:
         """Wait for the broker to acknowledge the batch's transitions, then write every changed
-        customer once to Redis and once to the table, and wait for the broker to acknowledge
-        the table's changelog records."""
+        customer once to the table and once to Redis, and wait for both: Redis, and the
+        broker's acknowledgement of the table's changelog records."""
         batch = self._batch
         if batch is None or not (batch.changes or batch.deliveries):
             return
         await asyncio.gather(*batch.deliveries)
         changes, batch.changes, batch.deliveries = batch.changes, {}, []
-        # Redis before the table: a crash after the table write would make the replayed
-        # records no-ops, and Redis would keep the older state.
         writes = []
         for change in changes.values():
             writes += await self._after_write(change.partition, change.state, change.emitted_at)
-        await self.cache.write(writes)
         for key, change in changes.items():
             if not change.changed:
                 continue
             batch.activate(change.record)
             self.table[key.encode()] = encode_stored(change.partition, change.state, change.due)
         batch.activate(batch.current)
-        # The changelog holds the batch before its offsets are acknowledged: a crash after
-        # that replays nothing, so the states must not be only in the local store.
-        await self.table_durable()
+        # Redis and the changelog at once, in any order: a crash in between leaves the batch's
+        # offsets uncommitted, and its replayed records write Redis again even where the table
+        # already holds their effect (see _save). The changelog holds the batch before its
+        # offsets are acknowledged: a crash after that replays nothing, so the states must not
+        # be only in the local store.
+        await asyncio.gather(self.cache.write(writes), self.table_durable())
 
     async def _after_write(
         self, partition: int, state: CustomerState, emitted_at: datetime | None

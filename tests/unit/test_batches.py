@@ -121,14 +121,11 @@ async def test_batches_equal_one_record_at_a_time(size: int) -> None:
 
 async def test_state_is_written_only_after_the_batch_transitions() -> None:
     _, _, _, _, log = await _run(100)
-    # within each batch: every send, then the Redis write, then the table writes (a crash
-    # after the table write makes the replayed records no-ops: Redis must be written by then)
-    kinds = [kind for kind, _ in log]
-    for i, kind in enumerate(kinds):
-        if kind == "write":
-            assert kinds[i - 1] in ("write", "redis"), kinds[max(i - 3, 0) : i + 1]
-    kinds = [kind for kind in kinds if kind != "redis"]
-    switches = sum(1 for a, b in itertools.pairwise(kinds) if (a, b) == ("write", "send"))
+    # within each batch: every send first, then the table writes and the Redis write (in
+    # either order: a replayed record writes Redis again even if the table has its effect)
+    kinds = ["send" if kind == "send" else "store" for kind, _ in log]
+    assert kinds.count("store") > 0
+    switches = sum(1 for a, b in itertools.pairwise(kinds) if (a, b) == ("store", "send"))
     batches = -(-len(_records()) // 100)
     assert switches <= batches - 1
 

@@ -1,4 +1,4 @@
-"""The offset-commit correction (streams.offsets) on Faust's own consumer bookkeeping."""
+"""The corrections to Faust (streams.faust_corrections), on its own consumer bookkeeping."""
 
 from __future__ import annotations
 
