@@ -167,10 +167,8 @@ def _order_facts(orders_by_id: dict[str, OrderRecord]) -> OrderFacts:
 
 
 def _counted_orders(orders: dict[str, OrderRecord]) -> list[OrderRecord]:
-    items = sorted(
-        ((r.placed_at, oid, r) for oid, r in orders.items() if r.counts),
-        key=lambda t: (t[0], t[1]),
-    )
+    # (time, order id) is unique: the records themselves are never compared
+    items = sorted((r.placed_at, oid, r) for oid, r in orders.items() if r.counts)
     return [r for _, _, r in items]
 
 

@@ -7,6 +7,7 @@ checks that they use nothing else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -19,6 +20,7 @@ class WorkerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.lag_messages = Gauge(
             "segmenter_consumer_lag_messages",
@@ -71,6 +73,15 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "segmenter_rebalances_total", "Consumer group rebalances seen", registry=r
         )
+
+    def labelled(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: the per-record counters would otherwise
+        look their child up (and check the label values) once per record."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def callback_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         gauge = Gauge(name, documentation, registry=self.registry)

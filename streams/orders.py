@@ -357,7 +357,7 @@ class Processor:
         event = self.privacy.identify(event)
         kind: str = event.type  # type: ignore[attr-defined]
         self.counts[kind] += 1
-        self.metrics.events.labels(kind).inc()
+        self.metrics.labelled(self.metrics.events, kind).inc()
         return event
 
     def _marker(self, shop_id: str, customer_id: str) -> bytes:
@@ -622,7 +622,10 @@ class Processor:
         to_marketing = force or not (out.backfill and out.marketing_skip_backfill)
         for transition in transitions:
             self.counts[transition.transition] += 1
-            self.metrics.transitions.labels(transition.transition, transition.cause.kind).inc()
+            metrics = self.metrics
+            metrics.labelled(
+                metrics.transitions, transition.transition, transition.cause.kind
+            ).inc()
             if not out.backfill:
                 delay = (emitted_at - transition.event_time).total_seconds()
                 self.metrics.transition_delay.observe(max(delay, 0.0))
