@@ -17,6 +17,12 @@ PHASES = ("throughput", "latency", "lateness", "restart")
 @click.option("--orders", default=300_000, show_default=True, help="orders of the throughput run")
 @click.option("--rate", default=1000, show_default=True, help="offered orders/s (latency)")
 @click.option("--latency-seconds", default=20.0, show_default=True)
+@click.option(
+    "--warmup-seconds",
+    default=5.0,
+    show_default=True,
+    help="the same load before the latency window, not measured",
+)
 @click.option("--due-customers", default=2000, show_default=True, help="lateness phase")
 @click.option(
     "--restart-customers", default=1_000_000, show_default=True, help="customers in the store"
@@ -41,6 +47,7 @@ def cli(
     orders: int,
     rate: int,
     latency_seconds: float,
+    warmup_seconds: float,
     due_customers: int,
     restart_customers: int,
     partitions: int,
@@ -54,6 +61,7 @@ def cli(
         partitions=partitions,
         rate=rate,
         latency_seconds=latency_seconds,
+        warmup_seconds=warmup_seconds,
         due_customers=due_customers,
         restart_customers=restart_customers,
         phases=phases or PHASES,

@@ -68,6 +68,12 @@ def render(results: Any) -> str:
             "  p99 to the transition topic / to Redis, ms",
             f"{lat['transition_p99_ms']} / {lat['redis_p99_ms']}",
         )
+        if lat.get("warmup_p99_ms") is not None:
+            row(
+                f"  the {lat['warmup_seconds']:.0f} s warm-up before it (not in the figures "
+                "above), p99 / max, ms",
+                f"{lat['warmup_p99_ms']} / {lat['warmup_max_ms']}",
+            )
     if late := f.get("lateness"):
         row(
             f"time-caused transitions ({late['customers']:,}): emitted after the due instant, "

@@ -57,6 +57,9 @@ class Options:
     partitions: int = 4
     rate: int = 1000
     latency_seconds: float = 20.0
+    # The same load, offered before the measured window: the worker's first sends (topic
+    # metadata, the Redis script) and its first Redis resynchronisation happen in it.
+    warmup_seconds: float = 5.0
     due_customers: int = 2000
     restart_customers: int = 1_000_000
     phases: tuple[str, ...] = ("throughput", "latency", "lateness", "restart")
@@ -433,33 +436,44 @@ async def live(run: Run) -> None:
         stop_worker(process)
 
 
+async def _offer(
+    run: Run, settings: Settings, producer: AIOKafkaProducer, label: str, seconds: float
+) -> tuple[dict[str, float], float]:
+    """Offer ``run.options.rate`` new customers' orders per second for ``seconds``; returns
+    each customer's send time and the rate achieved."""
+    rate = run.options.rate
+    sent: dict[str, float] = {}
+    ticks_per_s = 100
+    per_tick = max(1, rate // ticks_per_s)
+    total = int(rate * seconds)
+    started = time.monotonic()
+    n = 0
+    while n < total:
+        due = started + n / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for _ in range(min(per_tick, total - n)):
+            customer = f"{label}-{run.uid}-{n}"
+            sent[customer] = time.time()
+            await producer.send(
+                settings.orders_topic,
+                key=customer.encode(),
+                value=_live_order(customer, datetime.now(UTC)),
+            )
+            n += 1
+    await producer.flush()
+    return sent, n / (time.monotonic() - started)
+
+
 async def _latency(
     run: Run, settings: Settings, producer: AIOKafkaProducer, watcher: Watcher
 ) -> None:
     o = run.options
-    sent: dict[str, float] = {}
-    ticks_per_s = 100
-    per_tick = max(1, o.rate // ticks_per_s)
-    total = int(o.rate * o.latency_seconds)
-    started = time.monotonic()
+    with console.status(f"warm-up: {o.rate} orders/s for {o.warmup_seconds:.0f} s ..."):
+        warmup, _ = await _offer(run, settings, producer, "warm", o.warmup_seconds)
     with console.status(f"offering {o.rate} orders/s for {o.latency_seconds:.0f} s ..."):
-        n = 0
-        while n < total:
-            due = started + n / o.rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for _ in range(min(per_tick, total - n)):
-                customer = f"lat-{run.uid}-{n}"
-                sent[customer] = time.time()
-                await producer.send(
-                    settings.orders_topic,
-                    key=customer.encode(),
-                    value=_live_order(customer, datetime.now(UTC)),
-                )
-                n += 1
-        await producer.flush()
-        achieved = n / (time.monotonic() - started)
+        sent, achieved = await _offer(run, settings, producer, "lat", o.latency_seconds)
         await _wait(
             _async(lambda: sum(1 for c in sent if c in watcher.transitions and c in watcher.redis)),
             lambda seen: seen == len(sent),
@@ -471,15 +485,24 @@ async def _latency(
     ]
     to_topic = [(watcher.transitions[c] - t) * 1000 for c, t in sent.items()]
     to_redis = [(watcher.redis[c] - t) * 1000 for c, t in sent.items()]
+    warm = [
+        (max(watcher.transitions[c], watcher.redis[c]) - t) * 1000
+        for c, t in warmup.items()
+        if c in watcher.transitions and c in watcher.redis
+    ]
     run.results.figures["latency"] = {
         "offered_per_s": o.rate,
         "achieved_per_s": round(achieved),
         "orders": len(sent),
+        "seconds": o.latency_seconds,
+        "warmup_seconds": o.warmup_seconds,
         "p50_ms": round(_percentile(latencies, 0.50), 1),
         "p99_ms": round(_percentile(latencies, 0.99), 1),
         "max_ms": round(max(latencies), 1),
         "transition_p99_ms": round(_percentile(to_topic, 0.99), 1),
         "redis_p99_ms": round(_percentile(to_redis, 0.99), 1),
+        "warmup_p99_ms": round(_percentile(warm, 0.99), 1) if warm else None,
+        "warmup_max_ms": round(max(warm), 1) if warm else None,
     }
 
 
