@@ -146,7 +146,11 @@ class Condition(_Rule):
         )
 
     def matches(self, facts: SegmentFacts) -> bool:
-        return self.matches_cell(facts.cell) and (
+        return self.matches_cell(facts.cell) and self.matches_bounds(facts)
+
+    def matches_bounds(self, facts: SegmentFacts) -> bool:
+        """Whether the partial (money and share) bounds match."""
+        return (
             _at_most(facts.discount_share, self.max_discount_share)
             and _at_least(facts.discount_share, self.min_discount_share)
             and _at_most(facts.average_order_value, self.max_average_order_value)
@@ -231,13 +235,53 @@ class SegmentFacts:
 
 
 def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
-    """The first segment whose condition matches; None for a customer with no orders."""
+    """The first segment whose condition matches; None for a customer with no orders.
+
+    Compiled: per rule set and score cell, the segments whose flags and scores match, in rule
+    order, up to the first that has no partial bounds (no later one can win); only their
+    partial bounds are looked at per customer."""
     if facts is None:
         return None
-    for segment in rules.segments:
-        if segment.when.matches(facts):
-            return segment.name
+    cell = facts.cell
+    table = _compiled(rules)
+    key = (cell.inactive, cell.single_order, cell.r, cell.f, cell.m)
+    candidates = table.get(key)
+    if candidates is None:
+        candidates = table[key] = _candidates(rules, cell)
+    for name, bounds in candidates:
+        if bounds is None or bounds.matches_bounds(facts):
+            return name
     return None
+
+
+_CellKey = tuple[bool, bool, int, int, int]
+_Candidates = tuple[tuple[str, Condition | None], ...]
+# rule sets seen last, by identity (a rule set is immutable): their per-cell candidates
+_COMPILED: dict[int, tuple[SegmentRules, dict[_CellKey, _Candidates]]] = {}
+
+
+def _compiled(rules: SegmentRules) -> dict[_CellKey, _Candidates]:
+    hit = _COMPILED.get(id(rules))
+    if hit is not None and hit[0] is rules:
+        return hit[1]
+    if len(_COMPILED) >= 64:
+        _COMPILED.clear()
+    table: dict[_CellKey, _Candidates] = {}
+    _COMPILED[id(rules)] = (rules, table)
+    return table
+
+
+def _candidates(rules: SegmentRules, cell: Cell) -> _Candidates:
+    found: list[tuple[str, Condition | None]] = []
+    for segment in rules.segments:
+        when = segment.when
+        if not when.matches_cell(cell):
+            continue
+        if not when.partial:
+            found.append((segment.name, None))
+            break
+        found.append((segment.name, when))
+    return tuple(found)
 
 
 @dataclass(frozen=True)

@@ -145,3 +145,26 @@ def test_figures_handed_on_by_an_evaluation_equal_figures_computed_afresh(
         assert afresh == decided and afresh is not decided
         assert current_metrics(decided, segment_model) == current_metrics(afresh, segment_model)
         assert next_due(decided, segment_model) == next_due(afresh, segment_model)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.permutations(RULES.segments),
+    st.booleans(),
+    st.booleans(),
+    st.tuples(*(st.integers(min_value=1, max_value=5) for _ in range(3))),
+    st.floats(min_value=0, max_value=1, allow_nan=False),
+    st.integers(min_value=0, max_value=10_000),
+)
+def test_the_compiled_rule_map_decides_like_the_first_matching_rule(
+    segments, inactive, single, scores, share, aov
+) -> None:  # type: ignore[no-untyped-def]
+    """The per-cell lookup ``decide`` uses gives the segment of the first rule, in rule order,
+    whose whole condition matches (the rule order permuted: partial rules anywhere)."""
+    from models.rules import Cell, SegmentFacts, SegmentRules, decide
+
+    rules = SegmentRules.model_validate({**RULES.model_dump(), "segments": segments})
+    facts = SegmentFacts(Cell(inactive, single, *scores), share, aov)
+    first = next((s.name for s in rules.segments if s.when.matches(facts)), None)
+    assert decide(facts, rules) == first
+    assert decide(facts, rules) == first  # the second time from the compiled table
