@@ -405,8 +405,9 @@ class Processor:
         else:  # the partition's event time; the customer's own if the partition has none yet
             now = self.index.watermarks.get(partition) or state.as_of or datetime.now(UTC)
         new_state, transitions = reevaluate(state, self.model_for(state.shop_id), now)
-        if new_state.revision != state.revision:
-            await self._save(partition, new_state, transitions, previous=state)
+        # Saved even when nothing changed (then Redis only): a tick replayed after a crash
+        # finds its effect in the table, while the crash may have lost its Redis write.
+        await self._save(partition, new_state, transitions, previous=state)
 
     def due_ticks(self, now: datetime) -> list[tuple[int, bytes]]:
         """Wall-clock mode: (partition, tick) for every customer due at ``now``."""
