@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ def create_app(
         value_type=bytes,
         extra_topic_configs=compaction,
     )
+    changelog = ChangelogAcks(app)
+    changelog.watch(table)
+    changelog.watch(erasures)
     metrics = WorkerMetrics()
 
     def observe_redis(seconds: float, ok: bool) -> None:
@@ -150,7 +154,7 @@ def create_app(
         clock_mode=settings.clock,
         metrics=metrics,
         privacy=Privacy(consent_required=settings.consent_required, secret=settings.secret),
-        table_durable=lambda: _producer_drained(app),
+        table_durable=changelog.wait,
     )
     source = app.topic(
         settings.orders_topic,
@@ -399,6 +403,38 @@ def _operations(
             labels = (lag.topic, str(lag.partition))
             metrics.lag_messages.labels(*labels).set(lag.lag if lag.lag is not None else lag.end)
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
+
+
+class ChangelogAcks:
+    """The tables' changelog records, until the broker has acknowledged them.
+
+    A table write is queued in Faust's producer buffer and sent by a background task. Faust's
+    flush gives up after 0.1 s without a send, and a record the background task has taken but
+    not yet handed over (the producer waiting for metadata or for room in a batch) is neither
+    queued nor in flight: neither a flush nor an empty queue says it was acknowledged. The
+    future of each record, kept here from the table's ``send_changelog``, does: it resolves
+    when the broker has acknowledged the record, or fails with the producer's error."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._sent: list[asyncio.Future[Any]] = []
+
+    def watch(self, table: Any) -> None:
+        send = table.send_changelog
+
+        def send_changelog(*args: Any, **kwargs: Any) -> Any:
+            future = send(*args, **kwargs)
+            self._sent.append(future)
+            return future
+
+        table.send_changelog = send_changelog
+
+    async def wait(self) -> None:
+        """Every changelog record written so far is acknowledged (raises the first error)."""
+        await _producer_drained(self.app)
+        sent, self._sent = self._sent, []
+        if sent:
+            await asyncio.gather(*sent)
 
 
 async def _producer_drained(app: faust.App) -> None:

@@ -333,6 +333,9 @@ class Processor:
         self.erasures[self._marker(event.shop_id, event.customer_id)] = (
             event.occurred_at.isoformat().encode()
         )
+        # The tombstone and the erasure marker reach the changelog before the erasure's offset
+        # can be committed: a crash after that must not bring the customer back.
+        await self.table_durable()
         receipt = {
             "type": "erasure_completed",
             "request_id": event.request_id,
