@@ -48,6 +48,12 @@ def render(results: Any) -> str:
             f">= {TARGETS['ratio']:.0%}",
             _verdict(t["ratio"], TARGETS["ratio"], higher_is_better=True),
         )
+        if "floor_orders_per_s" in t:
+            row(
+                "Faust agent doing only the baseline's work, in batches (framework floor), "
+                "orders/s; / baseline",
+                f"{t['floor_orders_per_s']:,}; {t['floor_ratio']:.1%}",
+            )
         row("worker RSS after the run (peak), MiB", f"{t['worker_rss_mib'].get('VmRSS')} "
             f"({t['worker_rss_mib'].get('VmHWM')})")  # fmt: skip
         row(

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -47,6 +48,7 @@ from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOOR_TIMEOUT_SECONDS = 900
 console = Console(stderr=True)
 
 
@@ -260,6 +262,7 @@ async def throughput(run: Run) -> None:
     raw_before = await raw()
     worker_rate, rss, customers, seconds = await _worker_throughput(run, overrides, sent)
     raw_after = await raw()
+    floor_rate = await _floor(run, settings.orders_topic, raw_topic, sent)
     baseline = (raw_before + raw_after) / 2
     data_dir = Path(overrides["data_dir"])
     disk = _table_bytes(data_dir)
@@ -270,10 +273,50 @@ async def throughput(run: Run) -> None:
         "worker_orders_per_s": round(worker_rate),
         "worker_seconds": round(seconds, 1),
         "ratio": round(worker_rate / baseline, 4),
+        "floor_orders_per_s": round(floor_rate),
+        "floor_ratio": round(floor_rate / baseline, 4),
         "worker_rss_mib": rss,
         "state_bytes_on_disk": disk,
         "state_bytes_per_customer": round(disk / customers, 1) if customers else None,
     }
+
+
+async def _floor(run: Run, topic: str, out_topic: str, expected: int) -> float:
+    """The raw baseline's work done by a Faust agent (bench.floor), in its own process."""
+    name = f"bench-{run.uid}-floor"
+    data_dir = run.options.workdir / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    result = data_dir / "result.json"
+    log = run.options.workdir / f"{name}.log"
+    with console.status("Faust agent doing the baseline's work ..."), log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.floor",
+            run.bootstrap,
+            topic,
+            out_topic,
+            str(expected),
+            str(run.options.partitions),
+            str(data_dir),
+            str(result),
+            stdout=out,
+            stderr=out,
+            cwd=ROOT,
+        )
+        try:
+            code = await asyncio.wait_for(process.wait(), FLOOR_TIMEOUT_SECONDS)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise RuntimeError(
+                f"the Faust floor did not finish within {FLOOR_TIMEOUT_SECONDS} s; see {log}"
+            ) from None
+    if code != 0 or not result.exists():
+        raise RuntimeError(f"the Faust floor failed (exit {code}); see {log}")
+    figures = orjson.loads(result.read_bytes())
+    console.print(f"Faust floor: {figures['records']} records in {figures['seconds']:.1f} s")
+    return float(figures["records"] / figures["seconds"])
 
 
 def _prefix(records: Iterator[tuple[bytes, bytes]], count: int) -> Iterator[tuple[bytes, bytes]]:

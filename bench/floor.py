@@ -1,0 +1,94 @@
+"""The framework floor: the raw baseline's work done by a Faust agent.
+
+Consume, decode, update a dict, produce one record per order (like ``bench.raw``), in batches
+of up to 1000 records acknowledged once their output records are (like the worker). Between
+the raw baseline and the full worker, it tells what Faust's per-event stream costs on this
+machine from what the product's own work (validation, rules, state, transitions, Redis) costs.
+
+Run as its own process, like the worker::
+
+    python -m bench.floor BOOTSTRAP TOPIC OUT_TOPIC EXPECTED PARTITIONS DATA_DIR RESULT_FILE
+
+It writes ``{"records": n, "seconds": s}`` (from the first batch until the last output record
+is acknowledged) to RESULT_FILE and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+from streams.app import broker_urls
+
+
+def run_floor(
+    bootstrap: str,
+    topic: str,
+    out_topic: str,
+    expected: int,
+    partitions: int,
+    data_dir: Path,
+    result: Path,
+) -> None:
+    app = faust.App(
+        data_dir.name,
+        broker=broker_urls(bootstrap),
+        store="memory://",
+        datadir=str(data_dir),
+        topic_partitions=partitions,
+        web_enabled=False,
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_max_batch_size=512 * 1024,
+        stream_buffer_maxsize=4096,
+    )
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    state: dict[bytes, list[int]] = {}
+    progress = {"seen": 0, "started": 0.0}
+
+    @app.agent(source, name="bench.floor")
+    async def floor(stream: Any) -> None:
+        async for events in stream.noack_take(1000, within=0.005):
+            if not progress["started"]:
+                progress["started"] = time.perf_counter()
+            sent = []
+            for event in events:
+                message = event.message
+                order = orjson.loads(message.value)
+                entry = state.get(message.key)
+                if entry is None:
+                    entry = state[message.key] = [0, 0]
+                entry[0] += 1
+                entry[1] += order.get("total", 0)
+                sent.append(
+                    await app.producer.send(
+                        out_topic, message.key, orjson.dumps(entry), message.partition, None, None
+                    )
+                )
+            for delivery in sent:
+                await delivery
+            for event in events:
+                await stream.ack(event)
+            progress["seen"] += len(events)
+            if progress["seen"] >= expected:
+                seconds = time.perf_counter() - progress["started"]
+                result.write_bytes(orjson.dumps({"records": progress["seen"], "seconds": seconds}))
+                # The figure is out. Stopping the app from inside its own agent waits for the
+                # agent itself; a consumer group's clean leave is not what is measured here.
+                os._exit(0)
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    bootstrap_, topic_, out_, expected_, partitions_, data_dir_, result_ = sys.argv[1:8]
+    run_floor(
+        bootstrap_, topic_, out_, int(expected_), int(partitions_), Path(data_dir_), Path(result_)
+    )
