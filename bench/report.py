@@ -54,6 +54,12 @@ def render(results: Any) -> str:
                 "orders/s; / baseline",
                 f"{t['floor_orders_per_s']:,}; {t['floor_ratio']:.1%}",
             )
+        if "core_orders_per_s" in t:
+            row(
+                "the product's fold alone, in process (no Kafka, Redis or store), "
+                "orders/s; / baseline",
+                f"{t['core_orders_per_s']:,}; {t['core_ratio']:.1%}",
+            )
         row("worker RSS after the run (peak), MiB", f"{t['worker_rss_mib'].get('VmRSS')} "
             f"({t['worker_rss_mib'].get('VmHWM')})")  # fmt: skip
         row(

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 from rich.console import Console
 
+from bench.core import run_core
 from bench.data import StreamSpec, order_stream
 from bench.raw import run_raw
 from bench.store import create_compacted_topic, fill_changelog
@@ -263,6 +264,10 @@ async def throughput(run: Run) -> None:
     worker_rate, rss, customers, seconds = await _worker_throughput(run, overrides, sent)
     raw_after = await raw()
     floor_rate = await _floor(run, settings.orders_topic, raw_topic, sent)
+    with console.status("the product's fold alone, in process ..."):
+        folded, core_seconds = run_core(_prefix(order_stream(spec), sent))
+    core_rate = folded / core_seconds
+    console.print(f"fold alone: {folded} records in {core_seconds:.1f} s")
     baseline = (raw_before + raw_after) / 2
     data_dir = Path(overrides["data_dir"])
     disk = _table_bytes(data_dir)
@@ -275,6 +280,8 @@ async def throughput(run: Run) -> None:
         "ratio": round(worker_rate / baseline, 4),
         "floor_orders_per_s": round(floor_rate),
         "floor_ratio": round(floor_rate / baseline, 4),
+        "core_orders_per_s": round(core_rate),
+        "core_ratio": round(core_rate / baseline, 4),
         "worker_rss_mib": rss,
         "state_bytes_on_disk": disk,
         "state_bytes_per_customer": round(disk / customers, 1) if customers else None,
