@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -26,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 from rich.console import Console
 
-from bench.core import run_core
+from bench.core import fold_prefix
 from bench.data import StreamSpec, order_stream
 from bench.raw import run_raw
 from bench.store import create_compacted_topic, fill_changelog
@@ -264,8 +266,13 @@ async def throughput(run: Run) -> None:
     worker_rate, rss, customers, seconds = await _worker_throughput(run, overrides, sent)
     raw_after = await raw()
     floor_rate = await _floor(run, settings.orders_topic, raw_topic, sent)
-    with console.status("the product's fold alone, in process ..."):
-        folded, core_seconds = run_core(_prefix(order_stream(spec), sent))
+    with (
+        console.status("the product's fold alone, in process ..."),
+        ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
+    ):
+        folded, core_seconds = await asyncio.get_running_loop().run_in_executor(
+            pool, fold_prefix, o.customers, sent
+        )
     core_rate = folded / core_seconds
     console.print(f"fold alone: {folded} records in {core_seconds:.1f} s")
     baseline = (raw_before + raw_after) / 2
