@@ -36,30 +36,45 @@ def fold_prefix(customers: int, count: int) -> tuple[int, float]:
     return run_core(records)
 
 
+class Fold:
+    """Orders applied to their customers' states, each shop under the rule file's bootstrap
+    calibration; an order the state rejects is skipped."""
+
+    def __init__(self) -> None:
+        self.rules = load_rules()
+        self.models: dict[str, SegmentModel] = {}
+        self.states: dict[str, CustomerState] = {}
+        self.now = datetime.now(UTC)
+
+    def apply(self, key: bytes, value: bytes) -> tuple[CustomerState, SegmentModel] | None:
+        """The customer's new state and their shop's model (None: the order was rejected)."""
+        order = decode_order(key, value, received_at=self.now)
+        model = self.models.get(order.shop_id)
+        if model is None:
+            model = self.models[order.shop_id] = SegmentModel(
+                self.rules, bootstrap_calibration(self.rules, order.shop_id)
+            )
+        customer = state_key(order.shop_id, order.customer_id)
+        try:
+            state, _transitions = apply_order(self.states.get(customer), order, model)
+        except OrderRejected:
+            return None
+        self.states[customer] = state
+        return state, model
+
+
 def run_core(records: Iterable[tuple[bytes, bytes]]) -> tuple[int, float]:
     """(records folded, seconds)."""
-    rules = load_rules()
-    models: dict[str, SegmentModel] = {}
-    states: dict[str, CustomerState] = {}
-    now = datetime.now(UTC)
+    fold = Fold()
     count = 0
     started = time.perf_counter()
     for key, value in records:
         count += 1
-        order = decode_order(key, value, received_at=now)
-        model = models.get(order.shop_id)
-        if model is None:
-            model = models[order.shop_id] = SegmentModel(
-                rules, bootstrap_calibration(rules, order.shop_id)
-            )
-        customer = state_key(order.shop_id, order.customer_id)
-        try:
-            state, _transitions = apply_order(states.get(customer), order, model)
-        except OrderRejected:
+        folded = fold.apply(key, value)
+        if folded is None:
             continue
+        state, model = folded
         due = next_due(state, model)
-        if state.as_of is not None:
-            current_metrics(state, model)
+        current_metrics(state, model)
         encode_stored(0, state, due)
-        states[customer] = state
     return count, time.perf_counter() - started

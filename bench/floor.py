@@ -24,6 +24,7 @@ from typing import Any
 import faust
 import orjson
 
+from bench.raw import tally
 from streams.app import broker_urls
 
 
@@ -61,15 +62,10 @@ def run_floor(
             sent = []
             for event in events:
                 message = event.message
-                order = orjson.loads(message.value)
-                entry = state.get(message.key)
-                if entry is None:
-                    entry = state[message.key] = [0, 0]
-                entry[0] += 1
-                entry[1] += order.get("total", 0)
+                value = tally(state, message.key, message.value)
                 sent.append(
                     await app.producer.send(
-                        out_topic, message.key, orjson.dumps(entry), message.partition, None, None
+                        out_topic, message.key, value, message.partition, None, None
                     )
                 )
             for delivery in sent:

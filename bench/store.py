@@ -10,44 +10,27 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
+from bench.core import Fold
 from bench.data import StreamSpec, order_stream
-from config.rules import load_rules
 from config.settings import Settings
 from models.state import CustomerState, state_key
-from models.transitions import OrderRejected, SegmentModel, apply_order, bootstrap_calibration
-from streams.codecs import decode_order, encode_stored
+from streams.codecs import encode_stored
 
 
 def template_states(count: int, spec: StreamSpec) -> list[CustomerState]:
     """The states of the first ``count`` customers of the stream after all their orders."""
-    rules = load_rules()
-    models: dict[str, SegmentModel] = {}
-    states: dict[str, CustomerState] = {}
+    fold = Fold()
     wanted = {f"{spec.id_prefix}{i:07d}" for i in range(count)}
-    now = datetime.now(UTC)
     for key, value in order_stream(spec):
-        if key.decode() not in wanted:
-            continue
-        order = decode_order(key, value, received_at=now)
-        model = models.get(order.shop_id)
-        if model is None:
-            model = models[order.shop_id] = SegmentModel(
-                rules, bootstrap_calibration(rules, order.shop_id)
-            )
-        current = states.get(state_key(order.shop_id, order.customer_id))
-        try:
-            state, _ = apply_order(current, order, model)
-        except OrderRejected:
-            continue
-        states[state.key] = state
-    return list(states.values())
+        if key.decode() in wanted:
+            fold.apply(key, value)
+    return list(fold.states.values())
 
 
 async def create_compacted_topic(bootstrap: str, name: str, partitions: int) -> None:

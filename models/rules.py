@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.memo import IdentityMemo
 from models.scoring import Cutoffs
 
 INACTIVE: Final = "inactive"
@@ -256,19 +257,13 @@ def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
 
 _CellKey = tuple[bool, bool, int, int, int]
 _Candidates = tuple[tuple[str, Condition | None], ...]
-# rule sets seen last, by identity (a rule set is immutable): their per-cell candidates
-_COMPILED: dict[int, tuple[SegmentRules, dict[_CellKey, _Candidates]]] = {}
+# the per-cell candidates of the rule sets seen last (a rule set is immutable), filled as
+# cells are met
+_COMPILED: IdentityMemo[SegmentRules, dict[_CellKey, _Candidates]] = IdentityMemo(64)
 
 
 def _compiled(rules: SegmentRules) -> dict[_CellKey, _Candidates]:
-    hit = _COMPILED.get(id(rules))
-    if hit is not None and hit[0] is rules:
-        return hit[1]
-    if len(_COMPILED) >= 64:
-        _COMPILED.clear()
-    table: dict[_CellKey, _Candidates] = {}
-    _COMPILED[id(rules)] = (rules, table)
-    return table
+    return _COMPILED.get(rules, lambda _rules: {})
 
 
 def _candidates(rules: SegmentRules, cell: Cell) -> _Candidates:

@@ -9,21 +9,19 @@ rule needs (counts, sums, averages, gaps) is derived from the records, never sto
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from datetime import datetime
 from statistics import median
-from typing import Final, Generic, Literal, NamedTuple, TypeVar
+from typing import Final, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import Metrics
+from models.memo import IdentityMemo
 from models.rules import SegmentRules
 from models.scoring import Calibration, Scores, compute_scores
 
 SCHEMA_VERSION: Final = 1
 SECONDS_PER_DAY: Final = 86_400.0
-K = TypeVar("K")
-T = TypeVar("T")
 
 
 class OrderRecord(BaseModel):
@@ -110,33 +108,6 @@ class OrderFacts(NamedTuple):
     first: datetime | None
     last: datetime | None
     typical_gap_days: float | None
-
-
-class IdentityMemo(Generic[K, T]):
-    """Values computed from one immutable object (a state, the orders of a state), for the
-    objects seen last.
-
-    A hit on the very same object is exact; an entry holds its object, so the object's id
-    cannot be reused while the entry lives. Bounded: cleared when full (one evaluation needs a
-    few entries, a batch a few thousand)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._entries: dict[int, tuple[K, T]] = {}
-        self._size = size
-
-    def get(self, key: K, compute: Callable[[K], T]) -> T:
-        hit = self._entries.get(id(key))
-        if hit is not None and hit[0] is key:
-            return hit[1]
-        value = compute(key)
-        self.put(key, value)
-        return value
-
-    def put(self, key: K, value: T) -> None:
-        """Remember a value already known (computed along with the object)."""
-        if len(self._entries) >= self._size:
-            self._entries.clear()
-        self._entries[id(key)] = (key, value)
 
 
 # Keyed by a state's ``orders`` mapping, which states derived by ``model_copy`` share (and

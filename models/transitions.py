@@ -34,12 +34,12 @@ from models.events import (
     tag_transition_name,
     transition_name,
 )
+from models.memo import IdentityMemo
 from models.privacy import consented
 from models.rules import Cell, SegmentFacts, SegmentRules, decide
 from models.scoring import Calibration, Scores, recency_drop_days, score_recency
 from models.state import (
     CustomerState,
-    IdentityMemo,
     OrderRecord,
     ScoreMode,
     compute_metrics,

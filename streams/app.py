@@ -438,13 +438,10 @@ class ChangelogAcks:
 
 
 async def _producer_drained(app: faust.App) -> None:
-    """Every record handed to Faust's producer so far (table changelog writes included) is
-    acknowledged. Faust's own flush gives up after 0.1 s without a send, and a commit after it
-    could cover changelog records still in its buffer.
-
-    The records the tables queued are handed to the producer from this task, one after the
-    other: Faust's buffer task would take a wake-up of the event loop per record (and its
-    flush another two), several milliseconds per batch of a few dozen records."""
+    """Hand the records the tables queued to the producer from this task, one after the other,
+    then flush it: Faust's buffer task would take a wake-up of the event loop per record (and
+    its flush another two), several milliseconds per batch of a few dozen records. For speed
+    only: whether the records are acknowledged is ``ChangelogAcks``' to tell."""
     producer = app.producer
     buffer = producer.buffer
     while not buffer.pending.empty():
