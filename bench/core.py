@@ -1,10 +1,10 @@
 """The product's own work alone: the fold of the same records, in process, with no Kafka, no
 Redis and no table store.
 
-Decode and validate each order, apply it to the customer's state with the shop's rules
-(segment, tags, transitions), compute the due time and the figures Redis would get, and encode
-the state as the table stores it. Whatever consumes the orders, a worker cannot be faster than
-this on the same machine.
+Decode and validate each order, read the customer's state as the table stores it, apply the
+order with the shop's rules (segment, tags, transitions), compute the due time and the figures
+Redis would get, and encode the state again. Whatever consumes the orders, a worker cannot be
+faster than this on the same machine.
 """
 
 from __future__ import annotations
@@ -24,30 +24,37 @@ from models.transitions import (
     bootstrap_calibration,
     current_metrics,
     next_due,
+    remember_due,
 )
-from streams.codecs import decode_order, encode_stored
+from streams.codecs import decode_order, decode_stored, decode_stored_due, encode_stored
+from streams.worker import tune_collector
 
 
 def fold_prefix(customers: int, count: int) -> tuple[int, float]:
     """The first ``count`` records of the generated stream of ``customers``, generated first
-    and then folded: (records folded, seconds of the fold). Run in a process of its own (the
-    states it leaves behind would slow the next phases' collector in the bench's process)."""
+    and then folded, with the garbage collector set as in a worker: (records folded, seconds
+    of the fold). Run in a process of its own (the states it leaves behind would slow the next
+    phases' collector in the bench's process)."""
     records = list(itertools.islice(order_stream(StreamSpec(customers=customers)), count))
+    tune_collector()  # as a worker runs
     return run_core(records)
 
 
 class Fold:
     """Orders applied to their customers' states, each shop under the rule file's bootstrap
-    calibration; an order the state rejects is skipped."""
+    calibration; an order the state rejects is skipped. The states are kept as a worker's
+    table keeps them: encoded, read back (``decode_stored``) for every order."""
 
     def __init__(self) -> None:
         self.rules = load_rules()
         self.models: dict[str, SegmentModel] = {}
-        self.states: dict[str, CustomerState] = {}
+        self.store: dict[str, bytes] = {}
         self.now = datetime.now(UTC)
 
-    def apply(self, key: bytes, value: bytes) -> tuple[CustomerState, SegmentModel] | None:
-        """The customer's new state and their shop's model (None: the order was rejected)."""
+    def apply(self, key: bytes, value: bytes) -> bool:
+        """Fold one record as a worker does: decode the order, read the customer's state,
+        apply the order, compute the due time and the figures Redis would get, and store the
+        state. False: the order was rejected."""
         order = decode_order(key, value, received_at=self.now)
         model = self.models.get(order.shop_id)
         if model is None:
@@ -55,12 +62,22 @@ class Fold:
                 self.rules, bootstrap_calibration(self.rules, order.shop_id)
             )
         customer = state_key(order.shop_id, order.customer_id)
+        stored = self.store.get(customer)
+        state = None
+        if stored is not None:
+            state, due = decode_stored_due(stored)[1:3]
+            remember_due(state, model, due)
         try:
-            state, _transitions = apply_order(self.states.get(customer), order, model)
+            state, _transitions = apply_order(state, order, model)
         except OrderRejected:
-            return None
-        self.states[customer] = state
-        return state, model
+            return False
+        due = next_due(state, model)
+        current_metrics(state, model)
+        self.store[customer] = encode_stored(0, state, due)
+        return True
+
+    def states(self) -> list[CustomerState]:
+        return [decode_stored(value).state for value in self.store.values()]
 
 
 def run_core(records: Iterable[tuple[bytes, bytes]]) -> tuple[int, float]:
@@ -70,11 +87,5 @@ def run_core(records: Iterable[tuple[bytes, bytes]]) -> tuple[int, float]:
     started = time.perf_counter()
     for key, value in records:
         count += 1
-        folded = fold.apply(key, value)
-        if folded is None:
-            continue
-        state, model = folded
-        due = next_due(state, model)
-        current_metrics(state, model)
-        encode_stored(0, state, due)
+        fold.apply(key, value)
     return count, time.perf_counter() - started

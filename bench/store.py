@@ -30,7 +30,7 @@ def template_states(count: int, spec: StreamSpec) -> list[CustomerState]:
     for key, value in order_stream(spec):
         if key.decode() in wanted:
             fold.apply(key, value)
-    return list(fold.states.values())
+    return fold.states()
 
 
 async def create_compacted_topic(bootstrap: str, name: str, partitions: int) -> None:

@@ -250,6 +250,15 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     return model._due.get(state, lambda s: _next_due(s, model))
 
 
+def remember_due(state: CustomerState, model: SegmentModel, due: datetime | None) -> None:
+    """Hand ``next_due`` the due time already known for this very state object: the one
+    stored with it, computed when it was written. Taken only for a consenting customer
+    decided under the model's rule set and calibration (then ``next_due`` would give the same
+    instant); else ignored, and ``next_due`` computes it."""
+    if not needs_reevaluation(state, model) and consented(state, model.consent_required):
+        model._due.put(state, due)
+
+
 def current_metrics(state: CustomerState, model: SegmentModel) -> Metrics:
     """The customer's figures as of their latest instant (``as_of``), with the scores their
     segment was decided with (what Redis shows). Memoised: the evaluation that decided the

@@ -165,11 +165,32 @@ def decode_header(value: bytes) -> StoredHeader | None:
 
 def decode_stored(value: bytes) -> StoredState:
     """Decode a table value; a state written by a newer schema is refused loudly."""
+    stored = decode_stored_due(value)
+    return StoredState(stored.partition, stored.state)
+
+
+class StoredDue(NamedTuple):
+    """A table value in full: the state, its partition and the due time stored with it."""
+
+    partition: int
+    state: CustomerState
+    due: datetime | None
+    due_known: bool  # False: written before the due time was stored
+
+
+def decode_stored_due(value: bytes) -> StoredDue:
+    """``decode_stored`` and the due time stored with the state."""
     raw = orjson.loads(value)
     state = raw["s"]
     if state.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"unsupported state schema_version {state.get('schema_version')!r}")
-    return StoredState(raw["p"], CustomerState.model_validate(state))
+    due = raw.get("d")
+    return StoredDue(
+        raw["p"],
+        CustomerState.model_validate(state),
+        datetime.fromisoformat(due) if due else None,
+        "d" in raw,
+    )
 
 
 def encode_transition(transition: Transition, emitted_at: datetime, backfill: bool) -> bytes:

@@ -46,6 +46,7 @@ from models.transitions import (
     needs_reevaluation,
     next_due,
     reevaluate,
+    remember_due,
 )
 from streams.clock import DueIndex
 from streams.codecs import (
@@ -55,6 +56,7 @@ from streams.codecs import (
     decode_header,
     decode_order,
     decode_stored,
+    decode_stored_due,
     encode_stored,
     encode_transition,
 )
@@ -556,7 +558,12 @@ class Processor:
         if self._batch is not None and (change := self._batch.changes.get(key)) is not None:
             return change.state
         value = self.table.get(key.encode())
-        return None if value is None else decode_stored(value).state
+        if value is None:
+            return None
+        stored = decode_stored_due(value)
+        if stored.due_known:  # spares next_due for the loaded state
+            remember_due(stored.state, self.model_for(stored.state.shop_id), stored.due)
+        return stored.state
 
     async def _save(
         self,

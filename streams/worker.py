@@ -35,12 +35,7 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(loop)
     partitions, calibrations = loop.run_until_complete(_prepare(settings, rules))
     segmenter = create_app(settings, rules, partitions, calibrations)
-    # The worker allocates many short-lived objects per record (events, states, transitions);
-    # the default collector threshold (700) runs a collection every few records and walks the
-    # long-lived ones (tables' caches, the due index) again and again. Start-up objects are
-    # frozen out of collection, and young collections run every 100,000 allocations.
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    tune_collector()
     logging.getLogger(__name__).info(
         "worker for %s: %d partitions, rules %s, %s clock",
         settings.orders_topic,
@@ -63,6 +58,17 @@ def run_worker(settings: Settings) -> None:
             clean.parent.mkdir(parents=True, exist_ok=True)
             clean.touch()
         raise
+
+
+def tune_collector() -> None:
+    """The cyclic garbage collector set for a worker's allocation pattern.
+
+    A worker allocates many short-lived objects per record (events, states, transitions); the
+    default threshold (700) runs a collection every few records and walks the long-lived ones
+    (tables' caches, the due index) again and again. The objects alive now are frozen out of
+    collection, and young collections run every 100,000 allocations."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 class ServiceWorker(faust.Worker):

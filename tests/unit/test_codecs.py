@@ -15,6 +15,7 @@ from streams.codecs import (
     decode_header,
     decode_order,
     decode_stored,
+    decode_stored_due,
     encode_stored,
 )
 from tests.factories import placed
@@ -140,4 +141,6 @@ def test_values_written_before_the_header_are_still_read() -> None:
     old = orjson.dumps({"p": 1, "s": state.model_dump(mode="json")})
     assert decode_header(old) is None
     assert decode_stored(old) == (1, state)
+    assert decode_stored_due(old) == (1, state, None, False)  # no due time known: computed
+    assert decode_stored_due(encode_stored(1, state, None)) == (1, state, None, True)
     assert len(encode_stored(1, state, None)) < len(old)  # the compact form is smaller

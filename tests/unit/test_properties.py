@@ -168,3 +168,32 @@ def test_the_compiled_rule_map_decides_like_the_first_matching_rule(
     first = next((s.name for s in rules.segments if s.when.matches(facts)), None)
     assert decide(facts, rules) == first
     assert decide(facts, rules) == first  # the second time from the compiled table
+
+
+@settings(max_examples=150, deadline=None)
+@given(orders, st.floats(min_value=0, max_value=900, allow_nan=False))
+def test_the_due_time_stored_with_a_state_is_taken_only_where_it_is_next_due(spec, later) -> None:  # type: ignore[no-untyped-def]
+    """A state read back from the table brings its stored due time to ``next_due`` (sparing
+    its computation), which must be what ``next_due`` computes afresh; under another
+    calibration the stored one is not taken."""
+    from datetime import UTC, datetime
+
+    from models.scoring import Calibration
+    from models.state import CustomerState
+    from models.transitions import SegmentModel, due_transitions, next_due, remember_due
+    from streams.codecs import decode_stored_due, encode_stored
+
+    state = _fold(_events(spec))
+    timed, _ = due_transitions(state, state.as_of + timedelta(days=later), MODEL)
+    other = SegmentModel(
+        RULES, Calibration(shop_id="s", version="other", method="quantile", cutoffs=CAL.cutoffs)
+    )
+    wrong = datetime(2001, 1, 1, tzinfo=UTC)
+    for decided in (state, timed):
+        stored = decode_stored_due(encode_stored(3, decided, next_due(decided, MODEL)))
+        afresh = CustomerState.model_validate(decided.model_dump())  # another object: no memo
+        assert stored.due_known and stored.partition == 3 and stored.state == decided
+        remember_due(stored.state, MODEL, stored.due)
+        assert next_due(stored.state, MODEL) == next_due(afresh, MODEL) == stored.due
+        remember_due(stored.state, other, wrong)
+        assert next_due(stored.state, other) == next_due(afresh, other) != wrong
