@@ -179,25 +179,32 @@ def create_app(
         app.producer.buffer.max_messages = max(
             app.producer.buffer.max_messages, 4 * settings.batch_max_records
         )
-        async for events in stream.noack_take(
-            settings.batch_max_records, within=settings.batch_max_wait_seconds
-        ):
-            items = []
-            for event in events:
-                message = event.message
-                record = SourceRecord(
-                    message.key, message.value, message.topic, message.partition, message.offset
-                )
-                items.append((record, handlers[message.topic]))
+        # A batch's writes go on while the next batch is processed; its offsets are
+        # acknowledged once they are done (``written``).
+        try:
+            async for events in stream.noack_take(
+                settings.batch_max_records, within=settings.batch_max_wait_seconds
+            ):
+                items = []
+                for event in events:
+                    message = event.message
+                    record = SourceRecord(
+                        message.key, message.value, message.topic, message.partition, message.offset
+                    )
+                    items.append((record, handlers[message.topic]))
 
-            def activate(index: int, events: Any = events) -> None:
-                # Only this task's context variable (what tables read): the stream's own
-                # ``current_event`` belongs to the task filling the next batch.
-                _current_event.set(weakref.ref(events[index]))
+                def activate(index: int, events: Any = events) -> None:
+                    # Only the running task's context variable (what tables read): the
+                    # stream's own ``current_event`` belongs to the task filling the next batch.
+                    _current_event.set(weakref.ref(events[index]))
 
-            await processor.on_batch(items, activate)
-            for event in events:
-                await stream.ack(event)
+                async def written(events: Any = events) -> None:
+                    for event in events:
+                        await stream.ack(event)
+
+                await processor.on_batch(items, activate, written)
+        finally:  # stopping, or restarted on a rebalance: the last batch's writes finish first
+            await processor.drain()
 
     _operations(app, settings, processor, cache, metrics)
 

@@ -162,6 +162,9 @@ class Processor:
         # (partition, key) of customers to re-evaluate, handed out as ticks by the clock timer.
         self.pending_reevaluation: list[tuple[int, str]] = []
         self._batch: _Batch | None = None
+        # The previous batch while its writes are under way, and the task writing it.
+        self._writing: _Batch | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     def model_for(self, shop_id: str) -> SegmentModel:
         model = self._models.get(shop_id)
@@ -200,30 +203,68 @@ class Processor:
     # -- inputs -------------------------------------------------------------------------------
 
     async def on_batch(
-        self, items: Sequence[tuple[SourceRecord, Handler]], activate: Callable[[int], None]
+        self,
+        items: Sequence[tuple[SourceRecord, Handler]],
+        activate: Callable[[int], None],
+        written: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Process records in order, then write the batch's state changes (see the module
-        docstring). ``activate(i)`` makes record ``i`` the current stream event, which decides
-        the table partition of reads and writes."""
+        """Process records in order, then hand the batch's state changes to a writer (see the
+        module docstring). ``activate(i)`` makes record ``i`` the current stream event, which
+        decides the table partition of reads and writes.
+
+        Returns once the records are processed and the previous batch's writes are done: this
+        batch's writes go on while the caller collects the next batch and this processor
+        works through it (reading this batch's states until they are in the table). Once they
+        are durable, ``written`` is awaited (the caller acknowledges the batch's offsets then).
+        A failed write is raised by the next call, or by ``drain``."""
         self._batch = batch = _Batch(activate)
         try:
             for index, (record, handler) in enumerate(items):
                 batch.current = index
                 activate(index)
                 await handler(record)
-            await self._flush_batch()
         finally:
             self._batch = None
+        await self.drain()  # one batch's writes at a time, in order
+        self._writing = batch
+        self._writer = asyncio.create_task(self._write_batch(batch, written))
+
+    async def drain(self) -> None:
+        """Wait until the batch being written is written and acknowledged; raise its error."""
+        writer = self._writer
+        if writer is None:
+            return
+        try:
+            await asyncio.shield(writer)  # a cancelled caller leaves the writes to finish
+        finally:
+            if writer.done() and self._writer is writer:
+                self._writer = None
+
+    async def _write_batch(
+        self, batch: _Batch, written: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        try:
+            await self._write_changes(batch)
+        finally:
+            if self._writing is batch:
+                self._writing = None
+        if written is not None:
+            await written()
 
     async def _flush_batch(self) -> None:
+        """Write the running batch so far, after the batch being written."""
+        await self.drain()
+        if self._batch is not None:
+            await self._write_changes(self._batch)
+
+    async def _write_changes(self, batch: _Batch) -> None:
         """Wait for the broker to acknowledge the batch's transitions, then write every changed
         customer once to the table and once to Redis, and wait for both: Redis, and the
         broker's acknowledgement of the table's changelog records."""
-        batch = self._batch
-        if batch is None or not (batch.changes or batch.deliveries):
+        if not (batch.changes or batch.deliveries):
             return
-        await asyncio.gather(*batch.deliveries)
-        changes, batch.changes, batch.deliveries = batch.changes, {}, []
+        changes, deliveries = batch.changes, batch.deliveries
+        await asyncio.gather(*deliveries)
         writes = []
         for change in changes.values():
             writes += await self._after_write(change.partition, change.state, change.emitted_at)
@@ -233,6 +274,12 @@ class Processor:
             batch.activate(change.record)
             self.table[key.encode()] = encode_stored(change.partition, change.state, change.due)
         batch.activate(batch.current)
+        # In the table now: later batches read the states from there. (Not emptied before:
+        # until now the next batch, processed meanwhile, reads them from ``changes``.)
+        if batch.changes is changes:
+            batch.changes = {}
+        if batch.deliveries is deliveries:
+            batch.deliveries = []
         # Redis and the changelog at once, in any order: a crash in between leaves the batch's
         # offsets uncommitted, and its replayed records write Redis again even where the table
         # already holds their effect (see _save). The changelog holds the batch before its
@@ -555,8 +602,9 @@ class Processor:
     # -- outputs ------------------------------------------------------------------------------
 
     def _load(self, key: str) -> CustomerState | None:
-        if self._batch is not None and (change := self._batch.changes.get(key)) is not None:
-            return change.state
+        for batch in (self._batch, self._writing):  # this batch's changes, then the last one's
+            if batch is not None and (change := batch.changes.get(key)) is not None:
+                return change.state
         value = self.table.get(key.encode())
         if value is None:
             return None
@@ -592,7 +640,7 @@ class Processor:
         batch = self._batch
         if batch is None:
             raise RuntimeError("customer states change only inside on_batch")
-        # Written by _flush_batch, once the batch's transitions are acknowledged.
+        # Written by _write_changes, once the batch's transitions are acknowledged.
         batch.deliveries += deliveries
         earlier = batch.changes.get(state.key)
         batch.changes[state.key] = _Change(

@@ -5,7 +5,6 @@ no table write before the batch's transitions are acknowledged."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import Counter
 from typing import Any
 
@@ -20,18 +19,45 @@ from streams.orders import Outputs, Processor, _tick
 from tests.synthetic import synthetic_year
 
 
-class Topic:
-    """Records what is sent; deliveries are acknowledged only when ``ack_all`` is called."""
+class Log(list[tuple[str, Any]]):
+    """What happened, in order; ``batches[i]``: the batch whose record was the current event
+    (set by the batch's ``activate``) when entry ``i`` happened."""
 
-    def __init__(self, log: list[tuple[str, Any]]) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch: int | None = None
+        self.batches: list[int | None] = []
+
+    def append(self, entry: tuple[str, Any]) -> None:
+        super().append(entry)
+        self.batches.append(self.batch)
+
+    def activate(self, batch: int) -> Any:
+        return lambda _index: setattr(self, "batch", batch)
+
+
+class Topic:
+    """Records what is sent; deliveries are acknowledged at once, or (``manual``) only when
+    ``ack_all`` is called."""
+
+    def __init__(self, log: list[tuple[str, Any]], manual: bool = False) -> None:
         self.log = log
+        self.manual = manual
         self.pending: list[asyncio.Future[None]] = []
 
     async def send(self, key: bytes, value: bytes, **_: Any) -> asyncio.Future[None]:
         self.log.append(("send", orjson.loads(value)["event_id"]))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
+        if self.manual:
+            self.pending.append(future)
+        else:
+            future.set_result(None)
         return future
+
+    def ack_all(self) -> None:
+        for future in self.pending:
+            future.set_result(None)
+        self.pending.clear()
 
 
 class Table(dict[bytes, bytes]):
@@ -67,9 +93,9 @@ class Cache:
         return True
 
 
-def _processor() -> tuple[Processor, Table, Topic, Cache, list[tuple[str, Any]]]:
-    log: list[tuple[str, Any]] = []
-    transitions = Topic(log)
+def _processor(manual: bool = False) -> tuple[Processor, Table, Topic, Cache, Log]:
+    log = Log()
+    transitions = Topic(log, manual)
     table = Table(log)
     cache = Cache(log)
     processor = Processor(
@@ -96,12 +122,13 @@ def _records() -> list[SourceRecord]:
     ]
 
 
-async def _run(size: int) -> tuple[dict[bytes, Any], list[str], Table, Cache, list[Any]]:
+async def _run(size: int) -> tuple[dict[bytes, Any], list[str], Table, Cache, Log]:
     processor, table, _transitions, cache, log = _processor()
     records = _records()
-    for start in range(0, len(records), size):
+    for number, start in enumerate(range(0, len(records), size)):
         chunk = records[start : start + size]
-        await processor.on_batch([(r, processor.on_order) for r in chunk], lambda _i: None)
+        await processor.on_batch([(r, processor.on_order) for r in chunk], log.activate(number))
+    await processor.drain()
     states = {k: decode_stored(v).state for k, v in table.items()}
     sent = [item for kind, item in log if kind == "send"]
     return states, sent, table, cache, log
@@ -121,13 +148,51 @@ async def test_batches_equal_one_record_at_a_time(size: int) -> None:
 
 async def test_state_is_written_only_after_the_batch_transitions() -> None:
     _, _, _, _, log = await _run(100)
-    # within each batch: every send first, then the table writes and the Redis write (in
-    # either order: a replayed record writes Redis again even if the table has its effect)
-    kinds = ["send" if kind == "send" else "store" for kind, _ in log]
-    assert kinds.count("store") > 0
-    switches = sum(1 for a, b in itertools.pairwise(kinds) if (a, b) == ("store", "send"))
+    # within each batch: every send first, then the table writes (a batch's writes may
+    # overlap the next batch's sends: each batch is told by its records' ``activate``)
     batches = -(-len(_records()) // 100)
-    assert switches <= batches - 1
+    assert set(log.batches) == set(range(batches))
+    for batch in range(batches):
+        kinds = [kind for (kind, _), b in zip(log, log.batches, strict=True) if b == batch]
+        assert "send" in kinds and "write" in kinds
+        assert kinds.index("write") > max(i for i, kind in enumerate(kinds) if kind == "send")
+
+
+async def test_the_next_batch_is_processed_while_the_last_one_waits_for_its_acks() -> None:
+    """While the broker has not acknowledged a batch's transitions, its states are not
+    written and its offsets not acknowledged; the next batch is processed meanwhile, on top of
+    its states, and both end as one record at a time would."""
+    records = _records()[:300]
+    reference, _, _, _, _ = _processor()
+    for record in records:
+        await reference.on_batch([(record, reference.on_order)], lambda _i: None)
+    await reference.drain()
+    processor, table, transitions, _, log = _processor(manual=True)
+    done: list[str] = []
+
+    def written(name: str) -> Any:
+        async def mark() -> None:
+            done.append(name)
+
+        return mark
+
+    first = [(r, processor.on_order) for r in records[:150]]
+    second = [(r, processor.on_order) for r in records[150:]]
+    # returns with the first batch processed, its writes waiting for the acks
+    await asyncio.wait_for(processor.on_batch(first, lambda _i: None, written("first")), 10)
+    later = asyncio.create_task(processor.on_batch(second, lambda _i: None, written("second")))
+    expected = [item for kind, item in reference.table.log if kind == "send"]  # type: ignore[attr-defined]
+    async with asyncio.timeout(10):
+        while [item for kind, item in log if kind == "send"] != expected:
+            await asyncio.sleep(0)  # yields until the second batch is processed
+    assert not table and not done and not later.done()
+    transitions.ack_all()
+    await asyncio.wait_for(later, 10)  # the first batch's writes done, the second's started
+    assert done == ["first"]
+    transitions.ack_all()
+    await processor.drain()
+    assert done == ["first", "second"]
+    assert table == reference.table
 
 
 @pytest.mark.parametrize("kept", [0, 1])
@@ -145,6 +210,7 @@ async def test_a_restart_after_a_partly_written_batch_sends_what_one_run_sends(k
         for start in range(0, len(part), size):
             batch = part[start : start + size]
             await processor.on_batch([(r, processor.on_order) for r in batch], lambda _i: None)
+        await processor.drain()
 
     first, table, _, _, first_log = _processor()
     await feed(first, records[:last])
@@ -167,10 +233,12 @@ async def test_a_replayed_reevaluation_writes_redis_even_when_the_table_has_its_
     processor, table, _, cache, _ = _processor()
     records = _records()[:200]
     await processor.on_batch([(r, processor.on_order) for r in records], lambda _i: None)
+    await processor.drain()
     key = sorted(table)[0]
     cache.written.clear()  # the crash lost the Redis write
     tick = SourceRecord(key, _tick("reevaluate", key.decode(), None), "clock", 0, 0)
     writes = table.writes[key]
     await processor.on_batch([(tick, processor.on_tick)], lambda _i: None)
+    await processor.drain()
     assert cache.written == {key.decode(): decode_stored(table[key]).state.revision}
     assert table.writes[key] == writes  # nothing changed: no table write
