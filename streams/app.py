@@ -28,6 +28,7 @@ from streams.dlq import DeadLetters, SourceRecord
 from streams.lag import LagProbe
 from streams.metrics import WorkerMetrics
 from streams.orders import Outputs, Privacy, Processor
+from streams.outbox import Outbox
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,17 @@ class Segmenter:
 
 @dataclass(frozen=True)
 class ProducerTopic:
-    """A topic written through the app's producer directly. Transitions are bytes already:
-    Faust's per-message channel path (schemas, callbacks, a future of its own per record) is
-    most of what a send costs. Same producer, so ``_producer_drained`` covers these records."""
+    """A topic whose records wait in the outbox until the processor sends them with the
+    rest of its batch's (see ``streams.outbox``). Transitions are bytes already: Faust's
+    per-message channel path (schemas, callbacks, a future of its own per record) and a
+    producer call per record would be most of what a send costs. Same producer as the
+    tables', so ``_producer_drained`` covers these records."""
 
-    app: faust.App
+    outbox: Outbox
     name: str
 
-    async def send(self, *, key: bytes, value: bytes) -> Any:
-        return await self.app.producer.send(self.name, key, value, None, None, None)
+    async def send(self, *, key: bytes, value: bytes) -> None:
+        self.outbox.add(self.name, key, value)
 
 
 def broker_urls(bootstrap_servers: str) -> str:
@@ -132,12 +135,14 @@ def create_app(
             metrics.redis_errors.inc()
 
     cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix, observe_redis)
+    outbox = Outbox(lambda: app.producer._ensure_producer())
     outputs = Outputs(
-        transitions=ProducerTopic(app, settings.transitions_topic),
+        transitions=ProducerTopic(outbox, settings.transitions_topic),
         marketing={
-            name: ProducerTopic(app, settings.marketing_topic(name))
+            name: ProducerTopic(outbox, settings.marketing_topic(name))
             for name in marketing_transitions(rules)
         },
+        dispatch=outbox.send,
         backfill=settings.is_backfill,
         marketing_skip_backfill=settings.marketing_skip_backfill,
         marketing_skip_causes=frozenset(settings.marketing_skip_causes),

@@ -62,6 +62,7 @@ from streams.codecs import (
 )
 from streams.dlq import DeadLetters, SourceRecord
 from streams.metrics import WorkerMetrics
+from streams.outbox import nothing_held
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ class Outputs:
     marketing_skip_backfill: bool
     marketing_skip_causes: frozenset[str] = frozenset()
     receipts: Any = None
+    # Sends what the topics hold back (a topic's ``send`` returns None then) and returns the
+    # delivery futures; topics that send at once return their futures from ``send``.
+    dispatch: Callable[[], Awaitable[list[Any]]] = field(default_factory=nothing_held)
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,7 @@ class Processor:
                 await handler(record)
         finally:
             self._batch = None
+        batch.deliveries += await self.outputs.dispatch()  # the batch's transitions
         await self.drain()  # one batch's writes at a time, in order
         self._writing = batch
         self._writer = asyncio.create_task(self._write_batch(batch, written))
@@ -255,6 +260,7 @@ class Processor:
         """Write the running batch so far, after the batch being written."""
         await self.drain()
         if self._batch is not None:
+            self._batch.deliveries += await self.outputs.dispatch()
             await self._write_changes(self._batch)
 
     async def _write_changes(self, batch: _Batch) -> None:
@@ -665,7 +671,7 @@ class Processor:
     async def _send(self, transitions: list[Transition], force: bool = False) -> datetime:
         """``_publish`` and wait until the broker has acknowledged every transition."""
         emitted_at, deliveries = await self._publish(transitions, force)
-        await asyncio.gather(*deliveries)
+        await asyncio.gather(*deliveries, *await self.outputs.dispatch())
         return emitted_at
 
     async def _publish(
@@ -690,7 +696,9 @@ class Processor:
                 self.metrics.transition_delay.observe(max(delay, 0.0))
             key = transition.customer_id.encode()
             value = encode_transition(transition, emitted_at, out.backfill)
-            deliveries.append(await out.transitions.send(key=key, value=value))
+            sent = await out.transitions.send(key=key, value=value)
+            if sent is not None:  # else held back, until dispatched
+                deliveries.append(sent)
             if debug:  # no log record is built per transition unless asked for
                 log.debug(
                     "transition %s of %s",
@@ -707,7 +715,9 @@ class Processor:
             marketing = out.marketing.get(transition.transition)
             skip = transition.cause.kind in out.marketing_skip_causes
             if marketing is not None and to_marketing and not skip:
-                deliveries.append(await marketing.send(key=key, value=value))
+                sent = await marketing.send(key=key, value=value)
+                if sent is not None:
+                    deliveries.append(sent)
         return emitted_at, deliveries
 
 

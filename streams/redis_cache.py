@@ -6,11 +6,11 @@ Layout (``<p>`` is the configured prefix, ``segmenter:`` by default):
   ``revision`` and key metrics;
 - ``<p>segment:<shop>:<segment>``: set of the customer ids currently in that segment.
 
-Writes go through one Lua script per customer, sent in a pipeline (the hash fields travel as
-one JSON array of strings: a handful of arguments per customer instead of forty, which is
-what the client's command packing costs): the script refuses a write
-whose revision is older than the stored one, so older state never overwrites newer, and it
-moves the membership in the same atomic step. A write of the same revision wins: a replay after
+Writes go through a Lua script that takes up to ``WRITE_CHUNK`` customers as one JSON argument
+(one command per chunk instead of one per customer, which is what the client's command packing
+and reply parsing cost): for each customer the script refuses a write whose revision is older
+than the stored one, so older state never overwrites newer, and it moves the membership in the
+same atomic step. A write of the same revision wins: a replay after
 a crash can decide a revision again, and the table holds what was decided last. Redis is a
 cache of the table: a failed write is kept and retried, never raised into the stream.
 """
@@ -41,20 +41,28 @@ return redis.call('DEL', KEYS[1])
 """
 
 _WRITE_SCRIPT: Final = """
-local current = redis.call('HGET', KEYS[1], 'revision')
-if current and tonumber(current) > tonumber(ARGV[1]) then
-  return 0
+local items = cjson.decode(ARGV[1])
+local written = 0
+for i = 1, #items do
+  local key, revision, segment, sets, member, fields = unpack(items[i])
+  local current = redis.call('HGET', key, 'revision')
+  if not (current and tonumber(current) > tonumber(revision)) then
+    local old = redis.call('HGET', key, 'segment')
+    if old and old ~= '' and old ~= segment then
+      redis.call('SREM', sets .. old, member)
+    end
+    if segment ~= '' then
+      redis.call('SADD', sets .. segment, member)
+    end
+    redis.call('HSET', key, 'revision', revision, 'segment', segment, unpack(fields))
+    written = written + 1
+  end
 end
-local old = redis.call('HGET', KEYS[1], 'segment')
-if old and old ~= '' and old ~= ARGV[2] then
-  redis.call('SREM', ARGV[3] .. old, ARGV[4])
-end
-if ARGV[2] ~= '' then
-  redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[4])
-end
-redis.call('HSET', KEYS[1], 'revision', ARGV[1], 'segment', ARGV[2], unpack(cjson.decode(ARGV[5])))
-return 1
+return written
 """
+# Customers per script call: each call is one atomic step of Redis, which serves nothing else
+# meanwhile (about a millisecond per 500 customers).
+WRITE_CHUNK: Final = 500
 
 
 def _instant(value: datetime | None) -> str:
@@ -107,7 +115,7 @@ class RedisCache:
         return len(self._pending) + len(self._pending_removals)
 
     async def write(self, items: Iterable[tuple[CustomerState, Metrics]]) -> None:
-        """Write these states in one pipeline; on failure keep them for the next flush."""
+        """Write these states, a script call per chunk; on failure keep them for the next flush."""
         batch = {state.key: (state, metrics) for state, metrics in items}
         if not batch:
             return
@@ -155,51 +163,47 @@ class RedisCache:
         return len(self._pending)
 
     async def _write_batch(self, items: list[tuple[CustomerState, Metrics]]) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for state, metrics in items:
-                fields = self._fields(state, metrics)
-                await self._script(
-                    keys=[self.customer_key(state.shop_id, state.customer_id)],
-                    args=[
-                        state.revision,
-                        state.segment or "",
-                        f"{self._prefix}segment:{state.shop_id}:",
-                        state.customer_id,
-                        fields,
-                    ],
-                    client=pipe,
+        for start in range(0, len(items), WRITE_CHUNK):
+            chunk = [
+                (
+                    self.customer_key(state.shop_id, state.customer_id),
+                    str(state.revision),
+                    state.segment or "",
+                    f"{self._prefix}segment:{state.shop_id}:",
+                    state.customer_id,
+                    self._fields(state, metrics),
                 )
-            await pipe.execute()
+                for state, metrics in items[start : start + WRITE_CHUNK]
+            ]
+            await self._script(keys=[], args=[orjson.dumps(chunk)])
 
     @staticmethod
-    def _fields(state: CustomerState, m: Metrics) -> bytes:
-        """The hash fields as a JSON array: name, value, name, value ... (all strings)."""
+    def _fields(state: CustomerState, m: Metrics) -> list[str]:
+        """The hash fields: name, value, name, value ... (all strings)."""
         top = list(state.category_spend())[:3]
-        return orjson.dumps(
-            [
-                "shop_id", state.shop_id,
-                "customer_id", state.customer_id,
-                "segment_since", _instant(state.segment_since),
-                "as_of", _instant(state.as_of),
-                "currency", m.currency or "",
-                "order_count", str(m.order_count),
-                "total_spend", str(m.total_spend),
-                "average_order_value", str(m.average_order_value),
-                "discount_share", str(m.discount_share),
-                "first_order_at", _instant(m.first_order_at),
-                "last_order_at", _instant(m.last_order_at),
-                "recency_days", _number(m.recency_days),
-                "typical_gap_days", _number(m.typical_gap_days),
-                "inactive_after_days", _number(m.inactive_after_days),
-                "r_score", _number(m.r_score),
-                "f_score", _number(m.f_score),
-                "m_score", _number(m.m_score),
-                "tags", orjson.dumps(list(state.tags)).decode(),
-                "top_categories", orjson.dumps(top).decode(),
-                "rule_version", state.rule_version or "",
-                "calibration_version", state.calibration_version or "",
-            ]
-        )  # fmt: skip
+        return [
+            "shop_id", state.shop_id,
+            "customer_id", state.customer_id,
+            "segment_since", _instant(state.segment_since),
+            "as_of", _instant(state.as_of),
+            "currency", m.currency or "",
+            "order_count", str(m.order_count),
+            "total_spend", str(m.total_spend),
+            "average_order_value", str(m.average_order_value),
+            "discount_share", str(m.discount_share),
+            "first_order_at", _instant(m.first_order_at),
+            "last_order_at", _instant(m.last_order_at),
+            "recency_days", _number(m.recency_days),
+            "typical_gap_days", _number(m.typical_gap_days),
+            "inactive_after_days", _number(m.inactive_after_days),
+            "r_score", _number(m.r_score),
+            "f_score", _number(m.f_score),
+            "m_score", _number(m.m_score),
+            "tags", orjson.dumps(list(state.tags)).decode(),
+            "top_categories", orjson.dumps(top).decode(),
+            "rule_version", state.rule_version or "",
+            "calibration_version", state.calibration_version or "",
+        ]  # fmt: skip
 
     async def read_customer(self, shop_id: str, customer_id: str) -> dict[str, str]:
         raw = await self._client.hgetall(self.customer_key(shop_id, customer_id))

@@ -59,3 +59,41 @@ async def test_an_unreachable_redis_keeps_writes_pending_instead_of_raising() ->
         assert await cache.flush_pending() == 1  # still down: kept
     finally:
         await cache.close()
+
+
+async def test_a_batch_of_several_chunks_writes_every_customer_and_guards_each_one(
+    isolated: dict[str, str],
+) -> None:
+    from streams.redis_cache import WRITE_CHUNK
+
+    settings = settings_from(isolated)
+    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    count = 2 * WRITE_CHUNK + 7
+
+    def state(i: int, revision: int, segment: str) -> CustomerState:
+        return CustomerState(
+            shop_id="s2", customer_id=f"c{i}", segment=segment, revision=revision, as_of=at(i)
+        )
+
+    def metrics(s: CustomerState):  # type: ignore[no-untyped-def]
+        return compute_metrics(s, at(0), RULES, CAL)
+
+    try:
+        await cache.write((s, metrics(s)) for s in (state(i, 5, "new") for i in range(count)))
+        assert await cache.segment_sizes("s2", ["new"]) == {"new": count}
+        # one batch: even customers move on (newer), odd ones come late (older): ignored
+        later = [state(i, 6 if i % 2 == 0 else 4, "returning") for i in range(count)]
+        await cache.write((s, metrics(s)) for s in later)
+        movers = -(-count // 2)
+        assert await cache.segment_sizes("s2", ["new", "returning"]) == {
+            "new": count - movers,
+            "returning": movers,
+        }
+        for i in (0, 1, WRITE_CHUNK, count - 1):
+            stored = await cache.read_customer("s2", f"c{i}")
+            assert stored["revision"] == ("6" if i % 2 == 0 else "5")
+            assert stored["segment"] == ("returning" if i % 2 == 0 else "new")
+            assert stored["customer_id"] == f"c{i}" and stored["as_of"] == at(i).isoformat()
+        assert cache.pending == 0 and cache.errors == 0
+    finally:
+        await cache.close()

@@ -38,14 +38,25 @@ class Log(list[tuple[str, Any]]):
 
 class Topic:
     """Records what is sent; deliveries are acknowledged at once, or (``manual``) only when
-    ``ack_all`` is called."""
+    ``ack_all`` is called. ``held``: records wait, like in an outbox, until ``dispatch``."""
 
-    def __init__(self, log: list[tuple[str, Any]], manual: bool = False) -> None:
+    def __init__(self, log: list[tuple[str, Any]], manual: bool = False, held: bool = False):
         self.log = log
         self.manual = manual
+        self.held: list[bytes] | None = [] if held else None
         self.pending: list[asyncio.Future[None]] = []
 
-    async def send(self, key: bytes, value: bytes, **_: Any) -> asyncio.Future[None]:
+    async def send(self, key: bytes, value: bytes, **_: Any) -> asyncio.Future[None] | None:
+        if self.held is not None:
+            self.held.append(value)
+            return None
+        return self._sent(value)
+
+    async def dispatch(self) -> list[asyncio.Future[None]]:
+        held, self.held = self.held or [], [] if self.held is not None else None
+        return [self._sent(value) for value in held]
+
+    def _sent(self, value: bytes) -> asyncio.Future[None]:
         self.log.append(("send", orjson.loads(value)["event_id"]))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.manual:
@@ -93,9 +104,11 @@ class Cache:
         return True
 
 
-def _processor(manual: bool = False) -> tuple[Processor, Table, Topic, Cache, Log]:
+def _processor(
+    manual: bool = False, held: bool = False
+) -> tuple[Processor, Table, Topic, Cache, Log]:
     log = Log()
-    transitions = Topic(log, manual)
+    transitions = Topic(log, manual, held)
     table = Table(log)
     cache = Cache(log)
     processor = Processor(
@@ -104,7 +117,11 @@ def _processor(manual: bool = False) -> tuple[Processor, Table, Topic, Cache, Lo
         rules=load_rules(),
         calibrations={},
         outputs=Outputs(
-            transitions=transitions, marketing={}, backfill=True, marketing_skip_backfill=True
+            transitions=transitions,
+            marketing={},
+            backfill=True,
+            marketing_skip_backfill=True,
+            dispatch=transitions.dispatch,
         ),
         dead_letters=DeadLetters(Topic([])),
         cache=cache,  # type: ignore[arg-type]
@@ -122,8 +139,10 @@ def _records() -> list[SourceRecord]:
     ]
 
 
-async def _run(size: int) -> tuple[dict[bytes, Any], list[str], Table, Cache, Log]:
-    processor, table, _transitions, cache, log = _processor()
+async def _run(
+    size: int, held: bool = False
+) -> tuple[dict[bytes, Any], list[str], Table, Cache, Log]:
+    processor, table, _transitions, cache, log = _processor(held=held)
     records = _records()
     for number, start in enumerate(range(0, len(records), size)):
         chunk = records[start : start + size]
@@ -134,10 +153,11 @@ async def _run(size: int) -> tuple[dict[bytes, Any], list[str], Table, Cache, Lo
     return states, sent, table, cache, log
 
 
+@pytest.mark.parametrize("held", [False, True])
 @pytest.mark.parametrize("size", [7, 100, 5000])
-async def test_batches_equal_one_record_at_a_time(size: int) -> None:
+async def test_batches_equal_one_record_at_a_time(size: int, held: bool) -> None:
     one_states, one_sent, _, _, _ = await _run(1)
-    states, sent, table, cache, _ = await _run(size)
+    states, sent, table, cache, _ = await _run(size, held)
     assert states == one_states
     assert sent == one_sent  # same transitions, same ids, same order
     assert cache.written == {k.decode(): s.revision for k, s in states.items()}
@@ -158,16 +178,20 @@ async def test_state_is_written_only_after_the_batch_transitions() -> None:
         assert kinds.index("write") > max(i for i, kind in enumerate(kinds) if kind == "send")
 
 
-async def test_the_next_batch_is_processed_while_the_last_one_waits_for_its_acks() -> None:
+@pytest.mark.parametrize("held", [False, True])
+async def test_the_next_batch_is_processed_while_the_last_one_waits_for_its_acks(
+    held: bool,
+) -> None:
     """While the broker has not acknowledged a batch's transitions, its states are not
     written and its offsets not acknowledged; the next batch is processed meanwhile, on top of
-    its states, and both end as one record at a time would."""
+    its states, and both end as one record at a time would. ``held``: the transitions wait in
+    an outbox until the end of their batch (the worker's topics), and are sent then."""
     records = _records()[:300]
     reference, _, _, _, _ = _processor()
     for record in records:
         await reference.on_batch([(record, reference.on_order)], lambda _i: None)
     await reference.drain()
-    processor, table, transitions, _, log = _processor(manual=True)
+    processor, table, transitions, _, log = _processor(manual=True, held=held)
     done: list[str] = []
 
     def written(name: str) -> Any:

@@ -1,0 +1,90 @@
+"""Records for the producer, held back and sent together: one producer batch per topic
+partition.
+
+A record handed to the producer one by one costs a metadata check, a partitioner call, a
+future and a debug-log call each; a worker sends several transitions per order (the segment
+change and each tag change, to the transitions topic and to a marketing topic). ``Outbox``
+collects them while a batch of orders is processed and hands them to aiokafka's
+``send_batch``: one call and one future per topic partition.
+
+Records of one key keep their order: they go to one partition, in the order they were added,
+and aiokafka sends a partition's batches in the order they were submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+_PARTITIONER = DefaultPartitioner()
+
+
+class Outbox:
+    """Records waiting to be sent by one producer (``producer()`` gives it once started)."""
+
+    def __init__(self, producer: Callable[[], AIOKafkaProducer]) -> None:
+        self._producer = producer
+        self._records: list[tuple[str, bytes, bytes]] = []
+        self._partitions: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, topic: str, key: bytes, value: bytes) -> None:
+        self._records.append((topic, key, value))
+
+    async def send(self) -> list[asyncio.Future[Any]]:
+        """Hand every record held to the producer; the futures resolve when the broker has
+        acknowledged them (or fail with the producer's error)."""
+        records, self._records = self._records, []
+        if not records:
+            return []
+        producer = self._producer()
+        by_partition: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        chosen: dict[tuple[str, bytes], int] = {}  # a customer's records come in runs
+        for topic, key, value in records:
+            partition = chosen.get((topic, key))
+            if partition is None:
+                partitions = self._partitions.get(topic)
+                if partitions is None:
+                    partitions = sorted(await producer.partitions_for(topic))
+                    self._partitions[topic] = partitions
+                # what producer.send picks for a keyed record (the default partitioner)
+                partition = chosen[topic, key] = _PARTITIONER(key, partitions, partitions)
+            by_partition.setdefault((topic, partition), []).append((key, value))
+        futures = []
+        for (topic, partition), items in by_partition.items():
+            futures += await _send_batches(producer, topic, partition, items)
+        return futures
+
+
+async def _send_batches(
+    producer: AIOKafkaProducer, topic: str, partition: int, items: list[tuple[bytes, bytes]]
+) -> list[asyncio.Future[Any]]:
+    futures: list[asyncio.Future[Any]] = []
+    batch = producer.create_batch()
+    for key, value in items:
+        if batch.append(key=key, value=value, timestamp=None) is not None:
+            continue
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        batch = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            raise ValueError(
+                f"a record of {len(value)} bytes for {topic} exceeds the producer's batch size"
+            )
+    if batch.record_count():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
+
+
+def nothing_held() -> Callable[[], Awaitable[list[Any]]]:
+    """A dispatcher for outputs that send at once (nothing held back)."""
+
+    async def dispatch() -> list[Any]:
+        return []
+
+    return dispatch
