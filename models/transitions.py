@@ -14,6 +14,7 @@ clock; time-caused transitions happen at the instant the caller gives. Together 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -342,7 +343,20 @@ def transition_id(
         model.rules.version,
         model.calibration.version,
     )
-    return str(uuid.uuid5(TRANSITION_NAMESPACE, "\x1f".join(parts)))
+    return uuid5_text("\x1f".join(parts))
+
+
+_NAMESPACE_BYTES: Final = TRANSITION_NAMESPACE.bytes
+
+
+def uuid5_text(name: str) -> str:
+    """``str(uuid.uuid5(TRANSITION_NAMESPACE, name))``, without the UUID objects (a few
+    transitions per order make them count)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _resegment(

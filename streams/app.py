@@ -417,36 +417,68 @@ def _operations(
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
 
 
-class ChangelogAcks:
-    """The tables' changelog records, until the broker has acknowledged them.
+class _Queued:
+    """What a table reads of a changelog send (``fut.message.partition``): the partition."""
 
-    A table write is queued in Faust's producer buffer and sent by a background task. Faust's
-    flush gives up after 0.1 s without a send, and a record the background task has taken but
-    not yet handed over (the producer waiting for metadata or for room in a batch) is neither
-    queued nor in flight: neither a flush nor an empty queue says it was acknowledged. The
-    future of each record, kept here from the table's ``send_changelog``, does: it resolves
-    when the broker has acknowledged the record, or fails with the producer's error."""
+    __slots__ = ("partition",)
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+    @property
+    def message(self) -> _Queued:
+        return self
+
+
+class ChangelogAcks:
+    """The tables' changelog records: held while a batch is processed, sent together, and
+    waited for until the broker has acknowledged them.
+
+    Faust sends a table's changelog record per write through its channel path (a future, a
+    pending message, a callback and a send of its own each) and keeps the record's offset in
+    the store when it is acknowledged (``set_persisted_offset``: where a restart resumes
+    reading the changelog). Here a table's ``send_changelog`` puts the record in an outbox
+    instead; ``wait`` sends the outbox, one producer batch per changelog partition, waits for
+    the broker's acknowledgements and then keeps, per batch, the offset of its last record
+    in the store, as Faust's callback would have done for that record."""
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
-        self._sent: list[asyncio.Future[Any]] = []
+        self.outbox = Outbox(lambda: app.producer._ensure_producer())
+        self._tables: dict[str, Any] = {}  # by changelog topic
 
     def watch(self, table: Any) -> None:
-        send = table.send_changelog
+        topic = table.changelog_topic.get_topic_name()
+        self._tables[topic] = table
 
-        def send_changelog(*args: Any, **kwargs: Any) -> Any:
-            future = send(*args, **kwargs)
-            self._sent.append(future)
-            return future
+        def send_changelog(
+            partition: int | None,
+            key: bytes,
+            value: bytes | None,
+            key_serializer: Any = None,
+            value_serializer: Any = None,
+        ) -> _Queued:
+            # the tables are bytes to bytes (streams.codecs owns the encoding): sent as they are
+            if partition is None:
+                raise ValueError(f"a changelog record for {topic} without its partition")
+            self.outbox.add(topic, key, value, partition)
+            return _Queued(partition)
 
         table.send_changelog = send_changelog
 
     async def wait(self) -> None:
-        """Every changelog record written so far is acknowledged (raises the first error)."""
+        """Every changelog record written so far is acknowledged and its offset kept (raises
+        the first error: then no offset is kept, and a restart reads those records again)."""
         await _producer_drained(self.app)
-        sent, self._sent = self._sent, []
-        if sent:
-            await asyncio.gather(*sent)
+        sent = await self.outbox.send_batches()
+        if not sent:
+            return
+        await asyncio.gather(*(batch.future for batch in sent))
+        for batch in sent:
+            first = batch.future.result()
+            self._tables[batch.topic].data.set_persisted_offset(
+                first.topic_partition, first.offset + batch.records - 1
+            )
 
 
 async def _producer_drained(app: faust.App) -> None:

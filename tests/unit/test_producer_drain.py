@@ -1,6 +1,7 @@
 """The wait for the tables' changelog records: every queued record is handed to the producer, in
 order, before the flush (streams.app._producer_drained, on Faust's own producer buffer), and the
-wait ends only when the broker has acknowledged every record (streams.app.ChangelogAcks)."""
+tables' changelog records are sent together and waited for until the broker has acknowledged
+every one (streams.app.ChangelogAcks)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from faust.transport.producer import ProducerBuffer
 
@@ -41,53 +43,147 @@ async def test_every_queued_record_is_handed_over_before_the_flush() -> None:
     assert calls == [("send", "a"), ("send", "b"), ("send", "c"), ("send", "d"), ("flush", 0)]
 
 
-class _Table:
-    """A table whose changelog records are acknowledged when the test says so."""
+class _Batch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes | None]] = []
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: Any) -> object:
+        self.records.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
+class _Producer:
+    """Batches are acknowledged when the test says so, at base offsets it chooses."""
 
     def __init__(self) -> None:
-        self.futures: list[asyncio.Future[None]] = []
+        self.sent: list[tuple[str, int, list[Any], asyncio.Future[Any]]] = []
 
-    def send_changelog(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.futures.append(future)
+    def create_batch(self) -> _Batch:
+        return _Batch()
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, batch.records, future))
         return future
 
 
-def _app() -> Any:
+class _Table:
+    """A table as ChangelogAcks sees it: its changelog topic and its store's offsets."""
+
+    def __init__(self, topic: str) -> None:
+        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: topic)
+        self.data = SimpleNamespace(persisted={})
+        self.data.set_persisted_offset = lambda tp, offset: self.data.persisted.update(
+            {(tp.topic, tp.partition): offset}
+        )
+
+
+def _app(producer: _Producer) -> Any:
     buffer = ProducerBuffer()
     buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
 
     async def flush() -> None:
         return None
 
-    return SimpleNamespace(producer=SimpleNamespace(buffer=buffer, flush=flush))
+    return SimpleNamespace(
+        producer=SimpleNamespace(buffer=buffer, flush=flush, _ensure_producer=lambda: producer)
+    )
+
+
+def _ack(entry: tuple[str, int, list[Any], asyncio.Future[Any]], base: int) -> None:
+    topic, partition, _records, future = entry
+    tp = TopicPartition(topic, partition)
+    future.set_result(SimpleNamespace(topic_partition=tp, offset=base))
 
 
 async def test_the_changelog_wait_ends_when_the_broker_acknowledged_every_record() -> None:
-    """Not when the producer's queue is empty: a record can have left the queue and not be
-    acknowledged yet (the background sender holds it, or it is in flight)."""
-    customers, erasures = _Table(), _Table()
-    acks = ChangelogAcks(_app())
+    """Records go out together, one batch per changelog partition (tombstones too); the wait
+    ends when every batch is acknowledged, and only then is the offset of each partition's
+    last record kept in its table's store (where a restart resumes reading the changelog)."""
+    producer = _Producer()
+    customers, erasures = _Table("customers-changelog"), _Table("erasures-changelog")
+    acks = ChangelogAcks(_app(producer))
     acks.watch(customers)
     acks.watch(erasures)
-    customers.send_changelog(0, b"a", b"1")
-    erasures.send_changelog(1, b"e", b"x")
-    customers.send_changelog(0, b"b", b"2")
+    customers.send_changelog(0, b"a", b"1")  # type: ignore[attr-defined]
+    erasures.send_changelog(1, b"e", b"x")  # type: ignore[attr-defined]
+    customers.send_changelog(0, b"b", None)  # type: ignore[attr-defined]
+    customers.send_changelog(1, b"c", b"3")  # type: ignore[attr-defined]
+    assert producer.sent == []  # held until the wait
     waiting = asyncio.create_task(acks.wait())
-    for future in [*customers.futures, erasures.futures[0]][:-1]:
-        future.set_result(None)
+    async with asyncio.timeout(1):
+        while len(producer.sent) < 3:
+            await asyncio.sleep(0)
+    batches = {(topic, partition): records for topic, partition, records, _ in producer.sent}
+    assert batches == {
+        ("customers-changelog", 0): [(b"a", b"1"), (b"b", None)],
+        ("erasures-changelog", 1): [(b"e", b"x")],
+        ("customers-changelog", 1): [(b"c", b"3")],
+    }
+    bases = [40, 7, 12]
+    for entry, base in list(zip(producer.sent, bases, strict=True))[:-1]:
+        _ack(entry, base)
         await asyncio.sleep(0)
         assert not waiting.done()
-    erasures.futures[0].set_result(None)
+        assert customers.data.persisted == erasures.data.persisted == {}
+    _ack(producer.sent[-1], bases[-1])
     await asyncio.wait_for(waiting, 1)
+    persisted = {**customers.data.persisted, **erasures.data.persisted}
+    expected = {}
+    for (topic, partition, records, _), base in zip(producer.sent, bases, strict=True):
+        expected[topic, partition] = base + len(records) - 1
+    assert persisted == expected
+    assert customers.data.persisted[("customers-changelog", 0)] == 41
     await asyncio.wait_for(acks.wait(), 1)  # nothing sent since: returns at once
+    assert len(producer.sent) == 3
 
 
 async def test_a_changelog_record_the_broker_refused_fails_the_wait() -> None:
-    customers = _Table()
-    acks = ChangelogAcks(_app())
+    producer = _Producer()
+    customers = _Table("customers-changelog")
+    acks = ChangelogAcks(_app(producer))
     acks.watch(customers)
-    customers.send_changelog(0, b"a", b"1")
-    customers.futures[0].set_exception(KafkaTimeoutError())
+    customers.send_changelog(0, b"a", b"1")  # type: ignore[attr-defined]
+    waiting = asyncio.create_task(acks.wait())
+    async with asyncio.timeout(1):
+        while not producer.sent:
+            await asyncio.sleep(0)
+    producer.sent[0][3].set_exception(KafkaTimeoutError())
     with pytest.raises(KafkaTimeoutError):
-        await acks.wait()
+        await waiting
+    assert customers.data.persisted == {}  # no offset kept: a restart reads the record again
+
+
+async def test_faust_tables_write_their_changelog_through_the_outbox() -> None:
+    """The installed Faust's tables, on a set and a delete, call ``send_changelog`` with the
+    current event's partition and read the partition back from what it returns."""
+    import weakref
+
+    import faust
+    from faust.streams import _current_event
+
+    app = faust.App("drain-test", broker="kafka://127.0.0.1:1", store="memory://")
+    table = app.Table("customers", key_type=bytes, value_type=bytes, partitions=4)
+    producer = _Producer()
+    acks = ChangelogAcks(_app(producer))
+    acks.watch(table)
+
+    class Event:  # the current stream event: its record's partition
+        message = SimpleNamespace(topic="orders", partition=3)
+
+    event = Event()
+    table._verified_source_topics_for_partitions.add("orders")  # no consumer to ask
+    _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    table[b"k"] = b"v"
+    del table[b"k"]
+    waiting = asyncio.create_task(acks.wait())
+    async with asyncio.timeout(1):
+        while not producer.sent:
+            await asyncio.sleep(0)
+    topic, partition, records, _future = producer.sent[0]
+    assert (topic, partition) == (table.changelog_topic.get_topic_name(), 3)
+    assert records == [(b"k", b"v"), (b"k", None)]
+    waiting.cancel()

@@ -197,3 +197,13 @@ def test_the_due_time_stored_with_a_state_is_taken_only_where_it_is_next_due(spe
         assert next_due(stored.state, MODEL) == next_due(afresh, MODEL) == stored.due
         remember_due(stored.state, other, wrong)
         assert next_due(stored.state, other) == next_due(afresh, other) != wrong
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_transition_ids_are_the_uuid5_of_their_parts(name: str) -> None:
+    import uuid
+
+    from models.transitions import TRANSITION_NAMESPACE, uuid5_text
+
+    assert uuid5_text(name) == str(uuid.uuid5(TRANSITION_NAMESPACE, name))
