@@ -59,8 +59,8 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         le=100_000,
-        description="records processed per batch: one changelog write per customer and one "
-        "Redis pipeline per batch",
+        description="records processed per batch: one changelog write per customer per batch; "
+        "the batch's transitions, changelog records and Redis writes are sent together",
     )
     batch_max_wait_seconds: float = Field(
         0.005,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -209,9 +209,9 @@ class SegmentRules(_Rule):
         return tuple(s.name for s in self.segments)
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One combination the checker walks: the two flags and the three scores."""
+class Cell(NamedTuple):
+    """One combination the checker walks: the two flags and the three scores (a tuple: made
+    several times per order, and the key of the compiled rule map)."""
 
     inactive: bool
     single_order: bool
@@ -226,8 +226,7 @@ class Cell:
         return f"r={self.r} f={self.f} m={self.m} ({flags})"
 
 
-@dataclass(frozen=True)
-class SegmentFacts:
+class SegmentFacts(NamedTuple):
     """What a segment decision needs about a customer at one instant."""
 
     cell: Cell
@@ -245,24 +244,22 @@ def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
         return None
     cell = facts.cell
     table = _compiled(rules)
-    key = (cell.inactive, cell.single_order, cell.r, cell.f, cell.m)
-    candidates = table.get(key)
+    candidates = table.get(cell)
     if candidates is None:
-        candidates = table[key] = _candidates(rules, cell)
+        candidates = table[cell] = _candidates(rules, cell)
     for name, bounds in candidates:
         if bounds is None or bounds.matches_bounds(facts):
             return name
     return None
 
 
-_CellKey = tuple[bool, bool, int, int, int]
 _Candidates = tuple[tuple[str, Condition | None], ...]
 # the per-cell candidates of the rule sets seen last (a rule set is immutable), filled as
 # cells are met
-_COMPILED: IdentityMemo[SegmentRules, dict[_CellKey, _Candidates]] = IdentityMemo(64)
+_COMPILED: IdentityMemo[SegmentRules, dict[Cell, _Candidates]] = IdentityMemo(64)
 
 
-def _compiled(rules: SegmentRules) -> dict[_CellKey, _Candidates]:
+def _compiled(rules: SegmentRules) -> dict[Cell, _Candidates]:
     return _COMPILED.get(rules, lambda _rules: {})
 
 

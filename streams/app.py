@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from aiokafka import TopicPartition
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import _current_event  # the variable behind faust.current_event()
 from faust.web import View
 from redis.exceptions import RedisError
@@ -160,6 +162,7 @@ def create_app(
         metrics=metrics,
         privacy=Privacy(consent_required=settings.consent_required, secret=settings.secret),
         table_durable=changelog.wait,
+        read=partition_reader(table),
     )
     source = app.topic(
         settings.orders_topic,
@@ -415,6 +418,22 @@ def _operations(
             labels = (lag.topic, str(lag.partition))
             metrics.lag_messages.labels(*labels).set(lag.lag if lag.lag is not None else lag.end)
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
+
+
+def partition_reader(table: Any) -> Callable[[int, bytes], bytes | None]:
+    """Reads one key of one partition of a table. On RocksDB, one read of the partition's
+    database: a table's ``get`` asks the store twice (contains, then get), through several
+    mapping layers, and finds the partition from the current event as well."""
+
+    def read(partition: int, key: bytes) -> bytes | None:
+        store = table.data
+        if isinstance(store, RocksDBStore):
+            value: bytes | None = store._db_for_partition(partition).get(key)
+            return value
+        got: bytes | None = table.get(key)
+        return got
+
+    return read
 
 
 class _Queued:

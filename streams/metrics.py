@@ -63,7 +63,7 @@ class WorkerMetrics:
         )
         self.redis_write = Histogram(
             "segmenter_redis_write_seconds",
-            "Duration of one pipelined Redis write",
+            "Duration of one batch's Redis write",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -4,13 +4,19 @@ One ``Processor`` serves the orders topic and the internal clock topic. It holds
 logic: decisions come from ``models.transitions``; this module decodes, routes rejects to the
 dead-letter topic, stores state, publishes transitions, caches in Redis and keeps the due index.
 
-Records come in batches (``on_batch``): each record is decided on its own, in order, and its
-transitions are sent at once; the batch's state changes wait in an overlay (so later records of
-the same customer see them) until the broker has acknowledged every transition of the batch.
-Then each changed customer is written once to the table (one changelog record per customer per
-batch) and, at the same time, once to Redis (one pipeline per batch). A crash before that
-leaves the batch's offsets uncommitted: the records are processed again and, being
+Records come in batches (``on_batch``): each record is decided on its own, in order; its
+transitions wait in the outbox until the end of the batch, and are then sent together (one
+producer batch per topic partition). The batch's state changes wait in an overlay (so later
+records of the same customer see them) until the broker has acknowledged every transition of
+the batch. Then each changed customer is written once to the table (one changelog record per
+customer per batch, sent together as well) and, at the same time, once to Redis (one script
+call per 500 customers); once both are acknowledged, the batch's offsets are. A crash before
+that leaves the batch's offsets uncommitted: the records are processed again and, being
 idempotent, give the same state and the same transition ids.
+
+A batch's writes go on while the next batch is processed (one batch at a time is being
+written, in order): the next batch reads the states of the batch being written from its
+overlay until they are in the table.
 
 Clock ticks are the way work that does not come from an order reaches a customer's partition
 (so the table is only ever written inside stream iteration): ``due`` ticks when a due time
@@ -143,8 +149,11 @@ class Processor:
         metrics: WorkerMetrics,
         privacy: Privacy = Privacy(),
         table_durable: Callable[[], Awaitable[None]] | None = None,
+        read: Callable[[int, bytes], bytes | None] | None = None,
     ) -> None:
         self.table = table
+        # Reads a key of one partition of the table (the store's fast path if it has one).
+        self.read = read or (lambda _partition, key: table.get(key))
         self.erasures = erasures
         self.privacy = privacy
         # Waits until the table's changelog writes so far are acknowledged by the broker.
@@ -326,7 +335,7 @@ class Processor:
             if self.clock_mode == "event":
                 now = self.index.advance_watermark(partition, order.occurred_at)
                 await self._fire_due(partition, now)
-            state = self._load(state_key(order.shop_id, order.customer_id))
+            state = self._load(state_key(order.shop_id, order.customer_id), partition)
             if state is None and self._erased(order.shop_id, order.customer_id):
                 # Erased: a fresh state only after consent is given again. Counted, logged.
                 self.counts["skipped_erased"] += 1
@@ -359,7 +368,7 @@ class Processor:
         event = await self._decoded(record, decode_consent)
         if event is None:
             return
-        state = self._load(state_key(event.shop_id, event.customer_id))
+        state = self._load(state_key(event.shop_id, event.customer_id), record.partition)
         if event.type == "consent_granted":
             self.erasures.pop(self._marker(event.shop_id, event.customer_id), None)
         elif state is None and self._erased(event.shop_id, event.customer_id):
@@ -376,7 +385,7 @@ class Processor:
         # every earlier change of the customer.
         await self._flush_batch()
         key = state_key(event.shop_id, event.customer_id)
-        state = self._load(key)
+        state = self._load(key, record.partition)
         if state is not None:
             await self._send(erase(state, event, self.model_for(event.shop_id)), force=True)
             del self.table[key.encode()]  # a tombstone on the compacted changelog
@@ -447,7 +456,7 @@ class Processor:
 
     async def _fire_key(self, partition: int, key: str, now: datetime) -> None:
         self.in_flight.pop(key, None)
-        state = self._load(key)
+        state = self._load(key, partition)
         if state is None:
             return
         model = self.model_for(state.shop_id)
@@ -455,7 +464,7 @@ class Processor:
         await self._save(partition, new_state, transitions, previous=state)
 
     async def _reevaluate_key(self, partition: int, key: str) -> None:
-        state = self._load(key)
+        state = self._load(key, partition)
         if state is None:
             return
         if self.clock_mode == "wall":
@@ -607,11 +616,11 @@ class Processor:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    def _load(self, key: str) -> CustomerState | None:
+    def _load(self, key: str, partition: int) -> CustomerState | None:
         for batch in (self._batch, self._writing):  # this batch's changes, then the last one's
             if batch is not None and (change := batch.changes.get(key)) is not None:
                 return change.state
-        value = self.table.get(key.encode())
+        value = self.read(partition, key.encode())
         if value is None:
             return None
         stored = decode_stored_due(value)

@@ -1,0 +1,42 @@
+"""Reads of one partition of a table straight from its RocksDB database (streams.app.
+partition_reader) see what the installed Faust's table wrote there, and nothing else."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from types import SimpleNamespace
+
+import faust
+import pytest
+from faust.streams import _current_event
+
+from streams.app import ChangelogAcks, partition_reader
+
+
+class _Event:
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(topic="orders", partition=partition)
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_a_partition_read_sees_the_table_writes_of_that_partition(
+    tmp_path: Path, store: str
+) -> None:
+    app = faust.App("reads-test", broker="kafka://127.0.0.1:1", store=store, datadir=tmp_path)
+    table = app.Table("customers", key_type=bytes, value_type=bytes, partitions=4)
+    table._verified_source_topics_for_partitions.add("orders")  # no consumer to ask
+    ChangelogAcks(SimpleNamespace(producer=None)).watch(table)  # type: ignore[arg-type]
+    read = partition_reader(table)
+    events = {p: _Event(p) for p in (1, 3)}
+    for partition, key, value in [(3, b"a", b"1"), (1, b"b", b"2"), (3, b"a", b"3")]:
+        _current_event.set(weakref.ref(events[partition]))  # type: ignore[arg-type]
+        table[key] = value
+    assert read(3, b"a") == b"3"
+    assert read(1, b"b") == b"2"
+    assert read(3, b"missing") is None
+    if store == "rocksdb://":  # one database per partition: another partition has no such key
+        assert read(1, b"a") is None
+    _current_event.set(weakref.ref(events[3]))  # type: ignore[arg-type]
+    del table[b"a"]
+    assert read(3, b"a") is None
