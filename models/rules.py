@@ -260,7 +260,11 @@ _COMPILED: IdentityMemo[SegmentRules, dict[Cell, _Candidates]] = IdentityMemo(64
 
 
 def _compiled(rules: SegmentRules) -> dict[Cell, _Candidates]:
-    return _COMPILED.get(rules, lambda _rules: {})
+    return _COMPILED.get(rules, _empty_map)
+
+
+def _empty_map(_rules: SegmentRules) -> dict[Cell, _Candidates]:
+    return {}
 
 
 def _candidates(rules: SegmentRules, cell: Cell) -> _Candidates:

@@ -124,9 +124,11 @@ def encode_stored(partition: int, state: CustomerState, due: datetime | None = N
     """A table value: the partition, the customer's next due time as computed when the state
     was written (``d``: lets a restart rebuild the due index without decoding every state)
     and the state, without the fields that hold their default (compact on disk)."""
-    body = state.model_dump(mode="json", exclude_defaults=True)
-    body["schema_version"] = SCHEMA_VERSION
-    return orjson.dumps({"p": partition, "d": due.isoformat() if due else None, "s": body})
+    body = state.model_dump_json(exclude_defaults=True)  # never "{}": the ids have no default
+    stamp = orjson.dumps(due.isoformat()).decode() if due else "null"
+    return (
+        f'{{"p":{partition:d},"d":{stamp},"s":{{"schema_version":{SCHEMA_VERSION:d},{body[1:]}}}'
+    ).encode()
 
 
 class StoredHeader(NamedTuple):
