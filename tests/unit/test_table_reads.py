@@ -40,3 +40,41 @@ def test_a_partition_read_sees_the_table_writes_of_that_partition(
     _current_event.set(weakref.ref(events[3]))  # type: ignore[arg-type]
     del table[b"a"]
     assert read(3, b"a") is None
+
+
+async def test_an_acknowledged_changelog_batch_is_where_a_warm_restart_resumes(
+    tmp_path: Path,
+) -> None:
+    """With the installed Faust's RocksDB store: once a batch of changelog records is
+    acknowledged, the store's persisted offset (where a restart resumes reading the changelog)
+    is the offset of the batch's last record, per partition; before, none."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    from tests.unit.test_producer_drain import _ack, _app, _Producer
+
+    app = faust.App(
+        "offsets-test", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=tmp_path
+    )
+    table = app.Table("customers", key_type=bytes, value_type=bytes, partitions=4)
+    table._verified_source_topics_for_partitions.add("orders")
+    producer = _Producer()
+    acks = ChangelogAcks(_app(producer))
+    acks.watch(table)
+    topic = table.changelog_topic.get_topic_name()
+    events = {p: _Event(p) for p in (1, 3)}
+    for partition, key in [(3, b"a"), (1, b"b"), (3, b"c"), (3, b"a")]:
+        _current_event.set(weakref.ref(events[partition]))  # type: ignore[arg-type]
+        table[key] = key
+    waiting = asyncio.create_task(acks.wait())
+    async with asyncio.timeout(1):
+        while len(producer.sent) < 2:
+            await asyncio.sleep(0)
+    assert table.data.persisted_offset(TopicPartition(topic, 3)) is None
+    bases = {3: 100, 1: 7}
+    for entry in producer.sent:
+        _ack(entry, bases[entry[1]])
+    await asyncio.wait_for(waiting, 1)
+    assert table.data.persisted_offset(TopicPartition(topic, 3)) == 102  # three records
+    assert table.data.persisted_offset(TopicPartition(topic, 1)) == 7
