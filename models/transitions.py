@@ -251,6 +251,11 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     return model._due.get(state, lambda s: _next_due(s, model))
 
 
+# Bumped whenever next_due gives another instant for the same state, rules and calibration: a
+# due time stored by an earlier version is then computed again instead of taken.
+DUE_VERSION: Final = 1
+
+
 def remember_due(state: CustomerState, model: SegmentModel, due: datetime | None) -> None:
     """Hand ``next_due`` the due time already known for this very state object: the one
     stored with it, computed when it was written. Taken only for a consenting customer

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ def create_app(
             for name in marketing_transitions(rules)
         },
         dispatch=outbox.send,
+        discard=outbox.clear,
         backfill=settings.is_backfill,
         marketing_skip_backfill=settings.marketing_skip_backfill,
         marketing_skip_causes=frozenset(settings.marketing_skip_causes),
@@ -163,6 +165,7 @@ def create_app(
         privacy=Privacy(consent_required=settings.consent_required, secret=settings.secret),
         table_durable=changelog.wait,
         read=partition_reader(table),
+        on_write_failed=stop_after_failed_write,
     )
     source = app.topic(
         settings.orders_topic,
@@ -418,6 +421,28 @@ def _operations(
             labels = (lag.topic, str(lag.partition))
             metrics.lag_messages.labels(*labels).set(lag.lag if lag.lag is not None else lag.end)
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
+
+
+# The exit status of a worker that stopped because a batch could not be written (EX_TEMPFAIL).
+WRITE_FAILED_EXIT = 75
+
+
+def stop_after_failed_write(exc: BaseException) -> None:
+    """A batch the broker refused to take (its transitions or its changelog records, after the
+    producer's own retries) stops the worker at once, like a crash: the batch's offsets are not
+    committed and the store may hold states whose changelog records never arrived, so the only
+    sound way on is a restart, which rebuilds the store from the changelog (the clean-stop
+    marker is not written) and processes the batch again. A graceful stop would wait for
+    acknowledgements that never come."""
+    log.critical(
+        "a batch could not be written (%r): stopping with exit status %d; a restart processes "
+        "it again from the last committed offsets",
+        exc,
+        WRITE_FAILED_EXIT,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(WRITE_FAILED_EXIT)
 
 
 def partition_reader(table: Any) -> Callable[[int, bytes], bytes | None]:

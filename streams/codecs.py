@@ -22,7 +22,7 @@ from models.events import (
 )
 from models.scoring import Calibration
 from models.state import SCHEMA_VERSION, CustomerState, state_key
-from models.transitions import OrderEventT
+from models.transitions import DUE_VERSION, OrderEventT
 
 MAX_ORDER_BYTES: Final = 256 * 1024
 ORDER_TYPES: Final = frozenset({"order_placed", "order_cancelled", "order_refunded"})
@@ -122,12 +122,14 @@ def _describe(exc: ValidationError) -> str:
 
 def encode_stored(partition: int, state: CustomerState, due: datetime | None = None) -> bytes:
     """A table value: the partition, the customer's next due time as computed when the state
-    was written (``d``: lets a restart rebuild the due index without decoding every state)
-    and the state, without the fields that hold their default (compact on disk)."""
+    was written (``d``: lets a restart rebuild the due index without decoding every state;
+    ``dv``: the version of ``next_due`` that computed it) and the state, without the fields
+    that hold their default (compact on disk)."""
     body = state.model_dump_json(exclude_defaults=True)  # never "{}": the ids have no default
     stamp = orjson.dumps(due.isoformat()).decode() if due else "null"
     return (
-        f'{{"p":{partition:d},"d":{stamp},"s":{{"schema_version":{SCHEMA_VERSION:d},{body[1:]}}}'
+        f'{{"p":{partition:d},"d":{stamp},"dv":{DUE_VERSION:d},'
+        f'"s":{{"schema_version":{SCHEMA_VERSION:d},{body[1:]}}}'
     ).encode()
 
 
@@ -177,7 +179,7 @@ class StoredDue(NamedTuple):
     partition: int
     state: CustomerState
     due: datetime | None
-    due_known: bool  # False: written before the due time was stored
+    due_known: bool  # False: written before the due time was stored, or by another next_due
 
 
 def decode_stored_due(value: bytes) -> StoredDue:
@@ -191,7 +193,7 @@ def decode_stored_due(value: bytes) -> StoredDue:
         raw["p"],
         CustomerState.model_validate(state),
         datetime.fromisoformat(due) if due else None,
-        "d" in raw,
+        "d" in raw and raw.get("dv") == DUE_VERSION,
     )
 
 

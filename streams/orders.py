@@ -115,6 +115,8 @@ class Outputs:
     # Sends what the topics hold back (a topic's ``send`` returns None then) and returns the
     # delivery futures; topics that send at once return their futures from ``send``.
     dispatch: Callable[[], Awaitable[list[Any]]] = field(default_factory=nothing_held)
+    # Drops what the topics hold back (a batch that is processed again).
+    discard: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,14 @@ class Processor:
         privacy: Privacy = Privacy(),
         table_durable: Callable[[], Awaitable[None]] | None = None,
         read: Callable[[int, bytes], bytes | None] | None = None,
+        on_write_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.table = table
         # Reads a key of one partition of the table (the store's fast path if it has one).
         self.read = read or (lambda _partition, key: table.get(key))
+        # Told at once when a batch's writes fail (the broker refused its transitions or its
+        # changelog records after the producer's own retries): its offsets stay unacknowledged.
+        self.on_write_failed = on_write_failed or (lambda _exc: None)
         self.erasures = erasures
         self.privacy = privacy
         # Waits until the table's changelog writes so far are acknowledged by the broker.
@@ -236,12 +242,28 @@ class Processor:
                 batch.current = index
                 activate(index)
                 await handler(record)
+        except BaseException:  # stopped or failed: processed again, its transitions with it
+            self.outputs.discard()
+            raise
         finally:
             self._batch = None
+        if self._writing is not None:
+            # The last batch's transitions acknowledged before this batch's are sent: if the
+            # broker refuses one, none that follows it for the customer goes out before it.
+            await asyncio.gather(*self._writing.deliveries)
         batch.deliveries += await self.outputs.dispatch()  # the batch's transitions
         await self.drain()  # one batch's writes at a time, in order
         self._writing = batch
-        self._writer = asyncio.create_task(self._write_batch(batch, written))
+        self._writer = writer = asyncio.create_task(self._write_batch(batch, written))
+        writer.add_done_callback(self._writer_done)
+
+    def _writer_done(self, writer: asyncio.Task[None]) -> None:
+        """A failed write is reported at once: the next batch may be long in coming (the
+        broker that refused it may also be what keeps the next one from arriving)."""
+        if writer.cancelled() or (exc := writer.exception()) is None:
+            return
+        log.error("writing a batch failed: its offsets stay unacknowledged", exc_info=exc)
+        self.on_write_failed(exc)
 
     async def drain(self) -> None:
         """Wait until the batch being written is written and acknowledged; raise its error."""

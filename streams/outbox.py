@@ -44,6 +44,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._records)
 
+    def clear(self) -> None:
+        """Drop the records held (their batch is processed again)."""
+        self._records = []
+
     def add(
         self, topic: str, key: bytes, value: bytes | None, partition: int | None = None
     ) -> None:

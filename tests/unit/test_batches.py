@@ -82,6 +82,10 @@ class Table(dict[bytes, bytes]):
         self.writes[key] += 1
         super().__setitem__(key, value)
 
+    def __delitem__(self, key: bytes) -> None:  # like a Faust table: a tombstone, even if absent
+        self.log.append(("delete", key))
+        self.pop(key, None)
+
 
 class Cache:
     pending = 0
@@ -178,6 +182,21 @@ async def test_state_is_written_only_after_the_batch_transitions() -> None:
         assert kinds.index("write") > max(i for i, kind in enumerate(kinds) if kind == "send")
 
 
+def _marker(name: str, done: list[str]) -> Any:
+    async def mark() -> None:
+        done.append(name)
+
+    return mark
+
+
+def _then(handler: Any, finished: asyncio.Event) -> Any:
+    async def handle(record: SourceRecord) -> None:
+        await handler(record)
+        finished.set()
+
+    return handle
+
+
 @pytest.mark.parametrize("held", [False, True])
 async def test_the_next_batch_is_processed_while_the_last_one_waits_for_its_acks(
     held: bool,
@@ -185,38 +204,128 @@ async def test_the_next_batch_is_processed_while_the_last_one_waits_for_its_acks
     """While the broker has not acknowledged a batch's transitions, its states are not
     written and its offsets not acknowledged; the next batch is processed meanwhile, on top of
     its states, and both end as one record at a time would. ``held``: the transitions wait in
-    an outbox until the end of their batch (the worker's topics), and are sent then."""
+    an outbox until the end of their batch (the worker's topics); then a batch's transitions
+    go out only once the last batch's are acknowledged."""
     records = _records()[:300]
     reference, _, _, _, _ = _processor()
     for record in records:
         await reference.on_batch([(record, reference.on_order)], lambda _i: None)
     await reference.drain()
+    expected = [item for kind, item in reference.table.log if kind == "send"]  # type: ignore[attr-defined]
     processor, table, transitions, _, log = _processor(manual=True, held=held)
     done: list[str] = []
-
-    def written(name: str) -> Any:
-        async def mark() -> None:
-            done.append(name)
-
-        return mark
-
+    processed = asyncio.Event()
     first = [(r, processor.on_order) for r in records[:150]]
     second = [(r, processor.on_order) for r in records[150:]]
+    second[-1] = (second[-1][0], _then(processor.on_order, processed))
     # returns with the first batch processed, its writes waiting for the acks
-    await asyncio.wait_for(processor.on_batch(first, lambda _i: None, written("first")), 10)
-    later = asyncio.create_task(processor.on_batch(second, lambda _i: None, written("second")))
-    expected = [item for kind, item in reference.table.log if kind == "send"]  # type: ignore[attr-defined]
-    async with asyncio.timeout(10):
-        while [item for kind, item in log if kind == "send"] != expected:
-            await asyncio.sleep(0)  # yields until the second batch is processed
+    await asyncio.wait_for(processor.on_batch(first, lambda _i: None, _marker("first", done)), 10)
+    sent_first = [item for kind, item in log if kind == "send"]
+    assert sent_first and sent_first == expected[: len(sent_first)]
+    later = asyncio.create_task(
+        processor.on_batch(second, lambda _i: None, _marker("second", done))
+    )
+    await asyncio.wait_for(processed.wait(), 10)  # the second batch, on top of the first
     assert not table and not done and not later.done()
+    sent = [item for kind, item in log if kind == "send"]
+    assert sent == (sent_first if held else expected)
     transitions.ack_all()
     await asyncio.wait_for(later, 10)  # the first batch's writes done, the second's started
     assert done == ["first"]
+    assert [item for kind, item in log if kind == "send"] == expected
     transitions.ack_all()
     await processor.drain()
     assert done == ["first", "second"]
     assert table == reference.table
+
+
+async def test_a_batch_whose_transitions_are_refused_is_reported_at_once_and_not_acknowledged() -> (
+    None
+):
+    """The broker refuses a batch's transitions: nothing of it is written, its offsets are not
+    acknowledged, and the failure is reported without waiting for another batch; the next
+    call raises it too."""
+    failures: list[BaseException] = []
+    processor, table, transitions, _, _ = _processor(manual=True, held=True)
+    processor.on_write_failed = failures.append
+    done: list[str] = []
+    batch = [(r, processor.on_order) for r in _records()[:100]]
+    await processor.on_batch(batch, lambda _i: None, _marker("batch", done))
+    assert transitions.pending
+    refused = ConnectionError("refused")
+    for future in transitions.pending:
+        future.set_exception(refused)
+    async with asyncio.timeout(10):
+        while not failures:
+            await asyncio.sleep(0)
+    assert failures == [refused] and not table and not done
+    with pytest.raises(ConnectionError):
+        await processor.drain()
+
+
+async def test_a_batch_is_acknowledged_only_once_its_changelog_records_are() -> None:
+    processor, table, _, _, _ = _processor()
+    durable = asyncio.Event()
+
+    async def table_durable() -> None:
+        await durable.wait()
+
+    processor.table_durable = table_durable
+    done: list[str] = []
+    batch = [(r, processor.on_order) for r in _records()[:100]]
+    await processor.on_batch(batch, lambda _i: None, _marker("batch", done))
+    async with asyncio.timeout(10):
+        while not table:  # written to the table (the changelog records are on their way)
+            await asyncio.sleep(0)
+    for _ in range(20):  # the writer is waiting for the changelog: nothing is acknowledged
+        await asyncio.sleep(0)
+        assert not done
+    durable.set()
+    await asyncio.wait_for(processor.drain(), 10)
+    assert done == ["batch"]
+
+
+async def test_an_erasure_waits_for_the_batch_being_written() -> None:
+    """An erasure of a customer whose last change is still being written (the previous
+    batch, waiting for its acknowledgements) deletes them after that write: the deleted state
+    is not written back by it."""
+
+    receipts: list[bytes] = []
+
+    class Receipts:
+        async def send(self, key: bytes, value: bytes) -> None:
+            receipts.append(value)
+
+    processor, table, transitions, _, _ = _processor(manual=True, held=True)
+    object.__setattr__(processor.outputs, "receipts", Receipts())
+    records = _records()[:100]
+    await processor.on_batch([(r, processor.on_order) for r in records], lambda _i: None)
+    customer = orjson.loads(records[0].value or b"")["customer_id"]
+    erasure = {
+        "type": "erasure_requested",
+        "request_id": "r1",
+        "customer_id": customer,
+        "occurred_at": "2025-12-31T00:00:00+00:00",
+    }
+    record = SourceRecord(customer.encode(), orjson.dumps(erasure), "erasure", 0, 0)
+    unacked = list(transitions.pending)  # the first batch's
+    later = asyncio.create_task(
+        processor.on_batch([(record, processor.on_erasure)], lambda _i: None)
+    )
+    await asyncio.sleep(0)  # the erasure's batch runs up to its first wait
+    for future in transitions.pending:  # its own transitions, if it got that far, go through
+        if future not in unacked:
+            future.set_result(None)
+    transitions.pending = unacked
+    async with asyncio.timeout(10):
+        while not later.done():
+            transitions.ack_all()
+            await asyncio.sleep(0)
+    await later
+    transitions.ack_all()
+    await asyncio.wait_for(processor.drain(), 10)
+    assert f"default/{customer}".encode() not in table
+    assert len(table) > 0 and len(receipts) == 1
 
 
 @pytest.mark.parametrize("kept", [0, 1])

@@ -143,4 +143,7 @@ def test_values_written_before_the_header_are_still_read() -> None:
     assert decode_stored(old) == (1, state)
     assert decode_stored_due(old) == (1, state, None, False)  # no due time known: computed
     assert decode_stored_due(encode_stored(1, state, None)) == (1, state, None, True)
+    other = orjson.loads(encode_stored(1, state, state.as_of))
+    other["dv"] += 1  # computed by another version of next_due: computed again, not taken
+    assert decode_stored_due(orjson.dumps(other)) == (1, state, state.as_of, False)
     assert len(encode_stored(1, state, None)) < len(old)  # the compact form is smaller
