@@ -56,8 +56,7 @@ class ProducerTopic:
     """A topic whose records wait in the outbox until the processor sends them with the
     rest of its batch's (see ``streams.outbox``). Transitions are bytes already: Faust's
     per-message channel path (schemas, callbacks, a future of its own per record) and a
-    producer call per record would be most of what a send costs. Same producer as the
-    tables', so ``_producer_drained`` covers these records."""
+    producer call per record would be most of what a send costs."""
 
     outbox: Outbox
     name: str
@@ -185,11 +184,6 @@ def create_app(
     async def process(stream: faust.StreamT) -> None:
         # Batches, acknowledged only once processed and written: a crash (or an error that
         # stops the worker) leaves the batch's offsets uncommitted, so nothing is skipped.
-        # A batch writes up to one changelog record per record: let Faust's producer buffer
-        # hold them, instead of stalling the stream while it drains 100 at a time.
-        app.producer.buffer.max_messages = max(
-            app.producer.buffer.max_messages, 4 * settings.batch_max_records
-        )
         # A batch's writes go on while the next batch is processed; its offsets are
         # acknowledged once they are done (``written``).
         try:
@@ -513,7 +507,6 @@ class ChangelogAcks:
     async def wait(self) -> None:
         """Every changelog record written so far is acknowledged and its offset kept (raises
         the first error: then no offset is kept, and a restart reads those records again)."""
-        await _producer_drained(self.app)
         sent = await self.outbox.send_batches()
         if not sent:
             return
@@ -523,18 +516,6 @@ class ChangelogAcks:
             self._tables[batch.topic].data.set_persisted_offset(
                 first.topic_partition, first.offset + batch.records - 1
             )
-
-
-async def _producer_drained(app: faust.App) -> None:
-    """Hand the records the tables queued to the producer from this task, one after the other,
-    then flush it: Faust's buffer task would take a wake-up of the event loop per record (and
-    its flush another two), several milliseconds per batch of a few dozen records. For speed
-    only: whether the records are acknowledged is ``ChangelogAcks``' to tell."""
-    producer = app.producer
-    buffer = producer.buffer
-    while not buffer.pending.empty():
-        await buffer._send_pending(buffer.pending.get_nowait())
-    await producer.flush()
 
 
 async def _broker_reachable(settings: Settings) -> bool:

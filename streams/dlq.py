@@ -46,8 +46,9 @@ class DeadLetters:
         self._on_reason = on_reason
         self.counts: Counter[str] = Counter()
 
-    async def send(self, source: SourceRecord, reason: str, message: str) -> None:
-        """Publish the record unchanged, with the reason in its headers."""
+    async def send(self, source: SourceRecord, reason: str, message: str) -> Any:
+        """Publish the record unchanged, with the reason in its headers; returns the delivery
+        (awaitable: resolves once the broker has acknowledged the record)."""
         self.counts[reason] += 1
         self._on_reason(reason)
         log.warning(
@@ -64,6 +65,6 @@ class DeadLetters:
                 "reason": reason,
             },
         )
-        await self._topic.send(
+        return await self._topic.send(
             key=source.key, value=source.value, headers=dlq_headers(reason, message, source)
         )

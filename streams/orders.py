@@ -371,7 +371,7 @@ class Processor:
                 return
             new_state, transitions = apply_order(state, order, self.model_for(order.shop_id))
         except OrderRejected as exc:
-            await self.dead_letters.send(record, exc.reason, str(exc))
+            await self._dead_letter(record, exc.reason, str(exc))
             return
         except Exception as exc:  # a bug on one record must not stop the stream: park it, loudly
             log.exception(
@@ -381,7 +381,7 @@ class Processor:
                 record.offset,
                 extra={"topic": record.topic, "partition": partition, "offset": record.offset},
             )
-            await self.dead_letters.send(record, "processing_error", repr(exc))
+            await self._dead_letter(record, "processing_error", repr(exc))
             return
         await self._save(partition, new_state, transitions, previous=state)
 
@@ -432,7 +432,11 @@ class Processor:
             "cache_deleted": cache_removed,
             "cache_deletion_pending": not cache_removed,
         }
-        await self.outputs.receipts.send(key=event.request_id.encode(), value=orjson.dumps(receipt))
+        self._delivery(
+            await self.outputs.receipts.send(
+                key=event.request_id.encode(), value=orjson.dumps(receipt)
+            )
+        )
 
     async def _decoded(
         self, record: SourceRecord, decode: Callable[[bytes | None, bytes | None, datetime], E]
@@ -441,13 +445,26 @@ class Processor:
         try:
             event = decode(record.key, record.value, datetime.now(UTC))
         except DecodeError as exc:
-            await self.dead_letters.send(record, exc.reason, str(exc))
+            await self._dead_letter(record, exc.reason, str(exc))
             return None
         event = self.privacy.identify(event)
         kind: str = event.type  # type: ignore[attr-defined]
         self.counts[kind] += 1
         self.metrics.labelled(self.metrics.events, kind).inc()
         return event
+
+    async def _dead_letter(self, record: SourceRecord, reason: str, message: str) -> None:
+        self._delivery(await self.dead_letters.send(record, reason, message))
+
+    def _delivery(self, delivery: Any) -> None:
+        """A record sent for the running batch (a dead letter, an erasure receipt): the batch's
+        offsets are acknowledged only once the broker has acknowledged it too."""
+        if delivery is None:
+            return
+        if self._batch is not None:
+            self._batch.deliveries.append(delivery)
+        else:  # outside a batch (none yet): nothing to hold back, but not lost silently
+            asyncio.ensure_future(delivery).add_done_callback(_log_failed_delivery)
 
     def _marker(self, shop_id: str, customer_id: str) -> bytes:
         return erasure_marker(self.privacy.secret, shop_id, customer_id).encode()
@@ -468,7 +485,7 @@ class Processor:
             log.exception(
                 "clock tick %s[%d]@%d failed", record.topic, record.partition, record.offset
             )
-            await self.dead_letters.send(record, "processing_error", repr(exc))
+            await self._dead_letter(record, "processing_error", repr(exc))
 
     # -- time and re-evaluation -----------------------------------------------------------------
 
@@ -754,6 +771,11 @@ class Processor:
 
 async def _nothing() -> None:
     return None
+
+
+def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled() and (exc := delivery.exception()) is not None:
+        log.error("a record outside a batch was not delivered", exc_info=exc)
 
 
 def _not_newer(candidate: Calibration, current: Calibration) -> bool:

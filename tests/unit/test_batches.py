@@ -375,3 +375,31 @@ async def test_a_replayed_reevaluation_writes_redis_even_when_the_table_has_its_
     await processor.drain()
     assert cache.written == {key.decode(): decode_stored(table[key]).state.revision}
     assert table.writes[key] == writes  # nothing changed: no table write
+
+
+async def test_a_batch_is_acknowledged_only_once_its_dead_letters_are() -> None:
+    """Nothing is lost silently: a dead-lettered record's offset is acknowledged only once the
+    broker has acknowledged the dead letter."""
+
+    class DeadLetterTopic:
+        def __init__(self) -> None:
+            self.pending: list[asyncio.Future[None]] = []
+
+        async def send(self, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.pending.append(future)
+            return future
+
+    processor, _, _, _, _ = _processor()
+    topic = DeadLetterTopic()
+    processor.dead_letters = DeadLetters(topic)
+    done: list[str] = []
+    bad = SourceRecord(b"c1", b"{not json", "orders", 0, 7)
+    await processor.on_batch([(bad, processor.on_order)], lambda _i: None, _marker("batch", done))
+    assert len(topic.pending) == 1
+    for _ in range(20):  # the dead letter is on its way: the batch is not acknowledged
+        await asyncio.sleep(0)
+        assert not done
+    topic.pending[0].set_result(None)
+    await asyncio.wait_for(processor.drain(), 10)
+    assert done == ["batch"]

@@ -1,7 +1,5 @@
-"""The wait for the tables' changelog records: every queued record is handed to the producer, in
-order, before the flush (streams.app._producer_drained, on Faust's own producer buffer), and the
-tables' changelog records are sent together and waited for until the broker has acknowledged
-every one (streams.app.ChangelogAcks)."""
+"""The wait for the tables' changelog records: they are sent together and waited for until the
+broker has acknowledged every one (streams.app.ChangelogAcks)."""
 
 from __future__ import annotations
 
@@ -14,33 +12,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from faust.transport.producer import ProducerBuffer
 
-from streams.app import ChangelogAcks, _producer_drained
-
-
-async def test_every_queued_record_is_handed_over_before_the_flush() -> None:
-    calls: list[Any] = []
-
-    class Channel:
-        async def publish_message(self, fut: Any, wait: bool = True) -> None:
-            calls.append(("send", fut.name))
-            if fut.name == "b":  # a record queued while another is handed over
-                buffer.put(message("d"))
-
-    def message(name: str) -> Any:
-        return SimpleNamespace(name=name, message=SimpleNamespace(channel=Channel()))
-
-    async def flush() -> None:
-        calls.append(("flush", buffer.size))
-
-    buffer = ProducerBuffer()
-    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
-    for name in "abc":
-        buffer.put(message(name))  # type: ignore[arg-type]
-    app = SimpleNamespace(producer=SimpleNamespace(buffer=buffer, flush=flush))
-
-    await _producer_drained(app)  # type: ignore[arg-type]
-
-    assert calls == [("send", "a"), ("send", "b"), ("send", "c"), ("send", "d"), ("flush", 0)]
+from streams.app import ChangelogAcks
 
 
 class _Batch:
