@@ -164,6 +164,7 @@ def create_app(
         privacy=Privacy(consent_required=settings.consent_required, secret=settings.secret),
         table_durable=changelog.wait,
         read=partition_reader(table),
+        read_erasure=partition_reader(erasures),
         on_write_failed=stop_after_failed_write,
     )
     source = app.topic(

@@ -152,11 +152,13 @@ class Processor:
         privacy: Privacy = Privacy(),
         table_durable: Callable[[], Awaitable[None]] | None = None,
         read: Callable[[int, bytes], bytes | None] | None = None,
+        read_erasure: Callable[[int, bytes], bytes | None] | None = None,
         on_write_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.table = table
         # Reads a key of one partition of the table (the store's fast path if it has one).
         self.read = read or (lambda _partition, key: table.get(key))
+        self.read_erasure = read_erasure or (lambda _partition, key: erasures.get(key))
         # Told at once when a batch's writes fail (the broker refused its transitions or its
         # changelog records after the producer's own retries): its offsets stay unacknowledged.
         self.on_write_failed = on_write_failed or (lambda _exc: None)
@@ -358,7 +360,7 @@ class Processor:
                 now = self.index.advance_watermark(partition, order.occurred_at)
                 await self._fire_due(partition, now)
             state = self._load(state_key(order.shop_id, order.customer_id), partition)
-            if state is None and self._erased(order.shop_id, order.customer_id):
+            if state is None and self._erased(order.shop_id, order.customer_id, partition):
                 # Erased: a fresh state only after consent is given again. Counted, logged.
                 self.counts["skipped_erased"] += 1
                 log.info(
@@ -393,7 +395,7 @@ class Processor:
         state = self._load(state_key(event.shop_id, event.customer_id), record.partition)
         if event.type == "consent_granted":
             self.erasures.pop(self._marker(event.shop_id, event.customer_id), None)
-        elif state is None and self._erased(event.shop_id, event.customer_id):
+        elif state is None and self._erased(event.shop_id, event.customer_id, record.partition):
             return  # erased: nothing to withdraw from, and nothing to store
         new_state, transitions = apply_consent(state, event, self.model_for(event.shop_id))
         await self._save(record.partition, new_state, transitions, previous=state)
@@ -469,8 +471,8 @@ class Processor:
     def _marker(self, shop_id: str, customer_id: str) -> bytes:
         return erasure_marker(self.privacy.secret, shop_id, customer_id).encode()
 
-    def _erased(self, shop_id: str, customer_id: str) -> bool:
-        return self._marker(shop_id, customer_id) in self.erasures
+    def _erased(self, shop_id: str, customer_id: str, partition: int) -> bool:
+        return self.read_erasure(partition, self._marker(shop_id, customer_id)) is not None
 
     async def on_tick(self, record: SourceRecord) -> None:
         """A clock tick for one customer (see ``due_ticks`` and ``reevaluation_ticks``)."""
