@@ -24,9 +24,9 @@ from models.transitions import (
     bootstrap_calibration,
     current_metrics,
     next_due,
-    remember_due,
 )
-from streams.codecs import decode_order, decode_stored, decode_stored_due, encode_stored
+from streams.codecs import decode_order, decode_stored, encode_stored
+from streams.orders import load_stored
 from streams.worker import tune_collector
 
 
@@ -63,10 +63,7 @@ class Fold:
             )
         customer = state_key(order.shop_id, order.customer_id)
         stored = self.store.get(customer)
-        state = None
-        if stored is not None:
-            state, due = decode_stored_due(stored)[1:3]
-            remember_due(state, model, due)
+        state = None if stored is None else load_stored(stored, self.models.__getitem__)
         try:
             state, _transitions = apply_order(state, order, model)
         except OrderRejected:

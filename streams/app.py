@@ -482,7 +482,6 @@ class ChangelogAcks:
     in the store, as Faust's callback would have done for that record."""
 
     def __init__(self, app: faust.App) -> None:
-        self.app = app
         self.outbox = Outbox(lambda: app.producer._ensure_producer())
         self._tables: dict[str, Any] = {}  # by changelog topic
 

@@ -114,7 +114,7 @@ class Outputs:
     receipts: Any = None
     # Sends what the topics hold back (a topic's ``send`` returns None then) and returns the
     # delivery futures; topics that send at once return their futures from ``send``.
-    dispatch: Callable[[], Awaitable[list[Any]]] = field(default_factory=nothing_held)
+    dispatch: Callable[[], Awaitable[list[Any]]] = nothing_held
     # Drops what the topics hold back (a batch that is processed again).
     discard: Callable[[], None] = lambda: None
 
@@ -302,8 +302,8 @@ class Processor:
         broker's acknowledgement of the table's changelog records."""
         if not (batch.changes or batch.deliveries):
             return
-        changes, deliveries = batch.changes, batch.deliveries
-        await asyncio.gather(*deliveries)
+        changes = batch.changes
+        await asyncio.gather(*batch.deliveries)
         writes = []
         for change in changes.values():
             writes += await self._after_write(change.partition, change.state, change.emitted_at)
@@ -315,10 +315,7 @@ class Processor:
         batch.activate(batch.current)
         # In the table now: later batches read the states from there. (Not emptied before:
         # until now the next batch, processed meanwhile, reads them from ``changes``.)
-        if batch.changes is changes:
-            batch.changes = {}
-        if batch.deliveries is deliveries:
-            batch.deliveries = []
+        batch.changes, batch.deliveries = {}, []
         # Redis and the changelog at once, in any order: a crash in between leaves the batch's
         # offsets uncommitted, and its replayed records write Redis again even where the table
         # already holds their effect (see _save). The changelog holds the batch before its
@@ -461,12 +458,10 @@ class Processor:
     def _delivery(self, delivery: Any) -> None:
         """A record sent for the running batch (a dead letter, an erasure receipt): the batch's
         offsets are acknowledged only once the broker has acknowledged it too."""
-        if delivery is None:
-            return
-        if self._batch is not None:
+        if self._batch is None:
+            raise RuntimeError("records are processed only inside on_batch")
+        if delivery is not None:
             self._batch.deliveries.append(delivery)
-        else:  # outside a batch (none yet): nothing to hold back, but not lost silently
-            asyncio.ensure_future(delivery).add_done_callback(_log_failed_delivery)
 
     def _marker(self, shop_id: str, customer_id: str) -> bytes:
         return erasure_marker(self.privacy.secret, shop_id, customer_id).encode()
@@ -662,12 +657,7 @@ class Processor:
             if batch is not None and (change := batch.changes.get(key)) is not None:
                 return change.state
         value = self.read(partition, key.encode())
-        if value is None:
-            return None
-        stored = decode_stored_due(value)
-        if stored.due_known:  # spares next_due for the loaded state
-            remember_due(stored.state, self.model_for(stored.state.shop_id), stored.due)
-        return stored.state
+        return None if value is None else load_stored(value, self.model_for)
 
     async def _save(
         self,
@@ -771,13 +761,17 @@ class Processor:
         return emitted_at, deliveries
 
 
+def load_stored(value: bytes, model_for: Callable[[str], SegmentModel]) -> CustomerState:
+    """The state of a table value, its stored due time handed to ``next_due`` (which then
+    need not compute it for the loaded state; ``model_for`` gives a shop's model)."""
+    stored = decode_stored_due(value)
+    if stored.due_known:
+        remember_due(stored.state, model_for(stored.state.shop_id), stored.due)
+    return stored.state
+
+
 async def _nothing() -> None:
     return None
-
-
-def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
-    if not delivery.cancelled() and (exc := delivery.exception()) is not None:
-        log.error("a record outside a batch was not delivered", exc_info=exc)
 
 
 def _not_newer(candidate: Calibration, current: Calibration) -> bool:

@@ -14,7 +14,7 @@ and aiokafka sends a partition's batches in the order they were submitted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
@@ -111,10 +111,6 @@ async def _send_batches(
     return sent
 
 
-def nothing_held() -> Callable[[], Awaitable[list[Any]]]:
-    """A dispatcher for outputs that send at once (nothing held back)."""
-
-    async def dispatch() -> list[Any]:
-        return []
-
-    return dispatch
+async def nothing_held() -> list[Any]:
+    """The dispatcher of outputs that send at once: nothing is held back."""
+    return []

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
-from faust.transport.producer import ProducerBuffer
 
 from streams.app import ChangelogAcks
 
@@ -54,15 +53,8 @@ class _Table:
 
 
 def _app(producer: _Producer) -> Any:
-    buffer = ProducerBuffer()
-    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
-
-    async def flush() -> None:
-        return None
-
-    return SimpleNamespace(
-        producer=SimpleNamespace(buffer=buffer, flush=flush, _ensure_producer=lambda: producer)
-    )
+    """An app as ChangelogAcks sees it: the producer, once started."""
+    return SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer))
 
 
 def _ack(entry: tuple[str, int, list[Any], asyncio.Future[Any]], base: int) -> None:
