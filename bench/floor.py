@@ -25,6 +25,7 @@ import faust
 import orjson
 
 from bench.raw import tally
+from streams import faust_corrections
 from streams.app import broker_urls
 
 
@@ -37,6 +38,7 @@ def run_floor(
     data_dir: Path,
     result: Path,
 ) -> None:
+    faust_corrections.install()  # Faust as the worker runs it
     app = faust.App(
         data_dir.name,
         broker=broker_urls(bootstrap),

@@ -33,17 +33,37 @@ that has just restarted does not stop the stream.
    no partitions; Faust raised ``PartitionsMismatch`` and the agent stopped for good (seen when
    a worker started while the broker was down). Here a changelog topic listed with no
    partitions is checked again at the next write; a real mismatch still raises.
+
+5. No four tasks per record. Faust hands each fetched record to its streams by racing the
+   delivery against the flow being suspended (``Service.wait_first``): four futures, and a
+   scheduling round, for every record, to be able to give up a delivery that blocks (a full
+   stream buffer) when a rebalance suspends the flow. Almost every delivery completes without
+   blocking. Here the delivery runs at once, up to the point where it would block; only a
+   delivery that does block is raced against the flow as Faust does, from that point on. What
+   is delivered, in which order, and when a blocked delivery is given up are Faust's.
+
+6. A full stream buffer holds the delivery, not the fetch. When a stream's buffer is four
+   fifths full, Faust takes the record's partition out of the fetch until the buffer is down
+   to two fifths. The fetch already waiting goes on waiting, up to its full second, for the
+   partitions still fetched: the paused ones' records are already fetched, so nothing new
+   arrives. A stream that cannot keep up with its fetches (the usual case for a worker with a
+   backlog) stalled for up to a second at every turn. Here the partition stays in the fetch,
+   and a delivery into a full buffer waits for room (Faust's own wait, given up when a
+   rebalance suspends the flow, see 5.): memory stays bounded by the buffer and one fetch
+   per partition, as the fetcher asks for no more until a partition's fetched records are
+   taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Coroutine, Generator
 from typing import Any
 
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from mode.services import Service, WaitResults
 
 _PATCHED = "_segmenter_corrected"
 
@@ -113,11 +133,77 @@ def resumed_after_seek(
     return on_recovery_completed
 
 
+class Resumed:
+    """The rest of a coroutine that has already run up to an await which blocked (it handed
+    ``pending`` to whatever drives it): awaiting this drives it on from there."""
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                yield pending  # the driving task resumes us once ``pending`` is done
+            except BaseException as exc:  # thrown in (a cancellation): to the coroutine
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value
+
+
+def _delivery(consumer: Any, coros: tuple[Any, ...]) -> Coroutine[Any, Any, Any] | None:
+    """The record delivery of ``Consumer._drain_messages``, if that is what ``wait_first`` was
+    called with: ``(callback(message), consumer.suspend_flow.wait())``."""
+    if len(coros) != 2:
+        return None
+    delivery, suspended = coros
+    frame = getattr(suspended, "cr_frame", None)
+    if frame is None or frame.f_locals.get("self") is not consumer.suspend_flow:
+        return None
+    return delivery if hasattr(delivery, "send") else None
+
+
+async def deliver_first(self: Any, *coros: Any, timeout: Any = None) -> WaitResults:
+    """``Consumer.wait_first``: a record's delivery runs at once, and is raced against the
+    flow being suspended (Faust's ``wait_first``) only if it blocks."""
+    delivery = _delivery(self, coros) if timeout is None else None
+    if delivery is None:
+        return await Service.wait_first(self, *coros, timeout=timeout)
+    suspended = coros[1]
+    try:
+        pending = delivery.send(None)
+    except StopIteration as done:  # delivered without blocking: the usual case
+        suspended.close()  # never started
+        stopped = self._stopped.is_set() or self._crashed.is_set()
+        if stopped:
+            return WaitResults([], [], True)
+        return WaitResults([delivery], [done.value], False)
+    except BaseException:
+        suspended.close()
+        raise
+    return await Service.wait_first(self, Resumed(delivery, pending), suspended)
+
+
+def keep_fetching(self: Any, tp: Any) -> None:
+    """``Consumer.on_buffer_full``: the partition stays in the fetch (see 6.)."""
+
+
 def install() -> None:
     """Apply the corrections to Faust (once per process)."""
     if getattr(Consumer, _PATCHED, False):
         return
     Consumer._new_offset = next_commit  # type: ignore[method-assign,assignment]
+    Consumer.wait_first = deliver_first  # type: ignore[method-assign]
+    Consumer.on_buffer_full = keep_fetching  # type: ignore[method-assign]
     faust_fetch = AIOKafkaConsumerThread._fetch_records
 
     async def _fetch_records(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
+from mode.utils.locks import Event
 
 from streams import faust_corrections
 
@@ -169,6 +171,133 @@ def test_a_changelog_topic_not_in_the_metadata_yet_is_checked_again() -> None:
     known["app-customers-changelog"] = 2
     Collection._verify_source_topic_partitions(table, "shop.orders")
     assert table._verified_source_topics_for_partitions == {"shop.orders"}
+
+
+def draining() -> KafkaConsumer:
+    """A consumer with only what ``wait_first`` reads, as ``_drain_messages`` calls it."""
+    faust_corrections.install()
+    consumer = KafkaConsumer.__new__(KafkaConsumer)  # the driver the worker uses
+    consumer._loop = asyncio.get_running_loop()
+    consumer._stopped, consumer._crashed, consumer.suspend_flow = Event(), Event(), Event()
+    return consumer
+
+
+async def test_a_delivery_that_does_not_block_runs_at_once() -> None:
+    consumer = draining()
+    delivered: list[str] = []
+    created: list[Any] = []
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+    loop.set_task_factory(
+        lambda loop, coro, **kw: created.append(coro) or asyncio.Task(coro, loop=loop, **kw)
+    )
+
+    async def callback(message: str) -> str:
+        delivered.append(message)
+        return message
+
+    try:
+        suspended = consumer.suspend_flow.wait()
+        results = await consumer.wait_first(callback("m0"), suspended)
+    finally:
+        loop.set_task_factory(factory)
+    assert delivered == ["m0"]
+    assert (results.results, results.stopped) == (["m0"], False)
+    assert created == []  # Faust's own creates four tasks per record
+    assert suspended.cr_frame is None  # closed, not left un-awaited
+
+
+async def test_a_delivery_that_blocks_finishes_once_unblocked() -> None:
+    consumer = draining()
+    room = asyncio.Event()
+    steps: list[str] = []
+
+    async def callback(message: str) -> str:
+        steps.append("started")
+        await room.wait()  # a full stream buffer
+        steps.append("put")
+        return message
+
+    waiting = asyncio.ensure_future(
+        consumer.wait_first(callback("m1"), consumer.suspend_flow.wait())
+    )
+    await asyncio.sleep(0)
+    assert steps == ["started"] and not waiting.done()
+    room.set()
+    results = await asyncio.wait_for(waiting, 5)
+    assert steps == ["started", "put"]
+    assert (results.results, results.stopped) == (["m1"], False)
+
+
+async def test_a_blocked_delivery_is_given_up_when_the_flow_is_suspended() -> None:
+    consumer = draining()
+    room = asyncio.Event()
+    outcome: list[str] = []
+
+    async def callback(message: str) -> None:
+        try:
+            await room.wait()
+            outcome.append("delivered")
+        except asyncio.CancelledError:
+            outcome.append("given up")
+            raise
+
+    waiting = asyncio.ensure_future(
+        consumer.wait_first(callback("m2"), consumer.suspend_flow.wait())
+    )
+    await asyncio.sleep(0)
+    consumer.suspend_flow.set()  # a rebalance began
+    results = await asyncio.wait_for(waiting, 5)
+    assert (results.results, results.stopped) == ([True], False)  # the suspension won
+    await asyncio.sleep(0)  # the cancelled delivery runs its handler
+    assert outcome == ["given up"]
+    room.set()
+    await asyncio.sleep(0)
+    assert outcome == ["given up"]
+
+
+async def test_other_waits_of_the_consumer_are_faust_s_own() -> None:
+    consumer = draining()
+
+    async def slow() -> str:
+        await asyncio.sleep(10)
+        return "late"
+
+    started: list[Any] = []
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+    loop.set_task_factory(
+        lambda loop, coro, **kw: started.append(coro) or asyncio.Task(coro, loop=loop, **kw)
+    )
+    try:
+        results = await consumer.wait_first(slow(), timeout=0.01)
+    finally:
+        loop.set_task_factory(factory)
+    assert (results.done, results.stopped) == ([], True)  # Faust's answer to a timeout
+    assert len(started) == 3  # the coroutine, stopped and crashed, each in a task
+
+
+async def test_an_exception_of_a_delivery_reaches_the_drain() -> None:
+    consumer = draining()
+
+    async def callback(message: str) -> None:
+        raise ValueError(message)
+
+    suspended = consumer.suspend_flow.wait()
+    with pytest.raises(ValueError, match="m3"):
+        await consumer.wait_first(callback("m3"), suspended)
+    assert suspended.cr_frame is None
+
+
+def test_a_full_stream_buffer_leaves_the_partition_in_the_fetch() -> None:
+    faust_corrections.install()
+    active = {TP0}
+    consumer = KafkaConsumer.__new__(KafkaConsumer)
+    consumer.app = SimpleNamespace(in_recovery=False)
+    consumer._get_active_partitions = lambda: active
+    consumer._buffered_partitions = set()
+    consumer.on_buffer_full(TP0)
+    assert active == {TP0} and consumer._buffered_partitions == set()
 
 
 def test_install_is_idempotent() -> None:
