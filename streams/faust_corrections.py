@@ -42,16 +42,14 @@ that has just restarted does not stop the stream.
    delivery that does block is raced against the flow as Faust does, from that point on. What
    is delivered, in which order, and when a blocked delivery is given up are Faust's.
 
-6. A full stream buffer holds the delivery, not the fetch. When a stream's buffer is four
-   fifths full, Faust takes the record's partition out of the fetch until the buffer is down
-   to two fifths. The fetch already waiting goes on waiting, up to its full second, for the
-   partitions still fetched: the paused ones' records are already fetched, so nothing new
-   arrives. A stream that cannot keep up with its fetches (the usual case for a worker with a
-   backlog) stalled for up to a second at every turn. Here the partition stays in the fetch,
-   and a delivery into a full buffer waits for room (Faust's own wait, given up when a
-   rebalance suspends the flow, see 5.): memory stays bounded by the buffer and one fetch
-   per partition, as the fetcher asks for no more until a partition's fetched records are
-   taken.
+6. A paused partition stalls the fetch for a moment only. When a stream's buffer is four fifths
+   full, Faust takes the record's partition out of the fetch until the buffer is down to two
+   fifths. The fetch already waiting went on waiting, up to its full second, for the
+   partitions still fetched: the paused ones' records were fetched already, so nothing new
+   arrived. A stream that cannot keep up with its fetches (a worker with a backlog) stalled
+   for up to a second at every turn. Here, while a partition is paused so, a fetch waits at
+   most ``PAUSED_FETCH_WAIT`` seconds, and the fetcher asks again: the partitions come back
+   within that time once the buffer has room. When to pause and resume is Faust's.
 """
 
 from __future__ import annotations
@@ -66,6 +64,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.services import Service, WaitResults
 
 _PATCHED = "_segmenter_corrected"
+# How long a fetch waits for records while partitions are paused for a full stream buffer.
+PAUSED_FETCH_WAIT = 0.01
 
 
 def next_commit(consumer: Any, tp: Any) -> int | None:
@@ -193,17 +193,12 @@ async def deliver_first(self: Any, *coros: Any, timeout: Any = None) -> WaitResu
     return await Service.wait_first(self, Resumed(delivery, pending), suspended)
 
 
-def keep_fetching(self: Any, tp: Any) -> None:
-    """``Consumer.on_buffer_full``: the partition stays in the fetch (see 6.)."""
-
-
 def install() -> None:
     """Apply the corrections to Faust (once per process)."""
     if getattr(Consumer, _PATCHED, False):
         return
     Consumer._new_offset = next_commit  # type: ignore[method-assign,assignment]
     Consumer.wait_first = deliver_first  # type: ignore[method-assign]
-    Consumer.on_buffer_full = keep_fetching  # type: ignore[method-assign]
     faust_fetch = AIOKafkaConsumerThread._fetch_records
 
     async def _fetch_records(
@@ -215,6 +210,8 @@ def install() -> None:
     ) -> Any:
         if active_partitions is not None:  # None: a client without a group, every partition
             active_partitions = ActiveOnly(active_partitions)
+        if self.consumer._buffered_partitions and timeout:  # paused for a full buffer
+            timeout = min(timeout, PAUSED_FETCH_WAIT)
         return await faust_fetch(
             self, consumer, active_partitions, timeout=timeout, max_records=max_records
         )

@@ -145,7 +145,7 @@ async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
         _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext),
     )
     aiokafka = SimpleNamespace(_fetcher=fetcher, _closed=False)
-    thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+    thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True, _buffered_partitions=()))
     fetch = AIOKafkaConsumerThread._fetch_records
     assert await fetch(thread, aiokafka, live, timeout=0.0, max_records=10) == {TP0: ["r0"]}
     live.clear()  # a restore has just paused its partitions: none is active
@@ -289,15 +289,29 @@ async def test_an_exception_of_a_delivery_reaches_the_drain() -> None:
     assert suspended.cr_frame is None
 
 
-def test_a_full_stream_buffer_leaves_the_partition_in_the_fetch() -> None:
+async def test_a_fetch_waits_only_a_moment_while_partitions_are_paused_for_a_full_buffer() -> None:
     faust_corrections.install()
-    active = {TP0}
-    consumer = KafkaConsumer.__new__(KafkaConsumer)
-    consumer.app = SimpleNamespace(in_recovery=False)
-    consumer._get_active_partitions = lambda: active
-    consumer._buffered_partitions = set()
-    consumer.on_buffer_full(TP0)
-    assert active == {TP0} and consumer._buffered_partitions == set()
+    waited: list[float | None] = []
+
+    async def fetched_records(partitions: Any, timeout: float, max_records: int) -> dict:
+        waited.append(timeout)
+        return {}
+
+    fetcher = SimpleNamespace(
+        fetched_records=fetched_records,
+        _closed=False,
+        _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext),
+    )
+    aiokafka = SimpleNamespace(_fetcher=fetcher, _closed=False)
+    consumer = SimpleNamespace(flow_active=True, _buffered_partitions=set())
+    thread = SimpleNamespace(consumer=consumer)
+    fetch = AIOKafkaConsumerThread._fetch_records
+    await fetch(thread, aiokafka, {TP0}, timeout=1.0, max_records=10)
+    consumer._buffered_partitions.add(TP("shop.orders", 1))  # its stream buffer is full
+    await fetch(thread, aiokafka, {TP0}, timeout=1.0, max_records=10)
+    consumer._buffered_partitions.clear()  # room again: Faust resumed it
+    await fetch(thread, aiokafka, {TP0}, timeout=1.0, max_records=10)
+    assert waited == [1.0, faust_corrections.PAUSED_FETCH_WAIT, 1.0]
 
 
 def test_install_is_idempotent() -> None:
