@@ -27,6 +27,7 @@ import orjson
 from bench.raw import tally
 from streams import faust_corrections
 from streams.app import broker_urls
+from streams.worker import ServiceWorker
 
 
 def run_floor(
@@ -82,7 +83,9 @@ def run_floor(
                 # agent itself; a consumer group's clean leave is not what is measured here.
                 os._exit(0)
 
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    # As the worker runs: without Faust's terminal spinner, which turns the root logger to
+    # DEBUG (aiokafka then builds a log record for every record it sends).
+    ServiceWorker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":
