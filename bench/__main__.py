@@ -9,7 +9,7 @@ import click
 
 from bench.run import Options, console, main, write
 
-PHASES = ("throughput", "latency", "lateness", "restart")
+PHASES = ("throughput", "latency", "lateness", "restart", "scaling")
 
 
 @click.command()
@@ -28,6 +28,9 @@ PHASES = ("throughput", "latency", "lateness", "restart")
     "--restart-customers", default=1_000_000, show_default=True, help="customers in the store"
 )
 @click.option("--partitions", default=4, show_default=True)
+@click.option(
+    "--scaling-workers", default=2, show_default=True, help="workers of the scaling phase"
+)
 @click.option(
     "--phase",
     "phases",
@@ -51,6 +54,7 @@ def cli(
     due_customers: int,
     restart_customers: int,
     partitions: int,
+    scaling_workers: int,
     phases: tuple[str, ...],
     out: Path,
 ) -> None:
@@ -64,6 +68,7 @@ def cli(
         warmup_seconds=warmup_seconds,
         due_customers=due_customers,
         restart_customers=restart_customers,
+        scaling_workers=scaling_workers,
         phases=phases or PHASES,
     )
     results = asyncio.run(main(options))

@@ -110,5 +110,17 @@ def render(results: Any) -> str:
         )
         row("worker RSS with the store loaded (peak), MiB", f"{r['worker_rss_mib'].get('VmRSS')} "
             f"({r['worker_rss_mib'].get('VmHWM')})")  # fmt: skip
+    if sc := f.get("scaling"):
+        shares = ", ".join(f"{n:,}" for n in sc["records_per_worker"])
+        row(
+            f"{sc['workers']} workers of one group, the same {sc['orders']:,} orders: "
+            "orders/s together (records each)",
+            f"{sc['orders_per_s']:,} ({shares})",
+        )
+        if sc.get("speedup") is not None:
+            row(
+                f"  {sc['workers']} workers / the single worker of the throughput run",
+                f"{sc['speedup']:.2f}x",
+            )
     lines.append("")
     return "\n".join(lines)

@@ -11,7 +11,11 @@ Phases (each on topics, consumer groups and Redis keys of its own):
 3. lateness: orders placed so that the customers turn inactive within the next seconds; how
    long after its due instant each time-caused transition is emitted and seen;
 4. restart: a changelog with a million customers; a worker recovers it into RocksDB (cold),
-   is stopped, and started again on the same store (warm): time until ``/readyz`` answers 200.
+   is stopped, and started again on the same store (warm): time until ``/readyz`` answers 200;
+5. scaling: the throughput run's records again, for several workers of one group: once every
+   worker is ready (the partitions shared out), their fetching is paused, the records
+   published, and fetching resumed in all at once; their combined rate, against the single
+   worker's of the throughput phase.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -67,7 +72,8 @@ class Options:
     warmup_seconds: float = 5.0
     due_customers: int = 2000
     restart_customers: int = 1_000_000
-    phases: tuple[str, ...] = ("throughput", "latency", "lateness", "restart")
+    scaling_workers: int = 2
+    phases: tuple[str, ...] = ("throughput", "latency", "lateness", "restart", "scaling")
     workdir: Path = ROOT / ".bench"
 
 
@@ -347,41 +353,46 @@ async def _worker_throughput(
     process = spawn_worker(overrides, workdir / f"{overrides['app_id']}.log")
     port = int(overrides["web_port"])
     try:
-        samples: list[tuple[float, int]] = []
-
-        async def processed() -> int:
-            _, stats = await _get_json(port, "/stats")
-            events = stats["events"]  # also counts transitions: only the orders' types
-            count = sum(events.get(t, 0) for t in ORDER_TYPES) + sum(stats["dead_letters"].values())
-            samples.append((time.monotonic(), count))
-            return count
-
-        with progress_bar() as bar:
-            task = bar.add_task("full worker", total=expected)
-
-            async def probe() -> int:
-                if process.poll() is not None:
-                    raise RuntimeError(f"worker exited with {process.returncode}")
-                count = await processed()
-                bar.update(task, completed=count)
-                return count
-
-            await _wait(
-                probe,
-                lambda c: isinstance(c, int) and c >= expected,
-                3600,
-                "the worker to process all",
-            )
-        # from the first sample with progress to the end: the sustained rate
-        first = next(i for i, (_, c) in enumerate(samples) if c > 0)
-        start_t, start_c = samples[max(first - 1, 0)]
-        end_t, end_c = samples[-1]
-        rate = (end_c - start_c) / (end_t - start_t)
+        rate, seconds = await _sustained_rate([(process, port)], expected, "full worker")
         rss = _rss_mib(process.pid)
         customers = int(await _metric(port, "segmenter_table_customers"))
-        return rate, rss, customers, end_t - start_t
+        return rate, rss, customers, seconds
     finally:
         stop_worker(process)
+
+
+async def _processed(port: int) -> int:
+    """Records a worker has processed since it started: orders and dead letters."""
+    _, stats = await _get_json(port, "/stats")
+    events = stats["events"]  # also counts transitions: only the orders' types
+    return sum(events.get(t, 0) for t in ORDER_TYPES) + sum(stats["dead_letters"].values())
+
+
+async def _sustained_rate(
+    workers: list[tuple[subprocess.Popen[bytes], int]], expected: int, what: str
+) -> tuple[float, float]:
+    """Wait until the workers (process, web port) have processed ``expected`` records between
+    them: (records/s from the first sample with progress to the end, seconds)."""
+    samples: list[tuple[float, int]] = []
+    with progress_bar() as bar:
+        task = bar.add_task(what, total=expected)
+
+        async def probe() -> int:
+            for process, _ in workers:
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker exited with {process.returncode}")
+            count = sum(await asyncio.gather(*(_processed(port) for _, port in workers)))
+            samples.append((time.monotonic(), count))
+            bar.update(task, completed=count)
+            return count
+
+        await _wait(
+            probe, lambda c: isinstance(c, int) and c >= expected, 3600, f"{what} to process all"
+        )
+    first = next(i for i, (_, c) in enumerate(samples) if c > 0)
+    start_t, start_c = samples[max(first - 1, 0)]
+    end_t, end_c = samples[-1]
+    return (end_c - start_c) / (end_t - start_t), end_t - start_t
 
 
 # -- phase 2: latency at a fixed offered load -----------------------------------------------------
@@ -651,6 +662,67 @@ async def restart(run: Run) -> None:
     }
 
 
+# -- phase 5: several workers ---------------------------------------------------------------------
+
+
+async def scaling(run: Run) -> None:
+    o = run.options
+    overrides = run.overrides("scaling", clock="event")
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    await ensure_topics(settings)
+    workers = []
+    try:
+        for index in range(o.scaling_workers):
+            own = {
+                **overrides,
+                "web_port": str(_free_port()),
+                "data_dir": str(o.workdir / f"{overrides['app_id']}-{index}"),
+            }
+            log = o.workdir / f"{overrides['app_id']}-{index}.log"
+            workers.append((spawn_worker(own, log), int(own["web_port"])))
+        with console.status(f"{o.scaling_workers} workers joining their group ..."):
+            # Ready means recovered and not rebalancing: with every worker ready at once, the
+            # partitions are shared out among all of them.
+            await _wait(
+                lambda: asyncio.gather(*(_get_json(port, "/readyz") for _, port in workers)),
+                lambda r: isinstance(r, list) and all(status == 200 for status, _ in r),
+                300,
+                "every worker to be ready",
+            )
+            paused = await asyncio.gather(*(_post_json(port, "/pause") for _, port in workers))
+        if not all(body.get("paused") for _, body in paused):
+            raise RuntimeError(f"pausing the workers failed: {paused}")
+        spec = StreamSpec(customers=o.customers)
+        records = _prefix(order_stream(spec), o.throughput_orders)
+        sent = await run.publish(settings.orders_topic, records, o.throughput_orders)
+        resumed = await asyncio.gather(*(_post_json(port, "/resume") for _, port in workers))
+        if any(status != 200 for status, _ in resumed):
+            raise RuntimeError(f"resuming the workers failed: {resumed}")
+        rate, seconds = await _sustained_rate(workers, sent, f"{o.scaling_workers} workers")
+        shares = await asyncio.gather(*(_processed(port) for _, port in workers))
+    finally:
+        for process, _ in workers:
+            stop_worker(process)
+    single = run.results.figures.get("throughput", {}).get("worker_orders_per_s")
+    run.results.figures["scaling"] = {
+        "workers": o.scaling_workers,
+        "orders": sent,
+        "orders_per_s": round(rate),
+        "seconds": round(seconds, 1),
+        "records_per_worker": shares,
+        "single_worker_orders_per_s": single,
+        "speedup": round(rate / single, 2) if single else None,
+    }
+
+
+async def _post_json(port: int, path: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(5)) as r,
+    ):
+        return r.status, await r.json(content_type=None)
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -665,6 +737,8 @@ async def main(options: Options) -> Results:
             await live(run)
         if "restart" in options.phases:
             await restart(run)
+        if "scaling" in options.phases:
+            await scaling(run)
     finally:
         await cleanup(run)
     return run.results
