@@ -40,16 +40,22 @@ that has just restarted does not stop the stream.
    stream buffer) when a rebalance suspends the flow. Almost every delivery completes without
    blocking. Here the delivery runs at once, up to the point where it would block; only a
    delivery that does block is raced against the flow as Faust does, from that point on. What
-   is delivered, in which order, and when a blocked delivery is given up are Faust's.
+   is delivered, in which order, and when a blocked delivery is given up are Faust's. (The
+   part that runs at once runs in the fetcher's task: Faust's delivery, up to the stream's
+   buffer, sets no context variable and keeps no handle on its task.)
 
-6. A paused partition stalls the fetch for a moment only. When a stream's buffer is four fifths
-   full, Faust takes the record's partition out of the fetch until the buffer is down to two
-   fifths. The fetch already waiting went on waiting, up to its full second, for the
-   partitions still fetched: the paused ones' records were fetched already, so nothing new
-   arrived. A stream that cannot keep up with its fetches (a worker with a backlog) stalled
-   for up to a second at every turn. Here, while a partition is paused so, a fetch waits at
-   most ``PAUSED_FETCH_WAIT`` seconds, and the fetcher asks again: the partitions come back
-   within that time once the buffer has room. When to pause and resume is Faust's.
+6. A full stream buffer holds the delivery, not the fetch. When a stream's buffer was four
+   fifths full, Faust took the record's partition out of the fetch until the buffer was down
+   to two fifths. The fetch already waiting went on waiting, up to its full second, for the
+   partitions still fetched (the paused ones' records were fetched already, so nothing new
+   arrived), or, with every partition paused, the fetcher slept a second: a stream that
+   cannot keep up with its fetches (a worker with a backlog) stalled at every turn. Its
+   resume also put the partition back into the fetch whatever paused it since (a rebalance's
+   recovery, which resumes the input only after seeking it, see 2., or an operator's pause).
+   Here the partition stays in the fetch, and a delivery into a full buffer waits for room
+   (Faust's own wait, given up when a rebalance suspends the flow, see 5.): memory stays
+   bounded by the buffer and one fetched batch per partition, since aiokafka fetches no more
+   for a partition until its fetched records are taken.
 """
 
 from __future__ import annotations
@@ -64,8 +70,6 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.services import Service, WaitResults
 
 _PATCHED = "_segmenter_corrected"
-# How long a fetch waits for records while partitions are paused for a full stream buffer.
-PAUSED_FETCH_WAIT = 0.01
 
 
 def next_commit(consumer: Any, tp: Any) -> int | None:
@@ -193,12 +197,17 @@ async def deliver_first(self: Any, *coros: Any, timeout: Any = None) -> WaitResu
     return await Service.wait_first(self, Resumed(delivery, pending), suspended)
 
 
+def keep_fetching(self: Any, tp: Any) -> None:
+    """``Consumer.on_buffer_full``: the partition stays in the fetch (see 6.)."""
+
+
 def install() -> None:
     """Apply the corrections to Faust (once per process)."""
     if getattr(Consumer, _PATCHED, False):
         return
     Consumer._new_offset = next_commit  # type: ignore[method-assign,assignment]
     Consumer.wait_first = deliver_first  # type: ignore[method-assign]
+    Consumer.on_buffer_full = keep_fetching  # type: ignore[method-assign]
     faust_fetch = AIOKafkaConsumerThread._fetch_records
 
     async def _fetch_records(
@@ -210,8 +219,6 @@ def install() -> None:
     ) -> Any:
         if active_partitions is not None:  # None: a client without a group, every partition
             active_partitions = ActiveOnly(active_partitions)
-        if self.consumer._buffered_partitions and timeout:  # paused for a full buffer
-            timeout = min(timeout, PAUSED_FETCH_WAIT)
         return await faust_fetch(
             self, consumer, active_partitions, timeout=timeout, max_records=max_records
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections import defaultdict
 from collections.abc import Iterable
 from types import SimpleNamespace
@@ -145,7 +146,7 @@ async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
         _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext),
     )
     aiokafka = SimpleNamespace(_fetcher=fetcher, _closed=False)
-    thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True, _buffered_partitions=()))
+    thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
     fetch = AIOKafkaConsumerThread._fetch_records
     assert await fetch(thread, aiokafka, live, timeout=0.0, max_records=10) == {TP0: ["r0"]}
     live.clear()  # a restore has just paused its partitions: none is active
@@ -289,29 +290,110 @@ async def test_an_exception_of_a_delivery_reaches_the_drain() -> None:
     assert suspended.cr_frame is None
 
 
-async def test_a_fetch_waits_only_a_moment_while_partitions_are_paused_for_a_full_buffer() -> None:
+def test_a_full_stream_buffer_leaves_the_partition_in_the_fetch() -> None:
     faust_corrections.install()
-    waited: list[float | None] = []
+    active = {TP0}
+    consumer = KafkaConsumer.__new__(KafkaConsumer)
+    consumer.app = SimpleNamespace(in_recovery=False)
+    consumer._active_partitions = active
+    consumer._buffered_partitions = set()
+    consumer.on_buffer_full(TP0)
+    assert active == {TP0} and consumer._buffered_partitions == set()
+    consumer.on_buffer_drop(TP0)  # and room again puts nothing back
+    assert active == {TP0}
+    active.discard(TP0)  # paused since, by a rebalance's recovery or an operator
+    consumer.on_buffer_drop(TP0)
+    assert active == set()
 
-    async def fetched_records(partitions: Any, timeout: float, max_records: int) -> dict:
-        waited.append(timeout)
-        return {}
 
-    fetcher = SimpleNamespace(
-        fetched_records=fetched_records,
-        _closed=False,
-        _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext),
+def test_the_drain_calls_wait_first_as_the_correction_expects() -> None:
+    # Correction 5 recognises the record delivery by the call's shape: if the installed Faust
+    # calls it otherwise, the correction would silently stop applying.
+    source = "".join(inspect.getsource(Consumer._drain_messages).split())
+    assert "awaitself.wait_first(callback(message),self.suspend_flow.wait())" in source
+
+
+async def test_a_delivery_that_blocks_several_times_runs_to_its_end() -> None:
+    consumer = draining()
+    room = asyncio.Event()
+    steps: list[str] = []
+
+    async def callback(message: str) -> str:
+        steps.append("decode")
+        await asyncio.sleep(0)  # a bare yield
+        steps.append("wait")
+        await room.wait()  # a future
+        await asyncio.sleep(0)
+        steps.append("put")
+        return message
+
+    waiting = asyncio.ensure_future(
+        consumer.wait_first(callback("m4"), consumer.suspend_flow.wait())
     )
-    aiokafka = SimpleNamespace(_fetcher=fetcher, _closed=False)
-    consumer = SimpleNamespace(flow_active=True, _buffered_partitions=set())
-    thread = SimpleNamespace(consumer=consumer)
-    fetch = AIOKafkaConsumerThread._fetch_records
-    await fetch(thread, aiokafka, {TP0}, timeout=1.0, max_records=10)
-    consumer._buffered_partitions.add(TP("shop.orders", 1))  # its stream buffer is full
-    await fetch(thread, aiokafka, {TP0}, timeout=1.0, max_records=10)
-    consumer._buffered_partitions.clear()  # room again: Faust resumed it
-    await fetch(thread, aiokafka, {TP0}, timeout=1.0, max_records=10)
-    assert waited == [1.0, faust_corrections.PAUSED_FETCH_WAIT, 1.0]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert steps == ["decode", "wait"] and not waiting.done()
+    room.set()
+    results = await asyncio.wait_for(waiting, 5)
+    assert steps == ["decode", "wait", "put"]
+    assert results.results == ["m4"]
+
+
+async def test_a_delivery_given_up_at_a_bare_yield_sees_the_cancellation() -> None:
+    consumer = draining()
+    outcome: list[str] = []
+
+    async def callback(message: str) -> None:
+        try:
+            for _ in range(1000):  # busy with a full buffer, yielding to the loop
+                await asyncio.sleep(0)
+            outcome.append("not given up")
+        except asyncio.CancelledError:
+            outcome.append("given up")
+            raise
+
+    waiting = asyncio.ensure_future(
+        consumer.wait_first(callback("m5"), consumer.suspend_flow.wait())
+    )
+    await asyncio.sleep(0)
+    consumer.suspend_flow.set()  # a rebalance began
+    results = await asyncio.wait_for(waiting, 5)
+    assert results.results == [True]
+    for _ in range(1100):
+        await asyncio.sleep(0)
+    assert outcome == ["given up"]
+
+
+async def test_a_delivery_to_a_stopped_consumer_is_reported_stopped() -> None:
+    consumer = draining()
+    consumer._stopped.set()
+
+    async def callback(message: str) -> str:
+        return message
+
+    results = await consumer.wait_first(callback("m6"), consumer.suspend_flow.wait())
+    assert (results.done, results.stopped) == ([], True)  # as Faust's own answers
+
+
+async def test_two_coroutines_that_are_not_a_delivery_are_faust_s_own() -> None:
+    consumer = draining()
+    other = Event()  # not the consumer's suspend_flow
+    started: list[Any] = []
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+    loop.set_task_factory(
+        lambda loop, coro, **kw: started.append(coro) or asyncio.Task(coro, loop=loop, **kw)
+    )
+
+    async def quick() -> str:
+        return "done"
+
+    try:
+        results = await consumer.wait_first(quick(), other.wait())
+    finally:
+        loop.set_task_factory(factory)
+    assert results.results == ["done"]
+    assert len(started) == 4  # both coroutines, stopped and crashed, each in a task
 
 
 def test_install_is_idempotent() -> None:
