@@ -175,10 +175,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _get_json(port: int, path: str) -> tuple[int, Any]:
+async def _http_json(port: int, path: str, method: str = "GET") -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(5)) as r,
+        session.request(
+            method, f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(5)
+        ) as r,
     ):
         return r.status, await r.json(content_type=None)
 
@@ -203,7 +205,7 @@ async def _ready(port: int, timeout: float) -> float:
     """Seconds until the worker's /readyz answers 200."""
     started = time.monotonic()
     await _wait(
-        lambda: _get_json(port, "/readyz"),
+        lambda: _http_json(port, "/readyz"),
         lambda r: isinstance(r, tuple) and r[0] == 200,
         timeout,
         "the worker to be ready",
@@ -256,9 +258,7 @@ async def throughput(run: Run) -> None:
     overrides = run.overrides("throughput", clock="event")
     settings = Settings(**overrides)  # type: ignore[arg-type]
     await ensure_topics(settings)
-    spec = StreamSpec(customers=o.customers)
-    records = _prefix(order_stream(spec), o.throughput_orders)
-    sent = await run.publish(settings.orders_topic, records, o.throughput_orders)
+    sent = await run.publish(settings.orders_topic, _throughput_orders(o), o.throughput_orders)
     raw_topic = f"{settings.app_id}.raw-out"
     await create_compacted_topic(run.bootstrap, raw_topic, o.partitions)
 
@@ -299,6 +299,11 @@ async def throughput(run: Run) -> None:
         "state_bytes_on_disk": disk,
         "state_bytes_per_customer": round(disk / customers, 1) if customers else None,
     }
+
+
+def _throughput_orders(o: Options) -> Iterator[tuple[bytes, bytes]]:
+    """The records of the throughput run (and of the scaling run)."""
+    return _prefix(order_stream(StreamSpec(customers=o.customers)), o.throughput_orders)
 
 
 async def _floor(run: Run, topic: str, out_topic: str, expected: int) -> float:
@@ -363,7 +368,7 @@ async def _worker_throughput(
 
 async def _processed(port: int) -> int:
     """Records a worker has processed since it started: orders and dead letters."""
-    _, stats = await _get_json(port, "/stats")
+    _, stats = await _http_json(port, "/stats")
     events = stats["events"]  # also counts transitions: only the orders' types
     return sum(events.get(t, 0) for t in ORDER_TYPES) + sum(stats["dead_letters"].values())
 
@@ -684,18 +689,20 @@ async def scaling(run: Run) -> None:
             # Ready means recovered and not rebalancing: with every worker ready at once, the
             # partitions are shared out among all of them.
             await _wait(
-                lambda: asyncio.gather(*(_get_json(port, "/readyz") for _, port in workers)),
+                lambda: asyncio.gather(*(_http_json(port, "/readyz") for _, port in workers)),
                 lambda r: isinstance(r, list) and all(status == 200 for status, _ in r),
                 300,
                 "every worker to be ready",
             )
-            paused = await asyncio.gather(*(_post_json(port, "/pause") for _, port in workers))
+            paused = await asyncio.gather(
+                *(_http_json(port, "/pause", "POST") for _, port in workers)
+            )
         if not all(body.get("paused") for _, body in paused):
             raise RuntimeError(f"pausing the workers failed: {paused}")
-        spec = StreamSpec(customers=o.customers)
-        records = _prefix(order_stream(spec), o.throughput_orders)
-        sent = await run.publish(settings.orders_topic, records, o.throughput_orders)
-        resumed = await asyncio.gather(*(_post_json(port, "/resume") for _, port in workers))
+        sent = await run.publish(settings.orders_topic, _throughput_orders(o), o.throughput_orders)
+        resumed = await asyncio.gather(
+            *(_http_json(port, "/resume", "POST") for _, port in workers)
+        )
         if any(status != 200 for status, _ in resumed):
             raise RuntimeError(f"resuming the workers failed: {resumed}")
         rate, seconds = await _sustained_rate(workers, sent, f"{o.scaling_workers} workers")
@@ -713,14 +720,6 @@ async def scaling(run: Run) -> None:
         "single_worker_orders_per_s": single,
         "speedup": round(rate / single, 2) if single else None,
     }
-
-
-async def _post_json(port: int, path: str) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(5)) as r,
-    ):
-        return r.status, await r.json(content_type=None)
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -187,8 +187,7 @@ async def deliver_first(self: Any, *coros: Any, timeout: Any = None) -> WaitResu
         pending = delivery.send(None)
     except StopIteration as done:  # delivered without blocking: the usual case
         suspended.close()  # never started
-        stopped = self._stopped.is_set() or self._crashed.is_set()
-        if stopped:
+        if self._stopped.is_set() or self._crashed.is_set():
             return WaitResults([], [], True)
         return WaitResults([delivery], [done.value], False)
     except BaseException:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -183,25 +183,32 @@ def draining() -> KafkaConsumer:
     return consumer
 
 
-async def test_a_delivery_that_does_not_block_runs_at_once() -> None:
-    consumer = draining()
-    delivered: list[str] = []
+@contextlib.contextmanager
+def tasks_created() -> Iterator[list[Any]]:
+    """The coroutines the running loop wraps in tasks meanwhile."""
     created: list[Any] = []
     loop = asyncio.get_running_loop()
     factory = loop.get_task_factory()
     loop.set_task_factory(
         lambda loop, coro, **kw: created.append(coro) or asyncio.Task(coro, loop=loop, **kw)
     )
+    try:
+        yield created
+    finally:
+        loop.set_task_factory(factory)
+
+
+async def test_a_delivery_that_does_not_block_runs_at_once() -> None:
+    consumer = draining()
+    delivered: list[str] = []
 
     async def callback(message: str) -> str:
         delivered.append(message)
         return message
 
-    try:
+    with tasks_created() as created:
         suspended = consumer.suspend_flow.wait()
         results = await consumer.wait_first(callback("m0"), suspended)
-    finally:
-        loop.set_task_factory(factory)
     assert delivered == ["m0"]
     assert (results.results, results.stopped) == (["m0"], False)
     assert created == []  # Faust's own creates four tasks per record
@@ -264,16 +271,8 @@ async def test_other_waits_of_the_consumer_are_faust_s_own() -> None:
         await asyncio.sleep(10)
         return "late"
 
-    started: list[Any] = []
-    loop = asyncio.get_running_loop()
-    factory = loop.get_task_factory()
-    loop.set_task_factory(
-        lambda loop, coro, **kw: started.append(coro) or asyncio.Task(coro, loop=loop, **kw)
-    )
-    try:
+    with tasks_created() as started:
         results = await consumer.wait_first(slow(), timeout=0.01)
-    finally:
-        loop.set_task_factory(factory)
     assert (results.done, results.stopped) == ([], True)  # Faust's answer to a timeout
     assert len(started) == 3  # the coroutine, stopped and crashed, each in a task
 
@@ -378,20 +377,12 @@ async def test_a_delivery_to_a_stopped_consumer_is_reported_stopped() -> None:
 async def test_two_coroutines_that_are_not_a_delivery_are_faust_s_own() -> None:
     consumer = draining()
     other = Event()  # not the consumer's suspend_flow
-    started: list[Any] = []
-    loop = asyncio.get_running_loop()
-    factory = loop.get_task_factory()
-    loop.set_task_factory(
-        lambda loop, coro, **kw: started.append(coro) or asyncio.Task(coro, loop=loop, **kw)
-    )
 
     async def quick() -> str:
         return "done"
 
-    try:
+    with tasks_created() as started:
         results = await consumer.wait_first(quick(), other.wait())
-    finally:
-        loop.set_task_factory(factory)
     assert results.results == ["done"]
     assert len(started) == 4  # both coroutines, stopped and crashed, each in a task
 
