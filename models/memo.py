@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 K = TypeVar("K")
 T = TypeVar("T")
+
+# Entries of a memo used within the processing of one event (a few per event). Every entry
+# keeps its object alive: a memo much larger than its use keeps tens of thousands of dead
+# states for the collector to walk and out of the processor's caches (the fold ran 10 %
+# slower with 4,096 entries per memo).
+EVENT_MEMO_SIZE: Final = 256
 
 
 class IdentityMemo(Generic[K, T]):
@@ -14,10 +20,9 @@ class IdentityMemo(Generic[K, T]):
     objects seen last.
 
     A hit on the very same object is exact; an entry holds its object, so the object's id
-    cannot be reused while the entry lives. Bounded: cleared when full (one evaluation needs a
-    few entries, a batch a few thousand)."""
+    cannot be reused while the entry lives. Bounded: cleared when full."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int) -> None:
         self._entries: dict[int, tuple[K, T]] = {}
         self._size = size
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from statistics import quantiles
 from typing import Annotated, Literal
@@ -126,9 +126,11 @@ def compute_scores(
     )
 
 
-def recency_drop_days(cutoffs: Cutoffs) -> list[float]:
-    """Days after the last order at which the recency score drops."""
-    return sorted(set(cutoffs.recency_days))
+@lru_cache(maxsize=256)
+def recency_drops(recency_cuts: tuple[float, ...]) -> tuple[timedelta, ...]:
+    """How long after the last order the recency score drops (one offset per distinct
+    recency cut-off, ascending)."""
+    return tuple(timedelta(days=d) for d in sorted(set(recency_cuts)))
 
 
 def quintile_cuts(values: Sequence[float]) -> tuple[float, float, float, float]:

@@ -16,7 +16,8 @@ from typing import Final, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import Metrics
-from models.memo import IdentityMemo
+from models.frozen import evolve
+from models.memo import EVENT_MEMO_SIZE, IdentityMemo
 from models.rules import SegmentRules
 from models.scoring import Calibration, Scores, compute_scores
 
@@ -110,10 +111,10 @@ class OrderFacts(NamedTuple):
     typical_gap_days: float | None
 
 
-# Keyed by a state's ``orders`` mapping, which states derived by ``model_copy`` share (and
+# Keyed by a state's ``orders`` mapping, which states derived by ``evolve`` share (and
 # which is never modified): the states of one evaluation derive them once.
-_FACTS: IdentityMemo[dict[str, OrderRecord], OrderFacts] = IdentityMemo()
-_COUNTED: IdentityMemo[dict[str, OrderRecord], list[OrderRecord]] = IdentityMemo()
+_FACTS: IdentityMemo[dict[str, OrderRecord], OrderFacts] = IdentityMemo(EVENT_MEMO_SIZE)
+_COUNTED: IdentityMemo[dict[str, OrderRecord], list[OrderRecord]] = IdentityMemo(EVENT_MEMO_SIZE)
 
 
 def order_facts(state: CustomerState) -> OrderFacts:
@@ -196,7 +197,7 @@ def compute_metrics(
             rules.scoring.hysteresis_margin,
         )
         if scoring == "time" and state.scores is not None:
-            scores = scores.model_copy(update={"f": state.scores.f, "m": state.scores.m})
+            scores = evolve(scores, f=state.scores.f, m=state.scores.m)
     return Metrics(
         currency=state.currency,
         order_count=count,

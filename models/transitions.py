@@ -35,10 +35,11 @@ from models.events import (
     tag_transition_name,
     transition_name,
 )
-from models.memo import IdentityMemo
+from models.frozen import evolve
+from models.memo import EVENT_MEMO_SIZE, IdentityMemo
 from models.privacy import consented
 from models.rules import Cell, SegmentFacts, SegmentRules, decide
-from models.scoring import Calibration, Scores, recency_drop_days, score_recency
+from models.scoring import Calibration, Scores, recency_drops, score_recency
 from models.state import (
     CustomerState,
     OrderRecord,
@@ -79,13 +80,22 @@ class SegmentModel:
     calibration: Calibration
     # True: a customer without a consent record is not segmented.
     consent_required: bool = False
-    # next_due of the states seen last (next_due is asked of the same state more than once)
+    # next_due of the states seen last (next_due is asked of the same state more than once,
+    # within the processing of one event)
     _due: IdentityMemo[CustomerState, datetime | None] = field(
-        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
+        default_factory=lambda: IdentityMemo(EVENT_MEMO_SIZE),
+        init=False,
+        repr=False,
+        compare=False,
+        hash=False,
     )
     # current_metrics of the states decided last, as their evaluation computed them
     _current: IdentityMemo[CustomerState, Metrics] = field(
-        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
+        default_factory=lambda: IdentityMemo(EVENT_MEMO_SIZE),
+        init=False,
+        repr=False,
+        compare=False,
+        hash=False,
     )
 
 
@@ -154,7 +164,7 @@ def apply_order(
     if recorded is None:  # already applied: a redelivery or a duplicate from the webshop
         return state, fired
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
-    updated = recorded.model_copy(update={"as_of": at, "revision": state.revision + 1})
+    updated = evolve(recorded, as_of=at, revision=state.revision + 1)
     refund = event.refund_key if isinstance(event, OrderRefunded) else None
     cause = Cause(kind=event.type, order_id=event.order_id, refund_id=refund)
     new_state, changed = _resegment(state, updated, at, cause, model)
@@ -173,13 +183,12 @@ def apply_consent(
     if state.consent_at is not None and event.occurred_at <= state.consent_at:
         return state, []
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
-    updated = state.model_copy(
-        update={
-            "consent": decision,
-            "consent_at": event.occurred_at,
-            "as_of": at,
-            "revision": state.revision + 1,
-        }
+    updated = evolve(
+        state,
+        consent=decision,
+        consent_at=event.occurred_at,
+        as_of=at,
+        revision=state.revision + 1,
     )
     return _resegment(state, updated, at, Cause(kind=event.type), model)
 
@@ -188,7 +197,7 @@ def erase(state: CustomerState, event: ErasureRequested, model: SegmentModel) ->
     """The last transitions of an erased customer: out of their segment and tags, so every
     downstream copy learns to forget them. The state itself is deleted by the caller."""
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
-    gone = state.model_copy(update={"orders": {}, "consent": "withdrawn"})
+    gone = evolve(state, orders={}, consent="withdrawn")
     return _resegment(state, gone, at, Cause(kind="erasure"), model)[1]
 
 
@@ -208,7 +217,7 @@ def due_transitions(
         if due is None or due > now:
             break
         at = max(due, state.as_of) if state.as_of else due
-        updated = state.model_copy(update={"as_of": at, "revision": state.revision + 1})
+        updated = evolve(state, as_of=at, revision=state.revision + 1)
         state, changed = _resegment(state, updated, at, Cause(kind=cause), model)
         if not changed:
             break
@@ -236,7 +245,7 @@ def reevaluate(
     kind: CauseKind = (
         "rule_change" if state.rule_version != model.rules.version else "recalibration"
     )
-    updated = state.model_copy(update={"revision": state.revision + 1})
+    updated = evolve(state, revision=state.revision + 1)
     state, moved = _resegment(state, updated, state.as_of, Cause(kind=kind), model)
     state, caught_up = due_transitions(state, now, model, cause=kind)
     return state, moved + caught_up
@@ -280,9 +289,7 @@ def _current_metrics(state: CustomerState, model: SegmentModel) -> Metrics:
     scores = state.scores
     if scores is None:
         return metrics
-    return metrics.model_copy(
-        update={"r_score": scores.r, "f_score": scores.f, "m_score": scores.m}
-    )
+    return evolve(metrics, r_score=scores.r, f_score=scores.f, m_score=scores.m)
 
 
 def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
@@ -294,8 +301,8 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     last = m.last_order_at
     if last is None or m.inactive_after_days is None:
         return None
-    days = [*recency_drop_days(model.calibration.cutoffs), m.inactive_after_days]
-    candidates = {last + timedelta(days=d) for d in days}
+    candidates = {last + offset for offset in recency_drops(model.calibration.cutoffs.recency_days)}
+    candidates.add(last + timedelta(days=m.inactive_after_days))
     dwell_end = _dwell_end(state, model)
     if dwell_end is not None:
         candidates.add(dwell_end)
@@ -432,7 +439,7 @@ def _resegment(
     }
     if segment != before.segment:
         update["segment_since"] = at
-    decided = after.model_copy(update=update)
+    decided = evolve(after, **update)
     if decided.as_of == at and (result.scores is not None or scoring == "fresh"):
         # the figures of the evaluation are the state's current figures: with the scores
         # the state keeps, or (no scores kept) scored fresh like _current_metrics does
@@ -440,9 +447,12 @@ def _resegment(
     return decided, transitions
 
 
+_NOT_SEEN: Final = OrderRecord()  # an order no event of which was seen yet
+
+
 def _record(state: CustomerState, event: OrderEventT) -> CustomerState | None:
     """The state with the event's contribution recorded, or None if it is already there."""
-    record = state.orders.get(event.order_id, OrderRecord())
+    record = state.orders.get(event.order_id, _NOT_SEEN)
     currency = state.currency
     if isinstance(event, OrderPlaced):
         if record.placed_at is not None:
@@ -453,28 +463,23 @@ def _record(state: CustomerState, event: OrderEventT) -> CustomerState | None:
             categories[line.category] = (
                 categories.get(line.category, 0) + line.quantity * line.unit_price
             )
-        record = record.model_copy(
-            update={
-                "placed_at": event.occurred_at,
-                "total": event.total,
-                "discount": event.discount,
-                "categories": categories,
-            }
+        record = evolve(
+            record,
+            placed_at=event.occurred_at,
+            total=event.total,
+            discount=event.discount,
+            categories=categories,
         )
     elif isinstance(event, OrderCancelled):
         if record.cancelled:
             return None
-        record = record.model_copy(update={"cancelled": True})
+        record = evolve(record, cancelled=True)
     else:
         if event.refund_key in record.refunds:
             return None
         currency = _check_currency(state, event.currency)
-        record = record.model_copy(
-            update={"refunds": {**record.refunds, event.refund_key: event.total}}
-        )
-    return state.model_copy(
-        update={"currency": currency, "orders": {**state.orders, event.order_id: record}}
-    )
+        record = evolve(record, refunds={**record.refunds, event.refund_key: event.total})
+    return evolve(state, currency=currency, orders={**state.orders, event.order_id: record})
 
 
 def _check_currency(state: CustomerState, currency: str) -> str:

@@ -88,6 +88,9 @@ class _Change:
     emitted_at: datetime | None
     due: datetime | None
     changed: bool  # differs from the table's (else only Redis is written again)
+    # What Redis gets once the state is written (None: no consent, Redis holds nothing about
+    # the customer), computed with the state: the evaluation that decided it has them at hand.
+    figures: Any
 
 
 @dataclass
@@ -306,7 +309,11 @@ class Processor:
         await asyncio.gather(*batch.deliveries)
         writes = []
         for change in changes.values():
-            writes += await self._after_write(change.partition, change.state, change.emitted_at)
+            state = change.state
+            if change.figures is None:  # no consent: Redis holds nothing about them
+                await self.cache.remove(state.shop_id, state.customer_id)
+            else:
+                writes.append((state, change.figures))
         for key, change in changes.items():
             if not change.changed:
                 continue
@@ -322,17 +329,6 @@ class Processor:
         # offsets are acknowledged: a crash after that replays nothing, so the states must not
         # be only in the local store.
         await asyncio.gather(self.cache.write(writes), self.table_durable())
-
-    async def _after_write(
-        self, partition: int, state: CustomerState, emitted_at: datetime | None
-    ) -> list[tuple[CustomerState, Any]]:
-        """The Redis write a written state asks for (none without consent: then Redis is
-        cleared of the customer)."""
-        model = self.model_for(state.shop_id)
-        if not consented(state, model.consent_required):  # Redis holds nothing about them
-            await self.cache.remove(state.shop_id, state.customer_id)
-            return []
-        return [(state, self._cache_metrics(state, model, emitted_at))]
 
     def _schedule(self, partition: int, state: CustomerState) -> datetime | None:
         """The customer's next due time, scheduled at once (later records of the batch may
@@ -689,13 +685,20 @@ class Processor:
         # Written by _write_changes, once the batch's transitions are acknowledged.
         batch.deliveries += deliveries
         earlier = batch.changes.get(state.key)
+        emitted = emitted_at if transitions or earlier is None else earlier.emitted_at
+        model = self.model_for(state.shop_id)
         batch.changes[state.key] = _Change(
             partition,
             state,
             batch.current,
-            emitted_at if transitions or earlier is None else earlier.emitted_at,
+            emitted,
             due,
             changed or (earlier is not None and earlier.changed),
+            (
+                self._cache_metrics(state, model, emitted)
+                if consented(state, model.consent_required)
+                else None
+            ),
         )
 
     def _cache_metrics(
