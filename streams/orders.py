@@ -92,6 +92,10 @@ class _Change:
     # the customer), computed with the state: the evaluation that decided it has them at hand.
     figures: Any
 
+    def stored(self) -> bytes:
+        """The table value."""
+        return encode_stored(self.partition, self.state, self.due)
+
 
 @dataclass
 class _Batch:
@@ -156,12 +160,17 @@ class Processor:
         table_durable: Callable[[], Awaitable[None]] | None = None,
         read: Callable[[int, bytes], bytes | None] | None = None,
         read_erasure: Callable[[int, bytes], bytes | None] | None = None,
+        write: Callable[[list[tuple[int, bytes, bytes]]], None] | None = None,
         on_write_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.table = table
         # Reads a key of one partition of the table (the store's fast path if it has one).
         self.read = read or (lambda _partition, key: table.get(key))
         self.read_erasure = read_erasure or (lambda _partition, key: erasures.get(key))
+        # Writes (partition, key, value) rows to the table, as of records of those partitions
+        # (the store's fast path if it has one); None: one table assignment per key, with a
+        # record of the batch that made it as the current event.
+        self.write = write
         # Told at once when a batch's writes fail (the broker refused its transitions or its
         # changelog records after the producer's own retries): its offsets stay unacknowledged.
         self.on_write_failed = on_write_failed or (lambda _exc: None)
@@ -314,12 +323,14 @@ class Processor:
                 await self.cache.remove(state.shop_id, state.customer_id)
             else:
                 writes.append((state, change.figures))
-        for key, change in changes.items():
-            if not change.changed:
-                continue
-            batch.activate(change.record)
-            self.table[key.encode()] = encode_stored(change.partition, change.state, change.due)
-        batch.activate(batch.current)
+        changed = [(key.encode(), change) for key, change in changes.items() if change.changed]
+        if self.write is not None:
+            self.write([(change.partition, key, change.stored()) for key, change in changed])
+        else:
+            for key, change in changed:
+                batch.activate(change.record)
+                self.table[key] = change.stored()
+            batch.activate(batch.current)
         # In the table now: later batches read the states from there. (Not emptied before:
         # until now the next batch, processed meanwhile, reads them from ``changes``.)
         batch.changes, batch.deliveries = {}, []

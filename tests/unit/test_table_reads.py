@@ -1,17 +1,19 @@
 """Reads of one partition of a table straight from its RocksDB database (streams.app.
-partition_reader) see what the installed Faust's table wrote there, and nothing else."""
+partition_reader) see what the installed Faust's table wrote there, and nothing else; writes
+of many keys at once (streams.app.partition_writer) leave the table as Faust's own writes do."""
 
 from __future__ import annotations
 
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import faust
 import pytest
 from faust.streams import _current_event
 
-from streams.app import ChangelogAcks, partition_reader
+from streams.app import ChangelogAcks, partition_reader, partition_writer
 
 
 class _Event:
@@ -40,6 +42,48 @@ def test_a_partition_read_sees_the_table_writes_of_that_partition(
     _current_event.set(weakref.ref(events[3]))  # type: ignore[arg-type]
     del table[b"a"]
     assert read(3, b"a") is None
+
+
+ROWS = [(3, b"a", b"1"), (1, b"b", b"2"), (3, b"c", b"3"), (3, b"a", b"4"), (0, b"d", b"5")]
+
+
+def _table(tmp_path: Path, store: str, name: str) -> tuple[Any, ChangelogAcks]:
+    app = faust.App(name, broker="kafka://127.0.0.1:1", store=store, datadir=tmp_path / name)
+    table = app.Table("customers", key_type=bytes, value_type=bytes, partitions=4)
+    table._verified_source_topics_for_partitions.add("orders")
+    acks = ChangelogAcks(SimpleNamespace(producer=None))  # type: ignore[arg-type]
+    acks.watch(table)
+    return table, acks
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_writes_of_many_keys_leave_the_table_as_one_assignment_per_key(
+    tmp_path: Path, store: str
+) -> None:
+    events = {p: _Event(p) for p in range(4)}  # (the current event is a weak reference)
+    faust_table, faust_acks = _table(tmp_path, store, "assigned")
+    for partition, key, value in ROWS:
+        _current_event.set(weakref.ref(events[partition]))  # type: ignore[arg-type]
+        faust_table[key] = value
+    table, acks = _table(tmp_path, store, "written")
+    _current_event.set(weakref.ref(events[2]))  # type: ignore[arg-type] # not the rows' partition
+    partition_writer(table)(ROWS)
+    # the same changelog records (key, value, partition), in the same order
+    assert [r[1:] for r in acks.outbox._records] == [r[1:] for r in faust_acks.outbox._records]
+    assert [r[3] for r in acks.outbox._records] == [r[0] for r in ROWS]  # to the rows' partitions
+    read, faust_read = partition_reader(table), partition_reader(faust_table)
+    for partition in range(4):
+        for key in (b"a", b"b", b"c", b"d", b"missing"):
+            assert read(partition, key) == faust_read(partition, key), (partition, key)
+    assert read(3, b"a") == b"4"
+    # Faust's own reads, iteration and deletes find the keys written past its key index
+    assert sorted(table.items()) == sorted(faust_table.items())
+    _current_event.set(None)  # type: ignore[arg-type] # outside a stream: the store finds them
+    assert (table.get(b"c"), table.get(b"d")) == (b"3", b"5")
+    _current_event.set(weakref.ref(events[3]))  # type: ignore[arg-type]
+    assert table.get(b"a") == b"4"
+    del table[b"c"]
+    assert read(3, b"c") is None and b"c" not in table
 
 
 async def test_an_acknowledged_changelog_batch_is_where_a_warm_restart_resumes(
