@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiokafka import TopicPartition
+from faust.exceptions import PartitionsMismatch
 from faust.stores import rocksdb as rocksdb_store
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import _current_event  # the variable behind faust.current_event()
@@ -470,9 +471,18 @@ def partition_writer(table: Any) -> Callable[[Sequence[Row]], None]:
     one per key, and none of the table's per-key layers (the current event's lookup, the store's
     key-to-partition index behind a lock, the table sensors' set counter; the store finds a key
     missing from its index in the partitions' databases). The write batch is made the way the
-    installed Faust's store makes the ones it recovers the changelog with."""
+    installed Faust's store makes the ones it recovers the changelog with. A partition the
+    table does not have (an input topic grown past it) is refused before anything is written,
+    as Faust's per-key write refuses it (``PartitionsMismatch``)."""
 
     def write(rows: Sequence[Row]) -> None:
+        for partition, _key, _value in rows:
+            if not 0 <= partition < table.partitions:  # what Faust's per-key write checks
+                raise PartitionsMismatch(
+                    f"a record of partition {partition} for table {table.name!r}, whose "
+                    f"changelog has {table.partitions} partitions: the input topics and the "
+                    "table must have the same number of partitions"
+                )
         for partition, key, value in rows:
             table.send_changelog(partition, key, value)
         store = table.data

@@ -5,6 +5,7 @@ no table write before the batch's transitions are acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -12,6 +13,7 @@ import orjson
 import pytest
 
 from config.rules import load_rules
+from models.transitions import SegmentModel, bootstrap_calibration, current_metrics
 from streams.codecs import decode_stored
 from streams.dlq import DeadLetters, SourceRecord
 from streams.metrics import WorkerMetrics
@@ -94,6 +96,7 @@ class Cache:
     def __init__(self, log: list[tuple[str, Any]]) -> None:
         self.log = log
         self.written: dict[str, int] = {}
+        self.figures: dict[str, Any] = {}  # the last figures written per customer
         self.calls = 0
 
     async def write(self, items: Any) -> None:
@@ -101,15 +104,16 @@ class Cache:
         if items:
             self.calls += 1
             self.log.append(("redis", len(items)))
-        for state, _metrics in items:
+        for state, metrics in items:
             self.written[state.key] = max(self.written.get(state.key, 0), state.revision)
+            self.figures[state.key] = metrics
 
     async def remove(self, shop_id: str, customer_id: str) -> bool:
         return True
 
 
 def _processor(
-    manual: bool = False, held: bool = False
+    manual: bool = False, held: bool = False, write: Any = None
 ) -> tuple[Processor, Table, Topic, Cache, Log]:
     log = Log()
     transitions = Topic(log, manual, held)
@@ -131,6 +135,7 @@ def _processor(
         cache=cache,  # type: ignore[arg-type]
         clock_mode="event",
         metrics=WorkerMetrics(),
+        write=write,
     )
     return processor, table, transitions, cache, log
 
@@ -165,9 +170,52 @@ async def test_batches_equal_one_record_at_a_time(size: int, held: bool) -> None
     assert states == one_states
     assert sent == one_sent  # same transitions, same ids, same order
     assert cache.written == {k.decode(): s.revision for k, s in states.items()}
+    # the figures Redis got, computed as the states were saved: those of the final states,
+    # computed afresh
+    rules = load_rules()
+    assert cache.figures == {
+        k.decode(): current_metrics(s, SegmentModel(rules, bootstrap_calibration(rules, s.shop_id)))
+        for k, s in states.items()
+    }
     batches = -(-len(_records()) // size)
     assert max(table.writes.values()) <= batches  # at most one write per customer per batch
     assert cache.calls <= batches
+
+
+async def test_a_table_writer_gets_each_batch_as_rows_of_the_records_partitions() -> None:
+    """With a table writer (the worker's: one RocksDB write batch per partition), each batch's
+    changed customers reach it in one call, as (partition, key, value) rows: one row per
+    customer, in the partition of the customer's records, after the batch's transitions. The
+    table ends as with one assignment per key."""
+    records = [
+        SourceRecord(r.key, r.value, r.topic, zlib.crc32(r.key or b"") % 3, r.offset)
+        for r in _records()
+    ]
+    partition_of = {r.key: r.partition for r in records}
+    calls: list[list[tuple[int, bytes, bytes]]] = []
+
+    def write(rows: list[tuple[int, bytes, bytes]]) -> None:
+        calls.append(list(rows))
+        log.append(("rows", len(rows)))
+        table.update({key: value for _partition, key, value in rows})
+
+    reference, reference_table, _, _, _ = _processor()
+    processor, table, _, _, log = _processor(write=write)
+    for start in range(0, len(records), 50):
+        chunk = records[start : start + 50]
+        for p in (reference, processor):
+            await p.on_batch([(r, p.on_order) for r in chunk], lambda _i: None)
+    for p in (reference, processor):
+        await p.drain()
+    assert table and dict(table) == dict(reference_table)
+    assert len(calls) == -(-len(records) // 50)  # one call per batch
+    for rows in calls:
+        keys = [key for _partition, key, _value in rows]
+        assert len(keys) == len(set(keys))
+        for partition, key, _value in rows:
+            assert partition == partition_of[key.split(b"/", 1)[1]], key
+    kinds = [kind for kind, _ in log]
+    assert kinds[0] == "send" and "write" not in kinds  # every write through the writer
 
 
 async def test_state_is_written_only_after_the_batch_transitions() -> None:

@@ -1,4 +1,5 @@
-"""The README documents what the code does: schema, settings and commands."""
+"""The README documents what the code does: schema, settings and commands, and the latest
+benchmark results as bench/results.json holds them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from config.settings import Settings
 from models.events import order_event_json_schema
 from streams.cli import main
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 
 
 def test_the_first_two_commands_are_demo_and_test() -> None:
@@ -40,3 +42,29 @@ def test_schema_command_prints_the_schema() -> None:
     result = CliRunner().invoke(main, ["schema"])
     assert result.exit_code == 0
     assert orjson.loads(result.output) == order_event_json_schema()
+
+
+def test_the_performance_table_quotes_the_latest_results() -> None:
+    figures = orjson.loads((ROOT / "bench" / "results.json").read_bytes())["figures"]
+    run, latency = figures["throughput"], figures["latency"]
+    scaling, restart = figures["scaling"], figures["restart"]
+    baseline = sum(run["raw_orders_per_s"]) / len(run["raw_orders_per_s"])
+    rows = [
+        f"({run['worker_orders_per_s']:,} vs ~{round(baseline, -2):,.0f} orders/s) | "
+        f"{_percent(run['ratio'])} |",
+        f"({run['floor_orders_per_s']:,} orders/s) / raw baseline | "
+        f"{_percent(run['floor_ratio'])} |",
+        f"({run['core_orders_per_s']:,} orders/s) / raw baseline | {_percent(run['core_ratio'])} |",
+        f"({scaling['orders_per_s']:,} orders/s) / one worker | {scaling['speedup']:.2f} x |",
+        f"| {latency['p50_ms']} / {latency['p99_ms']} / {latency['max_ms']} ms |",
+        f"to ready | {restart['warm_restart_s']} s |",
+        # and the known limits
+        f"- Throughput: about {_percent(run['ratio'])} of a raw aiokafka consumer",
+        f"(two workers on the same 2 cores: {scaling['speedup']:.2f} times one)",
+    ]
+    for row in rows:
+        assert row in README, row
+
+
+def _percent(ratio: float) -> str:
+    return f"{ratio * 100:.1f} %"

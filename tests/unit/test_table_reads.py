@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 import pytest
+from faust.exceptions import PartitionsMismatch
 from faust.streams import _current_event
 
 from streams.app import ChangelogAcks, partition_reader, partition_writer
@@ -84,6 +85,17 @@ def test_writes_of_many_keys_leave_the_table_as_one_assignment_per_key(
     assert table.get(b"a") == b"4"
     del table[b"c"]
     assert read(3, b"c") is None and b"c" not in table
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_a_partition_the_table_does_not_have_is_refused_before_anything_is_written(
+    tmp_path: Path, store: str
+) -> None:
+    table, acks = _table(tmp_path, store, "grown")
+    with pytest.raises(PartitionsMismatch, match="partition 4 for table 'customers'"):
+        partition_writer(table)([(1, b"a", b"1"), (4, b"b", b"2")])
+    assert not acks.outbox._records
+    assert partition_reader(table)(1, b"a") is None
 
 
 async def test_an_acknowledged_changelog_batch_is_where_a_warm_restart_resumes(
