@@ -84,3 +84,12 @@ def test_a_full_memo_is_emptied_and_keeps_answering() -> None:
     assert memo.get(keys[2], compute) == 2  # kept after the clear
     assert memo.get(keys[0], compute) == 0  # computed again: cleared when the third came
     assert calls == [keys[0], keys[1], keys[2], keys[0]]
+
+
+@pytest.mark.parametrize("cls", [CustomerState, OrderRecord, Metrics, Scores])
+def test_the_models_copied_by_evolve_have_no_extra_fields_or_private_attributes(
+    cls: type[BaseModel],
+) -> None:
+    """What ``evolve`` leaves out of the copy: a model that gains either needs model_copy."""
+    assert cls.__private_attributes__ == {}
+    assert cls.model_config.get("extra") != "allow"
