@@ -7,12 +7,16 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How long new topics may take until every partition is served.
+TOPIC_READY_SECONDS = 30.0
 
 
 async def _admin(settings: Settings) -> AIOKafkaAdminClient:
@@ -76,6 +80,8 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
                     f"{partitions}: they must match (records are keyed by customer)"
                 )
         await _wait_for_topics(admin, list(wanted))
+        if missing:
+            await _wait_until_served(settings, {t.name: t.num_partitions for t in missing})
         return partitions
     finally:
         await admin.close()
@@ -111,6 +117,22 @@ async def _wait_for_topics(admin: AIOKafkaAdminClient, topics: list[str]) -> Non
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"topics {topics} did not appear")
+
+
+async def _wait_until_served(settings: Settings, topics: dict[str, int]) -> None:
+    """Until every partition of new topics answers for its offsets. A topic is listed before
+    its partitions' leaders serve them: a consumer started in between logs an error for each
+    (aiokafka's ``Failed fetch offsets ... NotLeaderForPartitionError``) until they do. Asking
+    for the end offsets here retries quietly."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t, count in topics.items() for p in range(count)]
+        await asyncio.wait_for(consumer.end_offsets(partitions), TOPIC_READY_SECONDS)
+    finally:
+        await consumer.stop()
 
 
 async def broker_answers(settings: Settings) -> bool:
