@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 
 from bench.data import StreamSpec, order_stream
 from config.rules import load_rules
+from models.events import Transition
+from models.rules import SegmentRules
 from models.state import CustomerState, state_key
 from models.transitions import (
     OrderRejected,
@@ -45,16 +47,26 @@ class Fold:
     calibration; an order the state rejects is skipped. The states are kept as a worker's
     table keeps them: encoded, read back (``decode_stored``) for every order."""
 
-    def __init__(self) -> None:
-        self.rules = load_rules()
+    def __init__(
+        self, rules: SegmentRules | None = None, received_at: datetime | None = None
+    ) -> None:
+        self.rules = rules or load_rules()
         self.models: dict[str, SegmentModel] = {}
         self.store: dict[str, bytes] = {}
-        self.now = datetime.now(UTC)
+        self.now = received_at or datetime.now(UTC)
 
     def apply(self, key: bytes, value: bytes) -> bool:
+        """``step``; False: the order was rejected."""
+        try:
+            self.step(key, value)
+        except OrderRejected:
+            return False
+        return True
+
+    def step(self, key: bytes, value: bytes) -> tuple[CustomerState, list[Transition]]:
         """Fold one record as a worker does: decode the order, read the customer's state,
         apply the order, compute the due time and the figures Redis would get, and store the
-        state. False: the order was rejected."""
+        state. Returns the new state and its transitions; raises ``OrderRejected``."""
         order = decode_order(key, value, received_at=self.now)
         model = self.models.get(order.shop_id)
         if model is None:
@@ -64,14 +76,11 @@ class Fold:
         customer = state_key(order.shop_id, order.customer_id)
         stored = self.store.get(customer)
         state = None if stored is None else load_stored(stored, self.models.__getitem__)
-        try:
-            state, _transitions = apply_order(state, order, model)
-        except OrderRejected:
-            return False
+        state, transitions = apply_order(state, order, model)
         due = next_due(state, model)
         current_metrics(state, model)
         self.store[customer] = encode_stored(0, state, due)
-        return True
+        return state, transitions
 
     def states(self) -> list[CustomerState]:
         return [decode_stored(value).state for value in self.store.values()]

@@ -19,22 +19,20 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
+from bench.core import Fold
 from bench.data import StreamSpec, order_stream
 from config.rules import load_rules
 from models.rules import SegmentRules
 from models.scoring import Calibration, Cutoffs
-from models.state import state_key
 from models.transitions import (
     OrderRejected,
     SegmentModel,
-    apply_order,
-    bootstrap_calibration,
     current_metrics,
     due_transitions,
     next_due,
     reevaluate,
 )
-from streams.codecs import decode_order, decode_stored_due, encode_stored, encode_transition
+from streams.codecs import decode_stored_due, encode_stored, encode_transition
 from streams.orders import load_stored
 
 RECEIVED = datetime(2026, 6, 1, tzinfo=UTC)
@@ -59,26 +57,19 @@ class Digest:
         self.counts[kind] += 1
 
     def fold(self, spec: StreamSpec, orders: int) -> None:
-        models: dict[str, SegmentModel] = {}
-        store: dict[str, bytes] = {}
+        core = Fold(self.rules, RECEIVED)
+        models, store = core.models, core.store
         for key, value in itertools.islice(order_stream(spec), orders):
-            order = decode_order(key, value, received_at=RECEIVED)
-            model = models.get(order.shop_id)
-            if model is None:
-                calibration = bootstrap_calibration(self.rules, order.shop_id)
-                model = models[order.shop_id] = SegmentModel(self.rules, calibration)
-            customer = state_key(order.shop_id, order.customer_id)
-            stored = store.get(customer)
-            state = None if stored is None else load_stored(stored, models.__getitem__)
             try:
-                state, transitions = apply_order(state, order, model)
+                state, transitions = core.step(key, value)
             except OrderRejected as exc:
                 self.add("rejected", exc.reason.encode())
                 continue
             self._transitions("order", transitions)
-            self.add("figures", current_metrics(state, model).model_dump_json().encode())
-            store[customer] = encode_stored(0, state, next_due(state, model))
-            self.add("state", store[customer])
+            self.add(
+                "figures", current_metrics(state, models[state.shop_id]).model_dump_json().encode()
+            )
+            self.add("state", store[state.key])
         later = RECEIVED + timedelta(days=400)  # every due time passes
         for value in store.values():
             state = load_stored(value, models.__getitem__)

@@ -22,7 +22,7 @@ class IdentityMemo(Generic[K, T]):
     A hit on the very same object is exact; an entry holds its object, so the object's id
     cannot be reused while the entry lives. Bounded: cleared when full."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int = EVENT_MEMO_SIZE) -> None:
         self._entries: dict[int, tuple[K, T]] = {}
         self._size = size
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import Metrics
 from models.frozen import evolve
-from models.memo import EVENT_MEMO_SIZE, IdentityMemo
+from models.memo import IdentityMemo
 from models.rules import SegmentRules
 from models.scoring import Calibration, Scores, compute_scores
 
@@ -113,8 +113,8 @@ class OrderFacts(NamedTuple):
 
 # Keyed by a state's ``orders`` mapping, which states derived by ``evolve`` share (and
 # which is never modified): the states of one evaluation derive them once.
-_FACTS: IdentityMemo[dict[str, OrderRecord], OrderFacts] = IdentityMemo(EVENT_MEMO_SIZE)
-_COUNTED: IdentityMemo[dict[str, OrderRecord], list[OrderRecord]] = IdentityMemo(EVENT_MEMO_SIZE)
+_FACTS: IdentityMemo[dict[str, OrderRecord], OrderFacts] = IdentityMemo()
+_COUNTED: IdentityMemo[dict[str, OrderRecord], list[OrderRecord]] = IdentityMemo()
 
 
 def order_facts(state: CustomerState) -> OrderFacts:

@@ -36,7 +36,7 @@ from models.events import (
     transition_name,
 )
 from models.frozen import evolve
-from models.memo import EVENT_MEMO_SIZE, IdentityMemo
+from models.memo import IdentityMemo
 from models.privacy import consented
 from models.rules import Cell, SegmentFacts, SegmentRules, decide
 from models.scoring import Calibration, Scores, recency_drops, score_recency
@@ -83,19 +83,11 @@ class SegmentModel:
     # next_due of the states seen last (next_due is asked of the same state more than once,
     # within the processing of one event)
     _due: IdentityMemo[CustomerState, datetime | None] = field(
-        default_factory=lambda: IdentityMemo(EVENT_MEMO_SIZE),
-        init=False,
-        repr=False,
-        compare=False,
-        hash=False,
+        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
     )
     # current_metrics of the states decided last, as their evaluation computed them
     _current: IdentityMemo[CustomerState, Metrics] = field(
-        default_factory=lambda: IdentityMemo(EVENT_MEMO_SIZE),
-        init=False,
-        repr=False,
-        compare=False,
-        hash=False,
+        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
     )
 
 

@@ -341,14 +341,6 @@ class Processor:
         # be only in the local store.
         await asyncio.gather(self.cache.write(writes), self.table_durable())
 
-    def _schedule(self, partition: int, state: CustomerState) -> datetime | None:
-        """The customer's next due time, scheduled at once (later records of the batch may
-        reach it); stored with the state."""
-        model = self.model_for(state.shop_id)
-        due = next_due(state, model) if consented(state, model.consent_required) else None
-        self.index.schedule(partition, state.key, due)
-        return due
-
     async def on_order(self, record: SourceRecord) -> None:
         """One record of the orders topic; a record that cannot be used is dead-lettered."""
         with self.metrics.processing.time():
@@ -689,7 +681,12 @@ class Processor:
         if previous is None:
             self.customers += 1
         changed = previous is None or state.revision != previous.revision
-        due = self._schedule(partition, state)
+        model = self.model_for(state.shop_id)
+        consenting = consented(state, model.consent_required)
+        # The next due time, scheduled at once (later records of the batch may reach it) and
+        # stored with the state.
+        due = next_due(state, model) if consenting else None
+        self.index.schedule(partition, state.key, due)
         batch = self._batch
         if batch is None:
             raise RuntimeError("customer states change only inside on_batch")
@@ -697,7 +694,6 @@ class Processor:
         batch.deliveries += deliveries
         earlier = batch.changes.get(state.key)
         emitted = emitted_at if transitions or earlier is None else earlier.emitted_at
-        model = self.model_for(state.shop_id)
         batch.changes[state.key] = _Change(
             partition,
             state,
@@ -705,11 +701,7 @@ class Processor:
             emitted,
             due,
             changed or (earlier is not None and earlier.changed),
-            (
-                self._cache_metrics(state, model, emitted)
-                if consented(state, model.consent_required)
-                else None
-            ),
+            self._cache_metrics(state, model, emitted) if consenting else None,
         )
 
     def _cache_metrics(

@@ -237,6 +237,15 @@ async def test_a_delivery_that_blocks_finishes_once_unblocked() -> None:
     assert (results.results, results.stopped) == (["m1"], False)
 
 
+async def _suspended_while_delivering(consumer: Any, delivery: Any) -> Any:
+    """Race ``delivery`` against the flow's suspension as Faust's fetch loop does, let it
+    start, then suspend the flow (a rebalance began); ``wait_first``'s result."""
+    waiting = asyncio.ensure_future(consumer.wait_first(delivery, consumer.suspend_flow.wait()))
+    await asyncio.sleep(0)
+    consumer.suspend_flow.set()
+    return await asyncio.wait_for(waiting, 5)
+
+
 async def test_a_blocked_delivery_is_given_up_when_the_flow_is_suspended() -> None:
     consumer = draining()
     room = asyncio.Event()
@@ -250,12 +259,7 @@ async def test_a_blocked_delivery_is_given_up_when_the_flow_is_suspended() -> No
             outcome.append("given up")
             raise
 
-    waiting = asyncio.ensure_future(
-        consumer.wait_first(callback("m2"), consumer.suspend_flow.wait())
-    )
-    await asyncio.sleep(0)
-    consumer.suspend_flow.set()  # a rebalance began
-    results = await asyncio.wait_for(waiting, 5)
+    results = await _suspended_while_delivering(consumer, callback("m2"))
     assert (results.results, results.stopped) == ([True], False)  # the suspension won
     await asyncio.sleep(0)  # the cancelled delivery runs its handler
     assert outcome == ["given up"]
@@ -351,12 +355,7 @@ async def test_a_delivery_given_up_at_a_bare_yield_sees_the_cancellation() -> No
             outcome.append("given up")
             raise
 
-    waiting = asyncio.ensure_future(
-        consumer.wait_first(callback("m5"), consumer.suspend_flow.wait())
-    )
-    await asyncio.sleep(0)
-    consumer.suspend_flow.set()  # a rebalance began
-    results = await asyncio.wait_for(waiting, 5)
+    results = await _suspended_while_delivering(consumer, callback("m5"))
     assert results.results == [True]
     for _ in range(1100):
         await asyncio.sleep(0)
