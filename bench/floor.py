@@ -1,7 +1,8 @@
 """The framework floor: the raw baseline's work done by a Faust agent.
 
 Consume, decode, update a dict, produce one record per order (like ``bench.raw``), in batches
-of up to 1000 records acknowledged once their output records are, while the next batch is
+of up to 1000 records taken from the agent's channel as the worker takes them
+(``streams.intake``), acknowledged once their output records are, while the next batch is
 processed (like the worker). Between
 the raw baseline and the full worker, it tells what Faust's per-event stream costs on this
 machine from what the product's own work (validation, rules, state, transitions, Redis) costs.
@@ -27,7 +28,7 @@ import faust
 import orjson
 
 from bench.raw import tally
-from streams import faust_corrections
+from streams import faust_corrections, intake
 from streams.app import broker_urls
 from streams.worker import ServiceWorker
 
@@ -66,7 +67,7 @@ def run_floor(
             for delivery in sent:
                 await delivery
             for event in events:
-                await stream.ack(event)
+                intake.ack(app, event)
             progress["seen"] += len(events)
             if progress["seen"] >= expected:
                 seconds = time.perf_counter() - progress["started"]
@@ -76,7 +77,7 @@ def run_floor(
                 os._exit(0)
 
         settling: asyncio.Task[None] | None = None
-        async for events in stream.noack_take(1000, within=0.005):
+        async for events in intake.batches(app, stream, 1000, within=0.005):
             if not progress["started"]:
                 progress["started"] = time.perf_counter()
             sent = []

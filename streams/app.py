@@ -27,7 +27,7 @@ from config.settings import Settings
 from models.events import transition_name, transition_names
 from models.rules import SegmentRules
 from models.scoring import Calibration
-from streams import faust_corrections
+from streams import faust_corrections, intake
 from streams.calibrations import follow_calibrations, recalibrate
 from streams.dlq import DeadLetters, SourceRecord
 from streams.lag import LagProbe
@@ -191,8 +191,8 @@ def create_app(
         # A batch's writes go on while the next batch is processed; its offsets are
         # acknowledged once they are done (``written``).
         try:
-            async for events in stream.noack_take(
-                settings.batch_max_records, within=settings.batch_max_wait_seconds
+            async for events in intake.batches(
+                app, stream, settings.batch_max_records, settings.batch_max_wait_seconds
             ):
                 items = []
                 for event in events:
@@ -203,13 +203,13 @@ def create_app(
                     items.append((record, handlers[message.topic]))
 
                 def activate(index: int, events: Any = events) -> None:
-                    # Only the running task's context variable (what tables read): the
-                    # stream's own ``current_event`` belongs to the task filling the next batch.
+                    # The running task's context variable (what tables read): the stream's
+                    # own ``current_event`` is not used (``intake`` reads past the stream).
                     _current_event.set(weakref.ref(events[index]))
 
                 async def written(events: Any = events) -> None:
                     for event in events:
-                        await stream.ack(event)
+                        intake.ack(app, event)
 
                 await processor.on_batch(items, activate, written)
         finally:  # stopping, or restarted on a rebalance: the last batch's writes finish first

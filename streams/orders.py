@@ -15,7 +15,8 @@ that leaves the batch's offsets uncommitted: the records are processed again and
 idempotent, give the same state and the same transition ids.
 
 A batch's writes go on while the next batch is processed (one batch at a time is being
-written, in order): the next batch reads the states of the batch being written from its
+written, in order; the processing gives the event loop a turn every ``RECORDS_PER_TURN``
+records): the next batch reads the states of the batch being written from its
 overlay until they are in the table.
 
 Clock ticks are the way work that does not come from an order reaches a customer's partition
@@ -74,6 +75,11 @@ from streams.redis_cache import RedisCache
 log = logging.getLogger(__name__)
 
 TickKind = Literal["due", "reevaluate"]
+
+# Records of a batch processed between two turns of the event loop: the last batch's writes
+# (acknowledgements, Redis replies), the fetcher and the producer go on while a batch is
+# processed, instead of waiting for its end.
+RECORDS_PER_TURN = 64
 E = TypeVar("E")
 Handler = Callable[[SourceRecord], Awaitable[None]]
 
@@ -253,6 +259,8 @@ class Processor:
         self._batch = batch = _Batch(activate)
         try:
             for index, (record, handler) in enumerate(items):
+                if index and not index % RECORDS_PER_TURN:
+                    await asyncio.sleep(0)  # the last batch's writes, the fetcher, the producer
                 batch.current = index
                 activate(index)
                 await handler(record)

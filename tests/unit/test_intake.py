@@ -1,0 +1,192 @@
+"""streams.intake: batches taken from the agent's channel queue as Faust's stream would hand
+the events over (skips, tracking, acknowledgement), a batch at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+from streams import intake
+
+
+@dataclass(eq=False)
+class Message:
+    offset: int
+    topic: str = "orders"
+    generation_id: int = 1
+    tracked: bool = False
+    partition: int = 0
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+
+@dataclass(eq=False)
+class Event:
+    message: Message
+    acks: list[Message]
+    last: bool = True
+
+    def ack(self) -> bool:
+        self.acks.append(self.message)
+        return self.last
+
+
+class Flow:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+@dataclass
+class App:
+    consumer_generation_id: int = 1
+    flow_control: Flow = field(default_factory=Flow)
+    tracked: list[Message] = field(default_factory=list)
+    out: list[int] = field(default_factory=list)
+    acking: set[str] = field(default_factory=lambda: {"orders"})
+
+    def __post_init__(self) -> None:
+        self.consumer = self
+        self.topics = self
+        self.sensors = self
+
+    def track_message(self, message: Message) -> None:
+        self.tracked.append(message)
+
+    def acks_enabled_for(self, topic: str) -> bool:
+        return topic in self.acking
+
+    def on_message_out(self, tp: Any, offset: int, message: Message) -> None:
+        self.out.append(offset)
+
+
+class Channel:
+    def __init__(self) -> None:
+        flow = FlowControlEvent()
+        flow.resume()
+        self.queue: ThrowableQueue[Event] = ThrowableQueue(maxsize=100, flow_control=flow)
+
+    def __aiter__(self) -> Channel:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self.queue.get()
+
+
+class Stream:
+    def __init__(self) -> None:
+        self.channel = Channel()
+
+
+def _events(offsets: range, acks: list[Message], **kwargs: Any) -> list[Event]:
+    return [Event(Message(offset, **kwargs), acks) for offset in offsets]
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_queued_events_fill_batches_up_to_the_limit_in_order() -> None:
+    app, stream, acks = App(), Stream(), []
+    events = _events(range(7), acks)
+    for event in events:
+        stream.channel.queue.put_nowait(event)
+    batches = intake.batches(app, stream, 3, within=0)
+    got = []
+    for _ in range(3):
+        got.append([e.message.offset for e in await anext(batches)])
+    assert got == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [m.offset for m in app.tracked] == list(range(7))
+    assert [e.message.tracked for e in events] == [True] * 7
+    assert acks == []  # taking a batch acknowledges nothing
+
+
+async def test_an_event_arriving_within_the_wait_joins_the_batch_which_goes_once_full() -> None:
+    app, stream, acks = App(), Stream(), []
+    first, second, third = _events(range(3), acks)
+    queue = stream.channel.queue
+    queue.put_nowait(first)
+    batches = intake.batches(app, stream, 2, within=30.0)
+    pending = asyncio.ensure_future(anext(batches))
+    await _until(lambda: bool(queue._getters))  # waiting for more, the batch not full
+    assert not pending.done()
+    queue.put_nowait(second)
+    batch = await asyncio.wait_for(pending, 5)  # full: no waiting out the 30 s
+    assert [e.message.offset for e in batch] == [0, 1]
+    queue.put_nowait(third)
+    assert not queue.empty()
+
+
+async def test_a_batch_goes_with_what_it_has_once_the_wait_is_over() -> None:
+    app, stream, acks = App(), Stream(), []
+    stream.channel.queue.put_nowait(_events(range(1), acks)[0])
+    batch = await asyncio.wait_for(anext(intake.batches(app, stream, 1000, within=0.05)), 5)
+    assert [e.message.offset for e in batch] == [0]
+
+
+async def test_events_of_another_generation_or_while_the_flow_is_held_are_skipped() -> None:
+    app, stream, acks = App(consumer_generation_id=2), Stream(), []
+    queue = stream.channel.queue
+    old = _events(range(0, 2), acks, generation_id=1)
+    new = _events(range(2, 4), acks, generation_id=2)
+    for event in old + new:
+        queue.put_nowait(event)
+    batch = await anext(intake.batches(app, stream, 10, within=0))
+    assert [e.message.offset for e in batch] == [2, 3]
+    assert app.tracked == [e.message for e in new]  # skipped events are not tracked
+    assert not any(e.message.tracked for e in old)
+
+    app.flow_control.active = False
+    queue.put_nowait(_events(range(4, 5), acks, generation_id=2)[0])
+    held_batches = intake.batches(app, stream, 10, within=0)
+    pending = asyncio.ensure_future(anext(held_batches))
+    await _until(lambda: bool(queue._getters))  # the held event was skipped; waits again
+    app.flow_control.active = True
+    queue.put_nowait(_events(range(5, 6), acks, generation_id=2)[0])
+    assert [e.message.offset for e in await asyncio.wait_for(pending, 5)] == [5]
+
+
+async def test_tracked_once_and_only_on_acknowledged_topics() -> None:
+    app, stream, acks = App(), Stream(), []
+    queue = stream.channel.queue
+    again = _events(range(1), acks)[0]
+    again.message.tracked = True  # already tracked (delivered before)
+    unacked_topic = _events(range(1, 2), acks, topic="other")[0]
+    plain = _events(range(2, 3), acks)[0]
+    for event in (again, unacked_topic, plain):
+        queue.put_nowait(event)
+    batch = await anext(intake.batches(app, stream, 10, within=0))
+    assert batch == [again, unacked_topic, plain]
+    assert app.tracked == [plain.message]
+    assert (unacked_topic.message.tracked, plain.message.tracked) == (False, True)
+
+
+async def test_the_batches_end_when_the_channel_stops() -> None:
+    app, stream = App(), Stream()
+    queue = stream.channel.queue
+    batches = intake.batches(app, stream, 10, within=0)
+    pending = asyncio.ensure_future(anext(batches))
+    await _until(lambda: bool(queue._getters))
+    await queue.throw(StopAsyncIteration())  # what Faust's channel does when it stops
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 5)
+
+
+def test_ack_reports_the_message_out_only_when_it_was_the_last_acknowledgement() -> None:
+    app, acks = App(), []
+    last, shared = _events(range(2), acks)
+    shared.last = False
+    intake.ack(app, last)
+    intake.ack(app, shared)
+    assert acks == [last.message, shared.message]
+    assert app.out == [0]
