@@ -1,11 +1,11 @@
 """The framework floor: the raw baseline's work done by a Faust agent.
 
-Consume, decode, update a dict, produce one record per order (like ``bench.raw``), in batches
-of up to 1000 records taken from the agent's channel as the worker takes them
+Consume, decode, update a dict, produce one record per order (like ``bench.raw``), in the
+worker's default batches taken from the agent's channel as the worker takes them
 (``streams.intake``), acknowledged once their output records are, while the next batch is
-processed (like the worker). Between
-the raw baseline and the full worker, it tells what Faust's per-event stream costs on this
-machine from what the product's own work (validation, rules, state, transitions, Redis) costs.
+processed (like the worker). Between the raw baseline and the full worker, it tells what
+Faust's per-message path costs on this machine from what the product's own work (validation,
+rules, state, transitions, Redis) costs.
 
 Run as its own process, like the worker::
 
@@ -28,9 +28,14 @@ import faust
 import orjson
 
 from bench.raw import tally
+from config.settings import Settings
 from streams import faust_corrections, intake
 from streams.app import broker_urls
 from streams.worker import ServiceWorker
+
+# The worker's default batches.
+BATCH_MAX_RECORDS: int = Settings.model_fields["batch_max_records"].default
+BATCH_MAX_WAIT: float = Settings.model_fields["batch_max_wait_seconds"].default
 
 
 def run_floor(
@@ -77,7 +82,7 @@ def run_floor(
                 os._exit(0)
 
         settling: asyncio.Task[None] | None = None
-        async for events in intake.batches(app, stream, 1000, within=0.005):
+        async for events in intake.batches(app, stream, BATCH_MAX_RECORDS, within=BATCH_MAX_WAIT):
             if not progress["started"]:
                 progress["started"] = time.perf_counter()
             sent = []

@@ -63,10 +63,11 @@ class Settings(BaseSettings):
         "the batch's transitions, changelog records and Redis writes are sent together",
     )
     batch_max_wait_seconds: float = Field(
-        0.005,
-        gt=0,
+        0.0,
+        ge=0,
         le=10,
-        description="how long a batch waits to fill before it is processed (adds to latency)",
+        description="how long a batch may wait for more records after its first (adds up to "
+        "this to latency); 0: it takes the records already fetched, up to batch_max_records",
     )
     data_dir: Path = Path(".segmenter-data")
     clock: Literal["wall", "event"] = "wall"
