@@ -190,3 +190,39 @@ def test_ack_reports_the_message_out_only_when_it_was_the_last_acknowledgement()
     intake.ack(app, shared)
     assert acks == [last.message, shared.message]
     assert app.out == [0]
+
+
+async def test_the_installed_faust_gives_what_intake_reads() -> None:
+    """An agent's stream reads an iterator channel registered with the app's conductor (so
+    ``intake`` takes from the queue the conductor fills, and no second channel is made), and
+    Faust's messages carry the generation and tracking flags ``intake`` checks."""
+    import faust
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import ConsumerMessage
+
+    app = faust.App(
+        "intake-test",
+        broker="kafka://127.0.0.1:1",
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+    )
+    topic = app.topic("orders", key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic)
+    async def process(stream: Any) -> None:  # pragma: no cover - never started
+        async for _ in stream:
+            pass
+
+    channel = process.stream().channel
+    assert channel.is_iterator
+    assert aiter(channel) is channel
+    assert channel in app.topics._topics
+    assert isinstance(channel.queue, ThrowableQueue)
+
+    # what the consumer makes of a fetched record: untracked until a stream takes it in
+    message = ConsumerMessage("orders", 0, 7, 0.0, 0, [], b"k", b"v", None, generation_id=3)
+    assert (message.generation_id, message.tracked, message.refcount) == (3, False, 0)
+    assert callable(Consumer.track_message)
+    assert callable(app.flow_control.is_active)
+    assert app.topics.acks_enabled_for("orders") is False  # no subscription yet
