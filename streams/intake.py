@@ -13,7 +13,8 @@ What Faust's stream does with an event before the agent sees it is done here too
 more: an event of an older consumer generation, or one taken while a rebalance holds the
 flow, is skipped (it is neither processed nor acknowledged; the new assignment reads it
 again), and every other event is tracked as unacknowledged, which makes a rebalance or a
-shutdown wait for its acknowledgement (``ack``).
+shutdown wait for its acknowledgement (``ack``); Faust's monitor learns when each partition's
+stream last took an event (its stall detector reads it).
 """
 
 from __future__ import annotations
@@ -29,40 +30,71 @@ async def batches(
 ) -> AsyncIterator[list[Any]]:
     """The stream's events, in batches of 1 to ``max_records``: a batch starts with the first
     event to arrive and takes what is queued behind it; it waits at most ``within`` seconds
-    from its first event for the rest."""
+    from its first event for the rest. An error thrown into the channel ends the batches
+    after the events taken before it (the channel's stop, ``StopAsyncIteration``, ends them
+    quietly)."""
     queue = aiter(stream.channel).queue  # the channel the conductor delivers to
-    while True:
-        batch: list[Any] = []
-        try:
-            _add(app, batch, await queue.get())
-            deadline = time.monotonic() + within
-            while len(batch) < max_records:
-                if not queue.empty():
-                    _add(app, batch, queue.get_nowait())
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(left):
-                        event = await queue.get()
-                except TimeoutError:
-                    break
+    waiting: asyncio.Future[Any] | None = None  # a get still waiting when its batch went
+    try:
+        while True:
+            batch: list[Any] = []
+            error: Exception | None = None
+            try:
+                if waiting is None:
+                    event = await queue.get()
+                else:
+                    event = await waiting
+                    waiting = None
                 _add(app, batch, event)
-        except StopAsyncIteration:  # the channel stops (the worker stops): so does the stream
-            return
-        if batch:
-            yield batch
+                deadline = time.monotonic() + within
+                while len(batch) < max_records:
+                    if not queue.empty():
+                        _add(app, batch, queue.get_nowait())
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    # Not cancelled when the wait is over: a get cancelled as its event (or an
+                    # error thrown into the channel) arrives would lose what it received.
+                    waiting = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait((waiting,), timeout=left)
+                    if not done:
+                        break  # the next batch starts with what this get receives
+                    event = waiting.result()
+                    waiting = None
+                    _add(app, batch, event)
+            except Exception as exc:  # thrown into the channel
+                error = exc
+            if batch:
+                _arrived(app, batch)
+                yield batch
+            if isinstance(error, StopAsyncIteration):  # the channel stops: so does the stream
+                return
+            if error is not None:
+                raise error
+    finally:
+        if waiting is not None:
+            waiting.cancel()
+
+
+def _arrived(app: Any, batch: list[Any]) -> None:
+    """Tell Faust's monitor its partitions' streams are processing (its stall detector logs a
+    partition with a backlog whose stream took no event for a while), as the stream does."""
+    monitor = app.monitor
+    if monitor is None:
+        return
+    now = time.monotonic()
+    inbound = monitor.stream_inbound_time
+    for event in batch:
+        inbound[event.message.tp] = now
+    monitor.events_total += len(batch)
 
 
 def _add(app: Any, batch: list[Any], event: Any) -> None:
     """As Faust's stream takes an event in: skipped when of another generation or while the
     flow is held; otherwise tracked until acknowledged."""
     message = event.message
-    if (
-        message.generation_id != app.consumer_generation_id
-        or not app.flow_control.is_active()
-    ):
+    if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
         return
     if not message.tracked and app.topics.acks_enabled_for(message.topic):
         message.tracked = True

@@ -46,6 +46,12 @@ class Flow:
 
 
 @dataclass
+class Monitor:
+    stream_inbound_time: dict[Any, float] = field(default_factory=dict)
+    events_total: int = 0
+
+
+@dataclass
 class App:
     consumer_generation_id: int = 1
     flow_control: Flow = field(default_factory=Flow)
@@ -57,6 +63,7 @@ class App:
         self.consumer = self
         self.topics = self
         self.sensors = self
+        self.monitor = Monitor()
 
     def track_message(self, message: Message) -> None:
         self.tracked.append(message)
@@ -180,6 +187,58 @@ async def test_the_batches_end_when_the_channel_stops() -> None:
     await queue.throw(StopAsyncIteration())  # what Faust's channel does when it stops
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(pending, 5)
+
+
+async def test_an_error_thrown_while_waiting_ends_the_batches_after_the_events_taken() -> None:
+    app, stream, acks = App(), Stream(), []
+    queue = stream.channel.queue
+    queue.put_nowait(_events(range(1), acks)[0])
+    batches = intake.batches(app, stream, 10, within=30.0)
+    pending = asyncio.ensure_future(anext(batches))
+    await _until(lambda: bool(queue._getters))  # the batch waits for more
+    await queue.throw(RuntimeError("broken channel"))
+    batch = await asyncio.wait_for(pending, 5)
+    assert [e.message.offset for e in batch] == [0]  # tracked, so handed on to be acknowledged
+    with pytest.raises(RuntimeError, match="broken channel"):
+        await anext(batches)
+
+
+async def test_the_channel_stopping_while_waiting_hands_on_the_events_taken_then_ends() -> None:
+    app, stream, acks = App(), Stream(), []
+    queue = stream.channel.queue
+    queue.put_nowait(_events(range(1), acks)[0])
+    batches = intake.batches(app, stream, 10, within=30.0)
+    pending = asyncio.ensure_future(anext(batches))
+    await _until(lambda: bool(queue._getters))
+    await queue.throw(StopAsyncIteration())
+    assert [e.message.offset for e in await asyncio.wait_for(pending, 5)] == [0]
+    with pytest.raises(StopAsyncIteration):
+        await anext(batches)
+
+
+async def test_a_get_still_waiting_when_its_batch_went_starts_the_next_batch() -> None:
+    app, stream, acks = App(), Stream(), []
+    queue = stream.channel.queue
+    first, second, third = _events(range(3), acks)
+    queue.put_nowait(first)
+    batches = intake.batches(app, stream, 10, within=0.05)
+    assert await asyncio.wait_for(anext(batches), 5) == [first]  # the wait ran out
+    assert len(queue._getters) == 1  # its get still waits, not cancelled
+    queue.put_nowait(second)  # received by that get
+    queue.put_nowait(third)
+    assert await asyncio.wait_for(anext(batches), 5) == [second, third]
+    await batches.aclose()
+    await _until(lambda: not queue._getters)  # closing the batches cancels a waiting get
+
+
+async def test_faust_monitor_learns_when_each_partition_last_took_an_event() -> None:
+    app, stream, acks = App(), Stream(), []
+    events = _events(range(2), acks) + _events(range(2, 3), acks, partition=5)
+    for event in events:
+        stream.channel.queue.put_nowait(event)
+    await anext(intake.batches(app, stream, 10, within=0))
+    assert set(app.monitor.stream_inbound_time) == {("orders", 0), ("orders", 5)}
+    assert app.monitor.events_total == 3
 
 
 def test_ack_reports_the_message_out_only_when_it_was_the_last_acknowledgement() -> None:
