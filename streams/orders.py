@@ -543,11 +543,20 @@ class Processor:
         return [(partition, _tick("reevaluate", key, None)) for partition, key in batch]
 
     async def _stale_customers(self, shop_id: str) -> list[tuple[int, str]]:
-        """Customers of the shop evaluated under another calibration; yields to the event loop
-        now and then, skips (and logs) values it cannot read."""
+        """Customers of the shop evaluated under another calibration, in the table or only in
+        a batch not written yet; yields to the event loop now and then, skips (and logs)
+        values it cannot read."""
         stale = []
         prefix = f"{shop_id}/".encode()
         model = self.model_for(shop_id)
+        # States of the running batch and of the one being written: they reach the table only
+        # after this scan has passed them, or never if no later record touches the customer.
+        for batch in (self._batch, self._writing):
+            if batch is None:
+                continue
+            for key, change in list(batch.changes.items()):
+                if change.state.shop_id == shop_id and needs_reevaluation(change.state, model):
+                    stale.append((change.partition, key))
         for count, (key, value) in enumerate(self.table.items(), start=1):
             if count % 1000 == 0:
                 await asyncio.sleep(0)
@@ -566,7 +575,7 @@ class Processor:
                     stale.append((header.partition, header.key))
             except Exception:
                 log.exception("cannot read the stored state of %r", key)
-        return stale
+        return list(dict.fromkeys(stale))  # once each, in the table too or not
 
     async def resync_cache(self, partitions: set[int], batch: int = 500) -> int:
         """Write every consenting customer of ``partitions`` to Redis again (after Redis lost

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from config.rules import load_rules
+from models.scoring import Calibration
 from models.transitions import SegmentModel, bootstrap_calibration, current_metrics
 from streams.codecs import decode_stored
 from streams.dlq import DeadLetters, SourceRecord
@@ -451,3 +452,24 @@ async def test_a_batch_is_acknowledged_only_once_its_dead_letters_are() -> None:
     topic.pending[0].set_result(None)
     await asyncio.wait_for(processor.drain(), 10)
     assert done == ["batch"]
+
+
+async def test_a_calibration_adopted_while_states_wait_to_be_written_re_evaluates_them() -> None:
+    """Customers decided under the old calibration whose states are still in a batch waiting
+    for its acknowledgements (not in the table yet) are queued for re-evaluation too."""
+    processor, table, transitions, _, _ = _processor(manual=True)
+    records = _records()[:150]
+    await processor.on_batch([(r, processor.on_order) for r in records], lambda _i: None)
+    assert not table  # the batch's writes wait for its transitions' acknowledgements
+    waiting = processor._writing
+    assert waiting is not None
+    shop = next(iter(waiting.changes.values())).state.shop_id
+    old = processor.model_for(shop).calibration
+    new = Calibration(shop_id=shop, version="test-2", method="quantile", cutoffs=old.cutoffs)
+    assert await processor.set_calibration(new)
+    expected = {(c.partition, k) for k, c in waiting.changes.items() if c.state.shop_id == shop}
+    assert expected
+    assert sorted(processor.pending_reevaluation) == sorted(expected)  # each once
+    transitions.ack_all()
+    await processor.drain()
+    assert table  # written after all
