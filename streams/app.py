@@ -211,7 +211,11 @@ def create_app(
                     for event in events:
                         intake.ack(app, event)
 
-                await processor.on_batch(items, activate, written)
+                try:
+                    await processor.on_batch(items, activate, written)
+                except Exception:
+                    intake.forget(app, events)  # failed: nothing of it is acknowledged
+                    raise
         finally:  # stopping, or restarted on a rebalance: the last batch's writes finish first
             await processor.drain()
 

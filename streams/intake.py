@@ -102,6 +102,16 @@ def _add(app: Any, batch: list[Any], event: Any) -> None:
     batch.append(event)
 
 
+def forget(app: Any, events: list[Any]) -> None:
+    """Stop tracking events that will not be acknowledged (their batch failed and the agent
+    stops): a rebalance or a stop no longer waits for them (Faust's wait for acknowledgements
+    has no end). Their offsets stay uncommitted: they are read again after a restart or when
+    their partitions move."""
+    unacked = app.consumer._unacked_messages
+    for event in events:
+        unacked.discard(event.message)
+
+
 def ack(app: Any, event: Any) -> None:
     """Acknowledge a processed event (its offset may then be committed), as Faust's stream
     does."""

@@ -241,6 +241,21 @@ async def test_faust_monitor_learns_when_each_partition_last_took_an_event() -> 
     assert app.monitor.events_total == 3
 
 
+async def test_a_failed_batch_is_forgotten_unacknowledged() -> None:
+    """Faust's wait for acknowledgements (rebalance, stop) waits for tracked messages only."""
+    app, stream, acks = App(), Stream(), []
+    app.consumer._unacked_messages = set()  # what track_message adds to, in Faust
+    app.track_message = app.consumer._unacked_messages.add
+    events = _events(range(3), acks)
+    for event in events:
+        stream.channel.queue.put_nowait(event)
+    batch = await anext(intake.batches(app, stream, 2, within=0))
+    assert app.consumer._unacked_messages == {e.message for e in batch}
+    intake.forget(app, batch)
+    assert app.consumer._unacked_messages == set()
+    assert acks == [] and app.out == []  # nothing acknowledged: read again after a restart
+
+
 def test_ack_reports_the_message_out_only_when_it_was_the_last_acknowledgement() -> None:
     app, acks = App(), []
     last, shared = _events(range(2), acks)
