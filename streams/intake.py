@@ -40,11 +40,8 @@ async def batches(
             batch: list[Any] = []
             error: Exception | None = None
             try:
-                if waiting is None:
-                    event = await queue.get()
-                else:
-                    event = await waiting
-                    waiting = None
+                event = await (queue.get() if waiting is None else waiting)
+                waiting = None
                 _add(app, batch, event)
                 deadline = time.monotonic() + within
                 while len(batch) < max_records:

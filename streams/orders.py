@@ -554,7 +554,7 @@ class Processor:
         for batch in (self._batch, self._writing):
             if batch is None:
                 continue
-            for key, change in list(batch.changes.items()):
+            for key, change in batch.changes.items():
                 if change.state.shop_id == shop_id and needs_reevaluation(change.state, model):
                     stale.append((change.partition, key))
         for count, (key, value) in enumerate(self.table.items(), start=1):

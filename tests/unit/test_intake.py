@@ -178,25 +178,29 @@ async def test_tracked_once_and_only_on_acknowledged_topics() -> None:
     assert (unacked_topic.message.tracked, plain.message.tracked) == (False, True)
 
 
-async def test_the_batches_end_when_the_channel_stops() -> None:
-    app, stream = App(), Stream()
+async def _waiting(stream: Stream, within: float) -> tuple[Any, asyncio.Future[Any]]:
+    """The batches of ``stream`` (up to 10 records) and their next batch, started and waiting
+    on the channel's queue."""
     queue = stream.channel.queue
-    batches = intake.batches(app, stream, 10, within=0)
+    batches = intake.batches(App(), stream, 10, within=within)
     pending = asyncio.ensure_future(anext(batches))
     await _until(lambda: bool(queue._getters))
-    await queue.throw(StopAsyncIteration())  # what Faust's channel does when it stops
+    return batches, pending
+
+
+async def test_the_batches_end_when_the_channel_stops() -> None:
+    stream = Stream()
+    _batches, pending = await _waiting(stream, within=0)
+    await stream.channel.queue.throw(StopAsyncIteration())  # what Faust's channel does on stop
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(pending, 5)
 
 
 async def test_an_error_thrown_while_waiting_ends_the_batches_after_the_events_taken() -> None:
-    app, stream, acks = App(), Stream(), []
-    queue = stream.channel.queue
-    queue.put_nowait(_events(range(1), acks)[0])
-    batches = intake.batches(app, stream, 10, within=30.0)
-    pending = asyncio.ensure_future(anext(batches))
-    await _until(lambda: bool(queue._getters))  # the batch waits for more
-    await queue.throw(RuntimeError("broken channel"))
+    stream, acks = Stream(), []
+    stream.channel.queue.put_nowait(_events(range(1), acks)[0])
+    batches, pending = await _waiting(stream, within=30.0)  # the batch waits for more
+    await stream.channel.queue.throw(RuntimeError("broken channel"))
     batch = await asyncio.wait_for(pending, 5)
     assert [e.message.offset for e in batch] == [0]  # tracked, so handed on to be acknowledged
     with pytest.raises(RuntimeError, match="broken channel"):
@@ -204,13 +208,10 @@ async def test_an_error_thrown_while_waiting_ends_the_batches_after_the_events_t
 
 
 async def test_the_channel_stopping_while_waiting_hands_on_the_events_taken_then_ends() -> None:
-    app, stream, acks = App(), Stream(), []
-    queue = stream.channel.queue
-    queue.put_nowait(_events(range(1), acks)[0])
-    batches = intake.batches(app, stream, 10, within=30.0)
-    pending = asyncio.ensure_future(anext(batches))
-    await _until(lambda: bool(queue._getters))
-    await queue.throw(StopAsyncIteration())
+    stream, acks = Stream(), []
+    stream.channel.queue.put_nowait(_events(range(1), acks)[0])
+    batches, pending = await _waiting(stream, within=30.0)
+    await stream.channel.queue.throw(StopAsyncIteration())
     assert [e.message.offset for e in await asyncio.wait_for(pending, 5)] == [0]
     with pytest.raises(StopAsyncIteration):
         await anext(batches)
