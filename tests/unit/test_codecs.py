@@ -17,8 +17,10 @@ from streams.codecs import (
     decode_stored,
     decode_stored_due,
     encode_stored,
+    encode_transition,
 )
 from tests.factories import placed
+from tests.unit.core import fold
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 
@@ -147,3 +149,23 @@ def test_values_written_before_the_header_are_still_read() -> None:
     other["dv"] += 1  # computed by another version of next_due: computed again, not taken
     assert decode_stored_due(orjson.dumps(other)) == (1, state, state.as_of, False)
     assert len(encode_stored(1, state, None)) < len(old)  # the compact form is smaller
+
+
+@pytest.mark.parametrize("backfill", [False, True])
+def test_a_transition_is_its_json_then_emission_time_and_backfill_flag(backfill: bool) -> None:
+    # a move with figures before and after, and tag changes (the discount hunter's tag)
+    _, transitions = fold(
+        [placed("c1", "o1", 0, total=5000), placed("c1", "o2", 20, total=900, discount=900)]
+    )
+    kinds = {t.type for t in transitions}
+    assert kinds == {"segment_changed", "tag_changed"}
+    assert any(t.type == "segment_changed" and t.metrics_before for t in transitions)
+    emitted = NOW + timedelta(microseconds=123)
+    for transition in transitions:
+        expected = {
+            **transition.model_dump(mode="json"),
+            "emitted_at": emitted.isoformat(),
+            "backfill": backfill,
+        }
+        encoded = encode_transition(transition, emitted, backfill)
+        assert encoded == orjson.dumps(expected)  # the bytes, keys in this order
