@@ -253,6 +253,51 @@ def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
     return None
 
 
+def bounds_matched(rules: SegmentRules, discount_share: float, average_order_value: int) -> int:
+    """Which segments' partial (money and share) bounds a customer with these values is
+    within: bit ``i`` for the rule set's segment ``i``. With the score cell it is all that
+    ``decide`` looks at (see ``decide_matched``)."""
+    facts = SegmentFacts(_ANY_CELL, discount_share, average_order_value)
+    matched = 0
+    for bit, bounds in _PARTIAL.get(rules, _partial_bounds):
+        if bounds.matches_bounds(facts):
+            matched |= bit
+    return matched
+
+
+def decide_matched(cell: Cell, matched: int, rules: SegmentRules) -> str | None:
+    """``decide`` for a customer in score cell ``cell`` within the partial bounds ``matched``
+    (``bounds_matched``)."""
+    table = _COMPILED_BITS.get(rules, _empty_bits)
+    candidates = table.get(cell)
+    if candidates is None:
+        bit = {s.name: 1 << i for i, s in enumerate(rules.segments)}
+        candidates = table[cell] = tuple(
+            (name, 0 if bounds is None else bit[name]) for name, bounds in _candidates(rules, cell)
+        )
+    for name, needs in candidates:
+        if not needs or matched & needs:
+            return name
+    return None
+
+
+_ANY_CELL: Final = Cell(False, False, 1, 1, 1)  # matches_bounds does not look at the cell
+
+
+def _partial_bounds(rules: SegmentRules) -> tuple[tuple[int, Condition], ...]:
+    return tuple((1 << i, s.when) for i, s in enumerate(rules.segments) if s.when.partial)
+
+
+def _empty_bits(_rules: SegmentRules) -> dict[Cell, tuple[tuple[str, int], ...]]:
+    return {}
+
+
+_PARTIAL: IdentityMemo[SegmentRules, tuple[tuple[int, Condition], ...]] = IdentityMemo(64)
+_COMPILED_BITS: IdentityMemo[SegmentRules, dict[Cell, tuple[tuple[str, int], ...]]] = IdentityMemo(
+    64
+)
+
+
 _Candidates = tuple[tuple[str, Condition | None], ...]
 # the per-cell candidates of the rule sets seen last (a rule set is immutable), filled as
 # cells are met

@@ -9,7 +9,7 @@ rule needs (counts, sums, averages, gaps) is derived from the records, never sto
 from __future__ import annotations
 
 import itertools
-from datetime import datetime
+from datetime import datetime, timedelta
 from statistics import median
 from typing import Final, Literal, NamedTuple
 
@@ -156,6 +156,11 @@ def _days(seconds: float) -> float:
 def days_between(earlier: datetime, later: datetime) -> float:
     """Days from one instant to another, at the precision every recency figure uses."""
     return _days((later - earlier).total_seconds())
+
+
+def elapsed_days(elapsed: timedelta) -> float:
+    """``days_between`` two instants this far apart."""
+    return _days(elapsed.total_seconds())
 
 
 def _rounded(days: float | None) -> float | None:

@@ -38,14 +38,21 @@ from models.events import (
 from models.frozen import evolve
 from models.memo import IdentityMemo
 from models.privacy import consented
-from models.rules import Cell, SegmentFacts, SegmentRules, decide
+from models.rules import (
+    Cell,
+    SegmentFacts,
+    SegmentRules,
+    bounds_matched,
+    decide,
+    decide_matched,
+)
 from models.scoring import Calibration, Scores, recency_drops, score_recency
 from models.state import (
     CustomerState,
     OrderRecord,
     ScoreMode,
     compute_metrics,
-    days_between,
+    elapsed_days,
 )
 from models.tags import compute_tags
 
@@ -88,6 +95,10 @@ class SegmentModel:
     # current_metrics of the states decided last, as their evaluation computed them
     _current: IdentityMemo[CustomerState, Metrics] = field(
         default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
+    )
+    # next_due's answers by shape (see _next_due), as offsets from the last order
+    _shapes: dict[_Shape, timedelta | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
 
@@ -287,42 +298,65 @@ def _current_metrics(state: CustomerState, model: SegmentModel) -> Metrics:
 def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     if state.segment is None or state.as_of is None:
         return None
-    # Time moves the recency score only, which _segment_after_time computes for every
-    # candidate instant: the rest is the state's current figures.
+    # Time moves the recency score only: the rest is the state's current figures.
     m = current_metrics(state, model)
     last = m.last_order_at
     if last is None or m.inactive_after_days is None:
         return None
-    candidates = {last + offset for offset in recency_drops(model.calibration.cutoffs.recency_days)}
-    candidates.add(last + timedelta(days=m.inactive_after_days))
     dwell_end = _dwell_end(state, model)
-    if dwell_end is not None:
-        candidates.add(dwell_end)
-    for candidate in sorted(candidates):
-        if candidate <= state.as_of or (dwell_end is not None and candidate < dwell_end):
-            continue
-        if _segment_after_time(m, last, candidate, model) != state.segment:
-            return candidate
-    return None
-
-
-def _segment_after_time(
-    m: Metrics, last: datetime, at: datetime, model: SegmentModel
-) -> str | None:
-    """The segment at ``at`` when only time passes: what ``evaluate(..., scoring="time")``
-    decides, from the figures at the customer's latest instant (time moves the recency score
-    and the inactivity flag only; F and M stay)."""
-    if not (m.order_count and m.f_score and m.m_score) or m.inactive_after_days is None:
-        return None
-    recency = days_between(last, at)
-    cell = Cell(
-        recency >= m.inactive_after_days,
+    # What the search for the instant depends on, every instant as an offset from the last
+    # order: customers of the same shape change segment at the same offset (most customers
+    # share a few thousand shapes; a new customer's is their segment, inactivity threshold, F
+    # and M scores and which money bounds they are within).
+    shape: _Shape = (
+        state.segment,
+        state.as_of - last,
+        None if dwell_end is None else dwell_end - last,
+        m.inactive_after_days,
         m.order_count == 1,
-        score_recency(recency, model.calibration.cutoffs.recency_days),
         m.f_score,
         m.m_score,
+        bounds_matched(model.rules, m.discount_share, m.average_order_value),
     )
-    return decide(SegmentFacts(cell, m.discount_share, m.average_order_value), model.rules)
+    shapes = model._shapes
+    try:
+        offset = shapes[shape]
+    except KeyError:
+        offset = _due_offset(shape, model)
+        if len(shapes) >= SHAPES_SIZE:
+            shapes.clear()
+        shapes[shape] = offset
+    return None if offset is None else last + offset
+
+
+# (segment, as_of, end of the minimum dwell or None, inactivity threshold in days, single
+# order, F score, M score, money bounds matched): the instants relative to the last order.
+_Shape = tuple[str, timedelta, timedelta | None, float, bool, int | None, int | None, int]
+# Shapes remembered per shop model (a few thousand cover almost every customer).
+SHAPES_SIZE: Final = 16_384
+
+
+def _due_offset(shape: _Shape, model: SegmentModel) -> timedelta | None:
+    """How long after the last order a customer of this shape first changes segment if no
+    further order arrives (None: never). Candidates are the offsets at which the recency score
+    can drop, the inactivity threshold and the end of the minimum dwell; the first candidate
+    after ``as_of`` (and not before the dwell ends) at which the segment differs wins."""
+    segment, as_of, dwell_end, inactive_after, single, f, m, matched = shape
+    cuts = model.calibration.cutoffs.recency_days
+    candidates = set(recency_drops(cuts))
+    candidates.add(timedelta(days=inactive_after))
+    if dwell_end is not None:
+        candidates.add(dwell_end)
+    for offset in sorted(candidates):
+        if offset <= as_of or (dwell_end is not None and offset < dwell_end):
+            continue
+        if not (f and m):
+            return offset  # without scores no segment: not the customer's
+        recency = elapsed_days(offset)
+        cell = Cell(recency >= inactive_after, single, score_recency(recency, cuts), f, m)
+        if decide_matched(cell, matched, model.rules) != segment:
+            return offset
+    return None
 
 
 def _dwell_end(state: CustomerState, model: SegmentModel) -> datetime | None:

@@ -161,13 +161,24 @@ def test_the_compiled_rule_map_decides_like_the_first_matching_rule(
 ) -> None:  # type: ignore[no-untyped-def]
     """The per-cell lookup ``decide`` uses gives the segment of the first rule, in rule order,
     whose whole condition matches (the rule order permuted: partial rules anywhere)."""
-    from models.rules import Cell, SegmentFacts, SegmentRules, decide
+    from models.rules import (
+        Cell,
+        SegmentFacts,
+        SegmentRules,
+        bounds_matched,
+        decide,
+        decide_matched,
+    )
 
     rules = SegmentRules.model_validate({**RULES.model_dump(), "segments": segments})
     facts = SegmentFacts(Cell(inactive, single, *scores), share, aov)
     first = next((s.name for s in rules.segments if s.when.matches(facts)), None)
     assert decide(facts, rules) == first
     assert decide(facts, rules) == first  # the second time from the compiled table
+    # the search for due times decides from the money bounds matched, not the values
+    matched = bounds_matched(rules, share, aov)
+    assert decide_matched(facts.cell, matched, rules) == first
+    assert decide_matched(facts.cell, matched, rules) == first
 
 
 @settings(max_examples=150, deadline=None)
@@ -207,3 +218,102 @@ def test_transition_ids_are_the_uuid5_of_their_parts(name: str) -> None:
     from models.transitions import TRANSITION_NAMESPACE, uuid5_text
 
     assert uuid5_text(name) == str(uuid.uuid5(TRANSITION_NAMESPACE, name))
+
+
+def _dwell_model(days: int):  # type: ignore[no-untyped-def]
+    from models.transitions import SegmentModel
+
+    scoring = RULES.scoring.model_copy(update={"min_dwell_days": days})
+    return SegmentModel(RULES.model_copy(update={"scoring": scoring}), CAL)
+
+
+# One model per dwell time for every example: the due offsets remembered by shape pile up
+# across customers, as they do in a worker.
+_DWELL_MODELS = {days: _dwell_model(days) for days in (0, 30)}
+
+
+def _searched_due(state, segment_model):  # type: ignore[no-untyped-def]
+    """The due instant searched for this very state, nothing remembered: the candidate
+    instants in time order, each decided from the state's figures with its recency (the
+    search as it was before shapes)."""
+    from datetime import timedelta
+
+    from models.rules import Cell, SegmentFacts, decide
+    from models.scoring import recency_drops, score_recency
+    from models.state import days_between
+    from models.transitions import _dwell_end, current_metrics
+
+    if state.segment is None or state.as_of is None:
+        return None
+    m = current_metrics(state, segment_model)
+    last, threshold = m.last_order_at, m.inactive_after_days
+    if last is None or threshold is None:
+        return None
+    cuts = segment_model.calibration.cutoffs.recency_days
+    dwell_end = _dwell_end(state, segment_model)
+    candidates = {last + offset for offset in recency_drops(cuts)}
+    candidates.add(last + timedelta(days=threshold))
+    if dwell_end is not None:
+        candidates.add(dwell_end)
+    for candidate in sorted(candidates):
+        if candidate <= state.as_of or (dwell_end is not None and candidate < dwell_end):
+            continue
+        segment = None
+        if m.f_score and m.m_score:
+            recency = days_between(last, candidate)
+            cell = Cell(
+                recency >= threshold,
+                m.order_count == 1,
+                score_recency(recency, cuts),
+                m.f_score,
+                m.m_score,
+            )
+            facts = SegmentFacts(cell, m.discount_share, m.average_order_value)
+            segment = decide(facts, segment_model.rules)
+        if segment != state.segment:
+            return candidate
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(orders, st.floats(min_value=0, max_value=900, allow_nan=False), st.sampled_from([0, 30]))
+def test_due_times_remembered_by_shape_are_the_ones_searched_for_the_state(  # type: ignore[no-untyped-def]
+    spec, later, dwell
+) -> None:
+    """``next_due`` answers from the offset found for an earlier customer of the same shape
+    (the examples share one model per dwell time); it is the instant the candidates' search
+    gives for this very state, after the orders and after time has passed."""
+    from models.transitions import due_transitions, next_due
+
+    segment_model = _DWELL_MODELS[dwell]
+    state = None
+    for event in _events(spec):
+        state, _ = apply_order(state, event, segment_model)
+        assert next_due(state, segment_model) == _searched_due(state, segment_model)
+    timed, _ = due_transitions(state, state.as_of + timedelta(days=later), segment_model)
+    assert next_due(timed, segment_model) == _searched_due(timed, segment_model)
+
+
+def test_due_times_remembered_by_shape_on_a_realistic_stream() -> None:
+    """Thousands of customers of four shops (discount hunters, refunds, cancellations) through
+    the shops' models: every state's ``next_due`` is the searched instant, and most are
+    answered from a shape already seen."""
+    import itertools
+
+    from bench.core import Fold
+    from bench.data import StreamSpec, order_stream
+    from models.transitions import OrderRejected, next_due
+
+    fold = Fold()
+    checked = 0
+    for key, value in itertools.islice(order_stream(StreamSpec(customers=20_000)), 4_000):
+        try:
+            state, _ = fold.step(key, value)
+        except OrderRejected:
+            continue
+        segment_model = fold.models[state.shop_id]
+        assert next_due(state, segment_model) == _searched_due(state, segment_model)
+        checked += 1
+    assert checked > 3_500
+    shapes = sum(len(m._shapes) for m in fold.models.values())
+    assert 0 < shapes < checked / 4  # shapes are shared: the memo is doing its work
