@@ -304,6 +304,8 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     if last is None or m.inactive_after_days is None:
         return None
     dwell_end = _dwell_end(state, model)
+    if dwell_end is not None and dwell_end <= state.as_of:
+        dwell_end = None  # over: it neither is a candidate nor holds one back (fewer shapes)
     # What the search for the instant depends on, every instant as an offset from the last
     # order: customers of the same shape change segment at the same offset (most customers
     # share a few thousand shapes; a new customer's is their segment, inactivity threshold, F
@@ -332,8 +334,10 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
 # (segment, as_of, end of the minimum dwell or None, inactivity threshold in days, single
 # order, F score, M score, money bounds matched): the instants relative to the last order.
 _Shape = tuple[str, timedelta, timedelta | None, float, bool, int | None, int | None, int]
-# Shapes remembered per shop model (a few thousand cover almost every customer).
-SHAPES_SIZE: Final = 16_384
+# Shapes remembered per shop model (about 300 bytes each): a few hundred shapes cover most
+# customers (new customers' above all); a repeat customer's personal inactivity threshold
+# often makes a shape of its own.
+SHAPES_SIZE: Final = 4_096
 
 
 def _due_offset(shape: _Shape, model: SegmentModel) -> timedelta | None:

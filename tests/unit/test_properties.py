@@ -317,3 +317,60 @@ def test_due_times_remembered_by_shape_on_a_realistic_stream() -> None:
     assert checked > 3_500
     shapes = sum(len(m._shapes) for m in fold.models.values())
     assert 0 < shapes < checked / 4  # shapes are shared: the memo is doing its work
+
+
+# The rule file's segments with more money and share bounds (minimum bounds, two bounds on one
+# rule, bounds on a rule that also asks for a flag), ahead of the rules they would shadow.
+_BOUNDED = [
+    {"name": "bargain_hunter", "when": {"f": [2, 5], "min_discount_share": 0.3}},
+    {
+        "name": "big_basket",
+        "when": {
+            "inactive": False,
+            "min_average_order_value": 9000,
+            "max_discount_share": 0.5,
+        },
+    },
+    {"name": "small_and_new", "when": {"single_order": True, "max_average_order_value": 1500}},
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.permutations(range(len(RULES.segments) + len(_BOUNDED))),
+    st.sampled_from([0, 7, 30]),
+    orders,
+    st.integers(min_value=-400, max_value=400),
+    st.floats(min_value=0, max_value=900, allow_nan=False),
+)
+def test_due_times_by_shape_under_rules_with_money_bounds(  # type: ignore[no-untyped-def]
+    order, dwell, spec, shift, later
+) -> None:
+    """Under a rule set with minimum and maximum money and share bounds in any rule order, a
+    customer and the same orders shifted in time (the same shape, so the second answer comes
+    from the first's offset) get the searched due time, and the shifted one's is the first's
+    shifted."""
+    from models.rules import SegmentRules
+    from models.transitions import SegmentModel, due_transitions, next_due
+
+    segments = [*RULES.model_dump()["segments"], *_BOUNDED]
+    scoring = {**RULES.model_dump()["scoring"], "min_dwell_days": dwell}
+    rules = SegmentRules.model_validate(
+        {**RULES.model_dump(), "segments": [segments[i] for i in order], "scoring": scoring}
+    )
+    segment_model = SegmentModel(rules, CAL)
+    dues = []
+    for offset in (0, shift):
+        state = None
+        for day, total, discount, category in spec:
+            event = model(placed("c", f"o{day}-{total}", day + offset, total, discount, category))
+            state, _ = apply_order(state, event, segment_model)
+        due = next_due(state, segment_model)
+        assert due == _searched_due(state, segment_model)
+        timed, _ = due_transitions(state, state.as_of + timedelta(days=later), segment_model)
+        assert next_due(timed, segment_model) == _searched_due(timed, segment_model)
+        dues.append(due)
+    first, shifted = dues
+    assert (first is None) == (shifted is None)
+    if first is not None:
+        assert shifted == first + timedelta(days=shift)

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from models.frozen import evolve
 from models.scoring import Calibration, Cutoffs
 from models.state import compute_metrics
 from models.transitions import (
@@ -158,6 +159,12 @@ def test_time_moves_wait_for_the_minimum_dwell_but_orders_do_not() -> None:
     slow = SegmentModel(rules, MODEL.calibration)
     state, _ = fold([placed("c1", "o1", 0)], segment_model=slow)
     assert next_due(state, slow) == at(100)  # inactive from day 90, deferred to the dwell end
+    # still held back when the state's latest instant is just before the dwell's end (a step
+    # that changed a tag only, a re-evaluation); customers of that shape too
+    for days in (98, 99.9, 98):
+        assert next_due(evolve(state, as_of=at(days)), slow) == at(100)
+    # a dwell end at the state's latest instant is over: the next candidate after it
+    assert next_due(evolve(state, as_of=at(100)), slow) == at(120)  # the next recency drop
     state, moves = fold([placed("c1", "o2", 5)], state=state, segment_model=slow)
     assert segment_moves(moves) == [("new", "potential_loyalist", "order_placed")]
 
