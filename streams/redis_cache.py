@@ -181,18 +181,29 @@ class RedisCache:
     def _fields(state: CustomerState, m: Metrics) -> list[str]:
         """The hash fields: name, value, name, value ... (all strings)."""
         top = list(state.category_spend())[:3]
+        # Often the very same instant (a new customer's four are one): written out once.
+        since, as_of, first, last = (
+            state.segment_since,
+            state.as_of,
+            m.first_order_at,
+            m.last_order_at,
+        )
+        as_of_text = _instant(as_of)
+        since_text = as_of_text if since is as_of else _instant(since)
+        last_text = as_of_text if last is as_of else since_text if last is since else _instant(last)
+        first_text = last_text if first is last else _instant(first)
         return [
             "shop_id", state.shop_id,
             "customer_id", state.customer_id,
-            "segment_since", _instant(state.segment_since),
-            "as_of", _instant(state.as_of),
+            "segment_since", since_text,
+            "as_of", as_of_text,
             "currency", m.currency or "",
             "order_count", str(m.order_count),
             "total_spend", str(m.total_spend),
             "average_order_value", str(m.average_order_value),
             "discount_share", str(m.discount_share),
-            "first_order_at", _instant(m.first_order_at),
-            "last_order_at", _instant(m.last_order_at),
+            "first_order_at", first_text,
+            "last_order_at", last_text,
             "recency_days", _number(m.recency_days),
             "typical_gap_days", _number(m.typical_gap_days),
             "inactive_after_days", _number(m.inactive_after_days),
