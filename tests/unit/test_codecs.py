@@ -155,7 +155,7 @@ def test_values_written_before_the_header_are_still_read() -> None:
 def test_a_transition_is_its_json_then_emission_time_and_backfill_flag(backfill: bool) -> None:
     # a move with figures before and after, and tag changes (the discount hunter's tag)
     _, transitions = fold(
-        [placed("c1", "o1", 0, total=5000), placed("c1", "o2", 20, total=900, discount=900)]
+        [placed("kü-1", "o1", 0, total=5000), placed("kü-1", "o2", 20, total=900, discount=900)]
     )
     kinds = {t.type for t in transitions}
     assert kinds == {"segment_changed", "tag_changed"}

@@ -227,11 +227,6 @@ def _dwell_model(days: int):  # type: ignore[no-untyped-def]
     return SegmentModel(RULES.model_copy(update={"scoring": scoring}), CAL)
 
 
-# One model per dwell time for every example: the due offsets remembered by shape pile up
-# across customers, as they do in a worker.
-_DWELL_MODELS = {days: _dwell_model(days) for days in (0, 30)}
-
-
 def _searched_due(state, segment_model):  # type: ignore[no-untyped-def]
     """The due instant searched for this very state, nothing remembered: the candidate
     instants in time order, each decided from the state's figures with its recency (the
@@ -275,23 +270,28 @@ def _searched_due(state, segment_model):  # type: ignore[no-untyped-def]
     return None
 
 
-@settings(max_examples=300, deadline=None)
-@given(orders, st.floats(min_value=0, max_value=900, allow_nan=False), st.sampled_from([0, 30]))
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(orders, min_size=1, max_size=6),
+    st.floats(min_value=0, max_value=900, allow_nan=False),
+    st.sampled_from([0, 30]),
+)
 def test_due_times_remembered_by_shape_are_the_ones_searched_for_the_state(  # type: ignore[no-untyped-def]
-    spec, later, dwell
+    customers, later, dwell
 ) -> None:
     """``next_due`` answers from the offset found for an earlier customer of the same shape
-    (the examples share one model per dwell time); it is the instant the candidates' search
-    gives for this very state, after the orders and after time has passed."""
+    (the example's customers share one model); it is the instant the candidates' search gives
+    for this very state, after each order and after time has passed."""
     from models.transitions import due_transitions, next_due
 
-    segment_model = _DWELL_MODELS[dwell]
-    state = None
-    for event in _events(spec):
-        state, _ = apply_order(state, event, segment_model)
-        assert next_due(state, segment_model) == _searched_due(state, segment_model)
-    timed, _ = due_transitions(state, state.as_of + timedelta(days=later), segment_model)
-    assert next_due(timed, segment_model) == _searched_due(timed, segment_model)
+    segment_model = _dwell_model(dwell)
+    for spec in customers:
+        state = None
+        for event in _events(spec):
+            state, _ = apply_order(state, event, segment_model)
+            assert next_due(state, segment_model) == _searched_due(state, segment_model)
+        timed, _ = due_transitions(state, state.as_of + timedelta(days=later), segment_model)
+        assert next_due(timed, segment_model) == _searched_due(timed, segment_model)
 
 
 def test_due_times_remembered_by_shape_on_a_realistic_stream() -> None:

@@ -42,6 +42,14 @@ def test_different_instants_are_each_written_out() -> None:
             "first_order_at": at(0).isoformat(),
             "last_order_at": at(25).isoformat(),
         }
+    # the segment's start the very last order, the latest instant later
+    moved = evolve(state, segment_since=m.last_order_at, as_of=at(40))
+    assert _instants(RedisCache._fields(moved, m)) == {
+        "segment_since": at(25).isoformat(),
+        "as_of": at(40).isoformat(),
+        "first_order_at": at(0).isoformat(),
+        "last_order_at": at(25).isoformat(),
+    }
     # equal instants that are not one object, and none at all
     copy = evolve(state, segment_since=at(25) + timedelta(0), as_of=None)
     assert _instants(RedisCache._fields(copy, m)) == {
