@@ -147,15 +147,17 @@ class Condition(_Rule):
         )
 
     def matches(self, facts: SegmentFacts) -> bool:
-        return self.matches_cell(facts.cell) and self.matches_bounds(facts)
+        return self.matches_cell(facts.cell) and self.matches_bounds(
+            facts.discount_share, facts.average_order_value
+        )
 
-    def matches_bounds(self, facts: SegmentFacts) -> bool:
+    def matches_bounds(self, discount_share: float, average_order_value: int) -> bool:
         """Whether the partial (money and share) bounds match."""
         return (
-            _at_most(facts.discount_share, self.max_discount_share)
-            and _at_least(facts.discount_share, self.min_discount_share)
-            and _at_most(facts.average_order_value, self.max_average_order_value)
-            and _at_least(facts.average_order_value, self.min_average_order_value)
+            _at_most(discount_share, self.max_discount_share)
+            and _at_least(discount_share, self.min_discount_share)
+            and _at_most(average_order_value, self.max_average_order_value)
+            and _at_least(average_order_value, self.min_average_order_value)
         )
 
 
@@ -242,25 +244,20 @@ def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
     partial bounds are looked at per customer."""
     if facts is None:
         return None
-    cell = facts.cell
-    table = _compiled(rules)
-    candidates = table.get(cell)
-    if candidates is None:
-        candidates = table[cell] = _candidates(rules, cell)
-    for name, bounds in candidates:
-        if bounds is None or bounds.matches_bounds(facts):
+    share, value = facts.discount_share, facts.average_order_value
+    for name, bounds in _cell_candidates(rules, facts.cell):
+        if bounds is None or bounds.matches_bounds(share, value):
             return name
     return None
 
 
 def bounds_matched(rules: SegmentRules, discount_share: float, average_order_value: int) -> int:
     """Which segments' partial (money and share) bounds a customer with these values is
-    within: bit ``i`` for the rule set's segment ``i``. With the score cell it is all that
-    ``decide`` looks at (see ``decide_matched``)."""
-    facts = SegmentFacts(_ANY_CELL, discount_share, average_order_value)
+    within: segment ``i``'s bit is ``1 << i``. With the score cell it is all that ``decide``
+    looks at (see ``decide_matched``)."""
     matched = 0
     for bit, bounds in _PARTIAL.get(rules, _partial_bounds):
-        if bounds.matches_bounds(facts):
+        if bounds.matches_bounds(discount_share, average_order_value):
             matched |= bit
     return matched
 
@@ -268,34 +265,24 @@ def bounds_matched(rules: SegmentRules, discount_share: float, average_order_val
 def decide_matched(cell: Cell, matched: int, rules: SegmentRules) -> str | None:
     """``decide`` for a customer in score cell ``cell`` within the partial bounds ``matched``
     (``bounds_matched``)."""
-    table = _COMPILED_BITS.get(rules, _empty_bits)
-    candidates = table.get(cell)
-    if candidates is None:
-        bit = {s.name: 1 << i for i, s in enumerate(rules.segments)}
-        candidates = table[cell] = tuple(
-            (name, 0 if bounds is None else bit[name]) for name, bounds in _candidates(rules, cell)
-        )
-    for name, needs in candidates:
-        if not needs or matched & needs:
+    bits = _BITS.get(rules, _segment_bits)
+    for name, bounds in _cell_candidates(rules, cell):
+        if bounds is None or matched & bits[name]:
             return name
     return None
 
 
-_ANY_CELL: Final = Cell(False, False, 1, 1, 1)  # matches_bounds does not look at the cell
+def _segment_bits(rules: SegmentRules) -> dict[str, int]:
+    return {segment.name: 1 << i for i, segment in enumerate(rules.segments)}
 
 
 def _partial_bounds(rules: SegmentRules) -> tuple[tuple[int, Condition], ...]:
-    return tuple((1 << i, s.when) for i, s in enumerate(rules.segments) if s.when.partial)
+    bits = _BITS.get(rules, _segment_bits)
+    return tuple((bits[s.name], s.when) for s in rules.segments if s.when.partial)
 
 
-def _empty_bits(_rules: SegmentRules) -> dict[Cell, tuple[tuple[str, int], ...]]:
-    return {}
-
-
+_BITS: IdentityMemo[SegmentRules, dict[str, int]] = IdentityMemo(64)
 _PARTIAL: IdentityMemo[SegmentRules, tuple[tuple[int, Condition], ...]] = IdentityMemo(64)
-_COMPILED_BITS: IdentityMemo[SegmentRules, dict[Cell, tuple[tuple[str, int], ...]]] = IdentityMemo(
-    64
-)
 
 
 _Candidates = tuple[tuple[str, Condition | None], ...]
@@ -306,6 +293,15 @@ _COMPILED: IdentityMemo[SegmentRules, dict[Cell, _Candidates]] = IdentityMemo(64
 
 def _compiled(rules: SegmentRules) -> dict[Cell, _Candidates]:
     return _COMPILED.get(rules, _empty_map)
+
+
+def _cell_candidates(rules: SegmentRules, cell: Cell) -> _Candidates:
+    """The segments that can match in ``cell``, in rule order (see ``decide``)."""
+    table = _compiled(rules)
+    candidates = table.get(cell)
+    if candidates is None:
+        candidates = table[cell] = _candidates(rules, cell)
+    return candidates
 
 
 def _empty_map(_rules: SegmentRules) -> dict[Cell, _Candidates]:

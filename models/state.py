@@ -155,11 +155,11 @@ def _days(seconds: float) -> float:
 
 def days_between(earlier: datetime, later: datetime) -> float:
     """Days from one instant to another, at the precision every recency figure uses."""
-    return _days((later - earlier).total_seconds())
+    return elapsed_days(later - earlier)
 
 
 def elapsed_days(elapsed: timedelta) -> float:
-    """``days_between`` two instants this far apart."""
+    """Days in ``elapsed``, at the precision every recency figure uses."""
     return _days(elapsed.total_seconds())
 
 
