@@ -67,6 +67,8 @@ def test_alert_rules_use_only_exported_metrics(exported: set[str]) -> None:
         "SegmenterLagGrowing",
         "SegmenterDeadLetters",
         "SegmenterOverdueTimers",
+        "SegmenterWorkerDown",
+        "SegmenterNoLagReported",
     }
     used = {
         m
@@ -93,3 +95,17 @@ def test_compose_mounts_the_ops_files_and_scrapes_the_worker() -> None:
     worker_env = services["worker"]["environment"]
     assert target == f"worker:{worker_env['SEGMENTER_WEB_PORT']}"
     assert worker_env["SEGMENTER_WEB_HOST"] == "0.0.0.0"
+
+
+def test_a_worker_that_is_gone_is_alerted_on() -> None:
+    """The lag, timer and dead-letter alerts read what workers export: a worker that is gone
+    exports nothing, so its absence has alerts of its own, on the job Prometheus scrapes."""
+    prometheus = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    rules = {r["alert"]: r for r in _alert_rules()}
+    down = rules["SegmenterWorkerDown"]["expr"]
+    assert down.replace(" ", "") in {f'up{{job="{job}"}}==0' for job in jobs}
+    assert rules["SegmenterNoLagReported"]["expr"] == "absent(segmenter_consumer_lag_messages)"
+    # any dead letter is reported, not only a sustained rate of them
+    assert "increase(segmenter_dead_letters_total" in rules["SegmenterDeadLetters"]["expr"]
+    assert rules["SegmenterDeadLetters"]["expr"].rstrip().endswith("> 0")
