@@ -169,6 +169,7 @@ def create_app(
         read_erasure=partition_reader(erasures),
         write=partition_writer(table),
         on_write_failed=stop_after_failed_write,
+        input_end=input_end(app, settings.orders_topic) if settings.clock == "wall" else None,
     )
     source = app.topic(
         settings.orders_topic,
@@ -198,7 +199,12 @@ def create_app(
                 for event in events:
                     message = event.message
                     record = SourceRecord(
-                        message.key, message.value, message.topic, message.partition, message.offset
+                        message.key,
+                        message.value,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        message.timestamp,
                     )
                     items.append((record, handlers[message.topic]))
 
@@ -445,6 +451,25 @@ def stop_after_failed_write(exc: BaseException) -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     os._exit(WRITE_FAILED_EXIT)
+
+
+def input_end(app: Any, topic: str) -> Callable[[int], tuple[int, int | None] | None]:
+    """(end offset, committed offset) of a partition of ``topic`` as the worker's consumer knows
+    them (the end offset from its latest fetch): None while the partition is not assigned, is
+    paused (``/pause``, or until the tables have recovered: what comes in is not seen) or the
+    consumer has no end offset for it yet."""
+
+    def position(partition: int) -> tuple[int, int | None] | None:
+        consumer = app.consumer
+        tp = TopicPartition(topic, partition)  # equal to Faust's TP of the same partition
+        if tp not in consumer.assignment() or tp in consumer._paused_partitions:
+            return None
+        end = consumer.highwater(tp)
+        if end is None:
+            return None
+        return end, consumer._committed_offset.get(tp)
+
+    return position
 
 
 def partition_reader(table: Any) -> Callable[[int, bytes], bytes | None]:

@@ -24,6 +24,8 @@ class SourceRecord:
     topic: str
     partition: int
     offset: int
+    # The record's timestamp (seconds since the epoch; the producer's or the broker's).
+    timestamp: float | None = None
 
 
 def dlq_headers(reason: str, message: str, source: SourceRecord) -> dict[str, bytes]:

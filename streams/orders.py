@@ -21,13 +21,17 @@ overlay until they are in the table.
 
 Clock ticks are the way work that does not come from an order reaches a customer's partition
 (so the table is only ever written inside stream iteration): ``due`` ticks when a due time
-passes (wall clock), ``reevaluate`` ticks after a new calibration or rule set.
+passes (wall clock), ``reevaluate`` ticks after a new calibration or rule set. A due time
+passes for a partition only once its orders up to that instant have been read (``read_until``):
+a worker behind its input (after a restart, a stop, a burst) would otherwise find a customer
+inactive whose order is still waiting in the backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +77,11 @@ from streams.outbox import nothing_held
 from streams.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
+
+# Wall clock: an orders partition whose offsets say records are waiting but none has been
+# processed for this long is taken as read (nothing comes: transaction markers at the log's
+# end, or fetching paused), so its due times pass by the wall clock again.
+STALLED_SECONDS = 30.0
 
 TickKind = Literal["due", "reevaluate"]
 
@@ -168,6 +177,7 @@ class Processor:
         read_erasure: Callable[[int, bytes], bytes | None] | None = None,
         write: Callable[[list[tuple[int, bytes, bytes]]], None] | None = None,
         on_write_failed: Callable[[BaseException], None] | None = None,
+        input_end: Callable[[int], tuple[int, int | None] | None] | None = None,
     ) -> None:
         self.table = table
         # Reads a key of one partition of the table (the store's fast path if it has one).
@@ -180,6 +190,13 @@ class Processor:
         # Told at once when a batch's writes fail (the broker refused its transitions or its
         # changelog records after the producer's own retries): its offsets stay unacknowledged.
         self.on_write_failed = on_write_failed or (lambda _exc: None)
+        # Wall clock: (end offset, committed offset) of an orders partition as the consumer
+        # knows them, None while it does not; None: no such knowledge, the input counts as read.
+        self.input_end = input_end
+        # Orders partition -> (next offset, timestamp, monotonic time) of the last one processed.
+        self._read: dict[int, tuple[int, float | None, float]] = {}
+        # Orders partition -> monotonic time since which it was found waiting with none read.
+        self._waiting: dict[int, float] = {}
         self.erasures = erasures
         self.privacy = privacy
         # Waits until the table's changelog writes so far are acknowledged by the broker.
@@ -353,6 +370,7 @@ class Processor:
         """One record of the orders topic; a record that cannot be used is dead-lettered."""
         with self.metrics.processing.time():
             await self._on_order(record)
+        self._read[record.partition] = (record.offset + 1, record.timestamp, time.monotonic())
 
     async def _on_order(self, record: SourceRecord) -> None:
         order = await self._decoded(record, decode_order)
@@ -520,13 +538,45 @@ class Processor:
         await self._save(partition, new_state, transitions, previous=state)
 
     def due_ticks(self, now: datetime) -> list[tuple[int, bytes]]:
-        """Wall-clock mode: (partition, tick) for every customer due at ``now``."""
+        """Wall-clock mode: (partition, tick) for every customer due by ``now`` whose
+        partition's orders have been read up to the due time (``read_until``)."""
         ticks = []
         for partition in self.index.partitions():
-            for key, due in self.index.pop_due(partition, now):
+            until = self.read_until(partition, now)
+            if until is None:
+                continue
+            for key, due in self.index.pop_due(partition, until):
                 self.in_flight[key] = due
-                ticks.append((partition, _tick("due", key, now)))
+                ticks.append((partition, _tick("due", key, until)))
         return ticks
+
+    def read_until(self, partition: int, now: datetime) -> datetime | None:
+        """Wall clock: the instant up to which the orders of ``partition`` have been read.
+
+        ``now`` when no order is waiting (the last one processed is the partition's last), or
+        when none has been processed for ``STALLED_SECONDS`` although the offsets say some are
+        waiting; otherwise the timestamp of the last one processed (orders are published in
+        time order, so those before it are read); None while that is not known (the consumer
+        has no end offset yet, or none of the waiting orders has been processed yet)."""
+        if self.input_end is None:
+            return now
+        position = self.input_end(partition)
+        if position is None:
+            return None
+        end, committed = position
+        read = self._read.get(partition)
+        done = max(read[0] if read else 0, committed or 0)
+        if done >= end:
+            self._waiting.pop(partition, None)
+            return now
+        since = self._waiting.setdefault(partition, time.monotonic())
+        if read is not None:
+            since = max(since, read[2])
+        if time.monotonic() - since > STALLED_SECONDS:
+            return now
+        if read is None or read[1] is None:
+            return None
+        return min(now, datetime.fromtimestamp(read[1], UTC))
 
     def overdue(self, now: datetime, grace: float) -> list[datetime]:
         """Due times passed more than ``grace`` seconds ago whose transition is not applied yet
@@ -629,6 +679,8 @@ class Processor:
         self.index.clear()
         self.in_flight.clear()
         self.pending_reevaluation.clear()
+        self._read.clear()  # partitions may have moved: their positions are the consumer's now
+        self._waiting.clear()
         failed = 0
         count = 0
         for count, value in enumerate(self.table.values(), start=1):

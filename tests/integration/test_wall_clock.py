@@ -1,4 +1,5 @@
-"""Wall-clock mode: a time-caused transition fires at the customer's due time."""
+"""Wall-clock mode: a time-caused transition fires at the customer's due time, and not while
+the customer's orders from before it are still waiting to be read."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -15,7 +17,7 @@ from streams.changelog import read_topic
 from streams.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
-from tests.conftest import settings_from, wait_for
+from tests.conftest import free_port, settings_from, wait_for
 
 pytestmark = pytest.mark.integration
 RULES = load_rules()
@@ -24,7 +26,13 @@ LEAD = timedelta(seconds=20)  # time for the worker to start and take the order
 
 @pytest.fixture
 def wall_worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    overrides = {**isolated, "clock": "wall", "partitions": "2", "clock_interval_seconds": "0.5"}
+    overrides = {
+        **isolated,
+        "clock": "wall",
+        "partitions": "2",
+        "clock_interval_seconds": "0.5",
+        "web_port": str(free_port()),
+    }
     asyncio.run(ensure_topics(settings_from(overrides)))
     process = spawn_worker(overrides, tmp_path / "worker.log")
     yield overrides
@@ -78,3 +86,73 @@ async def _read(settings, topic: str) -> list[dict]:  # type: ignore[no-untyped-
     return [
         orjson.loads(r.value) async for r in read_topic(settings.kafka_bootstrap_servers, topic)
     ]
+
+
+async def test_a_due_time_waits_for_the_orders_placed_before_it(
+    wall_worker: dict[str, str],
+) -> None:
+    """A worker that has not read its input up to a customer's due time (here: fetching paused,
+    as after a stop or behind a backlog) holds the customer's time-caused move: the order she
+    placed before it, still waiting, keeps her from becoming inactive."""
+    settings = settings_from(wall_worker)
+    port = wall_worker["web_port"]
+    due = datetime.now(UTC) + LEAD
+    first = due - timedelta(days=RULES.inactivity.single_order_days)
+    await publish(settings, iter([(b"vera", orjson.dumps(_order("v-o1", first)))]))
+    await wait_for(
+        lambda: _read(settings, settings.transitions_topic), lambda ts: len(ts) >= 1, 60, "new"
+    )
+    assert await _post(port, "/pause") == {"paused": True}
+    second = datetime.now(UTC)
+    assert second < due - timedelta(seconds=3), "the worker took too long to start"
+    await publish(settings, iter([(b"vera", orjson.dumps(_order("v-o2", second)))]))
+
+    # The due time passes (the worker reports the customer overdue: held, not fired) ...
+    await wait_for(lambda: _overdue(port), lambda n: n == 1, LEAD.total_seconds() + 30, "overdue")
+    held = await _moves(settings)
+    assert [(t["from_segment"], t["to_segment"]) for t in held] == [(None, "new")]
+
+    # ... and once the order is read she moves on it, never through inactive.
+    assert await _post(port, "/resume") == {"paused": False}
+    found = await wait_for(
+        lambda: _moves(settings), lambda ts: len(ts) >= 2, 60, "the move on the second order"
+    )
+    assert [(t["from_segment"], t["cause"]["kind"]) for t in found] == [
+        (None, "order_placed"),
+        ("new", "order_placed"),
+    ]
+    assert found[1]["to_segment"] != "inactive"
+    await wait_for(lambda: _overdue(port), lambda n: n == 0, 30, "nothing overdue")
+
+
+async def _moves(settings) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    """The segment moves on the transitions topic (not the tags)."""
+    return [t for t in await _read(settings, settings.transitions_topic) if "to_segment" in t]
+
+
+def _order(order_id: str, at: datetime) -> dict:  # type: ignore[type-arg]
+    return {
+        "type": "order_placed",
+        "order_id": order_id,
+        "customer_id": "vera",
+        "occurred_at": at.isoformat(),
+        "currency": "EUR",
+        "total": 2500,
+    }
+
+
+async def _post(port: str, path: str) -> object:
+    url = f"http://127.0.0.1:{port}{path}"
+    async with aiohttp.ClientSession() as session, session.post(url) as response:
+        return orjson.loads(await response.read())
+
+
+async def _overdue(port: str) -> float:
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    return next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("segmenter_overdue_customers")
+    )
