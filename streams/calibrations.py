@@ -18,6 +18,7 @@ from models.scoring import Calibration, calibrate
 from models.state import compute_metrics
 from models.transitions import bootstrap_calibration
 from streams.changelog import read_table, read_topic
+from streams.clients import started
 from streams.codecs import StoredState, decode_calibration, encode_calibration
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def recalibrate(
 
 async def publish_calibrations(settings: Settings, calibrations: list[Calibration]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
+    await started(producer)
     try:
         for calibration in calibrations:
             await producer.send_and_wait(
@@ -107,7 +108,7 @@ async def follow_calibrations(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
     )
-    await consumer.start()
+    await started(consumer)
     try:
         partitions = consumer.partitions_for_topic(settings.calibrations_topic)
         if not partitions:

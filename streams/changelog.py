@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from config.settings import Settings
+from streams.clients import started
 from streams.codecs import StoredState, decode_stored
 
 Progress = Callable[[int, int], None]
@@ -22,7 +23,7 @@ async def read_topic(
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` up to its end offsets at the time of the call."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
+    await started(consumer)
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:

@@ -9,9 +9,15 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import click
 import orjson
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -26,6 +32,7 @@ from models.state import CustomerState, compute_metrics, state_key
 from models.transitions import bootstrap_calibration
 from streams.devstack import Devstack, DevstackError
 from streams.redis_cache import RedisCache
+from streams.topics import TopicsError
 
 T = TypeVar("T")
 
@@ -53,7 +60,49 @@ def progress_bar() -> Progress:
     )
 
 
-@click.group()
+class Commands(click.Group):
+    """The commands, with a clear one-line error (no traceback) when what they talk to cannot be
+    reached or the configuration is wrong: where they tried, and which setting says so."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except ValidationError as exc:
+            raise click.ClickException(f"invalid SEGMENTER_* settings: {exc}") from exc
+        except (RulesError, TopicsError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KafkaError as exc:
+            raise click.ClickException(_kafka_error(exc)) from exc
+        except RedisError as exc:
+            raise click.ClickException(_redis_error(exc)) from exc
+
+
+def _kafka_error(exc: KafkaError) -> str:
+    servers = Settings().kafka_bootstrap_servers
+    message = f"Kafka at {servers}: {exc}"
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        message += (
+            "\nIs it running? `segmenter devstack up` starts the local one; "
+            "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS names another."
+        )
+    return message
+
+
+def _redis_error(exc: RedisError) -> str:
+    url = urlsplit(Settings().redis_url)
+    where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
+    message = f"Redis at {where}: {exc}"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        message += (
+            "\nIs it running? `segmenter devstack up` starts the local one; "
+            "SEGMENTER_REDIS_URL names another."
+        )
+    return message
+
+
+@click.group(cls=Commands)
 def main() -> None:
     """Streaming customer segmentation on Kafka, Faust and Redis."""
 

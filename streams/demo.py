@@ -18,6 +18,7 @@ from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.app import marketing_transitions
 from streams.calibrations import recalibrate
 from streams.changelog import count_records, read_table
+from streams.clients import started
 from streams.devstack import Devstack
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
@@ -104,7 +105,7 @@ async def _replay_and_watch(settings: Settings, records: list, worker) -> None: 
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    await consumer.start()
+    await started(consumer)
     try:
         sent = await publish(settings, iter(records))
         console.print(f"published {sent} records; transitions as they happen:")

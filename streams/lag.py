@@ -15,6 +15,7 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 from aiokafka.structs import OffsetAndMetadata
 
 from config.settings import Settings
+from streams.clients import started
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,11 @@ class LagProbe:
         """Connect (once; again after a failed start)."""
         if self._admin is not None and self._consumer is not None:
             return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
-        await admin.start()
+        admin = await started(AIOKafkaAdminClient(bootstrap_servers=self._servers))
         try:
-            await consumer.start()
+            consumer = await started(
+                AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
+            )
         except Exception:
             await admin.close()
             raise

@@ -11,6 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from config.settings import Settings
+from streams.clients import started
 
 
 async def request_erasure(
@@ -21,7 +22,7 @@ async def request_erasure(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
     )
-    await consumer.start()
+    await started(consumer)
     try:
         receipts = [
             TopicPartition(settings.erasure_receipts_topic, p)
@@ -59,7 +60,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
 
 async def _publish(settings: Settings, shop_id: str, customer_id: str, request_id: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
+    await started(producer)
     try:
         request = {
             "type": "erasure_requested",

@@ -15,6 +15,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from config.settings import Settings
+from streams.clients import started
 
 CSV_ORDER_FIELDS = ("type", "order_id", "customer_id", "shop_id", "occurred_at", "currency")
 CSV_INT_FIELDS = ("total", "discount")
@@ -114,7 +115,7 @@ async def publish(
         max_batch_size=256 * 1024,
         enable_idempotence=True,
     )
-    await producer.start()
+    await started(producer)
     sent = 0
     try:
         pending = []

@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from config.settings import Settings
+from streams.clients import started
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +20,16 @@ log = logging.getLogger(__name__)
 TOPIC_READY_SECONDS = 30.0
 
 
+class TopicsError(RuntimeError):
+    """The topics exist but cannot be used as they are (partition counts that differ)."""
+
+
 async def _admin(settings: Settings) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15_000
     )
     try:
-        await admin.start()
+        await started(admin)
     except KafkaConnectionError as exc:
         raise ConnectionError(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers} "
@@ -75,7 +80,7 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
         for name in (settings.clock_topic, settings.consent_topic, settings.erasure_topic):
             count = current.get(name, partitions)
             if count != partitions:
-                raise RuntimeError(
+                raise TopicsError(
                     f"topic {name} has {count} partitions but {settings.orders_topic} has "
                     f"{partitions}: they must match (records are keyed by customer)"
                 )
@@ -127,7 +132,7 @@ async def _wait_until_served(settings: Settings, topics: dict[str, int]) -> None
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
     )
-    await consumer.start()
+    await started(consumer)
     try:
         partitions = [TopicPartition(t, p) for t, count in topics.items() for p in range(count)]
         await asyncio.wait_for(consumer.end_offsets(partitions), TOPIC_READY_SECONDS)

@@ -4,6 +4,9 @@ at once reads every partition's offsets without an error on the way."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -36,3 +39,27 @@ async def test_a_consumer_started_right_after_the_topics_are_created_sees_no_err
         await consumer.stop()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert errors == []
+
+
+async def test_a_worker_refuses_topics_whose_partition_counts_differ(
+    isolated: dict[str, str],
+) -> None:
+    """Records are keyed by customer, so the clock, consent and erasure topics must have the
+    orders topic's partitions; a worker says which topic differs, and stops (no traceback)."""
+    await ensure_topics(settings_from({**isolated, "partitions": "2"}))
+    overrides = {**isolated, "orders_topic": isolated["orders_topic"] + "-3", "partitions": "3"}
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    clock = settings_from(overrides).clock_topic
+    assert (
+        f"Error: topic {clock} has 2 partitions but {overrides['orders_topic']} has 3"
+        in result.stderr
+    ), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

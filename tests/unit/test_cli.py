@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from config.rules import DEFAULT_RULES_FILE
 from streams.cli import main
+from tests.conftest import free_port
 
 GAP = DEFAULT_RULES_FILE.read_text().replace(
     "    when: {r: [1, 1], f: [1, 2]}", "    when: {r: [1, 1], f: [1, 1]}"
@@ -63,3 +65,43 @@ def test_tests_isolate_every_topic() -> None:
     for name in Settings.model_fields:
         if name.endswith("_topic") or name.endswith("_prefix"):
             assert f'"{name}": f"test-{{uid}}' in conftest, name
+
+
+@pytest.mark.parametrize(
+    ("command", "service", "setting"),
+    [
+        (["lag"], "Kafka", "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS"),
+        (["recalibrate"], "Kafka", "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS"),
+        (["forget", "c1", "--no-wait"], "Kafka", "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS"),
+        (["segments"], "Redis", "SEGMENTER_REDIS_URL"),
+        (["customer", "c1"], "Redis", "SEGMENTER_REDIS_URL"),
+    ],
+)
+def test_a_server_that_cannot_be_reached_is_named_without_a_traceback(
+    command: list[str], service: str, setting: str
+) -> None:
+    port = free_port()  # nothing listens there
+    env = {
+        "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "SEGMENTER_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *command],
+        env={**env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"Error: {service} at 127.0.0.1:{port}: " in result.stderr
+    assert setting in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr  # the clients that could not start are closed
+    assert "hunter2" not in result.stderr
+
+
+def test_invalid_settings_are_named_without_a_traceback() -> None:
+    result = CliRunner().invoke(main, ["lag"], env={"SEGMENTER_PARTITIONS": "many"})
+    assert result.exit_code == 1
+    assert "invalid SEGMENTER_* settings" in result.output
+    assert "partitions" in result.output
