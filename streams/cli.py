@@ -329,6 +329,8 @@ def rules_check(file: Path | None) -> None:
         f"rule set {loaded.version}: {len(loaded.segments)} segments, every one reachable, "
         f"all {len(all_cells())} score/flag combinations covered"
     )
+    if report.unreached:  # quantile mode: a calibration may reach them
+        out.print(f"note: {report.unreached_note()}", soft_wrap=True)
 
 
 @rules.command("show")

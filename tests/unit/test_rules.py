@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.rules import DEFAULT_RULES_FILE, RulesError, load_rules
-from models.rules import check_rules
+from models.rules import check_rules, frequency_scores
+from models.scoring import Cutoffs, compute_scores
 
 DEFAULT = DEFAULT_RULES_FILE.read_text()
 
@@ -86,3 +89,52 @@ def test_duplicate_segment_names_are_refused(tmp_path: Path) -> None:
     path.write_text(DEFAULT + "  - name: lost\n    when: {}\n")
     with pytest.raises(RulesError, match="repeated: \\['lost'\\]"):
         load_rules(path)
+
+
+def test_rules_no_customer_reaches_under_the_rule_files_cut_offs_are_named() -> None:
+    """Under the shipped cut-offs a second order always scores f=2 or more, and a single order
+    is `new` (or inactive) first: promising and about_to_sleep (f=1, repeat buyers) wait for a
+    calibration that gives a repeat buyer f=1. In quantile mode that is a note, not a refusal."""
+    report = check_rules(load_rules())
+    assert report.unreached == ("promising", "about_to_sleep")
+    assert (report.single_f, report.repeat_f) == ((1, 2), (2, 3, 4, 5))
+    assert report.ok
+    assert report.unreached_note() == (
+        "no customer reaches promising, about_to_sleep under the rule file's cut-offs (a shop's "
+        "until its first calibration): a single order scores f=1-2 there and more orders f=2-5"
+    )
+
+
+def test_in_fixed_mode_rules_no_customer_reaches_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(DEFAULT.replace("  mode: quantile", "  mode: fixed"))
+    with pytest.raises(RulesError, match="no customer reaches promising, about_to_sleep under"):
+        load_rules(path)
+    # cut-offs under which a second order can still score f=1 reach them
+    path.write_text(
+        DEFAULT.replace("  mode: quantile", "  mode: fixed").replace(
+            "    frequency: [1, 2, 3, 5]", "    frequency: [2, 3, 4, 6]"
+        )
+    )
+    report = check_rules(load_rules(path))
+    assert report.unreached == ()
+    assert report.repeat_f[0] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cuts=st.lists(st.integers(1, 12), min_size=4, max_size=4).map(sorted),
+    margin=st.sampled_from([0.0, 0.05, 0.2, 0.5]),
+    orders=st.lists(st.integers(1, 20), min_size=1, max_size=12),
+)
+def test_frequency_scores_hold_every_score_a_customer_can_have(
+    cuts: list[int], margin: float, orders: list[int]
+) -> None:
+    """Whatever a customer's count of orders went through (orders, cancellations), the F
+    score compute_scores gives them lies in the set for a single order or for more."""
+    cutoffs = Cutoffs(recency_days=(10, 20, 30, 40), frequency=tuple(cuts), monetary=(1, 2, 3, 4))
+    single, repeat = frequency_scores(cutoffs.frequency, margin)
+    previous = None
+    for count in orders:
+        previous = compute_scores(5.0, count, 100, cutoffs, previous, margin)
+        assert previous.f in (single if count == 1 else repeat), (count, previous)
