@@ -34,13 +34,16 @@ class _Rule(BaseModel):
 
 class InactivityRule(_Rule):
     """Inactive once the time since the last order exceeds ``factor`` times the customer's own
-    typical gap between orders, bounded by ``floor_days`` and ``ceiling_days``. Customers with a
-    single order have no rhythm yet and use ``single_order_days``."""
+    typical gap between orders, bounded by ``floor_days`` and ``ceiling_days``. Gaps shorter
+    than ``min_gap_days`` do not count (orders that close together are one visit). Customers
+    with a single order, or with no gap that long, have no rhythm yet and use
+    ``single_order_days``."""
 
     factor: Annotated[float, Field(gt=1, le=50)] = 3.0
     floor_days: PositiveDays = 14
     ceiling_days: PositiveDays = 365
     single_order_days: PositiveDays = 90
+    min_gap_days: Annotated[float, Field(ge=0, le=30)] = 1
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> InactivityRule:

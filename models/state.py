@@ -9,8 +9,8 @@ rule needs (counts, sums, averages, gaps) is derived from the records, never sto
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left
 from datetime import datetime, timedelta
-from statistics import median
 from typing import Final, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -108,7 +108,8 @@ class OrderFacts(NamedTuple):
     discount: int
     first: datetime | None
     last: datetime | None
-    typical_gap_days: float | None
+    # The times between consecutive orders, in seconds, ascending.
+    gaps: tuple[float, ...]
 
 
 # Keyed by a state's ``orders`` mapping, which states derived by ``evolve`` share (and
@@ -126,7 +127,7 @@ def order_facts(state: CustomerState) -> OrderFacts:
 def _order_facts(orders_by_id: dict[str, OrderRecord]) -> OrderFacts:
     orders = _COUNTED.get(orders_by_id, _counted_orders)
     times = [r.placed_at for r in orders if r.placed_at is not None]
-    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(times))
     return OrderFacts(
         orders=len(orders),
         spend=sum(r.net_total for r in orders),
@@ -134,8 +135,21 @@ def _order_facts(orders_by_id: dict[str, OrderRecord]) -> OrderFacts:
         discount=sum(r.discount for r in orders),
         first=times[0] if times else None,
         last=times[-1] if times else None,
-        typical_gap_days=_days(median(gaps)) if gaps else None,
+        gaps=tuple(gaps),
     )
+
+
+def typical_gap_days(gaps: tuple[float, ...], min_gap_days: float) -> float | None:
+    """The median of the gaps (ascending, in seconds) of at least ``min_gap_days``: orders
+    closer together than that (a basket split in two) are one visit, not a rhythm. None when
+    no gap is that long (the customer has no rhythm yet)."""
+    rhythm = gaps[bisect_left(gaps, min_gap_days * 86400) :]
+    count = len(rhythm)
+    if not count:
+        return None
+    middle = count // 2
+    seconds = rhythm[middle] if count % 2 else (rhythm[middle - 1] + rhythm[middle]) / 2
+    return _days(seconds)
 
 
 def _counted_orders(orders: dict[str, OrderRecord]) -> list[OrderRecord]:
@@ -189,7 +203,8 @@ def compute_metrics(
     """
     facts = order_facts(state)
     count, spend, gross, discount = facts.orders, facts.spend, facts.gross, facts.discount
-    typical_gap, last = facts.typical_gap_days, facts.last
+    typical_gap = typical_gap_days(facts.gaps, rules.inactivity.min_gap_days)
+    last = facts.last
     recency = days_between(last, at) if last else None
     scores = None
     if count:

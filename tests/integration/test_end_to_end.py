@@ -134,7 +134,7 @@ async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
     assert best["metrics_before"]["order_count"] == 3
     assert best["metrics_after"]["order_count"] == 4
     assert best["metrics_after"]["total_spend"] == 48_000
-    assert best["rule_version"] == "rfm-2026.11.1"
+    assert best["rule_version"] == "rfm-2026.12.1"
     after = best["metrics_after"]
     assert (after["r_score"], after["f_score"], after["m_score"]) == (5, 4, 4)
     # a backfill never reaches the marketing topics

@@ -49,12 +49,12 @@ async def test_a_new_rule_set_moves_customers_with_cause_rule_change(
         moves = await wait_for(lambda: _moves(settings), lambda m: len(m) >= 3, 30, "moves")
     finally:
         assert await asyncio.to_thread(stop_worker, first) == 0
-    assert moves[-1] == ("potential_loyalist", "champions", "order_placed", "rfm-2026.11.1")
+    assert moves[-1] == ("potential_loyalist", "champions", "order_placed", "rfm-2026.12.1")
 
     lenient = tmp_path / "segments.yaml"
     lenient.write_text(
         DEFAULT_RULES_FILE.read_text()
-        .replace("version: rfm-2026.11.1", "version: rfm-lenient")
+        .replace("version: rfm-2026.12.1", "version: rfm-lenient")
         .replace("max_discount_share: 0.10", "max_discount_share: 0.30")
     )
     second = spawn_worker({**isolated, "rules_file": str(lenient)}, tmp_path / "second.log")

@@ -17,7 +17,7 @@ DEFAULT = DEFAULT_RULES_FILE.read_text()
 
 def test_default_rules_load() -> None:
     rules = load_rules()
-    assert rules.version == "rfm-2026.11.1"
+    assert rules.version == "rfm-2026.12.1"
     assert rules.inactivity.factor == 3.0
     assert rules.segment_names[:3] == ("inactive", "new", "best_customer")
 

@@ -115,6 +115,32 @@ def test_inactivity_follows_the_customers_own_rhythm() -> None:
     assert next_due(once, MODEL) == at(RULES.inactivity.single_order_days)
 
 
+def test_orders_placed_within_a_day_are_one_visit_not_a_rhythm() -> None:
+    """A basket split in two orders minutes apart gives no rhythm of minutes (which would make
+    the customer inactive after the 14-day floor): like a single order, 90 days."""
+    five_minutes = 5 / (24 * 60)
+    split, _ = fold([placed("s", "o1", 0), placed("s", "o2", five_minutes)])
+    assert split.segment == "potential_loyalist"  # still two orders for F and M
+    figures = compute_metrics(split, at(1), RULES, MODEL.calibration)
+    assert (figures.order_count, figures.typical_gap_days) == (2, None)
+    assert figures.inactive_after_days == RULES.inactivity.single_order_days
+    state, fired = due_transitions(split, at(200), MODEL)
+    assert segment_moves(fired)[-1][1:] == ("inactive", "time")
+    assert fired[-1].event_time == at(five_minutes + RULES.inactivity.single_order_days)
+    # the split visit and a weekly rhythm after it: the rhythm is the week, not its median
+    # with the five minutes (3.5 days, which the floor would have turned into 14)
+    weekly, _ = fold([placed("w", "o1", 0), placed("w", "o2", five_minutes), placed("w", "o3", 7)])
+    figures = compute_metrics(weekly, at(7), RULES, MODEL.calibration)
+    assert figures.typical_gap_days == pytest.approx(7 - five_minutes, abs=1e-4)
+    assert figures.inactive_after_days == pytest.approx(3 * (7 - five_minutes), abs=1e-3)
+    assert next_due(weekly, MODEL) == at(7) + timedelta(days=figures.inactive_after_days)
+    # with min_gap_days 0 every gap counts, as before
+    every_gap = evolve(RULES, inactivity=evolve(RULES.inactivity, min_gap_days=0))
+    figures = compute_metrics(weekly, at(7), every_gap, MODEL.calibration)
+    assert figures.typical_gap_days == pytest.approx(3.5, abs=1e-4)
+    assert figures.inactive_after_days == RULES.inactivity.floor_days
+
+
 def test_a_rare_buyer_slides_down_the_recency_scores_before_going_inactive() -> None:
     state, _ = fold([placed("r", f"o{i}", i * 100) for i in range(3)])
     assert state.segment == "potential_loyalist"  # r=5 f=3 m=2
