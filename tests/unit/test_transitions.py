@@ -124,7 +124,7 @@ def test_orders_placed_within_a_day_are_one_visit_not_a_rhythm() -> None:
     figures = compute_metrics(split, at(1), RULES, MODEL.calibration)
     assert (figures.order_count, figures.typical_gap_days) == (2, None)
     assert figures.inactive_after_days == RULES.inactivity.single_order_days
-    state, fired = due_transitions(split, at(200), MODEL)
+    _, fired = due_transitions(split, at(200), MODEL)
     assert segment_moves(fired)[-1][1:] == ("inactive", "time")
     assert fired[-1].event_time == at(five_minutes + RULES.inactivity.single_order_days)
     # the split visit and a weekly rhythm after it: the rhythm is the week, not its median
