@@ -11,7 +11,7 @@ import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -28,7 +28,7 @@ from models.events import transition_name, transition_names
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams import faust_corrections, intake
-from streams.calibrations import follow_calibrations, recalibrate
+from streams.calibrations import follow_calibrations, recalibrate, recalibration_due
 from streams.dlq import DeadLetters, SourceRecord
 from streams.lag import LagProbe
 from streams.metrics import WorkerMetrics
@@ -43,6 +43,8 @@ LAG_INTERVAL_SECONDS = 5.0
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 # A time-caused transition later than this after its due time counts as overdue.
 OVERDUE_GRACE_SECONDS = 5.0
+# How often the leader checks whether a scheduled recalibration is due.
+RECALIBRATION_CHECK_SECONDS = 300.0
 
 
 @dataclass
@@ -266,12 +268,19 @@ def create_app(
     async def adopt_calibrations() -> None:
         await follow_calibrations(settings, processor.set_calibration)
 
-    interval = settings.recalibration_interval_hours * 3600
-    if settings.clock == "wall" and rules.scoring.mode == "quantile" and interval > 0:
+    interval = timedelta(hours=settings.recalibration_interval_hours)
+    if settings.clock == "wall" and rules.scoring.mode == "quantile" and interval:
+        attempted: list[datetime] = []
 
-        @app.timer(interval, on_leader=True)
+        @app.timer(min(interval.total_seconds(), RECALIBRATION_CHECK_SECONDS), on_leader=True)
         async def scheduled_recalibration() -> None:
-            published = await recalibrate(settings, rules, datetime.now(UTC))
+            """Due by the newest calibration the topic holds (see ``recalibration_due``)."""
+            now = datetime.now(UTC)
+            last = attempted[-1] if attempted else None
+            if not recalibration_due(processor.calibrations.values(), last, now, interval):
+                return
+            attempted[:] = [now]
+            published = await recalibrate(settings, rules, now)
             log.info("scheduled recalibration: %s", [c.version for c in published])
 
     return Segmenter(app=app, processor=processor, cache=cache, metrics=metrics)

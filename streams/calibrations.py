@@ -1,25 +1,30 @@
 """Quantile calibrations: computed from every customer of a shop (across all partitions, read
 from the table's changelog), published to a compacted topic keyed by shop, and followed by every
-worker, which then re-evaluates its customers of that shop."""
+worker, which then re-evaluates its customers of that shop.
+
+A worker computes them on schedule (the leader, wall clock): the states are kept encoded while
+the changelog is read and decoded one at a time, and the computation gives the event loop a
+turn every ``YIELD_EVERY`` customers, so the worker goes on processing orders meanwhile.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from config.settings import Settings
 from models.rules import SegmentRules
 from models.scoring import Calibration, calibrate
-from models.state import compute_metrics
+from models.state import CustomerState, compute_metrics
 from models.transitions import bootstrap_calibration
-from streams.changelog import read_table, read_topic
+from streams.changelog import read_latest, read_topic
 from streams.clients import started
-from streams.codecs import StoredState, decode_calibration, encode_calibration
+from streams.codecs import decode_calibration, decode_stored, encode_calibration
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +33,22 @@ def calibration_version(computed_at: datetime) -> str:
     return f"q{computed_at.strftime('%Y%m%dT%H%M%SZ')}"
 
 
-def compute_calibrations(
-    table: dict[str, StoredState],
+# Customers decoded and measured between two turns of the event loop.
+YIELD_EVERY = 500
+
+
+async def compute_calibrations(
+    states: Iterable[CustomerState],
     rules: SegmentRules,
     at: Callable[[str], datetime],
     shop: str | None = None,
 ) -> list[Calibration]:
-    """One quantile calibration per shop, from the R/F/M values of its customers at ``at(shop)``."""
+    """One quantile calibration per shop, from the R/F/M values of its customers at ``at(shop)``
+    (giving the event loop a turn every ``YIELD_EVERY`` customers)."""
     by_shop: dict[str, list[tuple[float, int, int]]] = defaultdict(list)
-    for stored in table.values():
-        state = stored.state
+    for count, state in enumerate(states, start=1):
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         if shop is not None and state.shop_id != shop:
             continue
         instant = at(state.shop_id)
@@ -50,12 +61,13 @@ def compute_calibrations(
     ]
 
 
-def event_time_clock(table: dict[str, StoredState]) -> Callable[[str], datetime]:
+async def event_time_clock(states: Iterable[CustomerState]) -> Callable[[str], datetime]:
     """For event-time deployments: a shop's clock is the newest instant any of its states
     reflects."""
     latest: dict[str, datetime] = {}
-    for stored in table.values():
-        state = stored.state
+    for count, state in enumerate(states, start=1):
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         if state.as_of is not None and (
             state.shop_id not in latest or state.as_of > latest[state.shop_id]
         ):
@@ -63,17 +75,41 @@ def event_time_clock(table: dict[str, StoredState]) -> Callable[[str], datetime]
     return lambda shop: latest[shop]
 
 
+def _decoded(values: Iterable[bytes]) -> Iterator[CustomerState]:
+    return (decode_stored(value).state for value in values)
+
+
 async def recalibrate(
     settings: Settings, rules: SegmentRules, now: datetime, shop: str | None = None
 ) -> list[Calibration]:
     """Compute and publish fresh calibrations; returns what was published."""
-    table = await read_table(settings)
-    clock = event_time_clock(table) if settings.clock == "event" else (lambda _shop: now)
-    calibrations = compute_calibrations(table, rules, clock, shop)
+    stored = (await read_latest(settings)).values()
+
+    def wall_clock(_shop: str) -> datetime:
+        return now
+
+    clock = await event_time_clock(_decoded(stored)) if settings.clock == "event" else wall_clock
+    calibrations = await compute_calibrations(_decoded(stored), rules, clock, shop)
     # A shop with too few customers keeps the rule file's cut-offs.
     calibrations = [c for c in calibrations if c.customers >= rules.scoring.min_customers]
     await publish_calibrations(settings, calibrations)
     return calibrations
+
+
+def recalibration_due(
+    calibrations: Iterable[Calibration],
+    last_attempt: datetime | None,
+    now: datetime,
+    interval: timedelta,
+) -> bool:
+    """Whether a scheduled recalibration is due: ``interval`` after the newest quantile
+    calibration adopted, or after the last attempt (one that published nothing: every shop
+    below ``min_customers``), whichever is later; at once when there is neither. Judged from
+    what the topic holds, not from when this worker started: a worker restarted more often than
+    the interval recalibrates all the same."""
+    computed = [c.computed_at for c in calibrations if c.computed_at is not None]
+    since = max([*computed, *([last_attempt] if last_attempt else [])], default=None)
+    return since is None or now - since >= interval
 
 
 async def publish_calibrations(settings: Settings, calibrations: list[Calibration]) -> None:

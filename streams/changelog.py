@@ -55,21 +55,24 @@ async def read_topic(
         await consumer.stop()
 
 
-async def read_table(
-    settings: Settings, progress: Progress | None = None
-) -> dict[str, StoredState]:
-    """Every customer's stored state, keyed by ``<shop>/<customer>``."""
+async def read_latest(settings: Settings, progress: Progress | None = None) -> dict[bytes, bytes]:
+    """Every customer's stored state as the table's changelog holds it (encoded), keyed by
+    ``<shop>/<customer>``; an erased customer's tombstone leaves the key out."""
     latest: dict[bytes, bytes | None] = {}
     async for record in read_topic(
         settings.kafka_bootstrap_servers, settings.changelog_topic, progress
     ):
         if record.key is not None:
             latest[record.key] = record.value
-    return {
-        key.decode(): decode_stored(value)
-        for key, value in sorted(latest.items())
-        if value is not None
-    }
+    return {key: value for key, value in latest.items() if value is not None}
+
+
+async def read_table(
+    settings: Settings, progress: Progress | None = None
+) -> dict[str, StoredState]:
+    """Every customer's stored state, keyed by ``<shop>/<customer>``."""
+    latest = await read_latest(settings, progress)
+    return {key.decode(): decode_stored(value) for key, value in sorted(latest.items())}
 
 
 async def count_records(bootstrap_servers: str, topic: str) -> int:

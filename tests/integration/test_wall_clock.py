@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from config.rules import load_rules
+from streams.calibrations import read_calibrations
 from streams.changelog import read_topic
 from streams.replay import publish
 from streams.topics import ensure_topics
@@ -130,11 +131,11 @@ async def _moves(settings) -> list[dict]:  # type: ignore[no-untyped-def,type-ar
     return [t for t in await _read(settings, settings.transitions_topic) if "to_segment" in t]
 
 
-def _order(order_id: str, at: datetime) -> dict:  # type: ignore[type-arg]
+def _order(order_id: str, at: datetime, customer: str = "vera") -> dict:  # type: ignore[type-arg]
     return {
         "type": "order_placed",
         "order_id": order_id,
-        "customer_id": "vera",
+        "customer_id": customer,
         "occurred_at": at.isoformat(),
         "currency": "EUR",
         "total": 2500,
@@ -156,3 +157,46 @@ async def _overdue(port: str) -> float:
         for line in text.splitlines()
         if line.startswith("segmenter_overdue_customers")
     )
+
+
+async def test_the_leader_recalibrates_on_schedule(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    """With quantile scoring, the leader computes and publishes calibrations every
+    SEGMENTER_RECALIBRATION_INTERVAL_HOURS, judged by the newest calibration on the topic: the
+    first one at once, the next one an interval later."""
+    interval_hours = 0.003  # about 11 s
+    overrides = {
+        **isolated,
+        "clock": "wall",
+        "recalibration_interval_hours": str(interval_hours),
+        "clock_interval_seconds": "0.5",
+    }
+    settings = settings_from(overrides)
+    await ensure_topics(settings)
+    now = datetime.now(UTC)
+    customers = RULES.scoring.min_customers + 5
+    await publish(
+        settings,
+        iter(
+            (f"k{i}".encode(), orjson.dumps(_order(f"k{i}-o1", now - timedelta(days=i), f"k{i}")))
+            for i in range(customers)
+        ),
+    )
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    try:
+        first = await wait_for(
+            lambda: read_calibrations(settings), lambda c: "default" in c, 90, "a calibration"
+        )
+        calibration = first["default"]
+        assert (calibration.method, calibration.customers) == ("quantile", customers)
+        second = await wait_for(
+            lambda: read_calibrations(settings),
+            lambda c: c["default"].version != calibration.version,
+            interval_hours * 3600 + 60,
+            "the next calibration",
+        )
+        gap = second["default"].computed_at - calibration.computed_at  # type: ignore[operator]
+        assert gap >= timedelta(hours=interval_hours)
+    finally:
+        assert stop_worker(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]

@@ -330,7 +330,7 @@ def test_a_late_order_corrects_an_emitted_transition_with_a_transition_of_its_ow
     assert state.segment == "potential_loyalist"
 
 
-def test_calibrations_are_per_shop() -> None:
+async def test_calibrations_are_per_shop() -> None:
     from streams.calibrations import compute_calibrations
     from streams.codecs import StoredState
 
@@ -339,7 +339,9 @@ def test_calibrations_are_per_shop() -> None:
         for i, total in enumerate(totals):
             state, _ = fold([placed(f"c{i}", "o1", i, total=total, shop=shop)])
             table[state.key] = StoredState(0, state)
-    calibrations = compute_calibrations(table, RULES, lambda _shop: at(10))
+    calibrations = await compute_calibrations(
+        (stored.state for stored in table.values()), RULES, lambda _shop: at(10)
+    )
     assert [(c.shop_id, c.customers, c.cutoffs.monetary) for c in calibrations] == [
         ("a", 5, (1_800.0, 2_600.0, 3_400.0, 4_200.0)),
         ("b", 5, (90_000.0, 90_000.0, 90_000.0, 90_000.0)),
