@@ -37,6 +37,13 @@ class WorkerMetrics:
         self.events = Counter(
             "segmenter_events_total", "Order events processed, by type", ["type"], registry=r
         )
+        self.unmatched = Counter(
+            "segmenter_unmatched_total",
+            "Cancellations and refunds of an order the customer's state does not hold (yet): "
+            "kept until the order arrives; a steady count means a wrong order_id or shop_id",
+            ["type"],
+            registry=r,
+        )
         self.processing = Histogram(
             "segmenter_processing_seconds",
             "From receiving an order record to having written its results",

@@ -407,7 +407,27 @@ class Processor:
             )
             await self._dead_letter(record, "processing_error", repr(exc))
             return
+        if order.type != "order_placed":
+            kept = new_state.orders.get(order.order_id)
+            if kept is not None and kept.placed_at is None and new_state is not state:
+                self._unmatched(record, order.type, order.order_id)
         await self._save(partition, new_state, transitions, previous=state)
+
+    def _unmatched(self, record: SourceRecord, kind: str, order_id: str) -> None:
+        """A cancellation or refund of an order not seen yet: it waits in the state for its
+        order (events can arrive out of order); counted and logged, since a wrong order_id or
+        shop_id would otherwise wait unnoticed for ever."""
+        self.counts[f"unmatched_{kind}"] += 1
+        self.metrics.labelled(self.metrics.unmatched, kind).inc()
+        log.info(
+            "%s of order %s, which the customer's state does not hold (yet), at %s[%d]@%d",
+            kind,
+            order_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        )
 
     async def on_consent(self, record: SourceRecord) -> None:
         """One record of the consent topic."""
