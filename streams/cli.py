@@ -213,7 +213,10 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
     fields = _from_cache(settings, lambda cache: cache.read_customer(shop, ref))
     if not fields:
         raise click.ClickException(f"customer {customer_id!r} of shop {shop!r} is not in Redis")
-    table = Table("field", "value", title=f"customer {customer_id} ({shop})")
+    # The figures are those of the customer's last change (an order or a time-caused move).
+    as_of = fields.get("as_of", "")
+    title = f"customer {customer_id} ({shop}), figures as of {as_of}"
+    table = Table("field", "value", title=title)
     for name, value in fields.items():
         table.add_row(name, value)
     out.print(table)

@@ -181,6 +181,7 @@ async def _assert_cli(overrides: dict[str, str]) -> None:
     ]
     cached = await run_cli(overrides, "customer", "dave")
     assert "new" in cached and "3000" in cached
+    assert "figures as of 20" in cached  # the instant of the customer's last change
 
 
 async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
