@@ -172,6 +172,7 @@ def create_app(
         write=partition_writer(table),
         on_write_failed=stop_after_failed_write,
         input_end=input_end(app, settings.orders_topic) if settings.clock == "wall" else None,
+        partitions=partitions,
     )
     source = app.topic(
         settings.orders_topic,

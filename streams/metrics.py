@@ -44,6 +44,12 @@ class WorkerMetrics:
             ["type"],
             registry=r,
         )
+        self.misrouted = Counter(
+            "segmenter_misrouted_records_total",
+            "Order records (every 64th is checked) in another partition than Kafka's default "
+            "partitioner gives their key",
+            registry=r,
+        )
         self.processing = Histogram(
             "segmenter_processing_seconds",
             "From receiving an order record to having written its results",

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from models.events import Transition
 from models.privacy import consented, erasure_marker, pseudonym
@@ -82,6 +83,10 @@ log = logging.getLogger(__name__)
 # processed for this long is taken as read (nothing comes: transaction markers at the log's
 # end, or fetching paused), so its due times pass by the wall clock again.
 STALLED_SECONDS = 30.0
+# Every this many order records (by offset), the worker checks that the record is in the
+# partition Kafka's default partitioner gives its key; a warning at most this often.
+PARTITION_CHECK_EVERY = 64
+MISROUTED_LOG_SECONDS = 60.0
 
 TickKind = Literal["due", "reevaluate"]
 
@@ -178,6 +183,7 @@ class Processor:
         write: Callable[[list[tuple[int, bytes, bytes]]], None] | None = None,
         on_write_failed: Callable[[BaseException], None] | None = None,
         input_end: Callable[[int], tuple[int, int | None] | None] | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.table = table
         # Reads a key of one partition of the table (the store's fast path if it has one).
@@ -197,6 +203,9 @@ class Processor:
         self._read: dict[int, tuple[int, float | None, float]] = {}
         # Orders partition -> monotonic time since which it was found waiting with none read.
         self._waiting: dict[int, float] = {}
+        # The orders topic's partitions (None: records are not checked against the partitioner).
+        self.partitions = partitions
+        self._misrouted_logged = float("-inf")
         self.erasures = erasures
         self.privacy = privacy
         # Waits until the table's changelog writes so far are acknowledged by the broker.
@@ -371,6 +380,39 @@ class Processor:
         with self.metrics.processing.time():
             await self._on_order(record)
         self._read[record.partition] = (record.offset + 1, record.timestamp, time.monotonic())
+        if self.partitions and record.offset % PARTITION_CHECK_EVERY == 0 and record.key:
+            self._check_partition(record, self.partitions)
+
+    def _check_partition(self, record: SourceRecord, partitions: int) -> None:
+        """Count (and log, at most once a minute) an order record in another partition than
+        Kafka's default partitioner (murmur2, the Java client's and aiokafka's) gives its key:
+        the consent and erasure requests keyed the same way land where the customer's state is
+        only if the shop's producers partition like that (librdkafka's default does not)."""
+        assert record.key is not None
+        expected = (murmur2(record.key) & 0x7FFFFFFF) % partitions
+        if expected == record.partition:
+            return
+        self.counts["misrouted"] += 1
+        self.metrics.misrouted.inc()
+        now = time.monotonic()
+        if now - self._misrouted_logged >= MISROUTED_LOG_SECONDS:
+            self._misrouted_logged = now
+            log.warning(
+                "order record at %s[%d]@%d is in partition %d, Kafka's default partitioner "
+                "gives its key partition %d: producers must partition by murmur2 of the key "
+                "(librdkafka clients: partitioner=murmur2_random), or erasure and consent "
+                "requests miss the customer's state",
+                record.topic,
+                record.partition,
+                record.offset,
+                record.partition,
+                expected,
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
 
     async def _on_order(self, record: SourceRecord) -> None:
         order = await self._decoded(record, decode_order)
