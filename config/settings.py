@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     orders_topic: str = "orders"
     transitions_topic: str = "segment-transitions"
     dlq_topic: str = "orders-dlq"
+    dlq_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="how long the dead-letter topic keeps records, when the worker creates it",
+    )
     consent_topic: str = "customer-consent"
     erasure_topic: str = "customer-erasure"
     erasure_receipts_topic: str = "customer-erasure-receipts"

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -370,6 +370,97 @@ def recalibrate(shop: str | None) -> None:
             str(list(cut.monetary)),
         )
     out.print(table)
+
+
+@main.command("dead-letters")
+@click.option("--reason", "reasons", multiple=True, help="only this reason (repeatable)")
+@click.option("--limit", default=20, show_default=True, help="show the newest N (0: all)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per dead letter")
+@click.option(
+    "--redrive",
+    is_flag=True,
+    help="send every dead letter of the --reason(s) back to its source topic, to be processed "
+    "again once its cause is fixed (orders are idempotent: one processed before changes nothing)",
+)
+def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: bool) -> None:
+    """What the worker rejected: why, from where, and the record; or send it back."""
+    from collections import Counter
+
+    from streams.changelog import read_topic
+    from streams.dlq import DeadLetter
+
+    settings = _settings()
+    if redrive and not reasons:
+        raise click.ClickException(
+            "name the reasons to send back with --reason (a record rejected for its content "
+            "would only be rejected again)"
+        )
+
+    async def read() -> list[DeadLetter]:
+        return [
+            DeadLetter.from_record(r)
+            async for r in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic)
+        ]
+
+    letters = asyncio.run(read())
+    by_reason = Counter(letter.reason for letter in letters)
+    selected = [letter for letter in letters if not reasons or letter.reason in reasons]
+    if redrive:
+        sent, skipped = asyncio.run(_redrive(settings, selected))
+        out.print(f"sent {sent} dead letters back to their topics ({skipped} without a source)")
+        return
+    selected.sort(key=lambda letter: letter.failed_at)
+    shown = selected[-limit:] if limit else selected
+    if as_json:
+        for letter in shown:
+            sys.stdout.write(orjson.dumps(letter.as_json()).decode() + "\n")
+        return
+    table = Table("failed at", "reason", "from", "key", "message", title=settings.dlq_topic)
+    for letter in shown:
+        source = f"{letter.source_topic}[{_dash(letter.source_partition)}]@"
+        table.add_row(
+            letter.failed_at[:19],
+            letter.reason,
+            source + _dash(letter.source_offset),
+            (letter.key or b"").decode("utf-8", "replace")[:24],
+            letter.message[:120],
+        )
+    counts = ", ".join(f"{reason} {n}" for reason, n in by_reason.most_common())
+    table.caption = f"{len(shown)} of {len(selected)} shown; all {len(letters)}: {counts or '-'}"
+    out.print(table)
+
+
+async def _redrive(settings: Settings, letters: list[Any]) -> tuple[int, int]:
+    """Publish dead letters to their source topics again (the key's default partition)."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.clients import started
+    from streams.dlq import redrive_headers
+
+    producer = await started(
+        AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    )
+    sent = skipped = 0
+    try:
+        pending = []
+        for letter in letters:
+            if not letter.source_topic:
+                skipped += 1
+                continue
+            pending.append(
+                await producer.send(
+                    letter.source_topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=redrive_headers(letter, settings.dlq_topic),
+                )
+            )
+            sent += 1
+        for delivery in pending:
+            await delivery
+    finally:
+        await producer.stop()
+    return sent, skipped
 
 
 @main.command()

@@ -70,3 +70,74 @@ class DeadLetters:
         return await self._topic.send(
             key=source.key, value=source.value, headers=dlq_headers(reason, message, source)
         )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record of the dead-letter topic, read back: the original key and value, and what its
+    headers say."""
+
+    offset: int  # in the dead-letter topic (of its partition)
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    message: str
+    source_topic: str
+    source_partition: int | None
+    source_offset: int | None
+    failed_at: str
+
+    @classmethod
+    def from_record(cls, record: Any) -> DeadLetter:
+        """From an aiokafka ``ConsumerRecord`` of the dead-letter topic."""
+        headers = {name: value for name, value in record.headers or ()}
+
+        def header(name: str) -> str:
+            value = headers.get(f"{HEADER_PREFIX}{name}")
+            return value.decode("utf-8", "replace") if value is not None else ""
+
+        def number(name: str) -> int | None:
+            text = header(name)
+            return int(text) if text.isdigit() else None
+
+        return cls(
+            offset=record.offset,
+            partition=record.partition,
+            key=record.key,
+            value=record.value,
+            reason=header("reason") or "unknown",
+            message=header("message"),
+            source_topic=header("topic"),
+            source_partition=number("partition"),
+            source_offset=number("offset"),
+            failed_at=header("failed_at"),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "failed_at": self.failed_at,
+            "source": {
+                "topic": self.source_topic,
+                "partition": self.source_partition,
+                "offset": self.source_offset,
+            },
+            "dlq": {"partition": self.partition, "offset": self.offset},
+            "key": _text(self.key),
+            "value": _text(self.value),
+        }
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+def redrive_headers(letter: DeadLetter, dlq_topic: str) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter sent back to its source topic: where it was parked."""
+    where = f"{dlq_topic}[{letter.partition}]@{letter.offset}"
+    return [
+        ("segmenter.redriven_from", where.encode()),
+        ("segmenter.redriven_reason", letter.reason.encode()),
+    ]

@@ -20,6 +20,17 @@ log = logging.getLogger(__name__)
 TOPIC_READY_SECONDS = 30.0
 
 
+def _config(settings: Settings, name: str, compacted: set[str]) -> dict[str, str] | None:
+    """The settings of a topic the product creates: compaction for the state-like ones, the
+    dead-letter topic's retention (long enough for an operator to look and send records back);
+    the broker's defaults for the rest."""
+    if name in compacted:
+        return {"cleanup.policy": "compact"}
+    if name == settings.dlq_topic:
+        return {"retention.ms": str(round(settings.dlq_retention_days * 86_400_000))}
+    return None
+
+
 class TopicsError(RuntimeError):
     """The topics exist but cannot be used as they are (partition counts that differ)."""
 
@@ -68,7 +79,7 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
                 name,
                 count,
                 settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if name in compacted else None,
+                topic_configs=_config(settings, name, compacted),
             )
             for name, count in wanted.items()
             if name not in current

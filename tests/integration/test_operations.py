@@ -207,3 +207,40 @@ async def test_not_ready_while_recovering(isolated: dict[str, str], tmp_path: Pa
         assert f"segmenter_table_customers {float(customers)}" in text
     finally:
         assert await asyncio.to_thread(stop_worker, process) == 0
+
+
+async def test_dead_letters_are_listed_and_sent_back(ops_worker: dict[str, Any]) -> None:
+    """`segmenter dead-letters` shows why and from where each record was rejected, with the
+    record; `--redrive --reason R` sends those records back to their topic, where the worker
+    processes them again (here: rejected again, from their new offsets)."""
+    overrides = ops_worker["overrides"]
+    settings = settings_from(overrides)
+    eur = placed("dora", "d-o1", 0)
+    gbp = placed("dora", "d-o2", 1, currency="GBP")  # dora buys in EUR: rejected
+    bad = (b"dora", b'{"type": "order_placed", "order_id": ')
+    sent = [(b"dora", orjson.dumps(eur)), (b"dora", orjson.dumps(gbp)), bad]
+    assert await publish(settings, iter(sent)) == 3
+
+    async def letters() -> list[dict[str, Any]]:
+        text = await run_cli(overrides, "dead-letters", "--json", "--limit", "0")
+        return [orjson.loads(line) for line in text.splitlines()]
+
+    found = await wait_for(letters, lambda ls: len(ls) == 2, 90, "two dead letters")
+    by_reason = {letter["reason"]: letter for letter in found}
+    assert set(by_reason) == {"currency_mismatch", "malformed_json"}
+    mismatch = by_reason["currency_mismatch"]
+    assert mismatch["source"]["topic"] == settings.orders_topic
+    assert orjson.loads(mismatch["value"]) == gbp
+    assert mismatch["key"] == "dora"
+    assert "GBP" in mismatch["message"]
+
+    table = await run_cli(overrides, "dead-letters", "--reason", "malformed_json")
+    assert "1 of 1 shown; all 2: " in table
+
+    out = await run_cli(overrides, "dead-letters", "--redrive", "--reason", "currency_mismatch")
+    assert "sent 1 dead letters back" in out
+    found = await wait_for(letters, lambda ls: len(ls) == 3, 90, "the redriven record again")
+    again = [letter for letter in found if letter["reason"] == "currency_mismatch"]
+    assert len(again) == 2
+    assert again[1]["value"] == again[0]["value"]
+    assert again[1]["source"]["offset"] > again[0]["source"]["offset"]

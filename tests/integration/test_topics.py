@@ -10,6 +10,8 @@ import sys
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.topics import ensure_topics
 from tests.conftest import settings_from
@@ -63,3 +65,25 @@ async def test_a_worker_refuses_topics_whose_partition_counts_differ(
         in result.stderr
     ), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+async def test_the_dead_letter_topic_keeps_records_for_the_configured_days(
+    isolated: dict[str, str],
+) -> None:
+    settings = settings_from({**isolated, "dlq_retention_days": "45"})
+    await ensure_topics(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, settings.dlq_topic)]
+        )
+    finally:
+        await admin.close()
+    configs = {
+        entry[0]: entry[1]
+        for response in responses
+        for resource in response.resources
+        for entry in resource[4]
+    }
+    assert configs["retention.ms"] == str(45 * 86_400_000)
