@@ -358,6 +358,13 @@ def recalibrate(shop: str | None) -> None:
     if loaded.scoring.mode != "quantile":
         raise click.ClickException(f"rule set {loaded.version} uses fixed cut-offs")
     published = asyncio.run(run(settings, loaded, datetime.now(UTC), shop))
+    if not published:
+        which = f"shop {shop!r} does not have" if shop else "no shop has"
+        console.print(
+            f"nothing published: {which} {loaded.scoring.min_customers} customers with orders "
+            "or more (scoring.min_customers); the rule file's cut-offs stay"
+        )
+        return
     table = Table("shop", "version", "customers", "recency days", "frequency", "monetary")
     for c in published:
         cut = c.cutoffs

@@ -4,7 +4,10 @@ own ConsumerGroupCommand agree to the message; health, readiness and JSON logs."
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -244,3 +247,18 @@ async def test_dead_letters_are_listed_and_sent_back(ops_worker: dict[str, Any])
     assert len(again) == 2
     assert again[1]["value"] == again[0]["value"]
     assert again[1]["source"]["offset"] > again[0]["source"]["offset"]
+
+
+async def test_a_recalibration_with_too_few_customers_says_so(isolated: dict[str, str]) -> None:
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in isolated.items()}}
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "recalibrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nothing published: no shop has 20 customers with orders" in " ".join(
+        result.stderr.split()
+    )
