@@ -213,13 +213,12 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
     fields = _from_cache(settings, lambda cache: cache.read_customer(shop, ref))
     if not fields:
         raise click.ClickException(f"customer {customer_id!r} of shop {shop!r} is not in Redis")
-    # The figures are those of the customer's last change (an order or a time-caused move).
-    as_of = fields.get("as_of", "")
-    title = f"customer {customer_id} ({shop}), figures as of {as_of}"
-    table = Table("field", "value", title=title)
+    table = Table("field", "value", title=f"customer {customer_id} ({shop})")
     for name, value in fields.items():
         table.add_row(name, value)
     out.print(table)
+    # The figures are those of the customer's last change (an order or a time-caused move).
+    out.print(f"figures as of {fields.get('as_of') or '-'}, the customer's last change")
 
 
 def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) -> T:
