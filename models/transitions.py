@@ -213,7 +213,13 @@ def due_transitions(
     """The transitions time causes up to ``now``, each stamped with its exact due time.
 
     ``cause``: what the moves are attributed to; a re-evaluation catching up with time under a
-    new rule set or calibration passes its own cause, so those moves are told apart."""
+    new rule set or calibration passes its own cause, so those moves are told apart.
+
+    A state last decided under another rule set or calibration is re-evaluated first
+    (``reevaluate``): time alone would keep the F and M scores of the old cut-offs and stamp
+    the new versions on them, and the re-evaluation would then never come."""
+    if needs_reevaluation(state, model):
+        return reevaluate(state, model, now)
     fired: list[Transition] = []
     for _ in range(_MAX_TIME_STEPS):
         due = next_due(state, model)

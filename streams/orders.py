@@ -590,8 +590,9 @@ class Processor:
         state = self._load(key, partition)
         if state is None:
             return
-        if self.clock_mode == "wall":
-            now = datetime.now(UTC)
+        if self.clock_mode == "wall":  # as far as the partition's orders are read
+            wall = datetime.now(UTC)
+            now = self.read_until(partition, wall) or state.as_of or wall
         else:  # the partition's event time; the customer's own if the partition has none yet
             now = self.index.watermarks.get(partition) or state.as_of or datetime.now(UTC)
         new_state, transitions = reevaluate(state, self.model_for(state.shop_id), now)
@@ -623,7 +624,8 @@ class Processor:
         if self.input_end is None:
             return now
         position = self.input_end(partition)
-        if position is None:
+        if position is None:  # paused or not known: the wait starts again once it is
+            self._waiting.pop(partition, None)
             return None
         end, committed = position
         read = self._read.get(partition)

@@ -12,10 +12,12 @@ import orjson
 import pytest
 
 from config.rules import load_rules
+from models.frozen import evolve
 from streams import orders
+from streams.codecs import decode_stored
 from streams.dlq import DeadLetters, SourceRecord
 from streams.metrics import WorkerMetrics
-from streams.orders import Outputs, Processor
+from streams.orders import Outputs, Processor, _tick
 from tests.factories import T0, placed
 from tests.unit.test_batches import Cache, Log, Table, Topic
 
@@ -168,3 +170,38 @@ async def test_positions_are_forgotten_when_partitions_are_assigned_again(
     assert processor.read_until(0, NOW) is None  # three orders wait, none read since
     inputs.positions[0] = (4, 4)
     assert processor.read_until(0, NOW) == NOW
+
+
+async def test_a_reevaluation_catches_up_with_time_only_as_far_as_the_orders_are_read(
+    clock: list[float],
+) -> None:
+    """A new rule set re-evaluates every customer; in wall-clock mode its catch-up with time
+    stops where the partition's orders are read, like the due times do."""
+    inputs = Input()
+    processor = _processor(inputs)
+    inputs.positions[0] = (5, None)
+    await _process(processor, _order("ann", 0, T0))  # due (inactive) at DUE
+    processor.rules = evolve(RULES, version="rfm-next")  # a new rule set, the same rules
+    processor._models.clear()
+    tick = SourceRecord(b"default/ann", _tick("reevaluate", "default/ann", None), "clock", 0, 0)
+    await processor.on_batch([(tick, processor.on_tick)], lambda _i: None)
+    await processor.drain()
+    state = decode_stored(processor.table[b"default/ann"]).state
+    assert state.rule_version == "rfm-next"
+    assert state.segment == "new"  # not inactive: her next order may be waiting
+    assert processor.index.overdue(NOW) == [DUE]  # the due time is held, not lost
+
+
+async def test_a_pause_starts_the_wait_for_progress_again(clock: list[float]) -> None:
+    inputs = Input()
+    processor = _processor(inputs)
+    inputs.positions[0] = (3, None)
+    await _process(processor, _order("ann", 0, T0))
+    assert processor.due_ticks(NOW) == []  # behind: held
+    inputs.positions[0] = None  # paused (an operator's /pause, a recovery)
+    clock[0] += 10 * orders.STALLED_SECONDS
+    assert processor.due_ticks(NOW) == []
+    inputs.positions[0] = (3, None)  # resumed, still behind: the pause is not a stall
+    assert processor.due_ticks(NOW) == []
+    clock[0] += orders.STALLED_SECONDS + 1
+    assert len(processor.due_ticks(NOW)) == 1

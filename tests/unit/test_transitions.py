@@ -264,6 +264,30 @@ def test_a_rule_change_catches_up_with_time_under_its_own_cause() -> None:
     assert moves[0].event_time == at(60)
 
 
+def test_time_under_new_cut_offs_reevaluates_first() -> None:
+    """A customer whose due time comes before their re-evaluation (a worker restarted with new
+    cut-offs fires the due times of its downtime first): time alone kept the old cut-offs' F
+    score and stamped the new versions on it, so the re-evaluation never came. Now the time
+    step re-evaluates first, under the change's own cause."""
+    state, _ = fold([placed("c1", f"o{i}", i * 10) for i in range(3)])
+    assert (state.scores.f, state.segment) == (3, "potential_loyalist")  # type: ignore[union-attr]
+    strict = Calibration(
+        shop_id="default",
+        version="fixed:strict",
+        method="fixed",
+        cutoffs=Cutoffs(
+            recency_days=RULES.scoring.cutoffs.recency_days,
+            frequency=(4, 6, 9, 12),  # three orders: f=1, even within the margin
+            monetary=RULES.scoring.cutoffs.monetary,
+        ),
+    )
+    later, moves = due_transitions(state, at(20 + 45), SegmentModel(RULES, strict))
+    assert later.calibration_version == "fixed:strict"
+    assert later.scores.f == 1  # type: ignore[union-attr]
+    assert {t.cause.kind for t in moves} == {"recalibration"}
+    assert not needs_reevaluation(later, SegmentModel(RULES, strict))
+
+
 def test_a_new_rule_set_reevaluates_with_cause_rule_change() -> None:
     state, _ = fold([placed("c1", "o1", 0), placed("c1", "o2", 10)])
     renamed = RULES.model_copy(update={"version": "rfm-next"})
