@@ -208,6 +208,7 @@ def create_app(
                         message.partition,
                         message.offset,
                         message.timestamp,
+                        message.headers,
                     )
                     items.append((record, handlers[message.topic]))
 
@@ -281,7 +282,12 @@ def create_app(
             if not recalibration_due(processor.calibrations.values(), last, now, interval):
                 return
             attempted[:] = [now]
-            published = await recalibrate(settings, rules, now)
+            try:
+                published = await recalibrate(settings, rules, now)
+            except Exception:  # tried again at the next check
+                attempted.clear()
+                log.exception("scheduled recalibration failed")
+                return
             log.info("scheduled recalibration: %s", [c.version for c in published])
 
     return Segmenter(app=app, processor=processor, cache=cache, metrics=metrics)

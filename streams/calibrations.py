@@ -102,13 +102,15 @@ def recalibration_due(
     now: datetime,
     interval: timedelta,
 ) -> bool:
-    """Whether a scheduled recalibration is due: ``interval`` after the newest quantile
-    calibration adopted, or after the last attempt (one that published nothing: every shop
-    below ``min_customers``), whichever is later; at once when there is neither. Judged from
-    what the topic holds, not from when this worker started: a worker restarted more often than
-    the interval recalibrates all the same."""
+    """Whether a scheduled recalibration is due: ``interval`` after the oldest quantile
+    calibration adopted (a recalibration computes every shop's, so one shop recalibrated by
+    hand does not put off the others), or after the last attempt (one that published nothing
+    new for that shop: it has fallen below ``min_customers``), whichever is later; when there
+    is neither, now. Judged from what the topic holds, not from when this worker started: a
+    worker restarted more often than the interval recalibrates all the same."""
     computed = [c.computed_at for c in calibrations if c.computed_at is not None]
-    since = max([*computed, *([last_attempt] if last_attempt else [])], default=None)
+    oldest = min(computed, default=None)
+    since = max([t for t in (oldest, last_attempt) if t is not None], default=None)
     return since is None or now - since >= interval
 
 

@@ -70,6 +70,8 @@ class Commands(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except ValidationError as exc:
+            if exc.title != Settings.__name__:  # a record's, not the settings'
+                raise
             raise click.ClickException(f"invalid SEGMENTER_* settings: {exc}") from exc
         except (RulesError, TopicsError) as exc:
             raise click.ClickException(str(exc)) from exc
@@ -393,7 +395,7 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
     from collections import Counter
 
     from streams.changelog import read_topic
-    from streams.dlq import DeadLetter
+    from streams.dlq import DeadLetter, to_redrive
 
     settings = _settings()
     if redrive and not reasons:
@@ -412,7 +414,10 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
     by_reason = Counter(letter.reason for letter in letters)
     selected = [letter for letter in letters if not reasons or letter.reason in reasons]
     if redrive:
-        sent, skipped = asyncio.run(_redrive(settings, selected))
+        chosen = [
+            letter for letter in to_redrive(letters, settings.dlq_topic) if letter.reason in reasons
+        ]
+        sent, skipped = asyncio.run(_redrive(settings, chosen))
         out.print(f"sent {sent} dead letters back to their topics ({skipped} without a source)")
         return
     selected.sort(key=lambda letter: letter.failed_at)
@@ -437,7 +442,8 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
 
 
 async def _redrive(settings: Settings, letters: list[Any]) -> tuple[int, int]:
-    """Publish dead letters to their source topics again (the key's default partition)."""
+    """Publish dead letters to their source topics again, each to the partition it came from
+    (a clock tick has no key, and a customer's records stay in one partition)."""
     from aiokafka import AIOKafkaProducer
 
     from streams.clients import started
@@ -458,6 +464,7 @@ async def _redrive(settings: Settings, letters: list[Any]) -> tuple[int, int]:
                     letter.source_topic,
                     key=letter.key,
                     value=letter.value,
+                    partition=letter.source_partition,
                     headers=redrive_headers(letter, settings.dlq_topic),
                 )
             )

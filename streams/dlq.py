@@ -13,6 +13,23 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 HEADER_PREFIX = "segmenter.dlq."
+# The header of a record sent back by ``segmenter dead-letters --redrive``: the dead letter it
+# came from (``<topic>[<partition>]@<offset>``); a dead letter of it carries it on.
+REDRIVEN_FROM = "segmenter.redriven_from"
+# Every reason a record is dead-lettered for (the metric's series exist from the start, so an
+# alert on their increase sees the first one).
+REASONS = (
+    "malformed_json",
+    "schema_violation",
+    "unknown_event_type",
+    "too_large",
+    "empty_value",
+    "missing_key",
+    "invalid_key",
+    "key_mismatch",
+    "currency_mismatch",
+    "processing_error",
+)
 
 
 @dataclass(frozen=True)
@@ -26,11 +43,14 @@ class SourceRecord:
     offset: int
     # The record's timestamp (seconds since the epoch; the producer's or the broker's).
     timestamp: float | None = None
+    # The record's headers, as the client gives them ((name, bytes) pairs, or a mapping).
+    headers: Any = None
 
 
 def dlq_headers(reason: str, message: str, source: SourceRecord) -> dict[str, bytes]:
-    """Headers that tell an operator why and from where a record was dead-lettered."""
-    return {
+    """Headers that tell an operator why and from where a record was dead-lettered (and, for a
+    record sent back from the dead-letter topic, which dead letter it was)."""
+    headers = {
         f"{HEADER_PREFIX}reason": reason.encode(),
         f"{HEADER_PREFIX}message": message[:2000].encode("utf-8", "replace"),
         f"{HEADER_PREFIX}topic": source.topic.encode(),
@@ -38,6 +58,11 @@ def dlq_headers(reason: str, message: str, source: SourceRecord) -> dict[str, by
         f"{HEADER_PREFIX}offset": str(source.offset).encode(),
         f"{HEADER_PREFIX}failed_at": datetime.now(UTC).isoformat().encode(),
     }
+    pairs = source.headers.items() if isinstance(source.headers, dict) else source.headers or ()
+    for name, value in pairs:
+        if name == REDRIVEN_FROM and value is not None:
+            headers[REDRIVEN_FROM] = bytes(value)
+    return headers
 
 
 class DeadLetters:
@@ -87,6 +112,8 @@ class DeadLetter:
     source_partition: int | None
     source_offset: int | None
     failed_at: str
+    # The dead letter this record was sent back from (``segmenter dead-letters --redrive``).
+    redriven_from: str = ""
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
@@ -112,7 +139,12 @@ class DeadLetter:
             source_partition=number("partition"),
             source_offset=number("offset"),
             failed_at=header("failed_at"),
+            redriven_from=(headers.get(REDRIVEN_FROM) or b"").decode("utf-8", "replace"),
         )
+
+    def position(self, dlq_topic: str) -> str:
+        """Where this dead letter is (as ``redriven_from`` names it)."""
+        return f"{dlq_topic}[{self.partition}]@{self.offset}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +157,7 @@ class DeadLetter:
                 "offset": self.source_offset,
             },
             "dlq": {"partition": self.partition, "offset": self.offset},
+            "redriven_from": self.redriven_from or None,
             "key": _text(self.key),
             "value": _text(self.value),
         }
@@ -136,8 +169,15 @@ def _text(data: bytes | None) -> str | None:
 
 def redrive_headers(letter: DeadLetter, dlq_topic: str) -> list[tuple[str, bytes]]:
     """The headers of a dead letter sent back to its source topic: where it was parked."""
-    where = f"{dlq_topic}[{letter.partition}]@{letter.offset}"
     return [
-        ("segmenter.redriven_from", where.encode()),
+        (REDRIVEN_FROM, letter.position(dlq_topic).encode()),
         ("segmenter.redriven_reason", letter.reason.encode()),
     ]
+
+
+def to_redrive(letters: list[DeadLetter], dlq_topic: str) -> list[DeadLetter]:
+    """The dead letters to send back: all but those sent back before that failed again (a
+    later dead letter names them in ``redriven_from``; the later one is sent instead), so that
+    running a redrive again does not send a record twice over."""
+    again = {letter.redriven_from for letter in letters if letter.redriven_from}
+    return [letter for letter in letters if letter.position(dlq_topic) not in again]

@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from streams.dlq import REASONS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -74,6 +76,8 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in REASONS:  # at 0 from the start: an increase() sees the first one
+            self.dead_letters.labels(reason)
         self.redis_write = Histogram(
             "segmenter_redis_write_seconds",
             "Duration of one batch's Redis write",

@@ -246,7 +246,15 @@ async def test_dead_letters_are_listed_and_sent_back(ops_worker: dict[str, Any])
     again = [letter for letter in found if letter["reason"] == "currency_mismatch"]
     assert len(again) == 2
     assert again[1]["value"] == again[0]["value"]
+    assert again[1]["source"]["partition"] == again[0]["source"]["partition"]
     assert again[1]["source"]["offset"] > again[0]["source"]["offset"]
+    dlq = settings.dlq_topic
+    first = again[0]["dlq"]
+    assert again[1]["redriven_from"] == f"{dlq}[{first['partition']}]@{first['offset']}"
+    # a second redrive sends the newer dead letter only, not both
+    out = await run_cli(overrides, "dead-letters", "--redrive", "--reason", "currency_mismatch")
+    assert "sent 1 dead letters back" in out
+    await wait_for(letters, lambda ls: len(ls) == 4, 90, "the newer one again")
 
 
 async def test_a_recalibration_with_too_few_customers_says_so(isolated: dict[str, str]) -> None:

@@ -27,10 +27,12 @@ def _quantile(shop: str, computed_at: datetime) -> Calibration:
     )
 
 
-def test_a_recalibration_is_due_an_interval_after_the_newest_calibration() -> None:
-    newest = [_quantile("a", NOW - 30 * DAY), _quantile("b", NOW - DAY / 2)]
-    assert not recalibration_due(newest, None, NOW, DAY)
-    assert recalibration_due(newest, None, NOW + DAY / 2, DAY)
+def test_a_recalibration_is_due_an_interval_after_the_oldest_calibration() -> None:
+    """A recalibration computes every shop's cut-offs: one shop recalibrated by hand half a
+    day ago does not put off the others, calibrated a day and a half ago."""
+    shops = [_quantile("a", NOW - DAY * 3 / 2), _quantile("b", NOW - DAY / 2)]
+    assert recalibration_due(shops, None, NOW, DAY)
+    assert not recalibration_due(shops, None, NOW - DAY, DAY)
     # the rule file's cut-offs (no computed_at) say nothing of when the last one ran
     assert recalibration_due([bootstrap_calibration(RULES, "a")], None, NOW, DAY)
     assert recalibration_due([], None, NOW, DAY)  # never calibrated: at once
@@ -39,6 +41,7 @@ def test_a_recalibration_is_due_an_interval_after_the_newest_calibration() -> No
 def test_an_attempt_that_published_nothing_waits_an_interval_too() -> None:
     assert not recalibration_due([], NOW - DAY / 2, NOW, DAY)
     assert recalibration_due([], NOW - DAY, NOW, DAY)
+    # a shop that fell below min_customers keeps its old calibration: tried once per interval
     assert not recalibration_due([_quantile("a", NOW - 2 * DAY)], NOW - DAY / 4, NOW, DAY)
 
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
-from streams.dlq import DeadLetter, SourceRecord, dlq_headers, redrive_headers
+from streams.dlq import (
+    REASONS,
+    REDRIVEN_FROM,
+    DeadLetter,
+    SourceRecord,
+    dlq_headers,
+    redrive_headers,
+    to_redrive,
+)
+from streams.metrics import WorkerMetrics
 
 
 def test_a_dead_letter_reads_back_what_was_written() -> None:
@@ -35,3 +46,40 @@ def test_a_record_without_the_headers_is_shown_as_unknown() -> None:
     letter = DeadLetter.from_record(record)
     assert (letter.reason, letter.source_topic, letter.source_offset) == ("unknown", "", None)
     assert letter.as_json()["key"] is None
+
+
+def test_a_record_sent_back_and_rejected_again_is_sent_back_once_more_not_twice() -> None:
+    """A redrive sends each dead letter back; one that fails again comes back naming the dead
+    letter it was sent from, and the next redrive sends only the newer one."""
+
+    def letter(offset: int, redriven_from: str = "") -> DeadLetter:
+        return DeadLetter(
+            offset, 0, b"k", b"v", "processing_error", "", "orders", 0, 9, "", redriven_from
+        )
+
+    first, other = letter(0), letter(1)
+    again = letter(2, redriven_from=first.position("orders-dlq"))
+    assert to_redrive([first, other, again], "orders-dlq") == [other, again]
+    # the dead letter of a record sent back names where it came from
+    source = SourceRecord(b"k", b"v", "orders", 0, 12, None, [(REDRIVEN_FROM, b"orders-dlq[0]@0")])
+    headers = dlq_headers("processing_error", "boom", source)
+    assert headers[REDRIVEN_FROM] == b"orders-dlq[0]@0"
+    record = SimpleNamespace(
+        offset=2, partition=0, key=b"k", value=b"v", headers=list(headers.items())
+    )
+    assert DeadLetter.from_record(record).redriven_from == "orders-dlq[0]@0"
+
+
+def test_every_reason_the_code_dead_letters_for_is_known_and_documented() -> None:
+    code = "".join(
+        p.read_text() for p in [*Path("streams").glob("*.py"), *Path("models").glob("*.py")]
+    )
+    used = set(re.findall(r'(?:DecodeError|OrderRejected)\(\s*"([a-z_]+)"', code))
+    used |= set(re.findall(r'_dead_letter\(\w+, "([a-z_]+)"', code))
+    assert used and used <= set(REASONS)
+    readme = Path("README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `segmenter.dlq.reason`"))
+    assert re.findall(r"`([a-z_]+)`", row.split("|")[2]) == list(REASONS)
+    # the metric has every reason from the start (an alert on its increase sees the first one)
+    samples = WorkerMetrics().dead_letters.collect()[0].samples
+    assert {s.labels["reason"] for s in samples if s.name.endswith("_total")} == set(REASONS)
