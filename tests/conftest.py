@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -82,6 +83,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cli_result(overrides: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``segmenter ARGS`` with ``SEGMENTER_*`` overrides, whatever its exit status."""
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def run_cli(overrides: dict[str, str], *args: str) -> str:

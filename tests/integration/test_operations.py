@@ -4,10 +4,7 @@ own ConsumerGroupCommand agree to the message; health, readiness and JSON logs."
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from streams.lag import group_lag
 from streams.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
-from tests.conftest import free_port, run_cli, settings_from, wait_for
+from tests.conftest import cli_result, free_port, run_cli, settings_from, wait_for
 from tests.factories import placed
 
 pytestmark = pytest.mark.integration
@@ -258,14 +255,7 @@ async def test_dead_letters_are_listed_and_sent_back(ops_worker: dict[str, Any])
 
 
 async def test_a_recalibration_with_too_few_customers_says_so(isolated: dict[str, str]) -> None:
-    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in isolated.items()}}
-    result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "recalibrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = cli_result(isolated, "recalibrate")
     assert result.returncode == 0, result.stderr
     assert "nothing published: no shop has 20 customers with orders" in " ".join(
         result.stderr.split()

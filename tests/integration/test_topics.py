@@ -4,9 +4,6 @@ at once reads every partition's offsets without an error on the way."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -14,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.topics import ensure_topics
-from tests.conftest import settings_from
+from tests.conftest import cli_result, settings_from
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +47,7 @@ async def test_a_worker_refuses_topics_whose_partition_counts_differ(
     orders topic's partitions; a worker says which topic differs, and stops (no traceback)."""
     await ensure_topics(settings_from({**isolated, "partitions": "2"}))
     overrides = {**isolated, "orders_topic": isolated["orders_topic"] + "-3", "partitions": "3"}
-    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
-    result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = cli_result(overrides, "worker")
     assert result.returncode == 1, result.stderr[-2000:]
     clock = settings_from(overrides).clock_topic
     assert (
