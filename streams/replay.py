@@ -17,7 +17,15 @@ from aiokafka import AIOKafkaProducer
 from config.settings import Settings
 from streams.clients import started
 
-CSV_ORDER_FIELDS = ("type", "order_id", "customer_id", "shop_id", "occurred_at", "currency")
+CSV_ORDER_FIELDS = (
+    "type",
+    "order_id",
+    "customer_id",
+    "shop_id",
+    "occurred_at",
+    "currency",
+    "refund_id",
+)
 CSV_INT_FIELDS = ("total", "discount")
 CSV_LINE_FIELDS = ("sku", "category", "quantity", "unit_price")
 
@@ -56,9 +64,11 @@ def _customer_key(value: bytes) -> bytes | None:
 
 
 def _csv_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
-    """CSV: one row per order line; consecutive rows with the same order_id and type form one
-    event. Columns: type, order_id, customer_id, shop_id, occurred_at, currency, total,
-    discount, sku, category, quantity, unit_price (line columns empty for cancellations)."""
+    """CSV: one row per order line; consecutive rows with the same type, order_id, occurred_at
+    and refund_id form one event (two refunds of one order are two events). Columns: type,
+    order_id, customer_id, shop_id, occurred_at, currency, total, discount, sku, category,
+    quantity, unit_price (line columns empty for cancellations and refunds), and optionally
+    refund_id (to tell apart refunds of one order at the same instant)."""
     current: dict[str, Any] | None = None
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -66,8 +76,8 @@ def _csv_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
         if missing:
             raise ReplayError(f"{path}: CSV header lacks {sorted(missing)}")
         for row in reader:
-            identity = (row.get("type"), row.get("order_id"))
-            if current is None or (current["type"], current["order_id"]) != identity:
+            identity = _identity(row)
+            if current is None or _identity(current) != identity:
                 if current is not None:
                     yield current["customer_id"].encode(), orjson.dumps(current)
                 current = {k: row[k] for k in CSV_ORDER_FIELDS if row.get(k)}
@@ -91,6 +101,10 @@ def _csv_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
                 )
     if current is not None:
         yield current["customer_id"].encode(), orjson.dumps(current)
+
+
+def _identity(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(k) or None for k in ("type", "order_id", "occurred_at", "refund_id"))
 
 
 def _int(text: str, path: Path, line: int, field: str) -> int:

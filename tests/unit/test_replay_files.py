@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
+from streams.codecs import decode_order
 from streams.replay import ReplayError, read_records
 
 HEADER = "type,order_id,customer_id,shop_id,occurred_at,currency,total,discount,"
@@ -68,3 +70,28 @@ def test_json_lines_are_published_as_they_are_keyed_by_customer(tmp_path: Path) 
     good = b'{"type":"order_placed","customer_id":"c9","order_id":"o9"}'
     path.write_bytes(good + b"\n\n{broken\n")
     assert list(read_records(path)) == [(b"c9", good), (None, b"{broken")]
+
+
+def test_csv_refunds_of_one_order_are_events_of_their_own(tmp_path: Path) -> None:
+    """Two refunds of one order are two events: by their time, or by their refund_id when
+    they share an instant (a single event would have lost one of them)."""
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        HEADER
+        + """sku,category,quantity,unit_price,refund_id
+order_refunded,o1,c1,,2025-01-05T10:00:00Z,EUR,500,,,,,,
+order_refunded,o1,c1,,2025-01-06T10:00:00Z,EUR,700,,,,,,
+order_refunded,o1,c1,,2025-01-07T10:00:00Z,EUR,100,,,,,,r1
+order_refunded,o1,c1,,2025-01-07T10:00:00Z,EUR,200,,,,,,r2
+"""
+    )
+    records = list(read_records(path))
+    received = datetime(2025, 2, 1, tzinfo=UTC)
+    assert all(decode_order(key, value, received) for key, value in records)  # valid events
+    events = [orjson.loads(value) for _, value in records]
+    assert [(e["total"], e.get("refund_id")) for e in events] == [
+        (500, None),
+        (700, None),
+        (100, "r1"),
+        (200, "r2"),
+    ]
