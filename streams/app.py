@@ -276,7 +276,7 @@ def create_app(
 
         @app.timer(min(interval.total_seconds(), RECALIBRATION_CHECK_SECONDS), on_leader=True)
         async def scheduled_recalibration() -> None:
-            """Due by the newest calibration the topic holds (see ``recalibration_due``)."""
+            """Due by the oldest calibration the topic holds (see ``recalibration_due``)."""
             now = datetime.now(UTC)
             last = attempted[-1] if attempted else None
             if not recalibration_due(processor.calibrations.values(), last, now, interval):
