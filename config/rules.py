@@ -8,7 +8,7 @@ from typing import Final
 import yaml
 from pydantic import ValidationError
 
-from models.rules import SegmentRules, check_rules
+from models.rules import RuleReport, SegmentRules, check_rules
 
 DEFAULT_RULES_FILE: Final = Path(__file__).with_name("segments.yaml")
 
@@ -21,8 +21,10 @@ def load_rules(path: Path | None = None, *, check: bool = True) -> SegmentRules:
     """Read and validate a rule file (YAML); the default is the bundled ``segments.yaml``.
 
     With ``check`` (the default) a map with unreachable rules or uncovered score combinations
-    is refused, naming them.
+    is refused, naming them (``load_checked_rules``).
     """
+    if check:
+        return load_checked_rules(path)[0]
     path = path or DEFAULT_RULES_FILE
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -40,10 +42,14 @@ def load_rules(path: Path | None = None, *, check: bool = True) -> SegmentRules:
             for err in exc.errors()
         )
         raise RulesError(f"{path}: invalid rule set: {problems}") from exc
-    if check:
-        report = check_rules(rules)
-        if not report.ok:
-            raise RulesError(
-                f"{path}: rule set {rules.version} fails the check:\n{report.describe()}"
-            )
     return rules
+
+
+def load_checked_rules(path: Path | None = None) -> tuple[SegmentRules, RuleReport]:
+    """``load_rules`` with the check, and the check's report (its notes, for the log)."""
+    path = path or DEFAULT_RULES_FILE
+    rules = load_rules(path, check=False)
+    report = check_rules(rules)
+    if not report.ok:
+        raise RulesError(f"{path}: rule set {rules.version} fails the check:\n{report.describe()}")
+    return rules, report

@@ -20,7 +20,7 @@ from typing import Annotated, Final, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.memo import IdentityMemo
-from models.scoring import Cutoffs, score_higher_is_better
+from models.scoring import Cutoffs, scaled_cutoffs, score_higher_is_better
 
 INACTIVE: Final = "inactive"
 PositiveDays = Annotated[float, Field(gt=0, le=3650)]
@@ -398,8 +398,8 @@ def frequency_scores(
     the one the raised cut-offs give and the one the lowered ones give (a score moves only when
     the value is past a boundary by the margin, so it can stay anywhere in between); more
     orders than the highest cut-off (raised) score 5."""
-    raised = tuple(round(c * (1 + margin), 4) for c in cuts)  # as ``compute_scores`` scales
-    lowered = tuple(round(c * (1 - margin), 4) for c in cuts)
+    raised = scaled_cutoffs(cuts, 1 + margin)
+    lowered = scaled_cutoffs(cuts, 1 - margin)
 
     def scores(orders: int) -> set[int]:
         low = score_higher_is_better(orders, raised)

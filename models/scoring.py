@@ -84,7 +84,8 @@ def _sticky(raw_up: int, raw_down: int, previous: int) -> int:
 
 
 @lru_cache(maxsize=1024)
-def _scaled(cuts: tuple[float, ...], factor: float) -> tuple[float, ...]:
+def scaled_cutoffs(cuts: tuple[float, ...], factor: float) -> tuple[float, ...]:
+    """Cut-offs moved by ``factor`` (the hysteresis margin's), as scores are computed with them."""
     # Rounded like the elapsed days are, so a due time computed from a boundary is exact.
     return tuple(round(c * factor, 4) for c in cuts)
 
@@ -109,18 +110,18 @@ def compute_scores(
     hi, lo = 1 + margin, 1 - margin
     return Scores(
         r=_sticky(
-            score_recency(recency_days, _scaled(r_cuts, lo)),
-            score_recency(recency_days, _scaled(r_cuts, hi)),
+            score_recency(recency_days, scaled_cutoffs(r_cuts, lo)),
+            score_recency(recency_days, scaled_cutoffs(r_cuts, hi)),
             previous.r,
         ),
         f=_sticky(
-            score_higher_is_better(frequency, _scaled(f_cuts, hi)),
-            score_higher_is_better(frequency, _scaled(f_cuts, lo)),
+            score_higher_is_better(frequency, scaled_cutoffs(f_cuts, hi)),
+            score_higher_is_better(frequency, scaled_cutoffs(f_cuts, lo)),
             previous.f,
         ),
         m=_sticky(
-            score_higher_is_better(monetary, _scaled(m_cuts, hi)),
-            score_higher_is_better(monetary, _scaled(m_cuts, lo)),
+            score_higher_is_better(monetary, scaled_cutoffs(m_cuts, hi)),
+            score_higher_is_better(monetary, scaled_cutoffs(m_cuts, lo)),
             previous.m,
         ),
     )

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -31,6 +31,7 @@ from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics, state_key
 from models.transitions import bootstrap_calibration
 from streams.devstack import Devstack, DevstackError
+from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache
 from streams.topics import TopicsError
 
@@ -82,24 +83,25 @@ class Commands(click.Group):
 
 
 def _kafka_error(exc: KafkaError) -> str:
-    servers = Settings().kafka_bootstrap_servers
-    message = f"Kafka at {servers}: {exc}"
-    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
-        message += (
-            "\nIs it running? `segmenter devstack up` starts the local one; "
-            "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS names another."
-        )
-    return message
+    unreachable = isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
+    where = Settings().kafka_bootstrap_servers
+    return _server_error("Kafka", where, exc, "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS", unreachable)
 
 
 def _redis_error(exc: RedisError) -> str:
+    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
     url = urlsplit(Settings().redis_url)
     where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
-    message = f"Redis at {where}: {exc}"
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    return _server_error("Redis", where, exc, "SEGMENTER_REDIS_URL", unreachable)
+
+
+def _server_error(service: str, where: str, exc: Exception, setting: str, unreachable: bool) -> str:
+    """What went wrong with ``service`` at ``where``; if it could not be reached, how to fix it."""
+    message = f"{service} at {where}: {exc}"
+    if unreachable:
         message += (
             "\nIs it running? `segmenter devstack up` starts the local one; "
-            "SEGMENTER_REDIS_URL names another."
+            f"{setting} names another."
         )
     return message
 
@@ -395,7 +397,6 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
     from collections import Counter
 
     from streams.changelog import read_topic
-    from streams.dlq import DeadLetter, to_redrive
 
     settings = _settings()
     if redrive and not reasons:
@@ -441,13 +442,12 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
     out.print(table)
 
 
-async def _redrive(settings: Settings, letters: list[Any]) -> tuple[int, int]:
+async def _redrive(settings: Settings, letters: list[DeadLetter]) -> tuple[int, int]:
     """Publish dead letters to their source topics again, each to the partition it came from
     (a clock tick has no key, and a customer's records stay in one partition)."""
     from aiokafka import AIOKafkaProducer
 
     from streams.clients import started
-    from streams.dlq import redrive_headers
 
     producer = await started(
         AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 import orjson
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 
 from models.events import Transition
 from models.privacy import consented, erasure_marker, pseudonym
@@ -205,6 +205,7 @@ class Processor:
         self._waiting: dict[int, float] = {}
         # The orders topic's partitions (None: records are not checked against the partitioner).
         self.partitions = partitions
+        self._partitioner = DefaultPartitioner()
         self._misrouted_logged = float("-inf")
         self.erasures = erasures
         self.privacy = privacy
@@ -379,17 +380,17 @@ class Processor:
         """One record of the orders topic; a record that cannot be used is dead-lettered."""
         with self.metrics.processing.time():
             await self._on_order(record)
-        self._read[record.partition] = (record.offset + 1, record.timestamp, time.monotonic())
+        if self.input_end is not None:  # wall clock: how far the partition is read
+            self._read[record.partition] = (record.offset + 1, record.timestamp, time.monotonic())
         if self.partitions and record.offset % PARTITION_CHECK_EVERY == 0 and record.key:
-            self._check_partition(record, self.partitions)
+            self._check_partition(record, list(range(self.partitions)))
 
-    def _check_partition(self, record: SourceRecord, partitions: int) -> None:
+    def _check_partition(self, record: SourceRecord, partitions: list[int]) -> None:
         """Count (and log, at most once a minute) an order record in another partition than
         Kafka's default partitioner (murmur2, the Java client's and aiokafka's) gives its key:
         the consent and erasure requests keyed the same way land where the customer's state is
         only if the shop's producers partition like that (librdkafka's default does not)."""
-        assert record.key is not None
-        expected = (murmur2(record.key) & 0x7FFFFFFF) % partitions
+        expected = self._partitioner(record.key, partitions, partitions)
         if expected == record.partition:
             return
         self.counts["misrouted"] += 1

@@ -18,9 +18,9 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 
-from config.rules import load_rules
+from config.rules import load_checked_rules
 from config.settings import Settings
-from models.rules import SegmentRules, check_rules
+from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams.app import create_app, marketing_transitions
 from streams.calibrations import read_calibrations
@@ -30,8 +30,8 @@ from streams.topics import ensure_topics
 def run_worker(settings: Settings) -> None:
     """Run one worker until it is stopped (SIGINT/SIGTERM)."""
     logging.config.dictConfig(logging_config(settings))
-    rules = load_rules(settings.rules_file)
-    note = check_rules(rules).unreached_note()  # quantile mode: a calibration may reach them
+    rules, report = load_checked_rules(settings.rules_file)
+    note = report.unreached_note()  # quantile mode: a calibration may reach them
     if note:
         logging.getLogger(__name__).warning("rule set %s: %s", rules.version, note)
     loop = asyncio.new_event_loop()

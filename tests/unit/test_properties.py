@@ -7,8 +7,22 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.state import compute_metrics
-from models.transitions import apply_order
+from models.rules import Cell, SegmentFacts, SegmentRules, bounds_matched, decide, decide_matched
+from models.scoring import Calibration, Cutoffs, recency_drops, score_recency
+from models.state import CustomerState, compute_metrics, days_between
+from models.transitions import (
+    TRANSITION_NAMESPACE,
+    OrderRejected,
+    SegmentModel,
+    _dwell_end,
+    apply_order,
+    current_metrics,
+    due_transitions,
+    next_due,
+    reevaluate,
+    remember_due,
+    uuid5_text,
+)
 from tests.factories import at, cancelled, model, placed
 from tests.unit.core import MODEL, RULES
 
@@ -83,7 +97,6 @@ def test_cancel_after_place_equals_neither(spec, pick) -> None:  # type: ignore[
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(min_value=0.001, max_value=400, allow_nan=False), min_size=1, max_size=6))
 def test_every_due_time_fires_exactly_then(gaps) -> None:  # type: ignore[no-untyped-def]
-    from models.transitions import due_transitions, next_due
 
     days = [0.0]
     for gap in gaps:
@@ -118,15 +131,6 @@ def test_figures_handed_on_by_an_evaluation_equal_figures_computed_afresh(
 ) -> None:  # type: ignore[no-untyped-def]
     """The figures an evaluation memoises for the state it decided (Redis, the due time) are
     the figures computed from scratch: after orders, after time, after a recalibration."""
-    from models.scoring import Calibration, Cutoffs
-    from models.state import CustomerState
-    from models.transitions import (
-        SegmentModel,
-        current_metrics,
-        due_transitions,
-        next_due,
-        reevaluate,
-    )
 
     cut = CAL.cutoffs
     moved = Cutoffs(
@@ -161,14 +165,6 @@ def test_the_compiled_rule_map_decides_like_the_first_matching_rule(
 ) -> None:  # type: ignore[no-untyped-def]
     """The per-cell lookup ``decide`` uses gives the segment of the first rule, in rule order,
     whose whole condition matches (the rule order permuted: partial rules anywhere)."""
-    from models.rules import (
-        Cell,
-        SegmentFacts,
-        SegmentRules,
-        bounds_matched,
-        decide,
-        decide_matched,
-    )
 
     rules = SegmentRules.model_validate({**RULES.model_dump(), "segments": segments})
     facts = SegmentFacts(Cell(inactive, single, *scores), share, aov)
@@ -189,9 +185,6 @@ def test_the_due_time_stored_with_a_state_is_taken_only_where_it_is_next_due(spe
     calibration the stored one is not taken."""
     from datetime import UTC, datetime
 
-    from models.scoring import Calibration
-    from models.state import CustomerState
-    from models.transitions import SegmentModel, due_transitions, next_due, remember_due
     from streams.codecs import decode_stored_due, encode_stored
 
     state = _fold(_events(spec))
@@ -215,13 +208,10 @@ def test_the_due_time_stored_with_a_state_is_taken_only_where_it_is_next_due(spe
 def test_transition_ids_are_the_uuid5_of_their_parts(name: str) -> None:
     import uuid
 
-    from models.transitions import TRANSITION_NAMESPACE, uuid5_text
-
     assert uuid5_text(name) == str(uuid.uuid5(TRANSITION_NAMESPACE, name))
 
 
 def _dwell_model(days: int):  # type: ignore[no-untyped-def]
-    from models.transitions import SegmentModel
 
     scoring = RULES.scoring.model_copy(update={"min_dwell_days": days})
     return SegmentModel(RULES.model_copy(update={"scoring": scoring}), CAL)
@@ -232,11 +222,6 @@ def _searched_due(state, segment_model):  # type: ignore[no-untyped-def]
     instants in time order, each decided from the state's figures with its recency (the
     search as it was before shapes)."""
     from datetime import timedelta
-
-    from models.rules import Cell, SegmentFacts, decide
-    from models.scoring import recency_drops, score_recency
-    from models.state import days_between
-    from models.transitions import _dwell_end, current_metrics
 
     if state.segment is None or state.as_of is None:
         return None
@@ -282,7 +267,6 @@ def test_due_times_remembered_by_shape_are_the_ones_searched_for_the_state(  # t
     """``next_due`` answers from the offset found for an earlier customer of the same shape
     (the example's customers share one model); it is the instant the candidates' search gives
     for this very state, after each order and after time has passed."""
-    from models.transitions import due_transitions, next_due
 
     segment_model = _dwell_model(dwell)
     for spec in customers:
@@ -302,7 +286,6 @@ def test_due_times_remembered_by_shape_on_a_realistic_stream() -> None:
 
     from bench.core import Fold
     from bench.data import StreamSpec, order_stream
-    from models.transitions import OrderRejected, next_due
 
     fold = Fold()
     checked = 0
@@ -350,8 +333,6 @@ def test_due_times_by_shape_under_rules_with_money_bounds(  # type: ignore[no-un
     customer and the same orders shifted in time (the same shape, so the second answer comes
     from the first's offset) get the searched due time, and the shifted one's is the first's
     shifted."""
-    from models.rules import SegmentRules
-    from models.transitions import SegmentModel, due_transitions, next_due
 
     segments = [*RULES.model_dump()["segments"], *_BOUNDED]
     scoring = {**RULES.model_dump()["scoring"], "min_dwell_days": dwell}
