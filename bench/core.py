@@ -28,7 +28,7 @@ from models.transitions import (
     next_due,
 )
 from streams.codecs import decode_order, decode_stored, encode_stored
-from streams.orders import load_stored
+from streams.handlers import load_stored
 from streams.worker import tune_collector
 
 

@@ -33,7 +33,7 @@ from models.transitions import (
     reevaluate,
 )
 from streams.codecs import decode_stored_due, encode_stored, encode_transition
-from streams.orders import load_stored
+from streams.handlers import load_stored
 
 RECEIVED = datetime(2026, 6, 1, tzinfo=UTC)
 EMITTED = datetime(2026, 6, 1, 12, tzinfo=UTC)

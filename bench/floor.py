@@ -2,7 +2,7 @@
 
 Consume, decode, update a dict, produce one record per order (like ``bench.raw``), in the
 worker's default batches taken from the agent's channel as the worker takes them
-(``streams.intake``), acknowledged once their output records are, while the next batch is
+(``streams.framework.intake``), acknowledged once their output records are, while the next batch is
 processed (like the worker). Between the raw baseline and the full worker, it tells what
 Faust's per-message path costs on this machine from what the product's own work (validation,
 rules, state, transitions, Redis) costs.
@@ -29,8 +29,9 @@ import orjson
 
 from bench.raw import tally
 from config.settings import Settings
-from streams import faust_corrections, intake
-from streams.app import broker_urls
+from streams import framework
+from streams.bootstrap import broker_urls
+from streams.framework import intake
 from streams.worker import ServiceWorker
 
 # The worker's default batches.
@@ -47,7 +48,7 @@ def run_floor(
     data_dir: Path,
     result: Path,
 ) -> None:
-    faust_corrections.install()  # Faust as the worker runs it
+    framework.install()  # Faust as the worker runs it
     app = faust.App(
         data_dir.name,
         broker=broker_urls(bootstrap),

@@ -25,6 +25,7 @@ from models.transitions import bootstrap_calibration
 from streams.changelog import read_latest, read_topic
 from streams.clients import started
 from streams.codecs import decode_calibration, decode_stored, encode_calibration
+from streams.framework.consumer import refresh_metadata
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ async def follow_calibrations(
     try:
         partitions = consumer.partitions_for_topic(settings.calibrations_topic)
         if not partitions:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             partitions = consumer.partitions_for_topic(settings.calibrations_topic) or set()
         tps = [TopicPartition(settings.calibrations_topic, p) for p in sorted(partitions)]
         consumer.assign(tps)

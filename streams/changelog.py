@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from config.settings import Settings
 from streams.clients import started
 from streams.codecs import StoredState, decode_stored
+from streams.framework.consumer import refresh_metadata
 
 Progress = Callable[[int, int], None]
 
@@ -27,7 +28,7 @@ async def read_topic(
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:

@@ -4,7 +4,6 @@ the message and the source position in headers (the Kafka Connect convention).""
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,17 +65,15 @@ def dlq_headers(reason: str, message: str, source: SourceRecord) -> dict[str, by
 
 
 class DeadLetters:
-    """Sends rejected records to the dead-letter topic and counts them by reason."""
+    """Sends rejected records to the dead-letter topic; ``on_reason`` counts them."""
 
     def __init__(self, topic: Any, on_reason: Callable[[str], None] = lambda _reason: None) -> None:
         self._topic = topic
         self._on_reason = on_reason
-        self.counts: Counter[str] = Counter()
 
     async def send(self, source: SourceRecord, reason: str, message: str) -> Any:
         """Publish the record unchanged, with the reason in its headers; returns the delivery
         (awaitable: resolves once the broker has acknowledged the record)."""
-        self.counts[reason] += 1
         self._on_reason(reason)
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",

@@ -16,6 +16,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from config.settings import Settings
 from streams.clients import started
+from streams.framework.consumer import current_partitions
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,8 @@ class LagProbe:
 
     async def partitions(self, topic: str) -> list[TopicPartition]:
         assert self._consumer is not None
-        metadata = await self._consumer._client.fetch_all_metadata()
-        return [
-            TopicPartition(topic, p) for p in sorted(metadata.partitions_for_topic(topic) or ())
-        ]
+        partitions = await current_partitions(self._consumer, topic)
+        return [TopicPartition(topic, p) for p in sorted(partitions)]
 
     async def measure(
         self, tps: Iterable[TopicPartition], with_age: bool = False

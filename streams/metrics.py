@@ -52,6 +52,11 @@ class WorkerMetrics:
             "partitioner gives their key",
             registry=r,
         )
+        self.skipped_erased = Counter(
+            "segmenter_skipped_erased_total",
+            "Orders of an erased customer skipped (a fresh state starts only with new consent)",
+            registry=r,
+        )
         self.processing = Histogram(
             "segmenter_processing_seconds",
             "From receiving an order record to having written its results",
@@ -100,6 +105,30 @@ class WorkerMetrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
+    def event_counts(self) -> dict[str, int]:
+        """What ``/stats`` calls events: input events by type, transitions by name, and the
+        misrouted, skipped and unmatched records (each only once it happened)."""
+        counts: dict[str, int] = {}
+        for metric, key in (
+            (self.events, lambda labels: labels["type"]),
+            (self.transitions, lambda labels: labels["transition"]),
+            (self.misrouted, lambda _labels: "misrouted"),
+            (self.skipped_erased, lambda _labels: "skipped_erased"),
+            (self.unmatched, lambda labels: f"unmatched_{labels['type']}"),
+        ):
+            for _name, labels, value in _totals(metric):
+                if value:
+                    counts[key(labels)] = counts.get(key(labels), 0) + int(value)
+        return counts
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters by reason (each reason only once it happened)."""
+        return {
+            labels["reason"]: int(value)
+            for _name, labels, value in _totals(self.dead_letters)
+            if value
+        }
+
     def callback_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         gauge = Gauge(name, documentation, registry=self.registry)
         gauge.set_function(read)
@@ -120,3 +149,13 @@ class WorkerMetrics:
             for family in self.registry.collect()
             for suffix in suffixes.get(family.type, ("",))
         }
+
+
+def _totals(metric: Any) -> list[tuple[str, dict[str, str], float]]:
+    """A counter's ``_total`` samples: (name, labels, value)."""
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]

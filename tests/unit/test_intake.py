@@ -1,5 +1,5 @@
-"""streams.intake: batches taken from the agent's channel queue as Faust's stream would hand
-the events over (skips, tracking, acknowledgement), a batch at a time."""
+"""streams.framework.intake: batches taken from the agent's channel queue as Faust's stream
+would hand the events over (skips, tracking, acknowledgement), a batch at a time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from streams import intake
+from streams.framework import intake
 
 
 @dataclass(eq=False)

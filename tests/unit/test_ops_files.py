@@ -21,7 +21,7 @@ METRIC = re.compile(r"\bsegmenter_[a-z0-9_]+\b")
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     segmenter = create_app(Settings(web_port=0), load_rules(), 2, {})
-    return segmenter.metrics.names()
+    return segmenter.processor.metrics.names()
 
 
 def _dashboard_exprs() -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.outbox import Outbox
+from streams.framework.outbox import Outbox
 
 
 class Batch:

@@ -1,5 +1,5 @@
 """The wait for the tables' changelog records: they are sent together and waited for until the
-broker has acknowledged every one (streams.app.ChangelogAcks)."""
+broker has acknowledged every one (streams.framework.tables.ChangelogAcks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from streams.app import ChangelogAcks
+from streams.framework.tables import ChangelogAcks
 
 
 class _Batch:
@@ -124,10 +124,10 @@ async def test_a_changelog_record_the_broker_refused_fails_the_wait() -> None:
 async def test_faust_tables_write_their_changelog_through_the_outbox() -> None:
     """The installed Faust's tables, on a set and a delete, call ``send_changelog`` with the
     current event's partition and read the partition back from what it returns."""
-    import weakref
 
     import faust
-    from faust.streams import _current_event
+
+    from streams.framework.intake import activate
 
     app = faust.App("drain-test", broker="kafka://127.0.0.1:1", store="memory://")
     table = app.Table("customers", key_type=bytes, value_type=bytes, partitions=4)
@@ -140,7 +140,7 @@ async def test_faust_tables_write_their_changelog_through_the_outbox() -> None:
 
     event = Event()
     table._verified_source_topics_for_partitions.add("orders")  # no consumer to ask
-    _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    activate(event)
     table[b"k"] = b"v"
     del table[b"k"]
     waiting = asyncio.create_task(acks.wait())

@@ -1,10 +1,10 @@
-"""Reads of one partition of a table straight from its RocksDB database (streams.app.
-partition_reader) see what the installed Faust's table wrote there, and nothing else; writes
-of many keys at once (streams.app.partition_writer) leave the table as Faust's own writes do."""
+"""Reads of one partition of a table straight from its RocksDB database
+(streams.framework.tables.partition_reader) see what the installed Faust's table wrote there,
+and nothing else; writes of many keys at once (partition_writer) leave the table as Faust's own
+writes do."""
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,9 +12,9 @@ from typing import Any
 import faust
 import pytest
 from faust.exceptions import PartitionsMismatch
-from faust.streams import _current_event
 
-from streams.app import ChangelogAcks, partition_reader, partition_writer
+from streams.framework.intake import activate
+from streams.framework.tables import ChangelogAcks, partition_reader, partition_writer
 
 
 class _Event:
@@ -33,14 +33,14 @@ def test_a_partition_read_sees_the_table_writes_of_that_partition(
     read = partition_reader(table)
     events = {p: _Event(p) for p in (1, 3)}
     for partition, key, value in [(3, b"a", b"1"), (1, b"b", b"2"), (3, b"a", b"3")]:
-        _current_event.set(weakref.ref(events[partition]))  # type: ignore[arg-type]
+        activate(events[partition])
         table[key] = value
     assert read(3, b"a") == b"3"
     assert read(1, b"b") == b"2"
     assert read(3, b"missing") is None
     if store == "rocksdb://":  # one database per partition: another partition has no such key
         assert read(1, b"a") is None
-    _current_event.set(weakref.ref(events[3]))  # type: ignore[arg-type]
+    activate(events[3])
     del table[b"a"]
     assert read(3, b"a") is None
 
@@ -64,10 +64,10 @@ def test_writes_of_many_keys_leave_the_table_as_one_assignment_per_key(
     events = {p: _Event(p) for p in range(4)}  # (the current event is a weak reference)
     faust_table, faust_acks = _table(tmp_path, store, "assigned")
     for partition, key, value in ROWS:
-        _current_event.set(weakref.ref(events[partition]))  # type: ignore[arg-type]
+        activate(events[partition])
         faust_table[key] = value
     table, acks = _table(tmp_path, store, "written")
-    _current_event.set(weakref.ref(events[2]))  # type: ignore[arg-type] # not the rows' partition
+    activate(events[2])  # not the rows' partition
     partition_writer(table)(ROWS)
     # the same changelog records (key, value, partition), in the same order
     assert [r[1:] for r in acks.outbox._records] == [r[1:] for r in faust_acks.outbox._records]
@@ -79,9 +79,9 @@ def test_writes_of_many_keys_leave_the_table_as_one_assignment_per_key(
     assert read(3, b"a") == b"4"
     # Faust's own reads, iteration and deletes find the keys written past its key index
     assert sorted(table.items()) == sorted(faust_table.items())
-    _current_event.set(None)  # type: ignore[arg-type] # outside a stream: the store finds them
+    activate(None)  # outside a stream: the store finds them
     assert (table.get(b"c"), table.get(b"d")) == (b"3", b"5")
-    _current_event.set(weakref.ref(events[3]))  # type: ignore[arg-type]
+    activate(events[3])
     assert table.get(b"a") == b"4"
     del table[b"c"]
     assert read(3, b"c") is None and b"c" not in table
@@ -121,7 +121,7 @@ async def test_an_acknowledged_changelog_batch_is_where_a_warm_restart_resumes(
     topic = table.changelog_topic.get_topic_name()
     events = {p: _Event(p) for p in (1, 3)}
     for partition, key in [(3, b"a"), (1, b"b"), (3, b"c"), (3, b"a")]:
-        _current_event.set(weakref.ref(events[partition]))  # type: ignore[arg-type]
+        activate(events[partition])
         table[key] = key
     waiting = asyncio.create_task(acks.wait())
     async with asyncio.timeout(1):

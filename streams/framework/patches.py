@@ -1,5 +1,5 @@
-"""Corrections to Faust, so that no input record is skipped, commits keep up, and a broker
-that has just restarted does not stop the stream.
+"""Corrections to Faust's consumer, so that no input record is skipped, commits keep up, and
+a broker that has just restarted does not stop the stream.
 
 1. No partition means none. Faust's fetcher hands aiokafka its live set of active partitions,
    and aiokafka reads an empty collection as "every partition". When the set empties during a
@@ -200,8 +200,9 @@ def keep_fetching(self: Any, tp: Any) -> None:
     """``Consumer.on_buffer_full``: the partition stays in the fetch (see 6.)."""
 
 
-def install() -> None:
-    """Apply the corrections to Faust (once per process)."""
+def apply() -> None:
+    """Apply the corrections to Faust (once per process; ``streams.framework.install`` checks
+    the versions first)."""
     if getattr(Consumer, _PATCHED, False):
         return
     Consumer._new_offset = next_commit  # type: ignore[method-assign,assignment]

@@ -9,8 +9,8 @@ import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.dlq import SourceRecord
+from tests.adapters.fakes import Worker
 from tests.factories import cancelled, placed, refunded
-from tests.unit.test_batches import _processor
 
 
 def _records(*events: dict) -> list[SourceRecord]:  # type: ignore[type-arg]
@@ -26,7 +26,7 @@ def _unmatched(processor) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 
 async def test_cancellations_and_refunds_of_orders_not_seen_are_counted_once() -> None:
-    processor, *_ = _processor()
+    processor = Worker().processor
     records = _records(
         cancelled("c1", "o1", 1),  # before its order: waits for it
         cancelled("c1", "o1", 1),  # redelivered: not counted again
@@ -37,8 +37,9 @@ async def test_cancellations_and_refunds_of_orders_not_seen_are_counted_once() -
     )
     await processor.on_batch([(r, processor.on_order) for r in records], lambda _i: None)
     await processor.drain()
-    assert processor.counts["unmatched_order_cancelled"] == 1
-    assert processor.counts["unmatched_order_refunded"] == 1
+    events = processor.stats()["events"]
+    assert events["unmatched_order_cancelled"] == 1
+    assert events["unmatched_order_refunded"] == 1
     assert _unmatched(processor) == {"order_cancelled": 1.0, "order_refunded": 1.0}
 
 
@@ -46,8 +47,7 @@ async def test_order_records_outside_the_default_partitioners_partition_are_coun
     """Every 64th order record is checked against the partition the producer's default
     partitioner (aiokafka's, as the Java client's) gives its key: the product's own consent and
     erasure requests are partitioned that way and must meet the customer's state."""
-    processor, *_ = _processor()
-    processor.partitions = 4
+    processor = Worker(partitions=4).processor
     partitioner = DefaultPartitioner()
     customers = [f"c{i}" for i in range(12)]
     home = {c: partitioner(c.encode(), [0, 1, 2, 3], [0, 1, 2, 3]) for c in customers}
@@ -61,5 +61,5 @@ async def test_order_records_outside_the_default_partitioners_partition_are_coun
             )
     await processor.on_batch([(r, processor.on_order) for r in records], lambda _i: None)
     await processor.drain()
-    assert processor.counts["misrouted"] == 6
+    assert processor.stats()["events"]["misrouted"] == 6
     assert processor.metrics.misrouted._value.get() == 6

@@ -13,13 +13,13 @@ import pytest
 
 from config.rules import load_rules
 from models.frozen import evolve
-from streams import orders
+from streams import clock as clocks
+from streams.clock import tick
 from streams.codecs import decode_stored
-from streams.dlq import DeadLetters, SourceRecord
-from streams.metrics import WorkerMetrics
-from streams.orders import Outputs, Processor, _tick
+from streams.dlq import SourceRecord
+from streams.processor import Processor
+from tests.adapters.fakes import Worker
 from tests.factories import T0, placed
-from tests.unit.test_batches import Cache, Log, Table, Topic
 
 RULES = load_rules()
 # The single order's customer is due (inactive) this long after the order.
@@ -42,27 +42,16 @@ class Input:
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The processor's monotonic clock, moved by hand."""
     now = [1000.0]
-    monkeypatch.setattr(orders, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(clocks, "time", SimpleNamespace(monotonic=lambda: now[0]))
     return now
 
 
+def _worker(input_end: Any) -> Worker:
+    return Worker(clock="wall", input_end=input_end, rules=RULES, backfill=False)
+
+
 def _processor(input_end: Any) -> Processor:
-    log = Log()
-    transitions = Topic(log)
-    return Processor(
-        table=Table(log),
-        erasures={},
-        rules=RULES,
-        calibrations={},
-        outputs=Outputs(
-            transitions=transitions, marketing={}, backfill=False, marketing_skip_backfill=True
-        ),
-        dead_letters=DeadLetters(Topic([])),
-        cache=Cache(log),  # type: ignore[arg-type]
-        clock_mode="wall",
-        metrics=WorkerMetrics(),
-        input_end=input_end,
-    )
+    return _worker(input_end).processor
 
 
 def _order(customer: str, offset: int, published: datetime) -> SourceRecord:
@@ -88,22 +77,22 @@ async def test_due_times_wait_for_the_orders_published_before_them(clock: list[f
     # The single order's customer, published the moment it was placed: due at DUE.
     await _process(processor, _order("ann", 0, T0))
     key = "default/ann"
-    assert processor.index.overdue(NOW) == [DUE]
+    assert processor.clock.index.overdue(NOW) == [DUE]
 
     # Four orders wait, the last one read was published long before the due time: held.
-    assert processor.read_until(0, NOW) == T0
-    assert processor.due_ticks(NOW) == []
+    assert processor.clock.read_until(0, NOW) == T0
+    assert processor.clock.due_ticks(NOW) == []
 
     # Read up to an order published a day before the due time: still held.
     await _process(processor, _order("bob", 1, DUE - timedelta(days=1)))
-    assert processor.due_ticks(NOW) == []
+    assert processor.clock.due_ticks(NOW) == []
 
     # Read up to an order published after it: ann's due time has passed by then, and her
     # tick carries that instant, not the wall clock (what comes after it is still unread).
     published = DUE + timedelta(hours=2)
     await _process(processor, _order("cy", 2, published))
-    assert _ticked(processor.due_ticks(NOW)) == [(0, key, published.isoformat())]
-    assert processor.in_flight == {key: DUE}
+    assert _ticked(processor.clock.due_ticks(NOW)) == [(0, key, published.isoformat())]
+    assert processor.clock.in_flight == {key: DUE}
 
 
 async def test_a_partition_read_to_its_end_goes_by_the_wall_clock(clock: list[float]) -> None:
@@ -111,8 +100,8 @@ async def test_a_partition_read_to_its_end_goes_by_the_wall_clock(clock: list[fl
     processor = _processor(inputs)
     inputs.positions[0] = (1, None)
     await _process(processor, _order("ann", 0, T0))  # the partition's only order
-    assert processor.read_until(0, NOW) == NOW
-    assert _ticked(processor.due_ticks(NOW)) == [(0, "default/ann", NOW.isoformat())]
+    assert processor.clock.read_until(0, NOW) == NOW
+    assert _ticked(processor.clock.due_ticks(NOW)) == [(0, "default/ann", NOW.isoformat())]
 
 
 async def test_committed_offsets_count_as_read(clock: list[float]) -> None:
@@ -121,10 +110,10 @@ async def test_committed_offsets_count_as_read(clock: list[float]) -> None:
     inputs = Input()
     processor = _processor(inputs)
     inputs.positions[0] = (7, 7)
-    assert processor.read_until(0, NOW) == NOW
+    assert processor.clock.read_until(0, NOW) == NOW
     inputs.positions[0] = (9, 7)  # two orders came in since: held until one is read
-    assert processor.read_until(0, NOW) is None
-    assert processor.read_until(1, NOW) is None  # no end offset known yet: held
+    assert processor.clock.read_until(0, NOW) is None
+    assert processor.clock.read_until(1, NOW) is None  # no end offset known yet: held
 
 
 async def test_a_partition_that_waits_without_progress_goes_by_the_wall_clock_after_a_while(
@@ -136,14 +125,14 @@ async def test_a_partition_that_waits_without_progress_goes_by_the_wall_clock_af
     processor = _processor(inputs)
     inputs.positions[0] = (3, None)
     await _process(processor, _order("ann", 0, T0))
-    assert processor.due_ticks(NOW) == []
-    clock[0] += orders.STALLED_SECONDS - 1
-    assert processor.due_ticks(NOW) == []
+    assert processor.clock.due_ticks(NOW) == []
+    clock[0] += clocks.STALLED_SECONDS - 1
+    assert processor.clock.due_ticks(NOW) == []
     await _process(processor, _order("bob", 1, T0 + timedelta(days=1)))  # progress: wait again
-    clock[0] += orders.STALLED_SECONDS - 1
-    assert processor.due_ticks(NOW) == []
+    clock[0] += clocks.STALLED_SECONDS - 1
+    assert processor.clock.due_ticks(NOW) == []
     clock[0] += 2
-    assert _ticked(processor.due_ticks(NOW)) == [
+    assert _ticked(processor.clock.due_ticks(NOW)) == [
         (0, "default/ann", NOW.isoformat()),
         (0, "default/bob", NOW.isoformat()),
     ]
@@ -152,8 +141,8 @@ async def test_a_partition_that_waits_without_progress_goes_by_the_wall_clock_af
 async def test_without_a_view_of_the_input_due_times_go_by_the_wall_clock() -> None:
     processor = _processor(None)
     await _process(processor, _order("ann", 0, T0))
-    assert processor.read_until(0, NOW) == NOW
-    assert _ticked(processor.due_ticks(NOW)) == [(0, "default/ann", NOW.isoformat())]
+    assert processor.clock.read_until(0, NOW) == NOW
+    assert _ticked(processor.clock.due_ticks(NOW)) == [(0, "default/ann", NOW.isoformat())]
 
 
 async def test_positions_are_forgotten_when_partitions_are_assigned_again(
@@ -165,11 +154,11 @@ async def test_positions_are_forgotten_when_partitions_are_assigned_again(
     processor = _processor(inputs)
     inputs.positions[0] = (4, None)
     await _process(processor, _order("ann", 0, DUE + timedelta(days=1)))
-    assert processor.read_until(0, NOW) == DUE + timedelta(days=1)
+    assert processor.clock.read_until(0, NOW) == DUE + timedelta(days=1)
     await processor.rebuild_index()
-    assert processor.read_until(0, NOW) is None  # three orders wait, none read since
+    assert processor.clock.read_until(0, NOW) is None  # three orders wait, none read since
     inputs.positions[0] = (4, 4)
-    assert processor.read_until(0, NOW) == NOW
+    assert processor.clock.read_until(0, NOW) == NOW
 
 
 async def test_a_reevaluation_catches_up_with_time_only_as_far_as_the_orders_are_read(
@@ -178,18 +167,19 @@ async def test_a_reevaluation_catches_up_with_time_only_as_far_as_the_orders_are
     """A new rule set re-evaluates every customer; in wall-clock mode its catch-up with time
     stops where the partition's orders are read, like the due times do."""
     inputs = Input()
-    processor = _processor(inputs)
+    worker = _worker(inputs)
+    processor = worker.processor
     inputs.positions[0] = (5, None)
     await _process(processor, _order("ann", 0, T0))  # due (inactive) at DUE
-    processor.rules = evolve(RULES, version="rfm-next")  # a new rule set, the same rules
-    processor._models.clear()
-    tick = SourceRecord(b"default/ann", _tick("reevaluate", "default/ann", None), "clock", 0, 0)
-    await processor.on_batch([(tick, processor.on_tick)], lambda _i: None)
+    processor.models.rules = evolve(RULES, version="rfm-next")  # a new rule set, the same rules
+    processor.models.forget_models()
+    record = SourceRecord(b"default/ann", tick("reevaluate", "default/ann", None), "clock", 0, 0)
+    await processor.on_batch([(record, processor.on_tick)], lambda _i: None)
     await processor.drain()
-    state = decode_stored(processor.table[b"default/ann"]).state
+    state = decode_stored(worker.table[b"default/ann"]).state
     assert state.rule_version == "rfm-next"
     assert state.segment == "new"  # not inactive: her next order may be waiting
-    assert processor.index.overdue(NOW) == [DUE]  # the due time is held, not lost
+    assert processor.clock.index.overdue(NOW) == [DUE]  # the due time is held, not lost
 
 
 async def test_a_pause_starts_the_wait_for_progress_again(clock: list[float]) -> None:
@@ -197,11 +187,11 @@ async def test_a_pause_starts_the_wait_for_progress_again(clock: list[float]) ->
     processor = _processor(inputs)
     inputs.positions[0] = (3, None)
     await _process(processor, _order("ann", 0, T0))
-    assert processor.due_ticks(NOW) == []  # behind: held
+    assert processor.clock.due_ticks(NOW) == []  # behind: held
     inputs.positions[0] = None  # paused (an operator's /pause, a recovery)
-    clock[0] += 10 * orders.STALLED_SECONDS
-    assert processor.due_ticks(NOW) == []
+    clock[0] += 10 * clocks.STALLED_SECONDS
+    assert processor.clock.due_ticks(NOW) == []
     inputs.positions[0] = (3, None)  # resumed, still behind: the pause is not a stall
-    assert processor.due_ticks(NOW) == []
-    clock[0] += orders.STALLED_SECONDS + 1
-    assert len(processor.due_ticks(NOW)) == 1
+    assert processor.clock.due_ticks(NOW) == []
+    clock[0] += clocks.STALLED_SECONDS + 1
+    assert len(processor.clock.due_ticks(NOW)) == 1

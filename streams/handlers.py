@@ -1,0 +1,376 @@
+"""One handler per input kind: decode the record, load the customer, call the core, stage the
+result in the running batch (``streams.checkpoint``). A record that cannot be used goes to the
+dead-letter topic with its reason; the decisions themselves are ``models``'.
+
+Inputs: the orders topic (``on_order``), the consent and erasure topics (``on_consent``,
+``on_erasure``) and the internal clock topic (``on_tick``: a due time passed, or a
+re-evaluation under a new calibration or rule set).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
+
+from models.events import Transition
+from models.privacy import consented
+from models.state import CustomerState, compute_metrics, state_key
+from models.transitions import (
+    OrderRejected,
+    SegmentModel,
+    apply_consent,
+    apply_order,
+    current_metrics,
+    due_transitions,
+    erase,
+    next_due,
+    reevaluate,
+    remember_due,
+)
+from streams.checkpoint import Cache, Change, Checkpoint, Store
+from streams.clock import Clock
+from streams.codecs import (
+    DecodeError,
+    decode_consent,
+    decode_erasure,
+    decode_order,
+    decode_stored_due,
+)
+from streams.dlq import DeadLetters, SourceRecord
+from streams.metrics import WorkerMetrics
+from streams.shop_models import ShopModels
+from streams.sink import TransitionSink
+
+log = logging.getLogger(__name__)
+
+# Every this many order records (by offset), the worker checks that the record is in the
+# partition Kafka's default partitioner gives its key; a warning at most this often.
+PARTITION_CHECK_EVERY = 64
+MISROUTED_LOG_SECONDS = 60.0
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Where a customer's data lives: the customer table, the erasure markers, the Redis copy;
+    and the orders topic's partition count (None: records are not checked against Kafka's
+    default partitioner)."""
+
+    customers: Store
+    erasures: Any  # streams.framework.tables.TableStore
+    cache: Cache
+    partitions: int | None = None
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where records go: transitions to the sink, rejects to the dead-letter topic, erasure
+    receipts to their topic (a topic whose ``send`` returns the delivery)."""
+
+    sink: TransitionSink
+    dead_letters: DeadLetters
+    receipts: Any = None
+
+
+class Handlers:
+    """Applies order events, privacy requests and clock ticks to the customers."""
+
+    def __init__(
+        self,
+        models: ShopModels,
+        stores: Stores,
+        outputs: Outputs,
+        checkpoint: Checkpoint,
+        clock: Clock,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.models = models
+        self.stores = stores
+        self.outputs = outputs
+        self.checkpoint = checkpoint
+        self.clock = clock
+        self.metrics = metrics
+        # Customers in the table of this worker's partitions.
+        self.customers = 0
+        self._partitioner = DefaultPartitioner()
+        self._misrouted_logged = float("-inf")
+
+    # -- orders ---------------------------------------------------------------------------------
+
+    async def on_order(self, record: SourceRecord) -> None:
+        """One record of the orders topic; a record that cannot be used is dead-lettered."""
+        with self.metrics.processing.time():
+            await self._on_order(record)
+        self.clock.order_read(record)
+        partitions = self.stores.partitions
+        if partitions and record.offset % PARTITION_CHECK_EVERY == 0 and record.key:
+            self._check_partition(record, list(range(partitions)))
+
+    async def _on_order(self, record: SourceRecord) -> None:
+        order = await self._decoded(record, decode_order)
+        if order is None:
+            return
+        partition = record.partition
+        try:
+            if self.clock.mode == "event":
+                now = self.clock.index.advance_watermark(partition, order.occurred_at)
+                await self._fire_due(partition, now)
+            state = self._load(state_key(order.shop_id, order.customer_id), partition)
+            if state is None and self._erased(order.shop_id, order.customer_id, partition):
+                # Erased: a fresh state only after consent is given again. Counted, logged.
+                self.metrics.skipped_erased.inc()
+                log.info(
+                    "order of an erased customer skipped at %s[%d]@%d",
+                    record.topic,
+                    partition,
+                    record.offset,
+                    extra=_position(record),
+                )
+                return
+            model = self.models.model_for(order.shop_id)
+            new_state, transitions = apply_order(state, order, model)
+        except OrderRejected as exc:
+            await self._dead_letter(record, exc.reason, str(exc))
+            return
+        except Exception as exc:  # a bug on one record must not stop the stream: park it, loudly
+            log.exception(
+                "processing %s[%d]@%d failed",
+                record.topic,
+                partition,
+                record.offset,
+                extra=_position(record),
+            )
+            await self._dead_letter(record, "processing_error", repr(exc))
+            return
+        if order.type != "order_placed":
+            kept = new_state.orders.get(order.order_id)
+            if kept is not None and kept.placed_at is None and new_state is not state:
+                self._unmatched(record, order.type, order.order_id)
+        await self._save(partition, new_state, transitions, previous=state)
+
+    def _unmatched(self, record: SourceRecord, kind: str, order_id: str) -> None:
+        """A cancellation or refund of an order not seen yet: it waits in the state for its
+        order (events can arrive out of order); counted and logged, since a wrong order_id or
+        shop_id would otherwise wait unnoticed for ever."""
+        self.metrics.labelled(self.metrics.unmatched, kind).inc()
+        log.info(
+            "%s of order %s, which the customer's state does not hold (yet), at %s[%d]@%d",
+            kind,
+            order_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            extra=_position(record),
+        )
+
+    def _check_partition(self, record: SourceRecord, partitions: list[int]) -> None:
+        """Count (and log, at most once a minute) an order record in another partition than
+        Kafka's default partitioner (murmur2, the Java client's and aiokafka's) gives its key:
+        the consent and erasure requests keyed the same way land where the customer's state is
+        only if the shop's producers partition like that (librdkafka's default does not)."""
+        expected = self._partitioner(record.key, partitions, partitions)
+        if expected == record.partition:
+            return
+        self.metrics.misrouted.inc()
+        now = time.monotonic()
+        if now - self._misrouted_logged >= MISROUTED_LOG_SECONDS:
+            self._misrouted_logged = now
+            log.warning(
+                "order record at %s[%d]@%d is in partition %d, Kafka's default partitioner "
+                "gives its key partition %d: producers must partition by murmur2 of the key "
+                "(librdkafka clients: partitioner=murmur2_random), or erasure and consent "
+                "requests miss the customer's state",
+                record.topic,
+                record.partition,
+                record.offset,
+                record.partition,
+                expected,
+                extra=_position(record),
+            )
+
+    # -- privacy --------------------------------------------------------------------------------
+
+    async def on_consent(self, record: SourceRecord) -> None:
+        """One record of the consent topic."""
+        event = await self._decoded(record, decode_consent)
+        if event is None:
+            return
+        state = self._load(state_key(event.shop_id, event.customer_id), record.partition)
+        if event.type == "consent_granted":
+            self.stores.erasures.pop(self.models.privacy.marker(event.shop_id, event.customer_id))
+        elif state is None and self._erased(event.shop_id, event.customer_id, record.partition):
+            return  # erased: nothing to withdraw from, and nothing to store
+        new_state, transitions = apply_consent(state, event, self.models.model_for(event.shop_id))
+        await self._save(record.partition, new_state, transitions, previous=state)
+
+    async def on_erasure(self, record: SourceRecord) -> None:
+        """One record of the erasure topic: delete every copy we hold, then send a receipt."""
+        event = await self._decoded(record, decode_erasure)
+        if event is None:
+            return
+        # Deletes are not batched: the batch so far is written first, so the erasure follows
+        # every earlier change of the customer.
+        await self.checkpoint.write_running()
+        key = state_key(event.shop_id, event.customer_id)
+        state = self._load(key, record.partition)
+        if state is not None:
+            model = self.models.model_for(event.shop_id)
+            await self.outputs.sink.send(erase(state, event, model), force=True)
+            self.stores.customers.delete(key.encode())  # a tombstone on the compacted changelog
+            self.customers -= 1
+        self.clock.forget(record.partition, key)
+        cache_removed = await self.stores.cache.remove(event.shop_id, event.customer_id)
+        self.stores.erasures.put(
+            self.models.privacy.marker(event.shop_id, event.customer_id),
+            event.occurred_at.isoformat().encode(),
+        )
+        # The tombstone and the erasure marker reach the changelog before the erasure's offset
+        # can be committed: a crash after that must not bring the customer back.
+        await self.stores.customers.durable()
+        receipt = {
+            "type": "erasure_completed",
+            "request_id": event.request_id,
+            "shop_id": event.shop_id,
+            "requested_at": event.occurred_at.isoformat(),
+            "completed_at": datetime.now(UTC).isoformat(),
+            "state_deleted": state is not None,
+            "cache_deleted": cache_removed,
+            "cache_deletion_pending": not cache_removed,
+        }
+        self.checkpoint.track(
+            await self.outputs.receipts.send(
+                key=event.request_id.encode(), value=orjson.dumps(receipt)
+            )
+        )
+
+    def _erased(self, shop_id: str, customer_id: str, partition: int) -> bool:
+        marker = self.models.privacy.marker(shop_id, customer_id)
+        return self.stores.erasures.get(partition, marker) is not None
+
+    # -- time and re-evaluation -----------------------------------------------------------------
+
+    async def on_tick(self, record: SourceRecord) -> None:
+        """A clock tick for one customer (see ``Clock.due_ticks`` and ``reevaluation_ticks``)."""
+        try:
+            tick = orjson.loads(record.value or b"")
+            if tick.get("kind", "due") == "reevaluate":
+                await self._reevaluate_key(record.partition, tick["key"])
+            else:
+                now = datetime.fromisoformat(tick["now"])
+                await self._fire_key(record.partition, tick["key"], now)
+        except Exception as exc:
+            log.exception(
+                "clock tick %s[%d]@%d failed", record.topic, record.partition, record.offset
+            )
+            await self._dead_letter(record, "processing_error", repr(exc))
+
+    async def _fire_due(self, partition: int, now: datetime) -> None:
+        for key, _due in self.clock.index.pop_due(partition, now):
+            await self._fire_key(partition, key, now)
+
+    async def _fire_key(self, partition: int, key: str, now: datetime) -> None:
+        self.clock.in_flight.pop(key, None)
+        state = self._load(key, partition)
+        if state is None:
+            return
+        model = self.models.model_for(state.shop_id)
+        new_state, transitions = due_transitions(state, now, model)
+        await self._save(partition, new_state, transitions, previous=state)
+
+    async def _reevaluate_key(self, partition: int, key: str) -> None:
+        state = self._load(key, partition)
+        if state is None:
+            return
+        now = self.clock.reevaluation_time(partition, state.as_of)
+        new_state, transitions = reevaluate(state, self.models.model_for(state.shop_id), now)
+        # Saved even when nothing changed (then Redis only): a tick replayed after a crash
+        # finds its effect in the table, while the crash may have lost its Redis write.
+        await self._save(partition, new_state, transitions, previous=state)
+
+    # -- load and save --------------------------------------------------------------------------
+
+    def _load(self, key: str, partition: int) -> CustomerState | None:
+        state = self.checkpoint.staged(key)  # this batch's changes, then the last one's
+        if state is not None:
+            return state
+        value = self.stores.customers.get(partition, key.encode())
+        return None if value is None else load_stored(value, self.models.model_for)
+
+    async def _save(
+        self,
+        partition: int,
+        state: CustomerState,
+        transitions: list[Transition],
+        *,
+        previous: CustomerState | None,
+    ) -> None:
+        """Stage the customer's state in the running batch, after its transitions.
+
+        ``previous`` is the state it was decided from (None: a new customer). An unchanged
+        state goes to Redis again but not to the table: a record processed again after a crash
+        can find its effect already in the table while the crash lost the Redis write (or left
+        it pending)."""
+        emitted_at = self.outputs.sink.stage(transitions)
+        if previous is None:
+            self.customers += 1
+        changed = previous is None or state.revision != previous.revision
+        model = self.models.model_for(state.shop_id)
+        consenting = consented(state, model.consent_required)
+        # The next due time, scheduled at once (later records of the batch may reach it) and
+        # stored with the state.
+        due = next_due(state, model) if consenting else None
+        self.clock.index.schedule(partition, state.key, due)
+        earlier = self.checkpoint.earlier_emission(state.key)
+        emitted = emitted_at if transitions or earlier is None else earlier
+        figures = cache_figures(state, model, emitted) if consenting else None
+        self.checkpoint.stage(state.key, Change(partition, state, due, changed, figures, emitted))
+
+    # -- decoding and rejects -------------------------------------------------------------------
+
+    async def _decoded(
+        self, record: SourceRecord, decode: Callable[[bytes | None, bytes | None, datetime], E]
+    ) -> E | None:
+        """The record's event under its pseudonym, counted; None if it was dead-lettered."""
+        try:
+            event = decode(record.key, record.value, datetime.now(UTC))
+        except DecodeError as exc:
+            await self._dead_letter(record, exc.reason, str(exc))
+            return None
+        event = self.models.privacy.identify(event)
+        kind: str = event.type  # type: ignore[attr-defined]
+        self.metrics.labelled(self.metrics.events, kind).inc()
+        return event
+
+    async def _dead_letter(self, record: SourceRecord, reason: str, message: str) -> None:
+        self.checkpoint.track(await self.outputs.dead_letters.send(record, reason, message))
+
+
+def cache_figures(
+    state: CustomerState, model: SegmentModel, fallback: datetime | None = None
+) -> Any:
+    """The figures cached for the customer: as of their latest instant, with the scores the
+    segment was decided with."""
+    if state.as_of is not None:
+        return current_metrics(state, model)
+    at = fallback or datetime.now(UTC)
+    return compute_metrics(state, at, model.rules, model.calibration)
+
+
+def load_stored(value: bytes, model_for: Callable[[str], SegmentModel]) -> CustomerState:
+    """The state of a table value, its stored due time handed to ``next_due`` (which then
+    need not compute it for the loaded state; ``model_for`` gives a shop's model)."""
+    stored = decode_stored_due(value)
+    if stored.due_known:
+        remember_due(stored.state, model_for(stored.state.shop_id), stored.due)
+    return stored.state
+
+
+def _position(record: SourceRecord) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}

@@ -1,0 +1,183 @@
+"""A worker's processing, assembled: the shop models, the clock, the checkpoint and the
+handlers; and the scans of the whole table they need (after recovery or a rebalance, after a
+new calibration, after Redis lost its data)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from models.privacy import consented
+from models.scoring import Calibration
+from models.state import CustomerState
+from models.transitions import needs_reevaluation, next_due
+from streams.checkpoint import Checkpoint, Handler
+from streams.clock import Clock
+from streams.codecs import decode_header, decode_stored
+from streams.dlq import SourceRecord
+from streams.handlers import Handlers, cache_figures
+from streams.metrics import WorkerMetrics
+from streams.shop_models import ShopModels
+
+log = logging.getLogger(__name__)
+
+
+class Processor:
+    """The handlers of one worker, with the scans and the counters operators read."""
+
+    def __init__(self, handlers: Handlers) -> None:
+        self.handlers = handlers
+        self.models: ShopModels = handlers.models
+        self.clock: Clock = handlers.clock
+        self.checkpoint: Checkpoint = handlers.checkpoint
+        self.metrics: WorkerMetrics = handlers.metrics
+        self.on_order = handlers.on_order
+        self.on_consent = handlers.on_consent
+        self.on_erasure = handlers.on_erasure
+        self.on_tick = handlers.on_tick
+
+    @property
+    def customers(self) -> int:
+        """Customers in the table of this worker's partitions."""
+        return self.handlers.customers
+
+    async def on_batch(
+        self,
+        items: Sequence[tuple[SourceRecord, Handler]],
+        activate: Callable[[int], None],
+        written: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        await self.checkpoint.run(items, activate, written)
+
+    async def drain(self) -> None:
+        await self.checkpoint.drain()
+
+    async def set_calibration(self, calibration: Calibration) -> bool:
+        """Adopt a shop's newer calibration; True if adopted (its customers get re-evaluated)."""
+        if not self.models.adopt(calibration):
+            return False
+        self.clock.pending_reevaluation += await self._stale_customers(calibration.shop_id)
+        return True
+
+    async def _stale_customers(self, shop_id: str) -> list[tuple[int, str]]:
+        """Customers of the shop evaluated under another calibration, in the table or only in
+        a batch not written yet; yields to the event loop now and then, skips (and logs)
+        values it cannot read."""
+        stale = []
+        prefix = f"{shop_id}/".encode()
+        model = self.models.model_for(shop_id)
+        # States of the running batch and of the one being committed: they reach the table only
+        # after this scan has passed them, or never if no later record touches the customer.
+        for change in self.checkpoint.staged_changes():
+            if change.state.shop_id == shop_id and needs_reevaluation(change.state, model):
+                stale.append((change.partition, change.state.key))
+        for count, (key, value) in enumerate(self.handlers.stores.customers.items(), start=1):
+            if count % 1000 == 0:
+                await asyncio.sleep(0)
+            if not key.startswith(prefix):
+                continue
+            try:
+                header = decode_header(value)
+                if header is None:
+                    partition, state = decode_stored(value)
+                    if needs_reevaluation(state, model):
+                        stale.append((partition, state.key))
+                elif (header.rule_version, header.calibration_version) != (
+                    model.rules.version,
+                    model.calibration.version,
+                ):
+                    stale.append((header.partition, header.key))
+            except Exception:
+                log.exception("cannot read the stored state of %r", key)
+        return list(dict.fromkeys(stale))  # once each, in the table too or not
+
+    async def rebuild_index(self) -> None:
+        """After recovery or a rebalance: due times and the customers evaluated under another
+        rule set or calibration, from the table's contents.
+
+        Not the partitions' event time: the table can be ahead of the committed offsets (a
+        batch is written before its offsets are committed, and a crash can leave part of one
+        written), and the replayed records must see the event time they saw the first time.
+        Taken from the newest stored state, it would find a customer whose replayed orders are
+        still to come inactive before them. It starts again with the first record.
+
+        Yields to the event loop now and then, so a large table does not starve the consumer's
+        heartbeats; a value that cannot be decoded is logged and skipped, never fatal.
+        """
+        self.clock.reset()
+        failed = 0
+        count = 0
+        for count, value in enumerate(self.handlers.stores.customers.values(), start=1):
+            try:
+                self._index_value(value)
+            except Exception:
+                failed += 1
+                log.exception("cannot index a stored customer state")
+            if count % 1000 == 0:
+                await asyncio.sleep(0)
+        self.handlers.customers = count
+        log.info(
+            "due index rebuilt: %d customers with a due time, %d to re-evaluate, %d unreadable",
+            len(self.clock.index),
+            len(self.clock.pending_reevaluation),
+            failed,
+        )
+
+    def _index_value(self, value: bytes) -> None:
+        """Schedule one stored customer: from the stored due time when the state was evaluated
+        under the current rules and calibration (no decoding of the state), else in full."""
+        header = decode_header(value)
+        if header is not None:
+            model = self.models.model_for(header.shop_id)
+            if (header.rule_version, header.calibration_version) == (
+                model.rules.version,
+                model.calibration.version,
+            ):
+                self.clock.index.schedule(header.partition, header.key, header.due)
+                return
+        # No header, or decided under other rules or cut-offs: decode, re-evaluate soon.
+        partition, state = decode_stored(value)
+        model = self.models.model_for(state.shop_id)
+        if needs_reevaluation(state, model):
+            self.clock.pending_reevaluation.append((partition, state.key))
+        self.clock.index.schedule(partition, state.key, next_due(state, model))
+
+    async def resync_cache(self, partitions: set[int], batch: int = 500) -> int:
+        """Write every consenting customer of ``partitions`` to Redis again (after Redis lost
+        its data); returns how many. Yields to the event loop between batches."""
+        cache = self.handlers.stores.cache
+        written = 0
+        pending: list[tuple[CustomerState, Any]] = []
+        for value in list(self.handlers.stores.customers.values()):
+            try:
+                partition, state = decode_stored(value)
+            except Exception:
+                log.exception("cannot read a stored customer state")
+                continue
+            model = self.models.model_for(state.shop_id)
+            if partition not in partitions or not consented(state, model.consent_required):
+                continue
+            pending.append((state, cache_figures(state, model)))
+            if len(pending) >= batch:
+                await cache.write(pending)
+                written += len(pending)
+                pending = []
+                await asyncio.sleep(0)
+        if pending:
+            await cache.write(pending)
+            written += len(pending)
+        return written
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for operators (served by the worker at ``/stats``)."""
+        cache: Any = self.handlers.stores.cache
+        return {
+            "events": self.metrics.event_counts(),
+            "dead_letters": self.metrics.dead_letter_counts(),
+            "customers_with_due_time": len(self.clock.index),
+            "pending_reevaluation": len(self.clock.pending_reevaluation),
+            "calibrations": {s: c.version for s, c in sorted(self.models.calibrations.items())},
+            "redis": {"pending_writes": cache.pending, "write_errors": cache.errors},
+        }

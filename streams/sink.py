@@ -1,0 +1,105 @@
+"""The transition sink: transitions staged in an outbox while a batch is processed, sent
+together when it ends (``flush``), or dropped when the batch is processed again (``discard``).
+
+Every transition goes to the transitions topic; to the marketing topic of its type unless the
+routing keeps it off (a backfill, or a cause kept off marketing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from models.events import Transition
+from streams.codecs import encode_transition
+from streams.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Outbox(Protocol):
+    """Records held for the producer (``streams.framework.outbox.Outbox``)."""
+
+    def add(self, topic: str, key: bytes, value: bytes | None) -> None: ...
+
+    async def send(self) -> list[asyncio.Future[Any]]: ...
+
+    def clear(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where transitions go: every one to ``transitions``; to the marketing topic of its type
+    (``marketing``: transition name -> topic) unless it is a backfill and backfills are kept
+    off, or its cause is kept off."""
+
+    transitions: str
+    marketing: Mapping[str, str]
+    backfill: bool = False
+    marketing_skip_backfill: bool = True
+    marketing_skip_causes: frozenset[str] = frozenset()
+
+
+class TransitionSink:
+    """Stages transitions in the outbox; ``flush`` sends what is staged."""
+
+    def __init__(self, outbox: Outbox, routing: Routing, metrics: WorkerMetrics) -> None:
+        self.outbox = outbox
+        self.routing = routing
+        self.metrics = metrics
+
+    def stage(self, transitions: list[Transition], force: bool = False) -> datetime:
+        """Hold transitions for the transitions topic and the marketing topics (``force``: to
+        marketing whatever the backfill setting: an erasure must reach downstream); returns
+        the emission time."""
+        emitted_at = datetime.now(UTC)
+        debug = log.isEnabledFor(logging.DEBUG)
+        route = self.routing
+        to_marketing = force or not (route.backfill and route.marketing_skip_backfill)
+        metrics = self.metrics
+        for transition in transitions:
+            metrics.labelled(
+                metrics.transitions, transition.transition, transition.cause.kind
+            ).inc()
+            if not route.backfill:
+                delay = (emitted_at - transition.event_time).total_seconds()
+                metrics.transition_delay.observe(max(delay, 0.0))
+            key = transition.customer_id.encode()
+            value = encode_transition(transition, emitted_at, route.backfill)
+            self.outbox.add(route.transitions, key, value)
+            if debug:  # no log record is built per transition unless asked for
+                log.debug(
+                    "transition %s of %s",
+                    transition.transition,
+                    transition.customer_id,
+                    extra={
+                        "event_id": transition.event_id,
+                        "shop_id": transition.shop_id,
+                        "customer_id": transition.customer_id,
+                        "transition": transition.transition,
+                        "cause": transition.cause.kind,
+                    },
+                )
+            marketing = route.marketing.get(transition.transition)
+            skip = transition.cause.kind in route.marketing_skip_causes
+            if marketing is not None and to_marketing and not skip:
+                self.outbox.add(marketing, key, value)
+        return emitted_at
+
+    async def flush(self) -> list[asyncio.Future[Any]]:
+        """Send everything staged; the futures resolve once the broker has acknowledged it."""
+        return await self.outbox.send()
+
+    def discard(self) -> None:
+        """Drop everything staged (its batch is processed again)."""
+        self.outbox.clear()
+
+    async def send(self, transitions: list[Transition], force: bool = False) -> datetime:
+        """Stage, send and wait until the broker has acknowledged everything staged."""
+        emitted_at = self.stage(transitions, force)
+        await asyncio.gather(*await self.flush())
+        return emitted_at

@@ -1,0 +1,200 @@
+"""In-memory stand-ins for the worker's adapters (the outbox, the tables, Redis), for tests of
+the processing's own logic: the commit protocol, the clock, the handlers. The real adapters
+are tested against the real broker and Redis in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from config.rules import load_rules
+from models.rules import SegmentRules
+from streams.checkpoint import Checkpoint
+from streams.clock import Clock, ClockMode, InputEnd
+from streams.dlq import DeadLetters
+from streams.handlers import Handlers, Outputs, Stores
+from streams.metrics import WorkerMetrics
+from streams.processor import Processor
+from streams.shop_models import ShopModels
+from streams.sink import Routing, TransitionSink
+
+
+class Log(list[tuple[str, Any]]):
+    """What happened, in order; ``batches[i]``: the batch whose record was the current event
+    (set by the batch's ``activate``) when entry ``i`` happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch: int | None = None
+        self.batches: list[int | None] = []
+
+    def append(self, entry: tuple[str, Any]) -> None:
+        super().append(entry)
+        self.batches.append(self.batch)
+
+    def activate(self, batch: int) -> Any:
+        return lambda _index: setattr(self, "batch", batch)
+
+
+class Outbox:
+    """Holds records until ``send``; logs ("send", event id) per record sent. Deliveries are
+    acknowledged at once, or (``manual``) only when ``ack_all`` is called."""
+
+    def __init__(self, log: list[tuple[str, Any]], manual: bool = False) -> None:
+        self.log = log
+        self.manual = manual
+        self.held: list[tuple[str, bytes, bytes | None]] = []
+        self.pending: list[asyncio.Future[None]] = []
+        self.flushes = 0
+
+    def add(self, topic: str, key: bytes, value: bytes | None) -> None:
+        self.held.append((topic, key, value))
+
+    async def send(self) -> list[asyncio.Future[None]]:
+        held, self.held = self.held, []
+        self.flushes += 1
+        self.log.append(("flush", len(held)))
+        return [self._sent(value) for _topic, _key, value in held]
+
+    def clear(self) -> None:
+        self.held = []
+
+    def _sent(self, value: bytes | None) -> asyncio.Future[None]:
+        self.log.append(("send", orjson.loads(value or b"{}")["event_id"]))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.manual:
+            self.pending.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+    def ack_all(self) -> None:
+        for future in self.pending:
+            future.set_result(None)
+        self.pending.clear()
+
+
+class Topic:
+    """A topic whose ``send`` returns the delivery: acknowledged at once, or (``manual``) by
+    hand through ``pending``."""
+
+    def __init__(self, manual: bool = False) -> None:
+        self.manual = manual
+        self.sent: list[tuple[Any, Any]] = []
+        self.pending: list[asyncio.Future[None]] = []
+
+    async def send(self, key: Any, value: Any, headers: Any = None) -> asyncio.Future[None]:
+        self.sent.append((key, value))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.manual:
+            self.pending.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+
+Row = tuple[int, bytes, bytes]
+
+
+class Store(dict[bytes, bytes]):
+    """A table: ``put_many`` logs ("write", key) per row and counts writes per key; ``durable``
+    waits for ``gate`` when one is set."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.log = log
+        self.writes: Counter[bytes] = Counter()
+        self.calls: list[list[Row]] = []
+        self.gate: asyncio.Event | None = None
+
+    def get(self, partition: int, key: bytes) -> bytes | None:  # type: ignore[override]
+        return super().get(key)
+
+    def put_many(self, rows: Sequence[Row]) -> None:
+        if rows:
+            self.calls.append(list(rows))
+            self.log.append(("rows", len(rows)))
+        for _partition, key, value in rows:
+            self.log.append(("write", key))
+            self.writes[key] += 1
+            self[key] = value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self[key] = value
+
+    def delete(self, key: bytes) -> None:  # like a Faust table: a tombstone, even if absent
+        self.log.append(("delete", key))
+        super().pop(key, None)
+
+    def pop(self, key: bytes, default: Any = None) -> Any:  # type: ignore[override]
+        return super().pop(key, default)
+
+    async def durable(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+
+
+class Cache:
+    pending = 0
+    errors = 0
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+        self.written: dict[str, int] = {}
+        self.figures: dict[str, Any] = {}  # the last figures written per customer
+        self.calls = 0
+
+    async def write(self, items: Any) -> None:
+        items = list(items)
+        if items:
+            self.calls += 1
+            self.log.append(("redis", len(items)))
+        for state, metrics in items:
+            self.written[state.key] = max(self.written.get(state.key, 0), state.revision)
+            self.figures[state.key] = metrics
+
+    async def remove(self, shop_id: str, customer_id: str) -> bool:
+        return True
+
+
+class Worker:
+    """A processor over fakes, and the fakes."""
+
+    def __init__(
+        self,
+        *,
+        manual: bool = False,
+        clock: ClockMode = "event",
+        input_end: InputEnd | None = None,
+        rules: SegmentRules | None = None,
+        partitions: int | None = None,
+        backfill: bool = True,
+    ) -> None:
+        self.log = Log()
+        self.outbox = Outbox(self.log, manual)
+        self.table = Store(self.log)
+        self.erasures = Store(Log())
+        self.cache = Cache(self.log)
+        self.dead_letters = Topic()
+        self.receipts = Topic()
+        self.failures: list[BaseException] = []
+        metrics = WorkerMetrics()
+        sink = TransitionSink(self.outbox, Routing("transitions", {}, backfill=backfill), metrics)
+        checkpoint = Checkpoint(self.table, self.cache, sink, self.failures.append)
+        handlers = Handlers(
+            ShopModels(rules or load_rules(), {}),
+            Stores(self.table, self.erasures, self.cache, partitions),
+            Outputs(sink, DeadLetters(self.dead_letters), self.receipts),
+            checkpoint,
+            Clock(clock, input_end),
+            metrics,
+        )
+        self.processor = Processor(handlers)
+
+    def sent(self) -> list[str]:
+        """Event ids of the transitions sent, in order."""
+        return [item for kind, item in self.log if kind == "send"]
