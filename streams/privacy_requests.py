@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from config.settings import Settings
 from streams.clients import started
+from streams.framework.consumer import current_partitions
 
 
 async def request_erasure(
@@ -51,8 +52,7 @@ async def request_erasure(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer._client.force_metadata_update()
-    partitions = consumer.partitions_for_topic(topic)
+    partitions = await current_partitions(consumer, topic)
     if not partitions:
         raise ConnectionError(f"topic {topic} does not exist (has a worker ever run?)")
     return [TopicPartition(topic, p) for p in sorted(partitions)]
