@@ -123,6 +123,7 @@ class OrderRefunded(_WithCurrency):
         return self.refund_id or self.occurred_at.isoformat()
 
 
+OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
 OrderEvent = Annotated[OrderPlaced | OrderCancelled | OrderRefunded, Field(discriminator="type")]
 ORDER_EVENT: Final[TypeAdapter[OrderPlaced | OrderCancelled | OrderRefunded]] = TypeAdapter(
     OrderEvent

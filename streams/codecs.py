@@ -12,17 +12,18 @@ from typing import Any, Final, NamedTuple, TypeVar
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from models.due import DUE_VERSION
 from models.events import (
     CONSENT_EVENT,
     ERASURE_EVENT,
     ORDER_EVENT,
     ConsentChanged,
     ErasureRequested,
+    OrderEventT,
     Transition,
 )
 from models.scoring import Calibration
 from models.state import SCHEMA_VERSION, CustomerState, state_key
-from models.transitions import DUE_VERSION, OrderEventT
 
 MAX_ORDER_BYTES: Final = 256 * 1024
 ORDER_TYPES: Final = frozenset({"order_placed", "order_cancelled", "order_refunded"})

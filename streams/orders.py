@@ -41,25 +41,26 @@ from typing import Any, Literal, TypeVar
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
+from models.due import next_due, remember_due
 from models.events import Transition
+from models.fold import (
+    OrderRejected,
+    apply_consent,
+    apply_order,
+    due_transitions,
+    erase,
+    reevaluate,
+)
 from models.privacy import consented, erasure_marker, pseudonym
 from models.rules import SegmentRules
 from models.scoring import Calibration
-from models.state import CustomerState, compute_metrics, state_key
-from models.transitions import (
-    OrderRejected,
+from models.segment_model import (
     SegmentModel,
-    apply_consent,
-    apply_order,
     bootstrap_calibration,
     current_metrics,
-    due_transitions,
-    erase,
     needs_reevaluation,
-    next_due,
-    reevaluate,
-    remember_due,
 )
+from models.state import CustomerState, compute_metrics, state_key
 from streams.clock import DueIndex
 from streams.codecs import (
     DecodeError,

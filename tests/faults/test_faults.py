@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaProducer
 
 from config.rules import load_rules
 from config.settings import Settings
+from models.segment_model import bootstrap_calibration
 from models.state import compute_metrics
-from models.transitions import bootstrap_calibration
 from streams.app import marketing_transitions
 from streams.changelog import read_table, read_topic
 from streams.devstack import Devstack

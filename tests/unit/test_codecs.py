@@ -108,7 +108,8 @@ def test_shop_ids_cannot_contain_key_separators() -> None:
 
 def _real_state() -> CustomerState:
     from config.rules import load_rules
-    from models.transitions import SegmentModel, apply_order, bootstrap_calibration
+    from models.fold import apply_order
+    from models.segment_model import SegmentModel, bootstrap_calibration
 
     rules = load_rules()
     model = SegmentModel(rules, bootstrap_calibration(rules, "default"))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from models.due import next_due
 from models.events import CONSENT_EVENT, ERASURE_EVENT
+from models.fold import apply_consent, erase
 from models.privacy import erasure_marker, pseudonym
-from models.transitions import SegmentModel, apply_consent, erase, next_due
+from models.segment_model import SegmentModel
 from tests.factories import at, placed
 from tests.unit.core import MODEL, fold, segment_moves
 

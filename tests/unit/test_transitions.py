@@ -6,18 +6,12 @@ from datetime import timedelta
 
 import pytest
 
+from models.due import next_due
+from models.fold import OrderRejected, apply_order, due_transitions, reevaluate
 from models.frozen import evolve
 from models.scoring import Calibration, Cutoffs
+from models.segment_model import SegmentModel, needs_reevaluation
 from models.state import compute_metrics
-from models.transitions import (
-    OrderRejected,
-    SegmentModel,
-    apply_order,
-    due_transitions,
-    needs_reevaluation,
-    next_due,
-    reevaluate,
-)
 from tests.factories import at, cancelled, model, placed, refunded
 from tests.unit.core import MODEL, RULES, fold, segment_changes, segment_moves
 
