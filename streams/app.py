@@ -24,7 +24,7 @@ from faust.web import View
 from redis.exceptions import RedisError
 
 from config.settings import Settings
-from models.events import transition_name, transition_names
+from models.routing import marketing_transitions
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams import faust_corrections, intake
@@ -71,12 +71,6 @@ class ProducerTopic:
 
 def broker_urls(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
-
-
-def marketing_transitions(rules: SegmentRules) -> list[str]:
-    """Transition names with a marketing topic of their own (segments may opt out)."""
-    quiet = {transition_name(s.name) for s in rules.segments if not s.marketing}
-    return [name for name in transition_names(rules.segment_names) if name not in quiet]
 
 
 def create_app(

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from config.rules import load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
-from streams.app import marketing_transitions
+from models.routing import marketing_transitions
 from streams.calibrations import recalibrate
 from streams.changelog import count_records, read_table
 from streams.clients import started

@@ -20,9 +20,10 @@ from aiokafka.errors import KafkaError
 
 from config.rules import load_checked_rules
 from config.settings import Settings
+from models.routing import marketing_transitions
 from models.rules import SegmentRules
 from models.scoring import Calibration
-from streams.app import create_app, marketing_transitions
+from streams.app import create_app
 from streams.calibrations import read_calibrations
 from streams.topics import ensure_topics
 

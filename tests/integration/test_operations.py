@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from config.rules import load_rules
+from models.routing import marketing_transitions
 from models.state import CustomerState
-from streams.app import marketing_transitions
 from streams.codecs import encode_stored
 from streams.devstack import Devstack
 from streams.lag import group_lag

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from config.rules import load_rules
-from streams.app import marketing_transitions
+from models.routing import marketing_transitions
 from streams.changelog import read_table, read_topic
 from streams.replay import publish
 from streams.topics import ensure_topics

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from config.rules import load_rules
-from streams.app import marketing_transitions
+from models.routing import marketing_transitions
 from streams.calibrations import recalibrate
 from streams.changelog import read_table, read_topic
 from streams.lag import group_lag

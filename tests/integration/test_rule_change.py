@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from config.rules import DEFAULT_RULES_FILE, load_rules
-from streams.app import marketing_transitions
+from models.routing import marketing_transitions
 from streams.changelog import read_topic
 from streams.lag import group_lag
 from streams.replay import publish
