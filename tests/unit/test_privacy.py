@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from models.due import next_due
-from models.events import CONSENT_EVENT, ERASURE_EVENT
+from models.events import CONSENT_EVENT, ERASURE_EVENT, erasure_receipt
 from models.fold import apply_consent, erase
 from models.privacy import erasure_marker, pseudonym
 from models.segment_model import SegmentModel
@@ -65,6 +67,34 @@ def test_erasure_tells_downstream_the_customer_left_everything() -> None:
     moves = erase(state, request, MODEL)
     assert segment_moves(moves) == [("potential_loyalist", None, "erasure")]
     assert {t.change for t in moves if t.type == "tag_changed"} == {"removed"}
+
+
+@pytest.mark.parametrize(
+    ("state_deleted", "cache_deleted"), [(True, True), (True, False), (False, True), (False, False)]
+)
+def test_an_erasure_receipt_says_what_was_deleted(state_deleted: bool, cache_deleted: bool) -> None:
+    request = ERASURE_EVENT.validate_python(
+        {
+            "customer_id": "c1",
+            "shop_id": "s1",
+            "request_id": "r-1",
+            "occurred_at": at(9).isoformat(),
+        }
+    )
+    receipt = erasure_receipt(
+        request, state_deleted=state_deleted, cache_deleted=cache_deleted, completed_at=at(10)
+    )
+    assert receipt.model_dump() == {
+        "type": "erasure_completed",
+        "request_id": "r-1",
+        "shop_id": "s1",
+        "requested_at": at(9),
+        "completed_at": at(10),
+        "state_deleted": state_deleted,
+        "cache_deleted": cache_deleted,
+        "cache_deletion_pending": not cache_deleted,
+    }
+    assert "c1" not in receipt.model_dump_json()  # the receipt names the request, not the customer
 
 
 def test_pseudonyms_are_keyed_stable_and_per_shop() -> None:
