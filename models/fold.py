@@ -135,6 +135,20 @@ def apply_order(
     return new_state, fired + changed
 
 
+def waits_for_its_order(
+    previous: CustomerState | None, new: CustomerState, event: OrderEventT
+) -> bool:
+    """Whether ``event`` is a cancellation or refund of an order the customer's state does not
+    hold yet, newly recorded: it waits in the state for its order (events can arrive out of
+    order). ``previous`` and ``new`` are ``apply_order``'s input and output; a fold that made
+    no new state object recorded nothing new. Worth telling: a wrong order_id or shop_id would
+    otherwise wait unnoticed for ever."""
+    if event.type == "order_placed" or new is previous:
+        return False
+    kept = new.orders.get(event.order_id)
+    return kept is not None and kept.placed_at is None
+
+
 def apply_consent(
     state: CustomerState | None, event: ConsentChanged, model: SegmentModel
 ) -> tuple[CustomerState, list[Transition]]:
