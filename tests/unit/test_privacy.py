@@ -9,7 +9,7 @@ import pytest
 from models.due import next_due
 from models.events import CONSENT_EVENT, ERASURE_EVENT, erasure_receipt
 from models.fold import apply_consent, erase
-from models.privacy import erasure_marker, pseudonym
+from models.privacy import erasure_marker, pseudonym, skipped_after_erasure
 from models.segment_model import SegmentModel
 from tests.factories import at, placed
 from tests.unit.core import MODEL, fold, segment_moves
@@ -104,3 +104,30 @@ def test_pseudonyms_are_keyed_stable_and_per_shop() -> None:
     assert a != pseudonym(b"secret", "shop2", "c1")
     assert "c1" not in erasure_marker(None, "shop", "c1")
     assert erasure_marker(b"k", "shop", "c1") != erasure_marker(None, "shop", "c1")
+
+
+ORDER_TYPES = ("order_placed", "order_cancelled", "order_refunded")
+
+
+@pytest.mark.parametrize(
+    ("has_state", "erased", "event_type", "skipped"),
+    [
+        # an erased customer's orders and withdrawals are not stored
+        *((False, True, kind, True) for kind in ORDER_TYPES),
+        (False, True, "consent_withdrawn", True),
+        # consent granted again starts a fresh state
+        (False, True, "consent_granted", False),
+        # not erased: everything is stored
+        *((False, False, kind, False) for kind in (*ORDER_TYPES, "consent_withdrawn")),
+        (False, False, "consent_granted", False),
+        # a state (back by consent since, or never erased): everything is applied
+        *((True, erased, kind, False) for erased in (False, True) for kind in ORDER_TYPES),
+        (True, True, "consent_withdrawn", False),
+        (True, True, "consent_granted", False),
+    ],
+)
+def test_an_erased_customer_comes_back_only_by_consent(
+    has_state: bool, erased: bool, event_type: str, skipped: bool
+) -> None:
+    state = fold([placed("c1", "o1", 0)])[0] if has_state else None
+    assert skipped_after_erasure(state, erased, event_type) is skipped
