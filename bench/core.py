@@ -16,17 +16,12 @@ from datetime import UTC, datetime
 
 from bench.data import StreamSpec, order_stream
 from config.rules import load_rules
+from models.due import next_due
 from models.events import Transition
+from models.fold import OrderRejected, apply_order
 from models.rules import SegmentRules
+from models.segment_model import SegmentModel, bootstrap_calibration, current_metrics
 from models.state import CustomerState, state_key
-from models.transitions import (
-    OrderRejected,
-    SegmentModel,
-    apply_order,
-    bootstrap_calibration,
-    current_metrics,
-    next_due,
-)
 from streams.codecs import decode_order, decode_stored, encode_stored
 from streams.handlers import load_stored
 from streams.worker import tune_collector

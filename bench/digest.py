@@ -22,16 +22,11 @@ import click
 from bench.core import Fold
 from bench.data import StreamSpec, order_stream
 from config.rules import load_rules
+from models.due import next_due
+from models.fold import OrderRejected, due_transitions, reevaluate
 from models.rules import SegmentRules
 from models.scoring import Calibration, Cutoffs
-from models.transitions import (
-    OrderRejected,
-    SegmentModel,
-    current_metrics,
-    due_transitions,
-    next_due,
-    reevaluate,
-)
+from models.segment_model import SegmentModel, current_metrics
 from streams.codecs import decode_stored_due, encode_stored, encode_transition
 from streams.handlers import load_stored
 

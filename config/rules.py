@@ -8,7 +8,8 @@ from typing import Final
 import yaml
 from pydantic import ValidationError
 
-from models.rules import RuleReport, SegmentRules, check_rules
+from models.rule_check import RuleReport, check_rules
+from models.rules import SegmentRules
 
 DEFAULT_RULES_FILE: Final = Path(__file__).with_name("segments.yaml")
 

@@ -19,6 +19,7 @@ from pydantic import (
     TypeAdapter,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from models.currency import is_known_currency
@@ -123,6 +124,7 @@ class OrderRefunded(_WithCurrency):
         return self.refund_id or self.occurred_at.isoformat()
 
 
+OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
 OrderEvent = Annotated[OrderPlaced | OrderCancelled | OrderRefunded, Field(discriminator="type")]
 ORDER_EVENT: Final[TypeAdapter[OrderPlaced | OrderCancelled | OrderRefunded]] = TypeAdapter(
     OrderEvent
@@ -144,6 +146,62 @@ class ErasureRequested(_CustomerEvent):
 
 CONSENT_EVENT: Final[TypeAdapter[ConsentChanged]] = TypeAdapter(ConsentChanged)
 ERASURE_EVENT: Final[TypeAdapter[ErasureRequested]] = TypeAdapter(ErasureRequested)
+
+
+class ErasureCompleted(_Event):
+    """The receipt of an erasure: what was deleted. ``cache_deletion_pending``: Redis could not
+    be reached, its copy goes when it comes back."""
+
+    type: Literal["erasure_completed"] = "erasure_completed"
+    request_id: str
+    shop_id: str
+    requested_at: datetime
+    completed_at: datetime
+    state_deleted: bool
+    cache_deleted: bool
+    cache_deletion_pending: bool
+
+
+def erasure_receipt(
+    event: ErasureRequested, *, state_deleted: bool, cache_deleted: bool, completed_at: datetime
+) -> ErasureCompleted:
+    """The receipt of ``event``: whether the customer's state was there to delete, and whether
+    the cache's copy is gone already (else its deletion is pending)."""
+    return ErasureCompleted(
+        request_id=event.request_id,
+        shop_id=event.shop_id,
+        requested_at=event.occurred_at,
+        completed_at=completed_at,
+        state_deleted=state_deleted,
+        cache_deleted=cache_deleted,
+        cache_deletion_pending=not cache_deleted,
+    )
+
+
+class ClockTick(_Event):
+    """A record of the clock topic, for one customer (``key``: the state's key): ``due``, its
+    due time has passed by ``now``; ``reevaluate``, re-decide it under a new rule set or
+    calibration (no ``now``: the worker takes its own)."""
+
+    kind: Literal["due", "reevaluate"] = "due"  # ticks without a kind are due ticks
+    key: str
+    now: datetime | None = None
+
+    @field_validator("now", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        # read as the clock wrote it (datetime.isoformat): the same instant and time zone
+        if isinstance(value, str):
+            return datetime.fromisoformat(value)
+        if value is not None and not isinstance(value, datetime):
+            raise ValueError(f"expected an ISO 8601 instant, got {type(value).__name__}")
+        return value
+
+    @model_validator(mode="after")
+    def _due_has_an_instant(self) -> ClockTick:
+        if self.kind == "due" and self.now is None:
+            raise ValueError("a due tick needs the instant it is due by (now)")
+        return self
 
 
 class Metrics(BaseModel):

@@ -1,4 +1,5 @@
-"""Privacy rules of the core: who may be segmented, and keyed pseudonyms for identifiers."""
+"""Privacy rules of the core: who may be segmented, what an erased customer's events do, and keyed
+pseudonyms for identifiers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ def consented(state: CustomerState, consent_required: bool) -> bool:
     if state.consent is not None:
         return state.consent == "granted"
     return not consent_required
+
+
+def skipped_after_erasure(state: CustomerState | None, erased: bool, event_type: str) -> bool:
+    """Whether an event of ``event_type`` (an order event, or a consent decision) for a customer
+    without a state is skipped because the customer was erased (``erased``: an erasure marker
+    is kept for them). An erased customer's state starts afresh only when consent is granted
+    again: their orders and a withdrawal are not stored; a grant always is. A customer with a
+    state has come back by consent already."""
+    return erased and state is None and event_type != "consent_granted"
 
 
 def pseudonym(secret: bytes, shop_id: str, customer_id: str) -> str:

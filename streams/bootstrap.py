@@ -11,7 +11,7 @@ from typing import Any
 import faust
 
 from config.settings import Settings
-from models.routing import marketing_transitions
+from models.routing import Routing, marketing_transitions
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams.checkpoint import Checkpoint
@@ -25,7 +25,7 @@ from streams.metrics import WorkerMetrics
 from streams.processor import Processor
 from streams.redis_cache import RedisCache
 from streams.shop_models import Privacy, ShopModels
-from streams.sink import Routing, TransitionSink
+from streams.sink import Topics, TransitionSink
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ def build_processor(
         partitions=partitions,
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    sink = TransitionSink(Outbox(app_producer(app)), routing(settings, rules), metrics)
+    sink = TransitionSink(
+        Outbox(app_producer(app)), topics(settings, rules), routing(settings, rules), metrics
+    )
     dlq = app.topic(settings.dlq_topic, **raw)
     outputs = Outputs(
         sink=sink,
@@ -80,14 +82,21 @@ def build_processor(
     return Processor(Handlers(models, stores, outputs, checkpoint, clock, metrics))
 
 
-def routing(settings: Settings, rules: SegmentRules) -> Routing:
-    """Where the worker's transitions go."""
-    return Routing(
+def topics(settings: Settings, rules: SegmentRules) -> Topics:
+    """The topics the worker's transitions go to."""
+    return Topics(
         transitions=settings.transitions_topic,
         marketing={name: settings.marketing_topic(name) for name in marketing_transitions(rules)},
+    )
+
+
+def routing(settings: Settings, rules: SegmentRules) -> Routing:
+    """Which of the worker's transitions go to the marketing topics."""
+    return Routing(
+        marketing=frozenset(marketing_transitions(rules)),
         backfill=settings.is_backfill,
-        marketing_skip_backfill=settings.marketing_skip_backfill,
-        marketing_skip_causes=frozenset(settings.marketing_skip_causes),
+        skip_backfill=settings.marketing_skip_backfill,
+        skip_causes=frozenset(settings.marketing_skip_causes),
     )
 
 

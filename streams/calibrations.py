@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from config.settings import Settings
 from models.rules import SegmentRules
 from models.scoring import Calibration, calibrate
+from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics
-from models.transitions import bootstrap_calibration
 from streams.changelog import read_latest, read_topic
 from streams.clients import started
 from streams.codecs import decode_calibration, decode_stored, encode_calibration

@@ -26,10 +26,11 @@ from config.rules import RulesError, load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from models.events import order_event_json_schema
 from models.privacy import pseudonym
-from models.rules import SegmentRules, all_cells, check_rules
+from models.rule_check import all_cells, check_rules
+from models.rules import SegmentRules
 from models.scoring import Calibration
+from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics, state_key
-from models.transitions import bootstrap_calibration
 from streams.devstack import Devstack, DevstackError
 from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache

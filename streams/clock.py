@@ -20,8 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-import orjson
-
+from models.events import ClockTick
+from streams.codecs import encode_tick
 from streams.dlq import SourceRecord
 
 # Wall clock: an orders partition whose offsets say records are waiting but none has been
@@ -218,4 +218,5 @@ class Clock:
 
 
 def tick(kind: TickKind, key: str, now: datetime | None) -> bytes:
-    return orjson.dumps({"kind": kind, "key": key, "now": now.isoformat() if now else None})
+    """A record of the clock topic."""
+    return encode_tick(ClockTick(kind=kind, key=key, now=now))

@@ -12,17 +12,20 @@ from typing import Any, Final, NamedTuple, TypeVar
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from models.due import DUE_VERSION
 from models.events import (
     CONSENT_EVENT,
     ERASURE_EVENT,
     ORDER_EVENT,
+    ClockTick,
     ConsentChanged,
+    ErasureCompleted,
     ErasureRequested,
+    OrderEventT,
     Transition,
 )
 from models.scoring import Calibration
 from models.state import SCHEMA_VERSION, CustomerState, state_key
-from models.transitions import DUE_VERSION, OrderEventT
 
 MAX_ORDER_BYTES: Final = 256 * 1024
 ORDER_TYPES: Final = frozenset({"order_placed", "order_cancelled", "order_refunded"})
@@ -207,6 +210,45 @@ def encode_transition(transition: Transition, emitted_at: datetime, backfill: bo
         stamp,
         b"true" if backfill else b"false",
     )
+
+
+def encode_receipt(receipt: ErasureCompleted) -> bytes:
+    """An erasure receipt for the receipts topic (instants as ``datetime.isoformat``)."""
+    return orjson.dumps(
+        {
+            "type": receipt.type,
+            "request_id": receipt.request_id,
+            "shop_id": receipt.shop_id,
+            "requested_at": receipt.requested_at.isoformat(),
+            "completed_at": receipt.completed_at.isoformat(),
+            "state_deleted": receipt.state_deleted,
+            "cache_deleted": receipt.cache_deleted,
+            "cache_deletion_pending": receipt.cache_deletion_pending,
+        }
+    )
+
+
+def encode_tick(tick: ClockTick) -> bytes:
+    """A record of the clock topic (``now`` as ``datetime.isoformat``)."""
+    now = tick.now.isoformat() if tick.now else None
+    return orjson.dumps({"kind": tick.kind, "key": tick.key, "now": now})
+
+
+def decode_tick(value: bytes | None) -> ClockTick:
+    """Parse and validate one record of the clock topic (a tick without a kind is a due
+    tick, as written before there were other kinds)."""
+    if value is None:
+        raise DecodeError("empty_value", "record has no value")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("malformed_json", f"not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DecodeError("malformed_json", f"expected a JSON object, got {type(raw).__name__}")
+    try:
+        return ClockTick.model_validate(raw)
+    except ValidationError as exc:
+        raise DecodeError("schema_violation", _describe(exc)) from exc
 
 
 def encode_calibration(calibration: Calibration) -> bytes:

@@ -16,24 +16,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
-from models.events import Transition
-from models.privacy import consented
-from models.state import CustomerState, compute_metrics, state_key
-from models.transitions import (
+from models.due import next_due, remember_due
+from models.events import Transition, erasure_receipt
+from models.fold import (
     OrderRejected,
-    SegmentModel,
     apply_consent,
     apply_order,
-    current_metrics,
     due_transitions,
     erase,
-    next_due,
     reevaluate,
-    remember_due,
+    waits_for_its_order,
 )
+from models.privacy import consented, skipped_after_erasure
+from models.segment_model import SegmentModel, current_metrics
+from models.state import CustomerState, compute_metrics, state_key
 from streams.checkpoint import Cache, Change, Checkpoint, Store
 from streams.clock import Clock
 from streams.codecs import (
@@ -42,6 +40,8 @@ from streams.codecs import (
     decode_erasure,
     decode_order,
     decode_stored_due,
+    decode_tick,
+    encode_receipt,
 )
 from streams.dlq import DeadLetters, SourceRecord
 from streams.metrics import WorkerMetrics
@@ -123,8 +123,8 @@ class Handlers:
                 now = self.clock.index.advance_watermark(partition, order.occurred_at)
                 await self._fire_due(partition, now)
             state = self._load(state_key(order.shop_id, order.customer_id), partition)
-            if state is None and self._erased(order.shop_id, order.customer_id, partition):
-                # Erased: a fresh state only after consent is given again. Counted, logged.
+            erased = state is None and self._erased(order.shop_id, order.customer_id, partition)
+            if skipped_after_erasure(state, erased, order.type):  # counted, logged
                 self.metrics.skipped_erased.inc()
                 log.info(
                     "order of an erased customer skipped at %s[%d]@%d",
@@ -149,10 +149,8 @@ class Handlers:
             )
             await self._dead_letter(record, "processing_error", repr(exc))
             return
-        if order.type != "order_placed":
-            kept = new_state.orders.get(order.order_id)
-            if kept is not None and kept.placed_at is None and new_state is not state:
-                self._unmatched(record, order.type, order.order_id)
+        if waits_for_its_order(state, new_state, order):
+            self._unmatched(record, order.type, order.order_id)
         await self._save(partition, new_state, transitions, previous=state)
 
     def _unmatched(self, record: SourceRecord, kind: str, order_id: str) -> None:
@@ -203,9 +201,10 @@ class Handlers:
         if event is None:
             return
         state = self._load(state_key(event.shop_id, event.customer_id), record.partition)
-        if event.type == "consent_granted":
+        erased = state is None and self._erased(event.shop_id, event.customer_id, record.partition)
+        if event.type == "consent_granted":  # lifts the erasure: the customer may start again
             self.stores.erasures.pop(self.models.privacy.marker(event.shop_id, event.customer_id))
-        elif state is None and self._erased(event.shop_id, event.customer_id, record.partition):
+        if skipped_after_erasure(state, erased, event.type):
             return  # erased: nothing to withdraw from, and nothing to store
         new_state, transitions = apply_consent(state, event, self.models.model_for(event.shop_id))
         await self._save(record.partition, new_state, transitions, previous=state)
@@ -234,19 +233,15 @@ class Handlers:
         # The tombstone and the erasure marker reach the changelog before the erasure's offset
         # can be committed: a crash after that must not bring the customer back.
         await self.stores.customers.durable()
-        receipt = {
-            "type": "erasure_completed",
-            "request_id": event.request_id,
-            "shop_id": event.shop_id,
-            "requested_at": event.occurred_at.isoformat(),
-            "completed_at": datetime.now(UTC).isoformat(),
-            "state_deleted": state is not None,
-            "cache_deleted": cache_removed,
-            "cache_deletion_pending": not cache_removed,
-        }
+        receipt = erasure_receipt(
+            event,
+            state_deleted=state is not None,
+            cache_deleted=cache_removed,
+            completed_at=datetime.now(UTC),
+        )
         self.checkpoint.track(
             await self.outputs.receipts.send(
-                key=event.request_id.encode(), value=orjson.dumps(receipt)
+                key=event.request_id.encode(), value=encode_receipt(receipt)
             )
         )
 
@@ -259,12 +254,13 @@ class Handlers:
     async def on_tick(self, record: SourceRecord) -> None:
         """A clock tick for one customer (see ``Clock.due_ticks`` and ``reevaluation_ticks``)."""
         try:
-            tick = orjson.loads(record.value or b"")
-            if tick.get("kind", "due") == "reevaluate":
-                await self._reevaluate_key(record.partition, tick["key"])
+            tick = decode_tick(record.value)
+            if tick.kind == "reevaluate":
+                await self._reevaluate_key(record.partition, tick.key)
+            elif tick.now is None:
+                raise ValueError("a due tick without its instant")
             else:
-                now = datetime.fromisoformat(tick["now"])
-                await self._fire_key(record.partition, tick["key"], now)
+                await self._fire_key(record.partition, tick.key, tick.now)
         except Exception as exc:
             log.exception(
                 "clock tick %s[%d]@%d failed", record.topic, record.partition, record.offset

@@ -9,10 +9,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from models.due import next_due
 from models.privacy import consented
 from models.scoring import Calibration
+from models.segment_model import needs_reevaluation
 from models.state import CustomerState
-from models.transitions import needs_reevaluation, next_due
 from streams.checkpoint import Checkpoint, Handler
 from streams.clock import Clock
 from streams.codecs import decode_header, decode_stored

@@ -11,7 +11,7 @@ from typing import TypeVar
 from models.privacy import erasure_marker, pseudonym
 from models.rules import SegmentRules
 from models.scoring import Calibration
-from models.transitions import SegmentModel, bootstrap_calibration
+from models.segment_model import SegmentModel, bootstrap_calibration
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")

@@ -1,8 +1,8 @@
 """The transition sink: transitions staged in an outbox while a batch is processed, sent
 together when it ends (``flush``), or dropped when the batch is processed again (``discard``).
 
-Every transition goes to the transitions topic; to the marketing topic of its type unless the
-routing keeps it off (a backfill, or a cause kept off marketing).
+Every transition goes to the transitions topic; to the marketing topic of its type when the
+routing (``models.routing``) says so.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from models.events import Transition
+from models.routing import Routing
 from streams.codecs import encode_transition
 from streams.metrics import WorkerMetrics
 
@@ -32,23 +33,21 @@ class Outbox(Protocol):
 
 
 @dataclass(frozen=True)
-class Routing:
-    """Where transitions go: every one to ``transitions``; to the marketing topic of its type
-    (``marketing``: transition name -> topic) unless it is a backfill and backfills are kept
-    off, or its cause is kept off."""
+class Topics:
+    """The transitions topic, and the marketing topic of each transition name that has one."""
 
     transitions: str
     marketing: Mapping[str, str]
-    backfill: bool = False
-    marketing_skip_backfill: bool = True
-    marketing_skip_causes: frozenset[str] = frozenset()
 
 
 class TransitionSink:
     """Stages transitions in the outbox; ``flush`` sends what is staged."""
 
-    def __init__(self, outbox: Outbox, routing: Routing, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, outbox: Outbox, topics: Topics, routing: Routing, metrics: WorkerMetrics
+    ) -> None:
         self.outbox = outbox
+        self.topics = topics
         self.routing = routing
         self.metrics = metrics
 
@@ -58,8 +57,7 @@ class TransitionSink:
         the emission time."""
         emitted_at = datetime.now(UTC)
         debug = log.isEnabledFor(logging.DEBUG)
-        route = self.routing
-        to_marketing = force or not (route.backfill and route.marketing_skip_backfill)
+        route, topics = self.routing, self.topics
         metrics = self.metrics
         for transition in transitions:
             metrics.labelled(
@@ -70,7 +68,7 @@ class TransitionSink:
                 metrics.transition_delay.observe(max(delay, 0.0))
             key = transition.customer_id.encode()
             value = encode_transition(transition, emitted_at, route.backfill)
-            self.outbox.add(route.transitions, key, value)
+            self.outbox.add(topics.transitions, key, value)
             if debug:  # no log record is built per transition unless asked for
                 log.debug(
                     "transition %s of %s",
@@ -84,10 +82,8 @@ class TransitionSink:
                         "cause": transition.cause.kind,
                     },
                 )
-            marketing = route.marketing.get(transition.transition)
-            skip = transition.cause.kind in route.marketing_skip_causes
-            if marketing is not None and to_marketing and not skip:
-                self.outbox.add(marketing, key, value)
+            if route.to_marketing(transition.transition, transition.cause.kind, force=force):
+                self.outbox.add(topics.marketing[transition.transition], key, value)
         return emitted_at
 
     async def flush(self) -> list[asyncio.Future[Any]]:

@@ -17,10 +17,10 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
-from models.routing import marketing_transitions
 
 from config.rules import load_checked_rules
 from config.settings import Settings
+from models.routing import marketing_transitions
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams.app import create_app

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from config.rules import load_rules
+from models.routing import Routing
 from models.rules import SegmentRules
 from streams.checkpoint import Checkpoint
 from streams.clock import Clock, ClockMode, InputEnd
@@ -20,7 +21,7 @@ from streams.handlers import Handlers, Outputs, Stores
 from streams.metrics import WorkerMetrics
 from streams.processor import Processor
 from streams.shop_models import ShopModels
-from streams.sink import Routing, TransitionSink
+from streams.sink import Topics, TransitionSink
 
 
 class Log(list[tuple[str, Any]]):
@@ -183,7 +184,9 @@ class Worker:
         self.receipts = Topic()
         self.failures: list[BaseException] = []
         metrics = WorkerMetrics()
-        sink = TransitionSink(self.outbox, Routing("transitions", {}, backfill=backfill), metrics)
+        sink = TransitionSink(
+            self.outbox, Topics("transitions", {}), Routing(frozenset(), backfill), metrics
+        )
         checkpoint = Checkpoint(self.table, self.cache, sink, self.failures.append)
         handlers = Handlers(
             ShopModels(rules or load_rules(), {}),

@@ -13,7 +13,7 @@ import pytest
 
 from config.rules import load_rules
 from models.scoring import Calibration
-from models.transitions import SegmentModel, bootstrap_calibration, current_metrics
+from models.segment_model import SegmentModel, bootstrap_calibration, current_metrics
 from streams.clock import tick
 from streams.codecs import decode_stored
 from streams.dlq import SourceRecord

@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaProducer
 from config.rules import load_rules
 from config.settings import Settings
 from models.routing import marketing_transitions
+from models.segment_model import bootstrap_calibration
 from models.state import compute_metrics
-from models.transitions import bootstrap_calibration
 from streams.changelog import read_table, read_topic
 from streams.devstack import Devstack
 from streams.lag import group_lag

@@ -64,8 +64,8 @@ async def test_a_replayed_year_matches_a_batch_recomputation(
     table = {k: v.state for k, v in (await read_table(settings)).items()}
     expected = batch_rfm(events)
     rules = load_rules()
+    from models.segment_model import bootstrap_calibration
     from models.state import compute_metrics
-    from models.transitions import bootstrap_calibration
 
     calibration = bootstrap_calibration(rules, "default")
     end = T0 + timedelta(days=400)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from config.rules import load_rules
-from models.transitions import SegmentModel, apply_order, bootstrap_calibration
+from models.fold import apply_order
+from models.segment_model import SegmentModel, bootstrap_calibration
 from tests.factories import model
 
 RULES = load_rules()

@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from models.scoring import Calibration
-from models.transitions import bootstrap_calibration
+from models.segment_model import bootstrap_calibration
 from streams.calibrations import YIELD_EVERY, compute_calibrations, recalibration_due
 from tests.factories import at, placed
 from tests.unit.core import RULES, fold

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Literal
 
 import orjson
 import pytest
 
-from models.events import OrderPlaced
+from models.events import ERASURE_EVENT, ClockTick, OrderPlaced, erasure_receipt
 from models.state import CustomerState
 from streams.codecs import (
     MAX_ORDER_BYTES,
@@ -16,7 +17,10 @@ from streams.codecs import (
     decode_order,
     decode_stored,
     decode_stored_due,
+    decode_tick,
+    encode_receipt,
     encode_stored,
+    encode_tick,
     encode_transition,
 )
 from tests.factories import placed
@@ -108,7 +112,8 @@ def test_shop_ids_cannot_contain_key_separators() -> None:
 
 def _real_state() -> CustomerState:
     from config.rules import load_rules
-    from models.transitions import SegmentModel, apply_order, bootstrap_calibration
+    from models.fold import apply_order
+    from models.segment_model import SegmentModel, bootstrap_calibration
 
     rules = load_rules()
     model = SegmentModel(rules, bootstrap_calibration(rules, "default"))
@@ -169,3 +174,98 @@ def test_a_transition_is_its_json_then_emission_time_and_backfill_flag(backfill:
         }
         encoded = encode_transition(transition, emitted, backfill)
         assert encoded == orjson.dumps(expected)  # the bytes, keys in this order
+
+
+@pytest.mark.parametrize(
+    ("customer", "request_id", "shop", "state_deleted", "cache_deleted"),
+    [
+        ("c1", "r-1", "default", True, True),
+        ("kündin-1", "lösch-€-1", "bäckerei", False, False),
+        ("顧客", "要求-1", "店", True, False),
+    ],
+)
+def test_an_erasure_receipt_is_encoded_as_it_always_was(
+    customer: str, request_id: str, shop: str, state_deleted: bool, cache_deleted: bool
+) -> None:
+    event = ERASURE_EVENT.validate_python(
+        {
+            "customer_id": customer,
+            "shop_id": shop,
+            "request_id": request_id,
+            "occurred_at": "2025-05-31T23:59:59.5+02:00",
+        }
+    )
+    completed_at = NOW + timedelta(microseconds=123)
+    receipt = erasure_receipt(
+        event, state_deleted=state_deleted, cache_deleted=cache_deleted, completed_at=completed_at
+    )
+    # the receipt as the worker built it before it had a model
+    old = {
+        "type": "erasure_completed",
+        "request_id": event.request_id,
+        "shop_id": event.shop_id,
+        "requested_at": event.occurred_at.isoformat(),
+        "completed_at": completed_at.isoformat(),
+        "state_deleted": state_deleted,
+        "cache_deleted": cache_deleted,
+        "cache_deletion_pending": not cache_deleted,
+    }
+    assert encode_receipt(receipt) == orjson.dumps(old)
+    assert (
+        orjson.loads(encode_receipt(receipt))["requested_at"] == "2025-05-31T21:59:59.500000+00:00"
+    )
+
+
+def _old_tick(kind: str, key: str, now: datetime | None) -> bytes:
+    """The clock topic's record as the worker wrote it before it had a model."""
+    return orjson.dumps({"kind": kind, "key": key, "now": now.isoformat() if now else None})
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "now"),
+    [
+        ("due", "default/ann", NOW),
+        ("due", "bäckerei/kündin-1", NOW + timedelta(microseconds=7)),
+        ("due", "店/顧客", datetime(2025, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))),
+        ("reevaluate", "default/ann", None),
+        ("reevaluate", "bäckerei/kündin-€", None),
+    ],
+)
+def test_a_clock_tick_is_encoded_as_it_always_was_and_decodes_back(
+    kind: Literal["due", "reevaluate"], key: str, now: datetime | None
+) -> None:
+    tick = ClockTick(kind=kind, key=key, now=now)
+    encoded = encode_tick(tick)
+    assert encoded == _old_tick(kind, key, now)
+    decoded = decode_tick(encoded)
+    assert decoded == tick
+    assert (decoded.kind, decoded.key, decoded.now) == (kind, key, now)
+    if now is not None:
+        assert decoded.now is not None and decoded.now.utcoffset() == now.utcoffset()
+
+
+def test_a_tick_without_a_kind_is_a_due_tick() -> None:
+    tick = decode_tick(b'{"key":"default/ann","now":"2025-06-01T00:00:00+00:00"}')
+    assert (tick.kind, tick.key, tick.now) == ("due", "default/ann", NOW)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "empty_value"),
+        (b"", "malformed_json"),
+        (b"{not json", "malformed_json"),
+        (b'["due", "default/ann"]', "malformed_json"),
+        (b'{"kind":"soon","key":"default/ann","now":null}', "schema_violation"),
+        (b'{"kind":"reevaluate","now":null}', "schema_violation"),
+        (b'{"kind":"due","key":"default/ann","now":null}', "schema_violation"),
+        (b'{"kind":"due","key":"default/ann"}', "schema_violation"),
+        (b'{"kind":"due","key":"default/ann","now":"yesterday"}', "schema_violation"),
+        (b'{"kind":"due","key":"default/ann","now":1748736000}', "schema_violation"),
+        (b'{"kind":"reevaluate","key":7,"now":null}', "schema_violation"),
+    ],
+)
+def test_a_bad_tick_is_refused_with_a_reason(value: bytes | None, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_tick(value)
+    assert info.value.reason == reason

@@ -7,22 +7,19 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.rules import Cell, SegmentFacts, SegmentRules, bounds_matched, decide, decide_matched
-from models.scoring import Calibration, Cutoffs, recency_drops, score_recency
-from models.state import CustomerState, compute_metrics, days_between
-from models.transitions import (
+from models.due import dwell_ends_at, next_due, remember_due
+from models.fold import (
     TRANSITION_NAMESPACE,
     OrderRejected,
-    SegmentModel,
-    _dwell_end,
     apply_order,
-    current_metrics,
     due_transitions,
-    next_due,
     reevaluate,
-    remember_due,
     uuid5_text,
 )
+from models.rules import Cell, SegmentFacts, SegmentRules, bounds_matched, decide, decide_matched
+from models.scoring import Calibration, Cutoffs, recency_drops, score_recency
+from models.segment_model import SegmentModel, current_metrics
+from models.state import CustomerState, compute_metrics, days_between
 from tests.factories import at, cancelled, model, placed
 from tests.unit.core import MODEL, RULES
 
@@ -230,7 +227,7 @@ def _searched_due(state, segment_model):  # type: ignore[no-untyped-def]
     if last is None or threshold is None:
         return None
     cuts = segment_model.calibration.cutoffs.recency_days
-    dwell_end = _dwell_end(state, segment_model)
+    dwell_end = dwell_ends_at(state, segment_model)
     candidates = {last + offset for offset in recency_drops(cuts)}
     candidates.add(last + timedelta(days=threshold))
     if dwell_end is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from models.frozen import evolve
-from models.transitions import current_metrics
+from models.segment_model import current_metrics
 from streams.redis_cache import RedisCache
 from tests.factories import at, placed
 from tests.unit.core import MODEL, fold

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.rules import DEFAULT_RULES_FILE, RulesError, load_rules
-from models.rules import check_rules, frequency_scores
+from models.rule_check import check_rules, frequency_scores
 from models.scoring import Cutoffs, compute_scores
 
 DEFAULT = DEFAULT_RULES_FILE.read_text()

@@ -6,18 +6,18 @@ from datetime import timedelta
 
 import pytest
 
-from models.frozen import evolve
-from models.scoring import Calibration, Cutoffs
-from models.state import compute_metrics
-from models.transitions import (
+from models.due import next_due
+from models.fold import (
     OrderRejected,
-    SegmentModel,
     apply_order,
     due_transitions,
-    needs_reevaluation,
-    next_due,
     reevaluate,
+    waits_for_its_order,
 )
+from models.frozen import evolve
+from models.scoring import Calibration, Cutoffs
+from models.segment_model import SegmentModel, needs_reevaluation
+from models.state import compute_metrics
 from tests.factories import at, cancelled, model, placed, refunded
 from tests.unit.core import MODEL, RULES, fold, segment_changes, segment_moves
 
@@ -402,3 +402,43 @@ def test_two_refunds_that_cause_the_same_move_get_different_ids() -> None:
     _, second = fold([refunded("c1", "o1", 6, 100, refund_id="r3")], state=state)
     ids = {t.event_id for t in first} | {t.event_id for t in second}
     assert len(ids) == len(first) + len(second)
+
+
+@pytest.mark.parametrize(
+    ("history", "event", "waits"),
+    [
+        # a cancellation or refund of an order not seen yet waits for it
+        ([], cancelled("c1", "o9", 1), True),
+        ([], refunded("c1", "o9", 1, total=100), True),
+        ([placed("c1", "o1", 0)], cancelled("c1", "o9", 1), True),
+        ([placed("c1", "o1", 0)], refunded("c1", "o9", 1, total=100, refund_id="r1"), True),
+        # of an order the state holds: nothing waits
+        ([placed("c1", "o1", 0)], cancelled("c1", "o1", 1), False),
+        ([placed("c1", "o1", 0)], refunded("c1", "o1", 1, total=100), False),
+        # an order never waits, even one whose cancellation came first
+        ([], placed("c1", "o1", 0), False),
+        ([cancelled("c1", "o1", 1)], placed("c1", "o1", 0), False),
+        # a redelivery records nothing new: told once, when it was first recorded
+        ([cancelled("c1", "o9", 1)], cancelled("c1", "o9", 1), False),
+        (
+            [refunded("c1", "o9", 1, total=100, refund_id="r1")],
+            refunded("c1", "o9", 1, total=100, refund_id="r1"),
+            False,
+        ),
+        # a second refund of the still unseen order is recorded, and waits too
+        (
+            [refunded("c1", "o9", 1, total=100, refund_id="r1")],
+            refunded("c1", "o9", 2, total=50, refund_id="r2"),
+            True,
+        ),
+        # a cancellation after a refund of the unseen order: still waiting
+        ([refunded("c1", "o9", 1, total=100)], cancelled("c1", "o9", 2), True),
+    ],
+)
+def test_a_cancellation_or_refund_of_an_unseen_order_waits_for_it(
+    history: list[dict[str, object]], event: dict[str, object], waits: bool
+) -> None:
+    previous, _ = fold(history) if history else (None, [])
+    order = model(event)
+    new, _ = apply_order(previous, order, MODEL)
+    assert waits_for_its_order(previous, new, order) is waits

@@ -10,16 +10,19 @@ clock; time-caused transitions happen at the instant the caller gives. Together 
   margin; moves caused by time or recalibration wait for the minimum dwell time in the current
   segment. Orders and time alone give scores that depend on the customer's orders only, so any
   arrival order of the same orders gives the same state.
+
+The shop's model is in ``models.segment_model``, due times in ``models.due``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final, Literal
 
+from models.due import dwell_ends_at, next_due
 from models.events import (
     Cause,
     CauseKind,
@@ -27,6 +30,7 @@ from models.events import (
     ErasureRequested,
     Metrics,
     OrderCancelled,
+    OrderEventT,
     OrderPlaced,
     OrderRefunded,
     SegmentChanged,
@@ -36,27 +40,12 @@ from models.events import (
     transition_name,
 )
 from models.frozen import evolve
-from models.memo import IdentityMemo
 from models.privacy import consented
-from models.rules import (
-    Cell,
-    SegmentFacts,
-    SegmentRules,
-    bounds_matched,
-    decide,
-    decide_matched,
-)
-from models.scoring import Calibration, Scores, recency_drops, score_recency
-from models.state import (
-    CustomerState,
-    OrderRecord,
-    ScoreMode,
-    compute_metrics,
-    elapsed_days,
-)
+from models.rules import Cell, SegmentFacts, decide
+from models.scoring import Scores
+from models.segment_model import SegmentModel, needs_reevaluation
+from models.state import CustomerState, OrderRecord, ScoreMode, compute_metrics
 from models.tags import compute_tags
-
-OrderEventT = OrderPlaced | OrderCancelled | OrderRefunded
 
 TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
 # Causes that are not the customer's own doing, and could make a customer near a boundary
@@ -80,30 +69,10 @@ _SCORING: Final[dict[str, ScoreMode]] = {
 
 
 @dataclass(frozen=True)
-class SegmentModel:
-    """The rule set and the calibration of the customer's shop, and the consent policy."""
-
-    rules: SegmentRules
-    calibration: Calibration
-    # True: a customer without a consent record is not segmented.
-    consent_required: bool = False
-    # next_due of the states seen last (next_due is asked of the same state more than once,
-    # within the processing of one event)
-    _due: IdentityMemo[CustomerState, datetime | None] = field(
-        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
-    )
-    # current_metrics of the states decided last, as their evaluation computed them
-    _current: IdentityMemo[CustomerState, Metrics] = field(
-        default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
-    )
-    # next_due's answers by shape (see _next_due), as offsets from the last order
-    _shapes: dict[_Shape, timedelta | None] = field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
-    )
-
-
-@dataclass(frozen=True)
 class Evaluation:
+    """What ``evaluate`` found: the figures, the segment (None: none), the tags and the
+    scores the segment was decided with."""
+
     metrics: Metrics
     segment: str | None
     tags: tuple[str, ...]
@@ -116,14 +85,6 @@ class OrderRejected(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def bootstrap_calibration(rules: SegmentRules, shop_id: str) -> Calibration:
-    """The calibration of a shop that has none yet: the rule file's fixed cut-offs."""
-    version = "bootstrap" if rules.scoring.mode == "quantile" else f"fixed:{rules.version}"
-    return Calibration(
-        shop_id=shop_id, version=version, method="fixed", cutoffs=rules.scoring.cutoffs
-    )
 
 
 def evaluate(
@@ -172,6 +133,20 @@ def apply_order(
     cause = Cause(kind=event.type, order_id=event.order_id, refund_id=refund)
     new_state, changed = _resegment(state, updated, at, cause, model)
     return new_state, fired + changed
+
+
+def waits_for_its_order(
+    previous: CustomerState | None, new: CustomerState, event: OrderEventT
+) -> bool:
+    """Whether ``event`` is a cancellation or refund of an order the customer's state does not
+    hold yet, newly recorded: it waits in the state for its order (events can arrive out of
+    order). ``previous`` and ``new`` are ``apply_order``'s input and output; a fold that made
+    no new state object recorded nothing new. Worth telling: a wrong order_id or shop_id would
+    otherwise wait unnoticed for ever."""
+    if event.type == "order_placed" or new is previous:
+        return False
+    kept = new.orders.get(event.order_id)
+    return kept is not None and kept.placed_at is None
 
 
 def apply_consent(
@@ -234,14 +209,6 @@ def due_transitions(
     return state, fired
 
 
-def needs_reevaluation(state: CustomerState, model: SegmentModel) -> bool:
-    """Whether the state was last evaluated under another rule set or calibration."""
-    return (
-        state.rule_version != model.rules.version
-        or state.calibration_version != model.calibration.version
-    )
-
-
 def reevaluate(
     state: CustomerState, model: SegmentModel, now: datetime
 ) -> tuple[CustomerState, list[Transition]]:
@@ -258,122 +225,6 @@ def reevaluate(
     state, moved = _resegment(state, updated, state.as_of, Cause(kind=kind), model)
     state, caught_up = due_transitions(state, now, model, cause=kind)
     return state, moved + caught_up
-
-
-def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
-    """The instant the customer changes segment if no further order arrives (None: never).
-
-    Candidates are the instants the recency score can drop, the personal inactivity threshold
-    and the end of the minimum dwell; the first candidate at which the segment differs wins.
-    """
-    return model._due.get(state, lambda s: _next_due(s, model))
-
-
-# Bumped whenever next_due gives another instant for the same state, rules and calibration: a
-# due time stored by an earlier version is then computed again instead of taken.
-DUE_VERSION: Final = 1
-
-
-def remember_due(state: CustomerState, model: SegmentModel, due: datetime | None) -> None:
-    """Hand ``next_due`` the due time already known for this very state object: the one
-    stored with it, computed when it was written. Taken only for a consenting customer
-    decided under the model's rule set and calibration (then ``next_due`` would give the same
-    instant); else ignored, and ``next_due`` computes it."""
-    if not needs_reevaluation(state, model) and consented(state, model.consent_required):
-        model._due.put(state, due)
-
-
-def current_metrics(state: CustomerState, model: SegmentModel) -> Metrics:
-    """The customer's figures as of their latest instant (``as_of``), with the scores their
-    segment was decided with (what Redis shows). Memoised: the evaluation that decided the
-    state hands its figures on."""
-    if state.as_of is None:
-        raise ValueError("a state without an instant has no current figures")
-    return model._current.get(state, lambda s: _current_metrics(s, model))
-
-
-def _current_metrics(state: CustomerState, model: SegmentModel) -> Metrics:
-    assert state.as_of is not None
-    metrics = compute_metrics(state, state.as_of, model.rules, model.calibration)
-    scores = state.scores
-    if scores is None:
-        return metrics
-    return evolve(metrics, r_score=scores.r, f_score=scores.f, m_score=scores.m)
-
-
-def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
-    if state.segment is None or state.as_of is None:
-        return None
-    # Time moves the recency score only: the rest is the state's current figures.
-    m = current_metrics(state, model)
-    last = m.last_order_at
-    if last is None or m.inactive_after_days is None:
-        return None
-    dwell_end = _dwell_end(state, model)
-    if dwell_end is not None and dwell_end <= state.as_of:
-        dwell_end = None  # over: it neither is a candidate nor holds one back (fewer shapes)
-    # What the search for the instant depends on, every instant as an offset from the last
-    # order: customers of the same shape change segment at the same offset (most customers
-    # share a few thousand shapes; a new customer's is their segment, inactivity threshold, F
-    # and M scores and which money bounds they are within).
-    shape: _Shape = (
-        state.segment,
-        state.as_of - last,
-        None if dwell_end is None else dwell_end - last,
-        m.inactive_after_days,
-        m.order_count == 1,
-        m.f_score,
-        m.m_score,
-        bounds_matched(model.rules, m.discount_share, m.average_order_value),
-    )
-    shapes = model._shapes
-    try:
-        offset = shapes[shape]
-    except KeyError:
-        offset = _due_offset(shape, model)
-        if len(shapes) >= SHAPES_SIZE:
-            shapes.clear()
-        shapes[shape] = offset
-    return None if offset is None else last + offset
-
-
-# (segment, as_of, end of the minimum dwell or None, inactivity threshold in days, single
-# order, F score, M score, money bounds matched): the instants relative to the last order.
-_Shape = tuple[str, timedelta, timedelta | None, float, bool, int | None, int | None, int]
-# Shapes remembered per shop model (about 300 bytes each): a few hundred shapes cover most
-# customers (new customers' above all); a repeat customer's personal inactivity threshold
-# often makes a shape of its own.
-SHAPES_SIZE: Final = 4_096
-
-
-def _due_offset(shape: _Shape, model: SegmentModel) -> timedelta | None:
-    """How long after the last order a customer of this shape first changes segment if no
-    further order arrives (None: never). Candidates are the offsets at which the recency score
-    can drop, the inactivity threshold and the end of the minimum dwell; the first candidate
-    after ``as_of`` (and not before the dwell ends) at which the segment differs wins."""
-    segment, as_of, dwell_end, inactive_after, single, f, m, matched = shape
-    cuts = model.calibration.cutoffs.recency_days
-    candidates = set(recency_drops(cuts))
-    candidates.add(timedelta(days=inactive_after))
-    if dwell_end is not None:
-        candidates.add(dwell_end)
-    for offset in sorted(candidates):
-        if offset <= as_of or (dwell_end is not None and offset < dwell_end):
-            continue
-        if not (f and m):
-            return offset  # without scores no segment: not the customer's
-        recency = elapsed_days(offset)
-        cell = Cell(recency >= inactive_after, single, score_recency(recency, cuts), f, m)
-        if decide_matched(cell, matched, model.rules) != segment:
-            return offset
-    return None
-
-
-def _dwell_end(state: CustomerState, model: SegmentModel) -> datetime | None:
-    dwell = model.rules.scoring.min_dwell_days
-    if not dwell or state.segment_since is None:
-        return None
-    return state.segment_since + timedelta(days=dwell)
 
 
 def transition_id(
@@ -417,7 +268,7 @@ def _resegment(
     scoring = _SCORING[cause.kind]
     result = evaluate(after, at, model, scoring=scoring)
     segment = result.segment
-    dwell_end = _dwell_end(before, model)
+    dwell_end = dwell_ends_at(before, model)
     if (
         cause.kind in _DEFERRABLE
         and before.segment is not None
@@ -478,7 +329,7 @@ def _resegment(
     decided = evolve(after, **update)
     if decided.as_of == at and (result.scores is not None or scoring == "fresh"):
         # the figures of the evaluation are the state's current figures: with the scores
-        # the state keeps, or (no scores kept) scored fresh like _current_metrics does
+        # the state keeps, or (no scores kept) scored fresh like current_metrics does
         model._current.put(decided, result.metrics)
     return decided, transitions
 
