@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint bench down clean
+.PHONY: demo test unit adapters integration lint bench down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP) lint
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+adapters: $(STAMP)
+	$(BIN)/pytest tests/adapters tests/repo
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration

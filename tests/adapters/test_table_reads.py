@@ -108,7 +108,7 @@ async def test_an_acknowledged_changelog_batch_is_where_a_warm_restart_resumes(
 
     from aiokafka import TopicPartition
 
-    from tests.unit.test_producer_drain import _ack, _app, _Producer
+    from tests.adapters.test_producer_drain import _ack, _app, _Producer
 
     app = faust.App(
         "offsets-test", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=tmp_path
