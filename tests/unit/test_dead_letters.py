@@ -77,8 +77,8 @@ def test_every_reason_the_code_dead_letters_for_is_known_and_documented() -> Non
     used = set(re.findall(r'(?:DecodeError|OrderRejected)\(\s*"([a-z_]+)"', code))
     used |= set(re.findall(r'_dead_letter\(\w+, "([a-z_]+)"', code))
     assert used and used <= set(REASONS)
-    readme = Path("README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| `segmenter.dlq.reason`"))
+    events = Path("docs/events.md").read_text()
+    row = next(line for line in events.splitlines() if line.startswith("| `segmenter.dlq.reason`"))
     assert re.findall(r"`([a-z_]+)`", row.split("|")[2]) == list(REASONS)
     # the metric has every reason from the start (an alert on its increase sees the first one)
     samples = WorkerMetrics().dead_letters.collect()[0].samples
