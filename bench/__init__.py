@@ -1,1 +1,1 @@
-"""The throughput and latency benchmark (``python -m bench``, see the README)."""
+"""The throughput and latency benchmark (``python -m bench``, see docs/performance.md)."""

@@ -17,6 +17,8 @@ from streams.dlq import (
 )
 from streams.metrics import WorkerMetrics
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_a_dead_letter_reads_back_what_was_written() -> None:
     source = SourceRecord(b"c\xc3\xa9", b"{not json", "orders", 3, 1234)
@@ -72,13 +74,13 @@ def test_a_record_sent_back_and_rejected_again_is_sent_back_once_more_not_twice(
 
 def test_every_reason_the_code_dead_letters_for_is_known_and_documented() -> None:
     code = "".join(
-        p.read_text() for p in [*Path("streams").glob("*.py"), *Path("models").glob("*.py")]
+        p.read_text() for p in [*(ROOT / "streams").rglob("*.py"), *(ROOT / "models").rglob("*.py")]
     )
     used = set(re.findall(r'(?:DecodeError|OrderRejected)\(\s*"([a-z_]+)"', code))
     used |= set(re.findall(r'_dead_letter\(\w+, "([a-z_]+)"', code))
     assert used and used <= set(REASONS)
-    readme = Path("README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| `segmenter.dlq.reason`"))
+    events = (ROOT / "docs/events.md").read_text()
+    row = next(line for line in events.splitlines() if line.startswith("| `segmenter.dlq.reason`"))
     assert re.findall(r"`([a-z_]+)`", row.split("|")[2]) == list(REASONS)
     # the metric has every reason from the start (an alert on its increase sees the first one)
     samples = WorkerMetrics().dead_letters.collect()[0].samples

@@ -1,5 +1,5 @@
-"""The README documents what the code does: schema, settings and commands, and the latest
-benchmark results as bench/results.json holds them."""
+"""The README and the pages of docs/ document what the code does: schema, settings and commands,
+and the latest benchmark results as bench/results.json holds them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from models.events import order_event_json_schema
 from streams.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
 README = (ROOT / "README.md").read_text()
+SCHEMA_FILE = DOCS / "order-event.schema.json"
+REGENERATE = "segmenter schema > docs/order-event.schema.json"
+
+
+def doc(name: str) -> str:
+    return (DOCS / name).read_text()
 
 
 def test_the_first_two_commands_are_demo_and_test() -> None:
@@ -22,20 +29,24 @@ def test_the_first_two_commands_are_demo_and_test() -> None:
     assert commands[:2] == ["demo", "test"]
 
 
-def test_published_schema_is_the_generated_one() -> None:
-    block = README.split("<summary>orders topic JSON Schema</summary>")[1]
-    json_text = block.split("```json")[1].split("```")[0]
-    assert orjson.loads(json_text) == order_event_json_schema()
+def test_the_readme_stays_short_and_links_every_page() -> None:
+    assert len(README.splitlines()) < 200
+    pages = {p.name for p in DOCS.iterdir()}
+    linked = set(re.findall(r"\]\(docs/([^)#]+)", README))
+    assert pages <= linked, pages - linked
 
 
-def test_every_setting_is_documented() -> None:
-    for name in Settings.model_fields:
-        assert f"`SEGMENTER_{name.upper()}`" in README, name
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), (page.name, target)
 
 
-def test_every_command_is_documented() -> None:
-    for name in main.commands:
-        assert f"`segmenter {name}" in README, name
+def test_the_published_schema_file_is_what_segmenter_schema_prints() -> None:
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0
+    assert SCHEMA_FILE.read_text() == result.output, f"regenerate it: {REGENERATE}"
+    assert REGENERATE in doc("events.md")
 
 
 def test_schema_command_prints_the_schema() -> None:
@@ -44,12 +55,24 @@ def test_schema_command_prints_the_schema() -> None:
     assert orjson.loads(result.output) == order_event_json_schema()
 
 
+def test_every_setting_is_documented() -> None:
+    configuration = doc("configuration.md")
+    for name in Settings.model_fields:
+        assert f"| `SEGMENTER_{name.upper()}` |" in configuration, name
+
+
+def test_every_command_is_documented() -> None:
+    operations = doc("operations.md")
+    for name in main.commands:
+        assert f"| `segmenter {name}" in operations, name
+
+
 def test_the_performance_table_quotes_the_latest_results() -> None:
     figures = orjson.loads((ROOT / "bench" / "results.json").read_bytes())["figures"]
     run, latency = figures["throughput"], figures["latency"]
     scaling, restart = figures["scaling"], figures["restart"]
     baseline = sum(run["raw_orders_per_s"]) / len(run["raw_orders_per_s"])
-    rows = [
+    performance = [
         f"({run['worker_orders_per_s']:,} vs ~{round(baseline, -2):,.0f} orders/s) | "
         f"{_percent(run['ratio'])} |",
         f"({run['floor_orders_per_s']:,} orders/s) / raw baseline | "
@@ -58,12 +81,15 @@ def test_the_performance_table_quotes_the_latest_results() -> None:
         f"({scaling['orders_per_s']:,} orders/s) / one worker | {scaling['speedup']:.2f} x |",
         f"| {latency['p50_ms']} / {latency['p99_ms']} / {latency['max_ms']} ms |",
         f"to ready | {restart['warm_restart_s']} s |",
-        # and the known limits
+    ]
+    for row in performance:
+        assert row in doc("performance.md"), row
+    known_limits = [
         f"- Throughput: about {_percent(run['ratio'])} of a raw aiokafka consumer",
         f"(two workers on the same 2 cores: {scaling['speedup']:.2f} times one)",
     ]
-    for row in rows:
-        assert row in README, row
+    for row in known_limits:
+        assert row in doc("known-limits.md"), row
 
 
 def _percent(ratio: float) -> str:
