@@ -52,7 +52,7 @@ def test_the_worker_refuses_a_rule_set_with_gaps_before_it_connects(tmp_path: Pa
 def test_cluster_ids_never_look_like_an_option() -> None:
     import base64
 
-    from streams.devstack import cluster_id
+    from streams.cli.devstack import cluster_id
 
     ids = [cluster_id() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)

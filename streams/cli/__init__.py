@@ -30,7 +30,7 @@ from models.rules import SegmentRules, all_cells, check_rules
 from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics, state_key
 from models.transitions import bootstrap_calibration
-from streams.devstack import Devstack, DevstackError
+from streams.cli.devstack import Devstack, DevstackError
 from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache
 from streams.topics import TopicsError
@@ -172,7 +172,7 @@ def _print_status(stack: Devstack) -> bool:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def replay(file: Path) -> None:
     """Publish historical orders (JSON lines or CSV) to the orders topic."""
-    from streams.replay import ReplayError, count_records, publish, read_records
+    from streams.cli.replay import ReplayError, count_records, publish, read_records
     from streams.topics import ensure_topics
 
     settings = _settings()
@@ -298,7 +298,7 @@ def segments(shop: str) -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait")
 def forget(customer_id: str, shop: str, wait: bool, timeout: float) -> None:
     """Erase everything stored about a customer (right to erasure); prints the receipt."""
-    from streams.privacy_requests import request_erasure
+    from streams.cli.privacy_requests import request_erasure
 
     settings = _settings()
     try:
@@ -555,13 +555,9 @@ def schema() -> None:
 @click.option("--keep-running", is_flag=True, help="leave the worker running afterwards")
 def demo(customers: int, keep_running: bool) -> None:
     """Start the devstack and a worker, replay a sample year of orders, show what happens."""
-    from streams.demo import run_demo
+    from streams.cli.demo import run_demo
 
     try:
         run_demo(customers=customers, keep_running=keep_running)
     except (DevstackError, ConnectionError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-if __name__ == "__main__":
-    main()

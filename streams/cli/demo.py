@@ -18,12 +18,12 @@ from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.app import marketing_transitions
 from streams.calibrations import recalibrate
 from streams.changelog import count_records, read_table
+from streams.cli.devstack import Devstack
+from streams.cli.replay import publish
+from streams.cli.sample_data import sample_records
 from streams.clients import started
-from streams.devstack import Devstack
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
-from streams.replay import publish
-from streams.sample_data import sample_records
 from streams.topics import delete_topics, ensure_topics
 from streams.worker import spawn_worker, stop_worker
 
