@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from pydantic import BaseModel, ValidationError
 
 from config.rules import DEFAULT_RULES_FILE
-from streams.cli import Commands, main
+from streams.cli import main
+from streams.cli.group import Commands
 from tests.conftest import free_port
 
 GAP = DEFAULT_RULES_FILE.read_text().replace(
