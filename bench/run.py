@@ -49,9 +49,9 @@ from bench.data import StreamSpec, order_stream
 from bench.raw import run_raw
 from bench.store import create_compacted_topic, fill_changelog
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
-from streams.cli import progress_bar
+from streams.cli.devstack import Devstack
+from streams.cli.group import progress_bar
 from streams.codecs import ORDER_TYPES
-from streams.devstack import Devstack
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
-from streams.devstack import Devstack
+from streams.cli.devstack import Devstack
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

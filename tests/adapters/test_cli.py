@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from pydantic import BaseModel, ValidationError
 
 from config.rules import DEFAULT_RULES_FILE
-from streams.cli import Commands, main
+from streams.cli import main
+from streams.cli.group import Commands
 from tests.conftest import free_port
 
 GAP = DEFAULT_RULES_FILE.read_text().replace(
@@ -52,7 +53,7 @@ def test_the_worker_refuses_a_rule_set_with_gaps_before_it_connects(tmp_path: Pa
 def test_cluster_ids_never_look_like_an_option() -> None:
     import base64
 
-    from streams.devstack import cluster_id
+    from streams.cli.devstack import cluster_id
 
     ids = [cluster_id() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streams.cli.replay import ReplayError, read_records
 from streams.codecs import decode_order
-from streams.replay import ReplayError, read_records
 
 HEADER = "type,order_id,customer_id,shop_id,occurred_at,currency,total,discount,"
 CSV = (

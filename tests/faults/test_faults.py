@@ -30,7 +30,7 @@ from models.routing import marketing_transitions
 from models.segment_model import bootstrap_calibration
 from models.state import compute_metrics
 from streams.changelog import read_table, read_topic
-from streams.devstack import Devstack
+from streams.cli.devstack import Devstack
 from streams.lag import group_lag
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker

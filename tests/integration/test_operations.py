@@ -16,10 +16,10 @@ import pytest
 from config.rules import load_rules
 from models.routing import marketing_transitions
 from models.state import CustomerState
+from streams.cli.devstack import Devstack
+from streams.cli.replay import publish
 from streams.codecs import encode_stored
-from streams.devstack import Devstack
 from streams.lag import group_lag
-from streams.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import cli_result, free_port, run_cli, settings_from, wait_for

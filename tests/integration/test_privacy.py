@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from config.rules import load_rules
 from models.routing import marketing_transitions
 from streams.changelog import read_table, read_topic
-from streams.replay import publish
+from streams.cli.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import run_cli, settings_from, wait_for

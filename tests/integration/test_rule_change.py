@@ -11,8 +11,8 @@ import pytest
 from config.rules import DEFAULT_RULES_FILE, load_rules
 from models.routing import marketing_transitions
 from streams.changelog import read_topic
+from streams.cli.replay import publish
 from streams.lag import group_lag
-from streams.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import settings_from, wait_for

@@ -15,7 +15,7 @@ import pytest
 from config.rules import load_rules
 from streams.calibrations import read_calibrations
 from streams.changelog import read_topic
-from streams.replay import publish
+from streams.cli.replay import publish
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, settings_from, wait_for

@@ -52,6 +52,6 @@ def test_compose_kafka_does_not_auto_create_topics() -> None:
 
 
 def test_compose_runs_the_same_kafka_version_as_the_devstack() -> None:
-    from streams.devstack import KAFKA_VERSION
+    from streams.cli.devstack import KAFKA_VERSION
 
     assert _compose()["services"]["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"

@@ -1,4 +1,5 @@
-"""The ``segmenter`` command line: an entry point only; the work happens in the modules it calls."""
+"""Commands that look at what the workers hold: a customer, every customer, segment sizes,
+dead letters (and sending them back), consumer lag, the order schema."""
 
 from __future__ import annotations
 
@@ -6,193 +7,25 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import click
 import orjson
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
-from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from config.rules import RulesError, load_rules
-from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from config.rules import load_rules
+from config.settings import Settings
 from models.events import order_event_json_schema
 from models.privacy import pseudonym
-from models.rule_check import all_cells, check_rules
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics, state_key
-from streams.devstack import Devstack, DevstackError
+from streams.cli.group import console, load_settings, main, out, progress_bar
 from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache
-from streams.topics import TopicsError
 
 T = TypeVar("T")
-
-console = Console(stderr=True)
-out = Console()
-
-
-def _settings() -> Settings:
-    return Settings()
-
-
-def _devstack(settings: Settings) -> Devstack:
-    return Devstack(settings.devstack_dir, DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT)
-
-
-def progress_bar() -> Progress:
-    """The progress bar of long commands (on stderr; also used by the benchmark)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-class Commands(click.Group):
-    """The commands, with a clear one-line error (no traceback) when what they talk to cannot be
-    reached or the configuration is wrong: where they tried, and which setting says so."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except ValidationError as exc:
-            if exc.title != Settings.__name__:  # a record's, not the settings'
-                raise
-            raise click.ClickException(f"invalid SEGMENTER_* settings: {exc}") from exc
-        except (RulesError, TopicsError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        except KafkaError as exc:
-            raise click.ClickException(_kafka_error(exc)) from exc
-        except RedisError as exc:
-            raise click.ClickException(_redis_error(exc)) from exc
-
-
-def _kafka_error(exc: KafkaError) -> str:
-    unreachable = isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
-    where = Settings().kafka_bootstrap_servers
-    return _server_error("Kafka", where, exc, "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS", unreachable)
-
-
-def _redis_error(exc: RedisError) -> str:
-    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
-    url = urlsplit(Settings().redis_url)
-    where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
-    return _server_error("Redis", where, exc, "SEGMENTER_REDIS_URL", unreachable)
-
-
-def _server_error(service: str, where: str, exc: Exception, setting: str, unreachable: bool) -> str:
-    """What went wrong with ``service`` at ``where``; if it could not be reached, how to fix it."""
-    message = f"{service} at {where}: {exc}"
-    if unreachable:
-        message += (
-            "\nIs it running? `segmenter devstack up` starts the local one; "
-            f"{setting} names another."
-        )
-    return message
-
-
-@click.group(cls=Commands)
-def main() -> None:
-    """Streaming customer segmentation on Kafka, Faust and Redis."""
-
-
-@main.command()
-@click.option("--clock", type=click.Choice(["wall", "event"]), help="override SEGMENTER_CLOCK")
-def worker(clock: str | None) -> None:
-    """Run a worker (consumes orders, emits transitions, caches segments)."""
-    from streams.worker import run_worker
-
-    settings = _settings()
-    if clock:
-        settings = settings.model_copy(update={"clock": clock})
-    try:
-        run_worker(settings)
-    except (RulesError, ConnectionError) as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-@main.group()
-def devstack() -> None:
-    """The local Kafka and Redis (for the demo and the tests)."""
-
-
-@devstack.command("up")
-def devstack_up() -> None:
-    """Start Kafka and Redis on loopback (idempotent; waits until both answer)."""
-    stack = _devstack(_settings())
-    try:
-        stack.up(say=console.print)
-    except DevstackError as exc:
-        raise click.ClickException(str(exc)) from exc
-    _print_status(stack)
-
-
-@devstack.command("down")
-def devstack_down() -> None:
-    """Stop Kafka and Redis."""
-    stack = _devstack(_settings())
-    stack.down(say=console.print)
-    _print_status(stack)
-
-
-@devstack.command("status")
-def devstack_status() -> None:
-    """Report whether Kafka and Redis answer (exit status 1 if either does not)."""
-    stack = _devstack(_settings())
-    if not _print_status(stack):
-        sys.exit(1)
-
-
-def _print_status(stack: Devstack) -> bool:
-    table = Table("service", "address", "state", "pid", "what")
-    statuses = stack.status()
-    for s in statuses:
-        state = "[green]up[/]" if s.running else "[red]down[/]"
-        table.add_row(s.name, s.address, state, str(s.pid or "-"), s.detail)
-    out.print(table)
-    return all(s.running for s in statuses)
-
-
-@main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def replay(file: Path) -> None:
-    """Publish historical orders (JSON lines or CSV) to the orders topic."""
-    from streams.replay import ReplayError, count_records, publish, read_records
-    from streams.topics import ensure_topics
-
-    settings = _settings()
-    try:
-        total = count_records(file)
-    except ReplayError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-    async def run() -> int:
-        await ensure_topics(settings)
-        with progress_bar() as progress:
-            task = progress.add_task(f"replaying {file.name}", total=total)
-            return await publish(settings, read_records(file), lambda n: progress.advance(task, n))
-
-    try:
-        sent = asyncio.run(run())
-    except (ReplayError, ConnectionError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    console.print(f"published {sent} records to {settings.orders_topic}")
 
 
 @main.command()
@@ -201,7 +34,7 @@ def replay(file: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="everything stored, as JSON")
 def customer(customer_id: str, shop: str, as_json: bool) -> None:
     """Show a customer's current segment (Redis) or, with --json, everything stored."""
-    settings = _settings()
+    settings = load_settings()
     if as_json:
         from streams.changelog import read_table
 
@@ -264,7 +97,7 @@ def export() -> None:
     """Every customer's current state as JSON lines (read from the table's changelog)."""
     from streams.changelog import read_table
 
-    settings = _settings()
+    settings = load_settings()
     with progress_bar() as progress:
         task = progress.add_task("reading changelog", total=None)
 
@@ -283,7 +116,7 @@ def export() -> None:
 @click.option("--shop", default="default", show_default=True)
 def segments(shop: str) -> None:
     """Segment sizes from the Redis cache."""
-    settings = _settings()
+    settings = load_settings()
     names = load_rules(settings.rules_file).segment_names
     sizes = _from_cache(settings, lambda cache: cache.segment_sizes(shop, names))
     table = Table("segment", "customers", title=f"segments of shop {shop}")
@@ -292,95 +125,10 @@ def segments(shop: str) -> None:
     out.print(table)
 
 
-@main.command()
-@click.argument("customer_id")
-@click.option("--shop", default="default", show_default=True)
-@click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipt")
-@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait")
-def forget(customer_id: str, shop: str, wait: bool, timeout: float) -> None:
-    """Erase everything stored about a customer (right to erasure); prints the receipt."""
-    from streams.privacy_requests import request_erasure
-
-    settings = _settings()
-    try:
-        receipt = asyncio.run(request_erasure(settings, shop, customer_id, wait, timeout))
-    except (ConnectionError, TimeoutError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    sys.stdout.write(orjson.dumps(receipt).decode() + "\n")
-
-
 def _customer_ref(settings: Settings, shop: str, customer_id: str) -> str:
     """The id the customer is stored under: its pseudonym when a secret is configured."""
     secret = settings.secret
     return pseudonym(secret, shop, customer_id) if secret else customer_id
-
-
-@main.group()
-def rules() -> None:
-    """The segment rule set."""
-
-
-@rules.command("check")
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def rules_check(file: Path | None) -> None:
-    """Refuse a rule file with unreachable rules or uncovered score combinations."""
-    path = file or _settings().rules_file
-    try:
-        loaded = load_rules(path, check=False)
-    except RulesError as exc:
-        raise click.ClickException(str(exc)) from exc
-    report = check_rules(loaded)
-    if not report.ok:
-        raise click.ClickException(f"rule set {loaded.version}:\n{report.describe()}")
-    out.print(
-        f"rule set {loaded.version}: {len(loaded.segments)} segments, every one reachable, "
-        f"all {len(all_cells())} score/flag combinations covered"
-    )
-    if report.unreached:  # quantile mode: a calibration may reach them
-        out.print(f"note: {report.unreached_note()}", soft_wrap=True)
-
-
-@rules.command("show")
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def rules_show(file: Path | None) -> None:
-    """Print a rule file as the worker reads it."""
-    try:
-        loaded = load_rules(file or _settings().rules_file)
-    except RulesError as exc:
-        raise click.ClickException(str(exc)) from exc
-    out.print_json(loaded.model_dump_json())
-
-
-@main.command()
-@click.option("--shop", default=None, help="only this shop (default: every shop)")
-def recalibrate(shop: str | None) -> None:
-    """Compute quantile cut-offs from every customer and publish them; workers re-evaluate."""
-    from streams.calibrations import recalibrate as run
-
-    settings = _settings()
-    loaded = load_rules(settings.rules_file)
-    if loaded.scoring.mode != "quantile":
-        raise click.ClickException(f"rule set {loaded.version} uses fixed cut-offs")
-    published = asyncio.run(run(settings, loaded, datetime.now(UTC), shop))
-    if not published:
-        which = f"shop {shop!r} does not have" if shop else "no shop has"
-        console.print(
-            f"nothing published: {which} {loaded.scoring.min_customers} customers with orders "
-            "or more (scoring.min_customers); the rule file's cut-offs stay"
-        )
-        return
-    table = Table("shop", "version", "customers", "recency days", "frequency", "monetary")
-    for c in published:
-        cut = c.cutoffs
-        table.add_row(
-            c.shop_id,
-            c.version,
-            str(c.customers),
-            str(list(cut.recency_days)),
-            str(list(cut.frequency)),
-            str(list(cut.monetary)),
-        )
-    out.print(table)
 
 
 @main.command("dead-letters")
@@ -399,7 +147,7 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
 
     from streams.changelog import read_topic
 
-    settings = _settings()
+    settings = load_settings()
     if redrive and not reasons:
         raise click.ClickException(
             "name the reasons to send back with --reason (a record rejected for its content "
@@ -488,7 +236,7 @@ def lag(topic: str | None, watch: bool, interval: float, as_json: bool) -> None:
 
     from streams.lag import LagProbe, PartitionLag
 
-    settings = _settings()
+    settings = load_settings()
     topic = topic or settings.orders_topic
 
     def render(lags: list[PartitionLag]) -> Table:
@@ -549,20 +297,3 @@ def schema() -> None:
     """Print the JSON Schema of the order events on the orders topic."""
     sys.stdout.write(orjson.dumps(order_event_json_schema(), option=orjson.OPT_INDENT_2).decode())
     sys.stdout.write("\n")
-
-
-@main.command()
-@click.option("--customers", default=40, show_default=True, help="sample customers")
-@click.option("--keep-running", is_flag=True, help="leave the worker running afterwards")
-def demo(customers: int, keep_running: bool) -> None:
-    """Start the devstack and a worker, replay a sample year of orders, show what happens."""
-    from streams.demo import run_demo
-
-    try:
-        run_demo(customers=customers, keep_running=keep_running)
-    except (DevstackError, ConnectionError, TimeoutError) as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import shutil
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -18,12 +21,12 @@ from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from models.routing import marketing_transitions
 from streams.calibrations import recalibrate
 from streams.changelog import count_records, read_table
+from streams.cli.devstack import Devstack
+from streams.cli.replay import publish
+from streams.cli.sample_data import sample_events, sample_records
 from streams.clients import started
-from streams.devstack import Devstack
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
-from streams.replay import publish
-from streams.sample_data import sample_records
 from streams.topics import delete_topics, ensure_topics
 from streams.worker import spawn_worker, stop_worker
 
@@ -43,6 +46,7 @@ DEMO = {
     "web_port": "0",
 }
 DONE_TIMEOUT_SECONDS = 180.0
+FEATURED_CUSTOMER = "c008-lapsing"  # the customer the README follows
 
 
 def run_demo(customers: int, keep_running: bool) -> None:
@@ -58,6 +62,7 @@ def run_demo(customers: int, keep_running: bool) -> None:
     log_path = base.devstack_dir / "demo-worker.log"
     console.print(f"starting a worker (event-time clock; log: {log_path}) ...")
     worker = spawn_worker({**DEMO, "data_dir": str(data_dir)}, log_path)
+    program = _program()
     try:
         records = list(sample_records(customers))
         console.print(f"replaying {len(records)} order events of {customers} customers over a year")
@@ -65,12 +70,42 @@ def run_demo(customers: int, keep_running: bool) -> None:
         fixed = asyncio.run(_segment_sizes(settings))
         asyncio.run(_recalibrate(settings))
         asyncio.run(_summary(settings, fixed))
+        featured = _featured_customer(customers)
+        if featured:
+            look = customer_command(featured, program)
+            console.print(f"look at a customer:  {look}", markup=False, soft_wrap=True)
     finally:
         if keep_running:
             console.print(f"worker left running (pid {worker.pid})")
         else:
             stop_worker(worker)
-    console.print("the devstack stays up; stop it with: segmenter devstack down")
+    console.print(f"the devstack stays up; stop it with: {program} devstack down", highlight=False)
+
+
+def customer_command(customer_id: str, program: str = "segmenter") -> str:
+    """The shell command that shows one of the demo's customers. The demo keeps its own Redis
+    keys and topics, so the command names the demo's Redis prefix (and its app id, which
+    ``--json`` reads the table's changelog by); the sample's orders are all of the default shop."""
+    env = {"SEGMENTER_APP_ID": DEMO["app_id"], "SEGMENTER_REDIS_PREFIX": DEMO["redis_prefix"]}
+    assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+    return f"{assignments} {shlex.quote(program)} customer {shlex.quote(customer_id)}"
+
+
+def _featured_customer(customers: int) -> str | None:
+    ids = [event["customer_id"] for event in sample_events(customers)]
+    return FEATURED_CUSTOMER if FEATURED_CUSTOMER in ids else next(iter(ids), None)
+
+
+def _program() -> str:
+    """How to run this command line again from the same shell: ``segmenter`` when that is on
+    the PATH, else the path it was started by (``make demo`` runs ``.venv/bin/segmenter``)."""
+    started = sys.argv[0]
+    on_path = shutil.which("segmenter")
+    if os.path.basename(started) != "segmenter" or (
+        on_path and os.path.realpath(on_path) == os.path.realpath(started)
+    ):
+        return "segmenter"
+    return started
 
 
 async def _reset(settings: Settings, marketing: list[str]) -> None:

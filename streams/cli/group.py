@@ -1,0 +1,89 @@
+"""The ``segmenter`` command group, its one-line errors, and what every command shares: the
+settings, the consoles and the progress bar."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import click
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from config.rules import RulesError
+from config.settings import Settings
+from streams.topics import TopicsError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def load_settings() -> Settings:
+    """The settings from the environment (read when a command runs, not at import)."""
+    return Settings()
+
+
+def progress_bar() -> Progress:
+    """The progress bar of long commands (on stderr; also used by the benchmark)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+class Commands(click.Group):
+    """The commands, with a clear one-line error (no traceback) when what they talk to cannot be
+    reached or the configuration is wrong: where they tried, and which setting says so."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:  # a record's, not the settings'
+                raise
+            raise click.ClickException(f"invalid SEGMENTER_* settings: {exc}") from exc
+        except (RulesError, TopicsError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KafkaError as exc:
+            raise click.ClickException(_kafka_error(exc)) from exc
+        except RedisError as exc:
+            raise click.ClickException(_redis_error(exc)) from exc
+
+
+def _kafka_error(exc: KafkaError) -> str:
+    unreachable = isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
+    where = Settings().kafka_bootstrap_servers
+    return _server_error("Kafka", where, exc, "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS", unreachable)
+
+
+def _redis_error(exc: RedisError) -> str:
+    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+    url = urlsplit(Settings().redis_url)
+    where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
+    return _server_error("Redis", where, exc, "SEGMENTER_REDIS_URL", unreachable)
+
+
+def _server_error(service: str, where: str, exc: Exception, setting: str, unreachable: bool) -> str:
+    """What went wrong with ``service`` at ``where``; if it could not be reached, how to fix it."""
+    message = f"{service} at {where}: {exc}"
+    if unreachable:
+        message += (
+            "\nIs it running? `segmenter devstack up` starts the local one; "
+            f"{setting} names another."
+        )
+    return message
+
+
+@click.group(cls=Commands)
+def main() -> None:
+    """Streaming customer segmentation on Kafka, Faust and Redis."""

@@ -1,0 +1,87 @@
+"""Commands that start things: a worker, the local devstack, the demo."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.table import Table
+
+from config.rules import RulesError
+from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from streams.cli.devstack import Devstack, DevstackError
+from streams.cli.group import console, load_settings, main, out
+
+
+def _devstack(settings: Settings) -> Devstack:
+    return Devstack(settings.devstack_dir, DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT)
+
+
+@main.command()
+@click.option("--clock", type=click.Choice(["wall", "event"]), help="override SEGMENTER_CLOCK")
+def worker(clock: str | None) -> None:
+    """Run a worker (consumes orders, emits transitions, caches segments)."""
+    from streams.worker import run_worker
+
+    settings = load_settings()
+    if clock:
+        settings = settings.model_copy(update={"clock": clock})
+    try:
+        run_worker(settings)
+    except (RulesError, ConnectionError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def devstack() -> None:
+    """The local Kafka and Redis (for the demo and the tests)."""
+
+
+@devstack.command("up")
+def devstack_up() -> None:
+    """Start Kafka and Redis on loopback (idempotent; waits until both answer)."""
+    stack = _devstack(load_settings())
+    try:
+        stack.up(say=console.print)
+    except DevstackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_status(stack)
+
+
+@devstack.command("down")
+def devstack_down() -> None:
+    """Stop Kafka and Redis."""
+    stack = _devstack(load_settings())
+    stack.down(say=console.print)
+    _print_status(stack)
+
+
+@devstack.command("status")
+def devstack_status() -> None:
+    """Report whether Kafka and Redis answer (exit status 1 if either does not)."""
+    stack = _devstack(load_settings())
+    if not _print_status(stack):
+        sys.exit(1)
+
+
+def _print_status(stack: Devstack) -> bool:
+    table = Table("service", "address", "state", "pid", "what")
+    statuses = stack.status()
+    for s in statuses:
+        state = "[green]up[/]" if s.running else "[red]down[/]"
+        table.add_row(s.name, s.address, state, str(s.pid or "-"), s.detail)
+    out.print(table)
+    return all(s.running for s in statuses)
+
+
+@main.command()
+@click.option("--customers", default=40, show_default=True, help="sample customers")
+@click.option("--keep-running", is_flag=True, help="leave the worker running afterwards")
+def demo(customers: int, keep_running: bool) -> None:
+    """Start the devstack and a worker, replay a sample year of orders, show what happens."""
+    from streams.cli.demo import run_demo
+
+    try:
+        run_demo(customers=customers, keep_running=keep_running)
+    except (DevstackError, ConnectionError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
