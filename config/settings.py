@@ -8,11 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVSTACK_KAFKA_PORT = 19092
 DEVSTACK_REDIS_PORT = 16379
+# A shorter secret could be guessed.
+MIN_SECRET_BYTES = 16
+
+
+def _secret_long_enough(value: SecretStr | None, variable: str) -> SecretStr | None:
+    if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise PydanticCustomError(
+            "secret_too_short",
+            "{variable} must be at least {minimum} bytes (unset it to turn this off)",
+            {"variable": variable, "minimum": MIN_SECRET_BYTES},
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -94,11 +107,21 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (0: no server)")
     web_host: str = Field("127.0.0.1", description="address the worker's HTTP server binds")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token (at least 16 bytes) of POST /pause and /resume; unset: they "
+        "are off",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field(
         "json", description="worker logs: one JSON object per line, or plain text"
     )
     devstack_dir: Path = Path(".devstack")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _secret_long_enough(value, "SEGMENTER_ADMIN_TOKEN")
 
     @property
     def clock_topic(self) -> str:

@@ -1,5 +1,5 @@
 """A worker's HTTP surface and gauges: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``,
-``/stats``, and ``/pause`` and ``/resume`` for maintenance."""
+``/stats``, and ``/pause`` and ``/resume`` for maintenance (POST: with the admin token only)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from faust.web import View
 from config.settings import Settings
 from streams.processor import Processor
 from streams.topics import broker_answers
+from streams.web_access import admin_refusal
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 # A time-caused transition later than this after its due time counts as overdue.
@@ -123,6 +124,13 @@ def _views(
     metrics = processor.metrics
     cache: Any = processor.handlers.stores.cache
 
+    def refused(view: View, request: Any) -> Any:
+        """The response refusing a state-changing request, or None if it may go ahead."""
+        refusal = admin_refusal(settings.admin_token, request.headers)
+        if refusal is None:
+            return None
+        return view.json({"error": refusal.error}, status=refusal.status, headers=refusal.headers)
+
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         # aiohttp takes the charset apart from the content type
@@ -159,6 +167,9 @@ def _views(
             return self.json({"paused": orders.paused})
 
         async def post(self, request: Any) -> Any:
+            refusal = refused(self, request)
+            if refusal is not None:
+                return refusal
             return self.json(orders.pause(True))
 
     @app.page("/resume")
@@ -169,6 +180,9 @@ def _views(
             return self.json({"paused": orders.paused})
 
         async def post(self, request: Any) -> Any:
+            refusal = refused(self, request)
+            if refusal is not None:
+                return refusal
             if recovery.in_recovery:  # recovery resumes the partitions itself when done
                 return self.json({"paused": orders.paused, "error": "recovering"}, status=409)
             return self.json(orders.pause(False))
