@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +20,33 @@ from streams.web_access import admin_refusal
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 # A time-caused transition later than this after its due time counts as overdue.
 OVERDUE_GRACE_SECONDS = 5.0
+# /readyz asks the brokers at most this often (each check opens an admin connection).
+BROKER_CHECK_SECONDS = 5.0
+
+
+class CachedCheck:
+    """A check whose answer is reused for ``ttl`` seconds; callers arriving while it runs wait
+    for that answer instead of running it again."""
+
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[bool]],
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._answer = False
+        self._checked_at: float | None = None
+
+    async def __call__(self) -> bool:
+        async with self._lock:
+            if self._checked_at is None or self._clock() - self._checked_at >= self._ttl:
+                self._answer = await self._check()
+                self._checked_at = self._clock()
+            return self._answer
 
 
 class OrderPartitions:
@@ -123,6 +153,7 @@ def _views(
     recovery = app.tables.recovery
     metrics = processor.metrics
     cache: Any = processor.handlers.stores.cache
+    broker = CachedCheck(lambda: broker_answers(settings), BROKER_CHECK_SECONDS)
 
     def refused(view: View, request: Any) -> Any:
         """The response refusing a state-changing request, or None if it may go ahead."""
@@ -148,7 +179,7 @@ def _views(
             "recovered": recovery.completed.is_set()
             and not recovery.in_recovery
             and not app.rebalancing,
-            "broker": await broker_answers(settings),
+            "broker": await broker(),
             "redis": await cache.ping(),
         }
         ready = all(checks.values())

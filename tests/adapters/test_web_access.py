@@ -1,6 +1,9 @@
-"""The worker's HTTP surface: who may pause and resume it, and Faust's own views kept off."""
+"""The worker's HTTP surface: who may pause and resume it, the broker check /readyz caches, and
+Faust's own views kept off."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from multidict import CIMultiDict
@@ -9,6 +12,7 @@ from pydantic import SecretStr
 from config.rules import load_rules
 from config.settings import Settings
 from streams.app import create_app
+from streams.web import CachedCheck
 from streams.web_access import admin_refusal
 
 TOKEN = SecretStr("s3cret-admin-token-0123")
@@ -79,6 +83,25 @@ def test_the_token_from_the_workers_own_origin_is_allowed(headers: dict[str, str
 )
 def test_a_cross_site_request_is_refused_even_with_the_token(headers: dict[str, str]) -> None:
     assert _refusal(TOKEN, **OWN, **BEARER, **headers) == (403, "cross-site request refused")
+
+
+async def test_the_broker_check_is_reused_for_its_time_to_live() -> None:
+    now = [0.0]
+    answers = [True, False]
+    calls = []
+
+    async def check() -> bool:
+        calls.append(now[0])
+        await asyncio.sleep(0)
+        return answers[len(calls) - 1]
+
+    cached = CachedCheck(check, ttl=5.0, clock=lambda: now[0])
+    assert await asyncio.gather(cached(), cached(), cached()) == [True, True, True]
+    now[0] = 4.9
+    assert await cached() is True
+    now[0] = 5.0
+    assert await cached() is False
+    assert calls == [0.0, 5.0]
 
 
 def test_fausts_table_router_and_statistics_views_are_off(
