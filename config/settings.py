@@ -5,24 +5,91 @@ Defaults point at the local devstack (``segmenter devstack up``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, GetCoreSchemaHandler, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError, core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVSTACK_KAFKA_PORT = 19092
 DEVSTACK_REDIS_PORT = 16379
+ENV_PREFIX = "SEGMENTER_"
+# A shorter secret could be guessed, and pseudonyms reversed by trying customer ids.
+MIN_SECRET_BYTES = 16
+MASK = "***"
+
+
+class RedisUrl(str):
+    """A Redis URL: the full URL as a string (what clients connect with), its password masked
+    wherever it is printed (``repr``, ``str``, f-strings, ``%s`` in logs, JSON)."""
+
+    def __str__(self) -> str:
+        return self.masked
+
+    def __repr__(self) -> str:
+        return repr(self.masked)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.masked, spec)
+
+    @property
+    def masked(self) -> str:
+        """The URL with the password (in the user part or a ``password=`` query) as ``***``."""
+        url = str.__str__(self)
+        try:
+            parts = urlsplit(url)
+            netloc = parts.netloc
+            if parts.password is not None:
+                user = parts.username or ""
+                netloc = f"{user}:{MASK}@{netloc.rpartition('@')[2]}"
+            query = parts.query
+            if query:
+                pairs = parse_qsl(query, keep_blank_values=True)
+                query = urlencode([(k, MASK if k == "password" else v) for k, v in pairs], safe="*")
+            return urlunsplit(parts._replace(netloc=netloc, query=query))
+        except ValueError:  # not a URL we can take apart: print none of it
+            return f"{url.partition(':')[0]}://{MASK}"
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        # JSON shows the masked URL, as it shows a SecretStr's stars.
+        masked = core_schema.plain_serializer_function_ser_schema(
+            lambda url: url.masked, when_used="json"
+        )
+        return core_schema.no_info_after_validator_function(
+            cls, core_schema.str_schema(), serialization=masked
+        )
+
+
+def _secret_long_enough(value: SecretStr | None, variable: str) -> SecretStr | None:
+    if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise PydanticCustomError(
+            "secret_too_short",
+            "{variable} must be at least {minimum} bytes (unset it to turn this off)",
+            {"variable": variable, "minimum": MIN_SECRET_BYTES},
+        )
+    return value
 
 
 class Settings(BaseSettings):
     """Runtime configuration of a worker and of the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="SEGMENTER_", frozen=True, extra="ignore")
+    # Errors never show the values given (a secret may be among them).
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", hide_input_in_errors=True
+    )
 
     app_id: str = Field("segmenter", description="Faust app id: consumer group and topic prefix")
     kafka_bootstrap_servers: str = f"127.0.0.1:{DEVSTACK_KAFKA_PORT}"
-    redis_url: str = f"redis://127.0.0.1:{DEVSTACK_REDIS_PORT}/0"
+    redis_url: RedisUrl = Field(
+        RedisUrl(f"redis://127.0.0.1:{DEVSTACK_REDIS_PORT}/0"),
+        description="Redis to write customers' segments to; a password in it is never printed",
+    )
     redis_prefix: str = Field("segmenter:", description="prefix of every Redis key we write")
     orders_topic: str = "orders"
     transitions_topic: str = "segment-transitions"
@@ -39,7 +106,9 @@ class Settings(BaseSettings):
         False, description="customers without a consent record are not segmented"
     )
     pseudonymisation_secret: SecretStr | None = Field(
-        None, description="if set, customer ids are replaced by a keyed hash before storage"
+        None,
+        description="if set (at least 16 bytes), customer ids are replaced by a keyed hash "
+        "before storage",
     )
     changelog_segment_ms: int = Field(
         3_600_000,
@@ -94,11 +163,45 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (0: no server)")
     web_host: str = Field("127.0.0.1", description="address the worker's HTTP server binds")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token (at least 16 bytes) of POST /pause and /resume; unset: they "
+        "are off",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field(
         "json", description="worker logs: one JSON object per line, or plain text"
     )
     devstack_dir: Path = Path(".devstack")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: Any) -> Any:
+        """A misspelt or guessed ``SEGMENTER_`` variable is an error, not silently ignored."""
+        unknown = sorted(
+            name.upper()
+            for name in os.environ
+            if name.upper().startswith(ENV_PREFIX)
+            and name[len(ENV_PREFIX) :].lower() not in cls.model_fields
+        )
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_setting",
+                "unknown environment variable(s) {names}: no such setting (see the settings "
+                "reference for the names)",
+                {"names": ", ".join(unknown)},
+            )
+        return data
+
+    @field_validator("pseudonymisation_secret")
+    @classmethod
+    def _pseudonymisation_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return _secret_long_enough(value, "SEGMENTER_PSEUDONYMISATION_SECRET")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _secret_long_enough(value, "SEGMENTER_ADMIN_TOKEN")
 
     @property
     def clock_topic(self) -> str:

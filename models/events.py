@@ -1,11 +1,13 @@
 """Events on the wire: the order events webshops publish and the transitions we emit.
 
 Money is always an integer amount in the currency's minor units (cents for EUR): floats are
-rejected, so sums are exact.
+rejected, so sums are exact. Ids and names are printed for marketers and operators, so they may
+not hold control characters.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
@@ -17,10 +19,14 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from models.currency import is_known_currency
 
@@ -32,16 +38,68 @@ EARLIEST_EVENT: Final = datetime(1990, 1, 1, tzinfo=UTC)
 # How far ahead of the receiving worker's clock an event may be stamped (clock skew).
 MAX_CLOCK_SKEW: Final = timedelta(days=1)
 
+# The error type of an id or a name with a control character (the decoder's ``invalid_id``).
+CONTROL_CHARACTER: Final = "control_character"
+# Characters that change what a terminal or a reader shows: the C0 and C1 controls (escape
+# sequences, line breaks, backspace, DEL), the Unicode line and paragraph separators, and the
+# bidirectional controls that reorder the text around them.
+_CONTROL = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in ``text`` (see ``_CONTROL``), if any."""
+    found = _CONTROL.search(text)
+    return found.group() if found else None
+
+
+# What pydantic's ``strip_whitespace`` strips (Unicode White_Space).
+_WHITE_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def _printable(value: Any, handler: ValidatorFunctionWrapHandler) -> str:
+    """The text as its constraints make it (whitespace around it stripped), refused for a
+    control character in it, whichever other constraint it also breaks."""
+    try:
+        text: str = handler(value)
+    except ValidationError:
+        if isinstance(value, str):
+            _no_control_character(value.strip(_WHITE_SPACE))
+        raise
+    return _no_control_character(text)
+
+
+def _no_control_character(text: str) -> str:
+    found = control_character(text)
+    if found is not None:
+        raise PydanticCustomError(
+            CONTROL_CHARACTER,
+            "contains the control character U+{code}",
+            {"code": f"{ord(found):04X}"},
+        )
+    return text
+
+
+Printable = WrapValidator(_printable)
 Id = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=r"^\S+$")
+    str,
+    StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=r"^\S+$"),
+    Printable,
 ]
 # Shop ids are part of table and cache keys (``<shop>/<customer>``, ``...:<shop>:<customer>``),
 # so they may not contain the separators.
 ShopId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=64, strip_whitespace=True, pattern=r"^[^\s/:]+$"),
+    Printable,
 ]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True), Printable
+]
 Amount = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
 PositiveAmount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]

@@ -48,6 +48,9 @@ def create_app(
     framework.install()
     app = faust.App(
         settings.app_id,
+        # Faust would let its own environment variables (APP_WEB_TABLES_ENABLED, BROKER_URL,
+        # ...) override what is passed here: the SEGMENTER_ settings are the only configuration.
+        env={},
         broker=broker_urls(settings.kafka_bootstrap_servers),
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir),
@@ -56,6 +59,14 @@ def create_app(
         web_enabled=settings.web_port != 0,
         web_port=settings.web_port or 6066,
         web_bind=settings.web_host,
+        # Faust's built-in views are off: /table reads any customer's stored state, /router
+        # tells the cluster's layout, the statistics and graph views the worker's internals.
+        # Ours (streams.web) are the worker's HTTP surface.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         autodiscover=False,
         processing_guarantee="at_least_once",
         broker_session_timeout=settings.session_timeout_seconds,

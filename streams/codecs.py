@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from models.due import DUE_VERSION
 from models.events import (
     CONSENT_EVENT,
+    CONTROL_CHARACTER,
     ERASURE_EVENT,
     ORDER_EVENT,
     ClockTick,
@@ -94,7 +95,7 @@ def _decode(
     try:
         event = adapter.validate_python(raw, context={"received_at": received_at})
     except ValidationError as exc:
-        raise DecodeError("schema_violation", _describe(exc)) from exc
+        raise DecodeError(_reason(exc), _describe(exc)) from exc
     _check_key(key, event.customer_id)  # type: ignore[attr-defined]
     return event
 
@@ -112,6 +113,13 @@ def _check_key(key: bytes | None, customer_id: str) -> None:
         raise DecodeError(
             "key_mismatch", f"record key {text[:64]!r} differs from customer_id {customer_id!r}"
         )
+
+
+def _reason(exc: ValidationError) -> str:
+    """``invalid_id`` if an id or a name holds a control character, else ``schema_violation``."""
+    if any(err["type"] == CONTROL_CHARACTER for err in exc.errors()):
+        return "invalid_id"
+    return "schema_violation"
 
 
 def _describe(exc: ValidationError) -> str:

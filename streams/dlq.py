@@ -20,6 +20,7 @@ REDRIVEN_FROM = "segmenter.redriven_from"
 REASONS = (
     "malformed_json",
     "schema_violation",
+    "invalid_id",  # an id or a name with a control character (would reach logs and terminals)
     "unknown_event_type",
     "too_large",
     "empty_value",

@@ -1,8 +1,11 @@
 """A worker's HTTP surface and gauges: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``,
-``/stats``, and ``/pause`` and ``/resume`` for maintenance."""
+``/stats``, and ``/pause`` and ``/resume`` for maintenance (POST: with the admin token only)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,10 +15,38 @@ from faust.web import View
 from config.settings import Settings
 from streams.processor import Processor
 from streams.topics import broker_answers
+from streams.web_access import admin_refusal
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 # A time-caused transition later than this after its due time counts as overdue.
 OVERDUE_GRACE_SECONDS = 5.0
+# /readyz asks the brokers at most this often (each check opens an admin connection).
+BROKER_CHECK_SECONDS = 5.0
+
+
+class CachedCheck:
+    """A check whose answer is reused for ``ttl`` seconds; callers arriving while it runs wait
+    for that answer instead of running it again."""
+
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[bool]],
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._answer = False
+        self._checked_at: float | None = None
+
+    async def __call__(self) -> bool:
+        async with self._lock:
+            if self._checked_at is None or self._clock() - self._checked_at >= self._ttl:
+                self._answer = await self._check()
+                self._checked_at = self._clock()
+            return self._answer
 
 
 class OrderPartitions:
@@ -122,6 +153,14 @@ def _views(
     recovery = app.tables.recovery
     metrics = processor.metrics
     cache: Any = processor.handlers.stores.cache
+    broker = CachedCheck(lambda: broker_answers(settings), BROKER_CHECK_SECONDS)
+
+    def refused(view: View, request: Any) -> Any:
+        """The response refusing a state-changing request, or None if it may go ahead."""
+        refusal = admin_refusal(settings.admin_token, request.headers)
+        if refusal is None:
+            return None
+        return view.json({"error": refusal.error}, status=refusal.status, headers=refusal.headers)
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
@@ -140,7 +179,7 @@ def _views(
             "recovered": recovery.completed.is_set()
             and not recovery.in_recovery
             and not app.rebalancing,
-            "broker": await broker_answers(settings),
+            "broker": await broker(),
             "redis": await cache.ping(),
         }
         ready = all(checks.values())
@@ -159,6 +198,9 @@ def _views(
             return self.json({"paused": orders.paused})
 
         async def post(self, request: Any) -> Any:
+            refusal = refused(self, request)
+            if refusal is not None:
+                return refusal
             return self.json(orders.pause(True))
 
     @app.page("/resume")
@@ -169,6 +211,9 @@ def _views(
             return self.json({"paused": orders.paused})
 
         async def post(self, request: Any) -> Any:
+            refusal = refused(self, request)
+            if refusal is not None:
+                return refusal
             if recovery.in_recovery:  # recovery resumes the partitions itself when done
                 return self.json({"paused": orders.paused, "error": "recovering"}, status=409)
             return self.json(orders.pause(False))

@@ -110,6 +110,14 @@ def test_invalid_settings_are_named_without_a_traceback() -> None:
     assert "partitions" in result.output
 
 
+def test_an_unknown_variable_is_named_without_its_value() -> None:
+    result = CliRunner().invoke(main, ["lag"], env={"SEGMENTER_SASL_PASSWORD": "hunter2"})
+    assert result.exit_code == 1
+    assert "unknown environment variable(s) SEGMENTER_SASL_PASSWORD" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_records_validation_error_is_not_called_a_settings_error() -> None:
     """Only the settings' validation errors are reported as invalid settings; one of a stored
     record (a bug to see in full) keeps its traceback."""

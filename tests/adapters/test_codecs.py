@@ -104,6 +104,31 @@ def test_stored_state_of_an_unknown_schema_is_refused() -> None:
         decode_stored(raw)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("customer_id", "c1\x1b[2J"),
+        ("shop_id", "shop\u202egnp.exe"),
+        ("order_id", "o1\nINFO fake log line"),
+        ("category", "shoes\r"),  # inside: the whitespace around an id or a name is stripped
+    ],
+)
+def test_an_id_with_a_control_character_is_dead_lettered_as_invalid_id(
+    field: str, value: str
+) -> None:
+    event = placed("c1", "o1", 0)
+    if field == "category":
+        event["lines"][0]["category"] = f"{value}x"
+    else:
+        event[field] = value
+    key = event["customer_id"].encode()
+    with pytest.raises(DecodeError) as info:
+        decode_order(key, orjson.dumps(event), NOW)
+    assert info.value.reason == "invalid_id"
+    assert field in str(info.value) and "control character U+" in str(info.value)
+    assert not any(c in str(info.value) for c in "\x1b\u202e\n\r")  # the message is clean
+
+
 def test_shop_ids_cannot_contain_key_separators() -> None:
     for shop in ("a/b", "a:b"):
         event = {**placed("c1", "o1", 0), "shop_id": shop}

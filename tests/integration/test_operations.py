@@ -1,11 +1,12 @@
 """Operations on the running system: lag from /metrics, from `segmenter lag` and from Kafka's
-own ConsumerGroupCommand agree to the message; health, readiness and JSON logs."""
+own ConsumerGroupCommand agree to the message; health, readiness and JSON logs; who may pause
+the worker, and what its HTTP port does not serve."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,19 @@ from tests.conftest import cli_result, free_port, run_cli, settings_from, wait_f
 from tests.factories import placed
 
 pytestmark = pytest.mark.integration
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LAG = re.compile(r'^segmenter_consumer_lag_messages\{partition="(\d+)",topic="([^"]+)"\} (\S+)$')
 
 
 @pytest.fixture
 def ops_worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, Any]]:
-    overrides = {**isolated, "partitions": "2", "web_port": str(free_port())}
+    overrides = {
+        **isolated,
+        "partitions": "2",
+        "web_port": str(free_port()),
+        "admin_token": ADMIN_TOKEN,
+    }
     asyncio.run(ensure_topics(settings_from(overrides), marketing_transitions(load_rules())))
     log = tmp_path / "worker.log"
     process = spawn_worker(overrides, log)
@@ -46,9 +54,14 @@ def _orders(first: int, count: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
-async def _get(port: str, path: str, method: str = "GET") -> tuple[int, Any]:
+async def _get(
+    port: str, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     url = f"http://127.0.0.1:{port}{path}"
-    async with aiohttp.ClientSession() as session, session.request(method, url) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, headers=headers) as response,
+    ):
         body = await response.read()
         kind = response.headers.get("Content-Type", "")
         return response.status, orjson.loads(body) if "json" in kind else body.decode()
@@ -114,7 +127,7 @@ async def test_lag_agrees_everywhere_and_drains(
     assert ready == {"ready": True, "checks": {"recovered": True, "broker": True, "redis": True}}
     assert (await _get(port, "/healthz")) == (200, {"status": "alive"})
 
-    assert (await _get(port, "/pause", "POST")) == (200, {"paused": True})
+    assert (await _get(port, "/pause", "POST", ADMIN)) == (200, {"paused": True})
     n = 37
     assert await publish(settings, iter(_orders(5, n))) == n
 
@@ -136,7 +149,7 @@ async def test_lag_agrees_everywhere_and_drains(
     ]
     assert ages and all(age > 0 for age in ages)
 
-    assert (await _get(port, "/resume", "POST")) == (200, {"paused": False})
+    assert (await _get(port, "/resume", "POST", ADMIN)) == (200, {"paused": False})
     await wait_for(
         lambda: _segmenter_lag(overrides),
         lambda lag: set(lag.values()) == {0},
@@ -156,6 +169,87 @@ async def test_lag_agrees_everywhere_and_drains(
     records = [line for line in ops_worker["log"].read_text().splitlines() if line.strip()]
     parsed = [orjson.loads(line) for line in records]  # every line is one JSON object
     assert {"time", "level", "logger", "message"} <= set(parsed[-1])
+
+
+async def test_pausing_takes_the_token_from_the_workers_own_origin(
+    ops_worker: dict[str, Any],
+) -> None:
+    overrides = ops_worker["overrides"]
+    port, settings = overrides["web_port"], settings_from(overrides)
+    topic = settings.orders_topic
+
+    async def lag() -> int:  # a partition the group never committed: all of it
+        return sum(p.end if p.lag is None else p.lag for p in await group_lag(settings))
+
+    assert await publish(settings, iter([(b"alice", orjson.dumps(placed("alice", "a1", 0)))])) == 1
+    await wait_for(_stats(port), lambda s: s["events"].get("order_placed") == 1, 90, "alice")
+    # Faust's views would serve her stored state, and the cluster's layout, to anyone
+    for path in ("/table/", "/table/customers/", "/table/customers/default%2Falice/", "/router/"):
+        assert (await _get(port, path))[0] == 404, path
+
+    status, body = await _get(port, "/pause", "POST")
+    assert status == 401
+    assert "Authorization: Bearer" in body["error"]
+    wrong = {"Authorization": "Bearer not-the-admin-token-0000"}
+    assert (await _get(port, "/resume", "POST", wrong))[0] == 401
+    # a page of another site, even one whose request carries the token
+    for cross_site in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = await _get(port, "/pause", "POST", {**ADMIN, **cross_site})
+        assert refused == (403, {"error": "cross-site request refused"})
+    assert (await _get(port, "/pause")) == (200, {"paused": False})  # GET: read-only, open
+    _, text = await _get(port, "/metrics")
+    assert "segmenter_paused 0.0" in text
+
+    own = {**ADMIN, "Origin": f"http://127.0.0.1:{port}"}
+    assert (await _get(port, "/pause", "POST", own)) == (200, {"paused": True})
+    assert (await _get(port, "/pause")) == (200, {"paused": True})
+    assert await publish(settings, iter([(b"bob", orjson.dumps(placed("bob", "b1", 0)))])) == 1
+    # the worker's own lag probe (every few seconds) sees bob's order still waiting
+    await wait_for(lambda: _metrics_lag(port, topic), lambda m: sum(m.values()) == 1, 30, "lag")
+    assert await lag() == 1
+    assert (await _get(port, "/stats"))[1]["events"]["order_placed"] == 1
+
+    assert (await _get(port, "/resume", "POST", ADMIN)) == (200, {"paused": False})
+    await wait_for(_stats(port), lambda s: s["events"].get("order_placed") == 2, 60, "bob")
+    await wait_for(lag, lambda n: n == 0, 30, "the worker to commit bob's order")
+
+
+def _stats(port: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def stats() -> dict[str, Any]:
+        try:
+            status, body = await _get(port, "/stats")
+        except aiohttp.ClientConnectionError:  # the worker is starting
+            return {"events": {}}
+        assert status == 200
+        result: dict[str, Any] = body
+        return result
+
+    return stats
+
+
+async def test_without_an_admin_token_pausing_is_off(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    overrides = {**isolated, "web_port": str(free_port())}
+    await ensure_topics(settings_from(overrides), marketing_transitions(load_rules()))
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    try:
+        port = overrides["web_port"]
+
+        async def health() -> tuple[int, Any]:
+            try:
+                return await _get(port, "/healthz")
+            except aiohttp.ClientConnectionError:
+                return (0, None)
+
+        await wait_for(health, lambda r: r[0] == 200, 120, "the worker's HTTP server")
+        for path in ("/pause", "/resume"):
+            status, body = await _get(port, path, "POST", ADMIN)
+            assert status == 403
+            assert "SEGMENTER_ADMIN_TOKEN" in body["error"]
+        assert (await _get(port, "/pause")) == (200, {"paused": False})
+    finally:
+        assert await asyncio.to_thread(stop_worker, process) == 0
 
 
 async def test_not_ready_while_recovering(isolated: dict[str, str], tmp_path: Path) -> None:

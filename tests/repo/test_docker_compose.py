@@ -55,3 +55,15 @@ def test_compose_runs_the_same_kafka_version_as_the_devstack() -> None:
     from streams.cli.devstack import KAFKA_VERSION
 
     assert _compose()["services"]["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+
+
+def test_every_published_port_is_on_the_loopback_address_only() -> None:
+    # Kafka, Redis, Grafana and the worker's port take no password: reachable from this
+    # machine only.
+    services = _compose()["services"]
+    published = {name: service.get("ports", []) for name, service in services.items()}
+    assert all(published[name] for name in ("kafka", "redis", "worker"))
+    for name, ports in published.items():
+        for port in ports:
+            assert isinstance(port, str), (name, port)
+            assert port.startswith("127.0.0.1:") and port.count(":") == 2, (name, port)
