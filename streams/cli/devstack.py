@@ -9,7 +9,6 @@ logs in the devstack dir, so ``up`` is idempotent and ``down`` finds them again.
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +23,15 @@ from pathlib import Path
 from typing import Final
 
 import redis
+
+from streams.cli.processes import (
+    DevstackError,
+    pid_alive,
+    port_open,
+    reap,
+    signal_group,
+    wait_until,
+)
 
 # The newest Kafka release whose broker and tools (kafka-tools, for ConsumerGroupCommand) are
 # both on Maven Central.
@@ -90,10 +98,6 @@ logger.state.level = WARN
 """
 
 
-class DevstackError(RuntimeError):
-    """The devstack cannot start; the message says what is missing and how to get it."""
-
-
 @dataclass(frozen=True)
 class ServiceStatus:
     name: str
@@ -101,43 +105,6 @@ class ServiceStatus:
     running: bool
     pid: int | None
     detail: str
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def _wait(
-    condition: Callable[[], bool], pid: int, timeout: float, what: str, logs: list[Path]
-) -> None:
-    """Wait until ``condition`` holds; fail at once if the process ``pid`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        _reap(pid)
-        if not _pid_alive(pid):
-            raise DevstackError(f"{what} exited during start-up;\n{_tails(logs)}")
-        time.sleep(0.2)
-    raise DevstackError(f"{what} did not come up within {timeout:.0f}s;\n{_tails(logs)}")
-
-
-def _tails(logs: list[Path]) -> str:
-    return "\n".join(
-        f"end of {log}:\n{log.read_text(errors='replace')[-1500:]}" for log in logs if log.exists()
-    )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Devstack:
@@ -203,7 +170,7 @@ class Devstack:
         logs = [self.root / "kafka.out", self.root / "kafka.log"]
         starting = self._own_pid("kafka")
         if starting is not None:  # started earlier and still coming up: wait for it
-            _wait(self._kafka_answers, starting, START_TIMEOUT_SECONDS, "Kafka", logs)
+            wait_until(self._kafka_answers, starting, START_TIMEOUT_SECONDS, "Kafka", logs)
             return
         self.fetch_kafka(say)
         config_dir = self.kafka_home / "config"  # per version: KRaft metadata does not downgrade
@@ -261,10 +228,10 @@ class Devstack:
                 start_new_session=True,
             )
         (self.root / "kafka.pid").write_text(str(proc.pid))
-        _wait(self._kafka_answers, proc.pid, START_TIMEOUT_SECONDS, "Kafka", logs)
+        wait_until(self._kafka_answers, proc.pid, START_TIMEOUT_SECONDS, "Kafka", logs)
 
     def _kafka_answers(self) -> bool:
-        if not _port_open(self.kafka_port):
+        if not port_open(self.kafka_port):
             return False
         return _kafka_api_versions_ok(self.kafka_port)
 
@@ -296,7 +263,7 @@ class Devstack:
         logs = [self.root / "redis.out"]
         starting = self._own_pid("redis")
         if starting is not None:
-            _wait(self._redis_answers, starting, START_TIMEOUT_SECONDS, "Redis", logs)
+            wait_until(self._redis_answers, starting, START_TIMEOUT_SECONDS, "Redis", logs)
             return
         binary = self.redis_binary()
         data = self.root / "redis"
@@ -325,7 +292,7 @@ class Devstack:
                 start_new_session=True,
             )
         (self.root / "redis.pid").write_text(str(proc.pid))
-        _wait(self._redis_answers, proc.pid, START_TIMEOUT_SECONDS, "Redis", logs)
+        wait_until(self._redis_answers, proc.pid, START_TIMEOUT_SECONDS, "Redis", logs)
 
     def _redis_answers(self) -> bool:
         try:
@@ -359,13 +326,13 @@ class Devstack:
         pid = self._own_pid(name)
         if pid is not None:
             say(f"stopping {name} (pid {pid}) ...")
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + 60
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                _reap(pid)
+            while pid_alive(pid) and time.monotonic() < deadline:
+                reap(pid)
                 time.sleep(0.2)
-            if _pid_alive(pid):
-                _signal_group(pid, signal.SIGKILL)
+            if pid_alive(pid):
+                signal_group(pid, signal.SIGKILL)
         (self.root / f"{name}.pid").unlink(missing_ok=True)
 
     def status(self) -> list[ServiceStatus]:
@@ -395,12 +362,7 @@ class Devstack:
         except (OSError, ValueError):
             return None
         marker = b"kafka.Kafka" if name == "kafka" else b"-server"
-        return pid if marker in cmdline and _pid_alive(pid) else None
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
+        return pid if marker in cmdline and pid_alive(pid) else None
 
 
 def cluster_id() -> str:
@@ -410,11 +372,6 @@ def cluster_id() -> str:
         candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not candidate.startswith("-"):
             return candidate
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _kafka_api_versions_ok(port: int) -> bool:

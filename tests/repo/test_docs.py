@@ -94,3 +94,20 @@ def test_the_performance_table_quotes_the_latest_results() -> None:
 
 def _percent(ratio: float) -> str:
     return f"{ratio * 100:.1f} %"
+
+
+def test_where_things_are_names_modules_that_exist_and_covers_every_package() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    paths = re.findall(r"`((?:models|streams|config|tests|bench)/[\w/.]*)`", section)
+    assert len(paths) > 20
+    missing = [p for p in paths if not (ROOT / p).exists()]
+    assert missing == []
+    named = {p.rstrip("/") for p in paths}
+    modules = [
+        p.relative_to(ROOT).as_posix()
+        for package in ("models", "config", "streams")
+        for p in (ROOT / package).glob("*.py")
+        if p.name != "__init__.py"
+    ]
+    assert [m for m in modules if m not in named] == []  # every module has a line
