@@ -3,6 +3,7 @@ settings, the consoles and the progress bar."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import click
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from config.rules import RulesError
 from config.settings import Settings
@@ -20,6 +22,15 @@ from streams.topics import TopicsError
 
 console = Console(stderr=True)
 out = Console()
+# Characters that would act on a terminal (escapes, line breaks, direction overrides).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def literal(value: object) -> Text:
+    """Record contents printed as they are: never read as rich markup (a customer id such as
+    ``[/oops]`` is text), control characters shown escaped (a terminal escape in a dead letter
+    must not reach the operator's terminal)."""
+    return Text(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value)))
 
 
 def load_settings() -> Settings:

@@ -21,7 +21,7 @@ from models.rules import SegmentRules
 from models.scoring import Calibration
 from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics, state_key
-from streams.cli.group import console, load_settings, main, out, progress_bar
+from streams.cli.group import console, literal, load_settings, main, out, progress_bar
 from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache
 
@@ -51,12 +51,12 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
     fields = _from_cache(settings, lambda cache: cache.read_customer(shop, ref))
     if not fields:
         raise click.ClickException(f"customer {customer_id!r} of shop {shop!r} is not in Redis")
-    table = Table("field", "value", title=f"customer {customer_id} ({shop})")
+    table = Table("field", "value", title=literal(f"customer {customer_id} ({shop})"))
     for name, value in fields.items():
-        table.add_row(name, value)
+        table.add_row(literal(name), literal(value))
     out.print(table)
     # The figures are those of the customer's last change (an order or a time-caused move).
-    out.print(f"figures as of {fields.get('as_of') or '-'}, the customer's last change")
+    out.print(literal(f"figures as of {fields.get('as_of') or '-'}, the customer's last change"))
 
 
 def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) -> T:
@@ -119,7 +119,7 @@ def segments(shop: str) -> None:
     settings = load_settings()
     names = load_rules(settings.rules_file).segment_names
     sizes = _from_cache(settings, lambda cache: cache.segment_sizes(shop, names))
-    table = Table("segment", "customers", title=f"segments of shop {shop}")
+    table = Table("segment", "customers", title=literal(f"segments of shop {shop}"))
     for name, size in sizes.items():
         table.add_row(name, str(size))
     out.print(table)
@@ -180,11 +180,11 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
     for letter in shown:
         source = f"{letter.source_topic}[{_dash(letter.source_partition)}]@"
         table.add_row(
-            letter.failed_at[:19],
-            letter.reason,
-            source + _dash(letter.source_offset),
-            (letter.key or b"").decode("utf-8", "replace")[:24],
-            letter.message[:120],
+            literal(letter.failed_at[:19]),
+            literal(letter.reason),
+            literal(source + _dash(letter.source_offset)),
+            literal((letter.key or b"").decode("utf-8", "replace")[:24]),
+            literal(letter.message[:120]),
         )
     counts = ", ".join(f"{reason} {n}" for reason, n in by_reason.most_common())
     table.caption = f"{len(shown)} of {len(selected)} shown; all {len(letters)}: {counts or '-'}"
