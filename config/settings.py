@@ -6,12 +6,12 @@ Defaults point at the local devstack (``segmenter devstack up``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, GetCoreSchemaHandler, SecretStr, field_validator, model_validator
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVSTACK_KAFKA_PORT = 19092
@@ -22,48 +22,28 @@ MIN_SECRET_BYTES = 16
 MASK = "***"
 
 
-class RedisUrl(str):
-    """A Redis URL: the full URL as a string (what clients connect with), its password masked
-    wherever it is printed (``repr``, ``str``, f-strings, ``%s`` in logs, JSON)."""
+class RedisUrl(SecretStr):
+    """A Redis URL kept as a secret: ``get_secret_value()`` is the URL to connect with; wherever
+    it is shown (``repr``, ``str``, f-strings, logs) it is the URL with its password as ``***``,
+    and JSON shows only stars. Not a ``str``: an operation that would copy the password out
+    (concatenation, ``json.dumps``, slicing) fails instead of leaking it."""
 
-    def __str__(self) -> str:
-        return self.masked
+    def _display(self) -> str:
+        return masked_url(self.get_secret_value())
 
-    def __repr__(self) -> str:
-        return repr(self.masked)
 
-    def __format__(self, spec: str) -> str:
-        return format(self.masked, spec)
-
-    @property
-    def masked(self) -> str:
-        """The URL with the password (in the user part or a ``password=`` query) as ``***``."""
-        url = str.__str__(self)
-        try:
-            parts = urlsplit(url)
-            netloc = parts.netloc
-            if parts.password is not None:
-                user = parts.username or ""
-                netloc = f"{user}:{MASK}@{netloc.rpartition('@')[2]}"
-            query = parts.query
-            if query:
-                pairs = parse_qsl(query, keep_blank_values=True)
-                query = urlencode([(k, MASK if k == "password" else v) for k, v in pairs], safe="*")
-            return urlunsplit(parts._replace(netloc=netloc, query=query))
-        except ValueError:  # not a URL we can take apart: print none of it
-            return f"{url.partition(':')[0]}://{MASK}"
-
-    @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        # JSON shows the masked URL, as it shows a SecretStr's stars.
-        masked = core_schema.plain_serializer_function_ser_schema(
-            lambda url: url.masked, when_used="json"
-        )
-        return core_schema.no_info_after_validator_function(
-            cls, core_schema.str_schema(), serialization=masked
-        )
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user part and of a ``password=`` query as ``***``
+    (a user part is everything between ``://`` and the last ``@``, whatever it holds)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return MASK
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        rest = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    rest = re.sub(r"(?i)([?&]password=)[^&]*", rf"\g<1>{MASK}", rest)
+    return f"{scheme}://{rest}"
 
 
 def _secret_long_enough(value: SecretStr | None, variable: str) -> SecretStr | None:

@@ -54,7 +54,9 @@ def build_processor(
         if not ok:
             metrics.redis_errors.inc()
 
-    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix, observe_redis)
+    cache = RedisCache.from_url(
+        settings.redis_url.get_secret_value(), settings.redis_prefix, observe_redis
+    )
     acks = ChangelogAcks(app)
     stores = Stores(
         customers=TableStore(customers, acks),

@@ -125,7 +125,7 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
             *(settings.marketing_topic(name) for name in marketing),
         ],
     )
-    client = aioredis.from_url(settings.redis_url)
+    client = aioredis.from_url(settings.redis_url.get_secret_value())
     try:
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
             await client.delete(key)
@@ -208,7 +208,7 @@ async def _recalibrate(settings: Settings) -> None:
 
 
 async def _segment_sizes(settings: Settings) -> dict[str, int]:
-    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
     try:
         return await cache.segment_sizes("default", load_rules().segment_names)
     finally:

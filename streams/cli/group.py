@@ -3,7 +3,6 @@ settings, the consoles and the progress bar."""
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 import click
@@ -18,19 +17,22 @@ from rich.text import Text
 
 from config.rules import RulesError
 from config.settings import Settings
+from models.events import CONTROL_CHARACTERS
+from streams.framework import UnsupportedFramework
 from streams.topics import TopicsError
 
 console = Console(stderr=True)
 out = Console()
-# Characters that would act on a terminal (escapes, line breaks, direction overrides).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def literal(value: object) -> Text:
     """Record contents printed as they are: never read as rich markup (a customer id such as
     ``[/oops]`` is text), control characters shown escaped (a terminal escape in a dead letter
     must not reach the operator's terminal)."""
-    return Text(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value)))
+    escaped = CONTROL_CHARACTERS.sub(
+        lambda m: m.group().encode("unicode_escape").decode(), str(value)
+    )
+    return Text(escaped)
 
 
 def load_settings() -> Settings:
@@ -62,13 +64,23 @@ class Commands(click.Group):
         except ValidationError as exc:
             if exc.title != Settings.__name__:  # a record's, not the settings'
                 raise
-            raise click.ClickException(f"invalid SEGMENTER_* settings: {exc}") from exc
-        except (RulesError, TopicsError) as exc:
+            raise click.ClickException(f"invalid SEGMENTER_* settings: {_problems(exc)}") from exc
+        except (RulesError, TopicsError, UnsupportedFramework) as exc:
             raise click.ClickException(str(exc)) from exc
         except KafkaError as exc:
             raise click.ClickException(_kafka_error(exc)) from exc
         except RedisError as exc:
             raise click.ClickException(_redis_error(exc)) from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    """The settings' validation errors on one line, each naming its variable."""
+    return "; ".join(
+        f"SEGMENTER_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        if error["loc"]
+        else error["msg"]
+        for error in exc.errors()
+    )
 
 
 def _kafka_error(exc: KafkaError) -> str:
@@ -79,7 +91,7 @@ def _kafka_error(exc: KafkaError) -> str:
 
 def _redis_error(exc: RedisError) -> str:
     unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
-    url = urlsplit(Settings().redis_url)
+    url = urlsplit(Settings().redis_url.get_secret_value())
     where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
     return _server_error("Redis", where, exc, "SEGMENTER_REDIS_URL", unreachable)
 

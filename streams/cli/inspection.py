@@ -63,7 +63,7 @@ def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) 
     """Run one read against the Redis cache."""
 
     async def run() -> T:
-        cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+        cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
         try:
             return await read(cache)
         finally:
@@ -187,7 +187,9 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
             literal(letter.message[:120]),
         )
     counts = ", ".join(f"{reason} {n}" for reason, n in by_reason.most_common())
-    table.caption = f"{len(shown)} of {len(selected)} shown; all {len(letters)}: {counts or '-'}"
+    table.caption = literal(
+        f"{len(shown)} of {len(selected)} shown; all {len(letters)}: {counts or '-'}"
+    )
     out.print(table)
 
 

@@ -42,9 +42,11 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def check_versions(installed: Callable[[str], str | None] = _installed) -> None:
+def check_versions(installed: Callable[[str], str | None] | None = None) -> None:
     """Raise ``UnsupportedFramework`` unless every distribution in ``TESTED`` is installed in
-    its tested release series (``installed(name)`` gives a distribution's version)."""
+    its tested release series (``installed(name)`` gives a distribution's version; by default
+    the installed one's)."""
+    installed = installed or _installed
     wrong = []
     for name, series in TESTED.items():
         version = installed(name)

@@ -231,7 +231,7 @@ async def _dlq_headers(settings: Settings) -> Any:
 
 
 async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[Any]:
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     p = settings.redis_prefix
     found: list[Any] = []
     try:

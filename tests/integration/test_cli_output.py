@@ -23,7 +23,7 @@ async def test_a_customer_whose_id_and_figures_look_like_markup_prints_as_it_is(
     isolated: dict[str, str],
 ) -> None:
     settings = settings_from(isolated)
-    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
     try:
         state = CustomerState(
             shop_id="default", customer_id="[/oops]", segment="new", revision=1, as_of=at(1)

@@ -186,7 +186,7 @@ async def _assert_cli(overrides: dict[str, str]) -> None:
 
 
 async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     p = settings.redis_prefix
     try:
         alice = await client.hgetall(f"{p}customer:default:alice")

@@ -102,7 +102,7 @@ async def test_erasure_leaves_nothing_but_a_tombstone(privacy_worker: dict[str, 
         "frank's transitions",
     )
     assert moves[-1] == ("new", "potential_loyalist", "order_placed")
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     try:
         # Redis is written after a batch's transitions are acknowledged: wait for both hashes.
         cached = await wait_for(
@@ -192,7 +192,7 @@ async def test_withdrawn_consent_stops_marketing_and_clears_redis(
     assert await wait_for(
         lambda: _moves(settings, left, "gina"), lambda m: len(m) == 1, 60, "gina's exit"
     ) == [("potential_loyalist", None, "consent_withdrawn")]
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     try:
         assert await client.exists(f"{p}customer:default:gina") == 0
         await _publish(settings, order("gina", "g3", 0, total=90_000))
