@@ -3,6 +3,7 @@ settings, the consoles and the progress bar."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import click
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from config.rules import RulesError
 from config.settings import Settings
+from streams.refusals import refusal
 from streams.topics import TopicsError
 
 console = Console(stderr=True)
@@ -55,6 +57,9 @@ class Commands(click.Group):
         except (RulesError, TopicsError) as exc:
             raise click.ClickException(str(exc)) from exc
         except KafkaError as exc:
+            refused = asyncio.run(refusal(Settings(), exc))
+            if refused is not None:
+                raise click.ClickException(str(refused)) from None
             raise click.ClickException(_kafka_error(exc)) from exc
         except RedisError as exc:
             raise click.ClickException(_redis_error(exc)) from exc

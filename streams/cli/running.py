@@ -11,6 +11,7 @@ from config.rules import RulesError
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack, DevstackError
 from streams.cli.group import console, load_settings, main, out
+from streams.refusals import KafkaRefused
 
 
 def _devstack(settings: Settings) -> Devstack:
@@ -28,8 +29,8 @@ def worker(clock: str | None) -> None:
         settings = settings.model_copy(update={"clock": clock})
     try:
         run_worker(settings)
-    except (RulesError, ConnectionError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (RulesError, ConnectionError, KafkaRefused) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
