@@ -213,6 +213,18 @@ class Settings(BaseSettings):
             )
         return data
 
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty variable (``SEGMENTER_KAFKA_SSL_CAFILE=``) is no value, not a path."""
+        return None if value == "" else value
+
     @field_validator("pseudonymisation_secret")
     @classmethod
     def _pseudonymisation_secret(cls, value: SecretStr | None) -> SecretStr | None:

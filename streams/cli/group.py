@@ -67,8 +67,20 @@ class Commands(click.Group):
 
 def _kafka_error(exc: KafkaError) -> str:
     unreachable = isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
-    where = Settings().kafka_bootstrap_servers
-    return _server_error("Kafka", where, exc, "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS", unreachable)
+    settings = Settings()
+    message = _server_error(
+        "Kafka",
+        settings.kafka_bootstrap_servers,
+        exc,
+        "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS",
+        unreachable,
+    )
+    if unreachable:  # a listener of another protocol closes the connection without a word
+        message += (
+            " A listener of another protocol also closes the connection: "
+            f"SEGMENTER_KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol}."
+        )
+    return message
 
 
 def _redis_error(exc: RedisError) -> str:

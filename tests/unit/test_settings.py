@@ -181,3 +181,8 @@ def test_a_client_certificate_needs_its_key(
     cert.write_text("")
     env = {"SEGMENTER_KAFKA_SECURITY_PROTOCOL": "SSL", "SEGMENTER_KAFKA_SSL_CERTFILE": str(cert)}
     assert "go together" in _refused(monkeypatch, env)
+
+
+def test_an_empty_file_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTER_KAFKA_SSL_CAFILE", "")
+    assert Settings().kafka_ssl_cafile is None
