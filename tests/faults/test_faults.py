@@ -320,6 +320,24 @@ async def test_kill_9_at_random_points(
         await h.verify("kill -9, 5 rounds", stream, clean_ids)
 
 
+async def test_kill_9_over_sasl_ssl(
+    secured: dict[str, str], tmp_path: Path, clean_ids: set[str]
+) -> None:
+    """On the secured Kafka (SASL_SSL, SCRAM, ACLs) a killed worker's replacement logs in again
+    and the run ends as an undisturbed one does."""
+    async with Harness(secured, tmp_path) as h:
+        h.start("w1")
+
+        async def kill() -> None:
+            await asyncio.sleep(0.1)  # while it works through the chunk
+            await h.restart_after_kill("w1")
+
+        stream = make_stream()
+        await h.publish(stream, {4: kill})
+        await h.settle()
+        await h.verify("kill -9 over SASL_SSL", stream, clean_ids)
+
+
 async def test_a_second_worker_joins_and_the_first_leaves(
     isolated: dict[str, str], tmp_path: Path, clean_ids: set[str]
 ) -> None:
