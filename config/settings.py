@@ -66,6 +66,26 @@ class Settings(BaseSettings):
 
     app_id: str = Field("segmenter", description="Faust app id: consumer group and topic prefix")
     kafka_bootstrap_servers: str = f"127.0.0.1:{DEVSTACK_KAFKA_PORT}"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects: TLS, SASL, both or neither"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password; never printed")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CAs to trust (default: the system's)"
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (mutual TLS); needs the key file"
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of the client certificate (mutual TLS)"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="check that the broker's certificate names the host connected to"
+    )
     redis_url: RedisUrl = Field(
         RedisUrl(f"redis://127.0.0.1:{DEVSTACK_REDIS_PORT}/0"),
         description="Redis to write customers' segments to; a password in it is never printed",
@@ -173,6 +193,18 @@ class Settings(BaseSettings):
             )
         return data
 
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty variable (``SEGMENTER_KAFKA_SSL_CAFILE=``) is no value, not a path."""
+        return None if value == "" else value
+
     @field_validator("pseudonymisation_secret")
     @classmethod
     def _pseudonymisation_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -182,6 +214,21 @@ class Settings(BaseSettings):
     @classmethod
     def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
         return _secret_long_enough(value, "SEGMENTER_ADMIN_TOKEN")
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        """Combinations of the Kafka security settings that cannot work are refused at start,
+        each error naming the variable to fix."""
+        _check_kafka_security(self)
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
 
     @property
     def clock_topic(self) -> str:
@@ -213,3 +260,49 @@ class Settings(BaseSettings):
     def changelog_topic(self) -> str:
         """Faust names a table's changelog ``<app id>-<table>-changelog``."""
         return f"{self.app_id}-{self.table_name}-changelog"
+
+
+def _kafka_setting_error(message: str, **names: str) -> PydanticCustomError:
+    return PydanticCustomError("kafka_security", message, names)
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    protocol = f"SEGMENTER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}"
+    if settings.uses_sasl:
+        for variable, value in (
+            ("SEGMENTER_KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+            ("SEGMENTER_KAFKA_SASL_PASSWORD", settings.kafka_sasl_password),
+        ):
+            if not value or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                raise _kafka_setting_error(
+                    "{protocol} needs {variable}", protocol=protocol, variable=variable
+                )
+    elif settings.kafka_sasl_username is not None or settings.kafka_sasl_password is not None:
+        raise _kafka_setting_error(
+            "SEGMENTER_KAFKA_SASL_USERNAME/PASSWORD are set but {protocol} does not use SASL "
+            "(SASL_SSL or SASL_PLAINTEXT does)",
+            protocol=protocol,
+        )
+    files = {
+        "SEGMENTER_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "SEGMENTER_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "SEGMENTER_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+    }
+    for variable, path in files.items():
+        if path is None:
+            continue
+        if not settings.uses_tls:
+            raise _kafka_setting_error(
+                "{variable} is set but {protocol} does not use TLS (SSL or SASL_SSL does)",
+                variable=variable,
+                protocol=protocol,
+            )
+        if not path.is_file():
+            raise _kafka_setting_error(
+                "{variable}={path}: no such file", variable=variable, path=str(path)
+            )
+    if (settings.kafka_ssl_certfile is None) != (settings.kafka_ssl_keyfile is None):
+        raise _kafka_setting_error(
+            "SEGMENTER_KAFKA_SSL_CERTFILE and SEGMENTER_KAFKA_SSL_KEYFILE go together "
+            "(mutual TLS needs both)"
+        )

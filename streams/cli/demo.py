@@ -24,7 +24,7 @@ from streams.changelog import count_records, read_table
 from streams.cli.devstack import Devstack
 from streams.cli.replay import publish
 from streams.cli.sample_data import sample_events, sample_records
-from streams.clients import started
+from streams.clients import kafka_options, started
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
 from streams.topics import delete_topics, ensure_topics
@@ -136,7 +136,7 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
 async def _replay_and_watch(settings: Settings, records: list, worker) -> None:  # type: ignore[no-untyped-def,type-arg]
     consumer = AIOKafkaConsumer(
         settings.transitions_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
@@ -226,5 +226,5 @@ async def _summary(settings: Settings, bootstrap: dict[str, int]) -> None:
     for name, size in sizes.items():
         table.add_row(name, str(bootstrap.get(name, 0)), str(size))
     console.print(table)
-    dlq = await count_records(settings.kafka_bootstrap_servers, settings.dlq_topic)
+    dlq = await count_records(settings, settings.dlq_topic)
     console.print(f"dead-lettered records on {settings.dlq_topic}: {dlq}")

@@ -3,6 +3,7 @@ settings, the consoles and the progress bar."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import click
@@ -19,6 +20,7 @@ from config.rules import RulesError
 from config.settings import Settings
 from models.events import CONTROL_CHARACTERS
 from streams.framework import UnsupportedFramework
+from streams.refusals import refusal
 from streams.topics import TopicsError
 
 console = Console(stderr=True)
@@ -68,6 +70,9 @@ class Commands(click.Group):
         except (RulesError, TopicsError, UnsupportedFramework) as exc:
             raise click.ClickException(str(exc)) from exc
         except KafkaError as exc:
+            refused = asyncio.run(refusal(Settings(), exc))
+            if refused is not None:
+                raise click.ClickException(str(refused)) from None
             raise click.ClickException(_kafka_error(exc)) from exc
         except RedisError as exc:
             raise click.ClickException(_redis_error(exc)) from exc
@@ -85,8 +90,20 @@ def _problems(exc: ValidationError) -> str:
 
 def _kafka_error(exc: KafkaError) -> str:
     unreachable = isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
-    where = Settings().kafka_bootstrap_servers
-    return _server_error("Kafka", where, exc, "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS", unreachable)
+    settings = Settings()
+    message = _server_error(
+        "Kafka",
+        settings.kafka_bootstrap_servers,
+        exc,
+        "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS",
+        unreachable,
+    )
+    if unreachable:  # a listener of another protocol closes the connection without a word
+        message += (
+            " A listener of another protocol also closes the connection: "
+            f"SEGMENTER_KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol}."
+        )
+    return message
 
 
 def _redis_error(exc: RedisError) -> str:

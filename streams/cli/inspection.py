@@ -155,10 +155,7 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
         )
 
     async def read() -> list[DeadLetter]:
-        return [
-            DeadLetter.from_record(r)
-            async for r in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic)
-        ]
+        return [DeadLetter.from_record(r) async for r in read_topic(settings, settings.dlq_topic)]
 
     letters = asyncio.run(read())
     by_reason = Counter(letter.reason for letter in letters)
@@ -198,11 +195,9 @@ async def _redrive(settings: Settings, letters: list[DeadLetter]) -> tuple[int, 
     (a clock tick has no key, and a customer's records stay in one partition)."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.clients import started
+    from streams.clients import kafka_options, started
 
-    producer = await started(
-        AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    )
+    producer = await started(AIOKafkaProducer(**kafka_options(settings), acks="all"))
     sent = skipped = 0
     try:
         pending = []
@@ -261,7 +256,7 @@ def lag(topic: str | None, watch: bool, interval: float, as_json: bool) -> None:
         return table
 
     async def run() -> None:
-        async with LagProbe(settings.kafka_bootstrap_servers, settings.app_id) as probe:
+        async with LagProbe(settings) as probe:
             partitions = await probe.partitions(topic)
             if not partitions:
                 raise click.ClickException(f"topic {topic!r} does not exist")

@@ -11,6 +11,8 @@ from config.rules import RulesError
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack, DevstackError
 from streams.cli.group import console, load_settings, main, out
+from streams.cli.secure_kafka import SecureKafka
+from streams.refusals import KafkaRefused
 
 
 def _devstack(settings: Settings) -> Devstack:
@@ -28,8 +30,8 @@ def worker(clock: str | None) -> None:
         settings = settings.model_copy(update={"clock": clock})
     try:
         run_worker(settings)
-    except (RulesError, ConnectionError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (RulesError, ConnectionError, KafkaRefused) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -38,21 +40,37 @@ def devstack() -> None:
 
 
 @devstack.command("up")
-def devstack_up() -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="also the secured Kafka (SASL_SSL, SCRAM, ACLs) on 127.0.0.1:19192; its client "
+    "settings are in <devstack dir>/secure/client.env",
+)
+def devstack_up(secure: bool) -> None:
     """Start Kafka and Redis on loopback (idempotent; waits until both answer)."""
     stack = _devstack(load_settings())
     try:
         stack.up(say=console.print)
+        if secure:
+            secured = SecureKafka(stack)
+            secured.up(say=console.print)
+            console.print(
+                f"client settings (the password is not shown): {secured.client_env}; "
+                f"`set -a; . {secured.client_env}; set +a` to use them"
+            )
     except DevstackError as exc:
         raise click.ClickException(str(exc)) from exc
     _print_status(stack)
 
 
 @devstack.command("down")
-def devstack_down() -> None:
-    """Stop Kafka and Redis."""
+@click.option("--secure", is_flag=True, help="stop only the secured Kafka")
+def devstack_down(secure: bool) -> None:
+    """Stop Kafka and Redis (and the secured Kafka)."""
     stack = _devstack(load_settings())
-    stack.down(say=console.print)
+    SecureKafka(stack).down(say=console.print)
+    if not secure:
+        stack.down(say=console.print)
     _print_status(stack)
 
 
@@ -70,6 +88,11 @@ def _print_status(stack: Devstack) -> bool:
     for s in statuses:
         state = "[green]up[/]" if s.running else "[red]down[/]"
         table.add_row(s.name, s.address, state, str(s.pid or "-"), s.detail)
+    secured = SecureKafka(stack)
+    if secured.root.exists():  # started once: shown, not needed for the exit status
+        state = "[green]up[/]" if secured.answers() else "[red]down[/]"
+        what = f"SASL_SSL, SCRAM; settings in {secured.client_env}"
+        table.add_row("kafka-secure", secured.address, state, str(secured.own_pid() or "-"), what)
     out.print(table)
     return all(s.running for s in statuses)
 

@@ -59,7 +59,7 @@ async def _publish(settings: Any, *events: dict[str, Any]) -> None:
 
 
 async def _records(settings: Any, topic: str) -> list[Any]:
-    return [r async for r in read_topic(settings.kafka_bootstrap_servers, topic)]
+    return [r async for r in read_topic(settings, topic)]
 
 
 async def _moves(settings: Any, topic: str, customer: str) -> list[tuple[Any, ...]]:

@@ -60,9 +60,7 @@ async def test_a_single_order_customer_becomes_inactive_at_the_due_time(
 
     async def transitions() -> list[dict]:  # type: ignore[type-arg]
         topic = settings.transitions_topic
-        return [
-            orjson.loads(r.value) async for r in read_topic(settings.kafka_bootstrap_servers, topic)
-        ]
+        return [orjson.loads(r.value) async for r in read_topic(settings, topic)]
 
     found = await wait_for(
         transitions, lambda ts: len(ts) >= 2, LEAD.total_seconds() + 60, "2 transitions"
@@ -86,9 +84,7 @@ async def test_a_single_order_customer_becomes_inactive_at_the_due_time(
 
 
 async def _read(settings, topic: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
-    return [
-        orjson.loads(r.value) async for r in read_topic(settings.kafka_bootstrap_servers, topic)
-    ]
+    return [orjson.loads(r.value) async for r in read_topic(settings, topic)]
 
 
 async def test_a_due_time_waits_for_the_orders_placed_before_it(
