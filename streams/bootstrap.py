@@ -54,7 +54,13 @@ def build_processor(
         if not ok:
             metrics.redis_errors.inc()
 
-    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix, observe_redis)
+    cache = RedisCache.from_url(
+        settings.redis_url,
+        settings.redis_prefix,
+        observe_redis,
+        cluster=settings.redis_cluster,
+        segments=rules.segment_names,
+    )
     acks = ChangelogAcks(app)
     stores = Stores(
         customers=TableStore(customers, acks),
