@@ -11,6 +11,7 @@ from config.rules import RulesError
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack, DevstackError
 from streams.cli.group import console, load_settings, main, out
+from streams.cli.secure_redis import SecureRedis
 
 
 def _devstack(settings: Settings) -> Devstack:
@@ -38,11 +39,23 @@ def devstack() -> None:
 
 
 @devstack.command("up")
-def devstack_up() -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="also a Redis with a password, an ACL user and TLS (its settings in its client.env)",
+)
+def devstack_up(secure: bool) -> None:
     """Start Kafka and Redis on loopback (idempotent; waits until both answer)."""
     stack = _devstack(load_settings())
     try:
         stack.up(say=console.print)
+        if secure:
+            secured = SecureRedis(stack)
+            secured.up(say=console.print)
+            console.print(
+                f"to use the secured Redis: set -a; . {secured.home / 'client.env'}; set +a",
+                highlight=False,
+            )
     except DevstackError as exc:
         raise click.ClickException(str(exc)) from exc
     _print_status(stack)
@@ -50,9 +63,10 @@ def devstack_up() -> None:
 
 @devstack.command("down")
 def devstack_down() -> None:
-    """Stop Kafka and Redis."""
+    """Stop Kafka and Redis (and the secured Redis, if it runs)."""
     stack = _devstack(load_settings())
     stack.down(say=console.print)
+    SecureRedis(stack).down(say=console.print)
     _print_status(stack)
 
 
@@ -67,6 +81,9 @@ def devstack_status() -> None:
 def _print_status(stack: Devstack) -> bool:
     table = Table("service", "address", "state", "pid", "what")
     statuses = stack.status()
+    secured = SecureRedis(stack)
+    if secured.own_pid() is not None:
+        statuses.append(secured.status())
     for s in statuses:
         state = "[green]up[/]" if s.running else "[red]down[/]"
         table.add_row(s.name, s.address, state, str(s.pid or "-"), s.detail)
