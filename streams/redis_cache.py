@@ -21,16 +21,17 @@ table: a failed write is kept and retried, never raised into the stream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import orjson
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, RedisError
 
 from models.events import Metrics
 from models.state import CustomerState
@@ -112,6 +113,20 @@ def _number(value: float | None) -> str:
     return "" if value is None else str(value)
 
 
+@dataclass
+class _GroupCall:
+    """A write script call: customers of one bucket, the keys it declares, its argument."""
+
+    items: list[tuple[CustomerState, Metrics]]
+    hashes: list[str]
+    sets: str
+    payload: bytes
+    named: set[str]  # segments whose sets it declares
+
+    def keys(self) -> list[str]:
+        return self.hashes + [self.sets + name for name in sorted(self.named)]
+
+
 class RedisCache:
     """Writes and reads the cache layout above, on a single Redis or a Redis Cluster."""
 
@@ -165,8 +180,8 @@ class RedisCache:
         return len(self._pending) + len(self._pending_removals)
 
     async def write(self, items: Iterable[tuple[CustomerState, Metrics]]) -> None:
-        """Write these states, a script call per bucket; keep those that failed for the next
-        flush."""
+        """Write these states, a script call per bucket, all calls in one pipeline (on a
+        cluster, one per node); keep those that failed for the next flush."""
         batch = {state.key: (state, metrics) for state, metrics in items}
         if not batch:
             return
@@ -175,21 +190,17 @@ class RedisCache:
             where = (state.shop_id, bucket(state.customer_id))
             groups.setdefault(where, []).append((state, metrics))
         calls = [
-            group[start : start + WRITE_CHUNK]
+            self._group_call(group[start : start + WRITE_CHUNK])
             for group in groups.values()
             for start in range(0, len(group), WRITE_CHUNK)
         ]
         started = time.perf_counter()
-        results = await asyncio.gather(*map(self._write_group, calls), return_exceptions=True)
-        failures = [(call, r) for call, r in zip(calls, results, strict=True) if r is not None]
-        for _call, result in failures:
-            if not isinstance(result, RedisError | OSError):
-                raise result  # a bug, not Redis: loud
+        failures = await self._write_calls(calls)
         self._observe(time.perf_counter() - started, not failures)
         if not failures:
             return
         self.errors += 1
-        failed = [item for call, _exc in failures for item in call]
+        failed = [item for call, _exc in failures for item in call.items]
         first = failures[0][1]
         self._note_refusal(first)
         log.warning("redis write of %d customers failed, will retry: %s", len(failed), first)
@@ -198,12 +209,10 @@ class RedisCache:
             if held is None or held[0].revision < state.revision:
                 self._pending[state.key] = (state, metrics)
 
-    async def _write_group(self, items: list[tuple[CustomerState, Metrics]]) -> None:
-        """One script call for customers of one bucket of one shop (one slot)."""
+    def _group_call(self, items: list[tuple[CustomerState, Metrics]]) -> _GroupCall:
+        """The script call for customers of one bucket of one shop (one slot)."""
         first = items[0][0]
         tag = self._tag(first.shop_id, first.customer_id)
-        sets = f"{tag}segment:"
-        hashes = [f"{tag}customer:{state.customer_id}" for state, _m in items]
         payload = orjson.dumps(
             [
                 [index, str(state.revision), state.segment or "", state.customer_id, fields]
@@ -211,14 +220,70 @@ class RedisCache:
                 for fields in [self._fields(state, metrics)]
             ]
         )
-        named = self._segments | {state.segment for state, _m in items if state.segment}
+        return _GroupCall(
+            items=items,
+            hashes=[f"{tag}customer:{state.customer_id}" for state, _m in items],
+            sets=f"{tag}segment:",
+            payload=payload,
+            named=set(self._segments) | {s.segment for s, _m in items if s.segment},
+        )
+
+    async def _write_calls(self, calls: list[_GroupCall]) -> list[tuple[_GroupCall, Exception]]:
+        """Run the calls; again those that met a stored segment whose set they did not
+        declare, with it declared. Returns the calls that failed, with their error."""
+        failures: list[tuple[_GroupCall, Exception]] = []
         for _attempt in range(_DECLARE_ATTEMPTS):
-            keys = hashes + [sets + name for name in sorted(named)]
-            _written, undeclared = await self._script(keys=keys, args=[payload, sets])
-            if not undeclared:
-                return
-            named |= {name.decode() for name in undeclared}
-        raise RedisError(f"customers kept moving to undeclared segments: {sorted(named)}")
+            requests = [(call.keys(), [call.payload, call.sets]) for call in calls]
+            results = await self._evalsha_all(self._script, requests)
+            again = []
+            for call, result in zip(calls, results, strict=True):
+                if isinstance(result, RedisError | OSError):
+                    failures.append((call, result))
+                elif isinstance(result, Exception):
+                    raise result  # a bug, not Redis: loud
+                elif result[1]:
+                    call.named |= {name.decode() for name in result[1]}
+                    again.append(call)
+            if not again:
+                return failures
+            calls = again
+        moving = RedisError("customers kept moving to segments not declared")
+        return failures + [(call, moving) for call in calls]
+
+    async def _evalsha_all(
+        self, script: Any, requests: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """``script`` with each (keys, args): results or errors, in order. Loads the script
+        where a node does not know it (a restart, a failover) and runs those calls again."""
+        results = await self._evalsha_each(script, requests)
+        if any(isinstance(r, NoScriptError) for r in results):
+            try:
+                await self._client.script_load(script.script)  # on every primary
+            except (RedisError, OSError) as exc:
+                return [exc] * len(requests)
+            results = await self._evalsha_each(script, requests)
+        return results
+
+    async def _evalsha_each(
+        self, script: Any, requests: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        if isinstance(self._client, RedisCluster):
+            # A cluster pipeline refuses EVALSHA, and concurrent first calls of redis-py's
+            # cluster client break its connections (8.1): one call after another.
+            results: list[Any] = []
+            for keys, args in requests:
+                try:
+                    results.append(await self._client.evalsha(script.sha, len(keys), *keys, *args))
+                except (RedisError, OSError) as exc:
+                    results.append(exc)
+            return results
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in requests:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                return list(await pipe.execute(raise_on_error=False))
+        except (RedisError, OSError) as exc:
+            return [exc] * len(requests)
 
     async def remove(self, shop_id: str, customer_id: str) -> bool:
         """Delete the customer's hash and segment membership (no consent, or erased); drops a
