@@ -1,24 +1,32 @@
 """The cache on a real 3-master Redis Cluster on loopback: every write script call stays in one
-slot, sizes and members add up over the buckets, and a manual failover while the cache writes
-loses nothing and lets nothing older overwrite newer."""
+slot, sizes and members add up over the buckets, a manual failover while the cache writes
+loses nothing and lets nothing older overwrite newer, and a worker and the command line work
+on it as an ACL user with the documented rules."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT
 from models.state import CustomerState, compute_metrics
 from streams.cli.devstack import Devstack
 from streams.cli.redis_cluster import LocalRedisCluster, cluster_ports
+from streams.cli.replay import publish
 from streams.redis_cache import RedisCache
-from tests.conftest import wait_for
-from tests.factories import at
+from streams.redis_client import acl_rules
+from streams.topics import ensure_topics
+from streams.worker import spawn_worker, stop_worker
+from tests.conftest import free_port, run_cli, settings_from, wait_for
+from tests.factories import at, placed
 
 pytestmark = pytest.mark.integration
 from tests.unit.core import MODEL, RULES  # noqa: E402
@@ -119,3 +127,55 @@ async def test_a_failover_while_writing_loses_nothing_and_keeps_the_newest(
     }
     assert replica in cluster.masters  # the replica did take over
     print(f"write errors during the failover (retried): {cache.errors}")
+
+
+async def test_a_worker_writes_to_the_cluster_as_an_acl_user_and_the_cli_reads_it(
+    cluster: LocalRedisCluster, isolated: dict[str, str], tmp_path: Path
+) -> None:
+    prefix = isolated["redis_prefix"]
+    for port in cluster.pids:  # ACLs are per node: the documented rules on every one
+        cluster.node(port).execute_command(
+            "ACL", "SETUSER", "segmenter", "reset", "on", ">pw-cluster", *acl_rules(prefix).split()
+        )
+    web = str(free_port())
+    overrides = {
+        **isolated,
+        "redis_url": f"redis://segmenter:pw-cluster@127.0.0.1:{cluster.masters[0]}/0",
+        "redis_cluster": "true",
+        "web_port": web,
+    }
+    settings = settings_from(overrides)
+    await ensure_topics(settings)
+    customers = [f"k{i}" for i in range(40)]
+    records = [
+        (c.encode(), orjson.dumps(placed(c, f"{c}-o1", i / 10))) for i, c in enumerate(customers)
+    ]
+    log = tmp_path / "worker.log"
+    worker = spawn_worker(overrides, log)
+    try:
+        assert await publish(settings, iter(records)) == len(records)
+        reader = RedisCache.from_url(cluster.url, prefix, cluster=True)
+        try:
+            await wait_for(
+                lambda: reader.segment_sizes("default", ["new"]),
+                lambda sizes: sizes == {"new": len(customers)},
+                90,
+                "the worker's writes on the cluster",
+            )
+            assert await reader.members("default", "new") == set(customers)
+        finally:
+            await reader.close()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{web}/readyz") as response,
+        ):
+            assert (response.status, (await response.json())["checks"]["redis"]) == (200, True)
+        table = await run_cli(overrides, "segments")
+        assert re.search(rf"\bnew\b\D+{len(customers)}\b", table), table
+        shown = await run_cli(overrides, "customer", "k7")
+        assert "new" in shown
+    finally:
+        status = stop_worker(worker)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "Redis refuses" not in text, text[-3000:]
+    assert status == 0, text[-3000:]
