@@ -31,13 +31,22 @@ from typing import Any, Final
 
 import orjson
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 
 from models.events import Metrics
 from models.state import CustomerState
 from streams.redis_client import acl_rules, connect
 
 log = logging.getLogger(__name__)
+
+# What Redis failing looks like to a caller (a cluster client's own errors are no RedisError).
+REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError)
 
 # Buckets per shop: how many slots (and so cluster nodes) a shop's customers spread over.
 # Changing it moves every key: LAYOUT names it so that the sync markers of another layout are
@@ -237,7 +246,7 @@ class RedisCache:
             results = await self._evalsha_all(self._script, requests)
             again = []
             for call, result in zip(calls, results, strict=True):
-                if isinstance(result, RedisError | OSError):
+                if isinstance(result, REDIS_FAILURES):
                     failures.append((call, result))
                 elif isinstance(result, Exception):
                     raise result  # a bug, not Redis: loud
@@ -259,7 +268,7 @@ class RedisCache:
         if any(isinstance(r, NoScriptError) for r in results):
             try:
                 await self._client.script_load(script.script)  # on every primary
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 return [exc] * len(requests)
             results = await self._evalsha_each(script, requests)
         return results
@@ -274,7 +283,7 @@ class RedisCache:
             for keys, args in requests:
                 try:
                     results.append(await self._client.evalsha(script.sha, len(keys), *keys, *args))
-                except (RedisError, OSError) as exc:
+                except REDIS_FAILURES as exc:
                     results.append(exc)
             return results
         try:
@@ -282,7 +291,7 @@ class RedisCache:
                 for keys, args in requests:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 return list(await pipe.execute(raise_on_error=False))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             return [exc] * len(requests)
 
     async def remove(self, shop_id: str, customer_id: str) -> bool:
@@ -300,7 +309,7 @@ class RedisCache:
                     return True
                 named.add(stored.decode())
             raise RedisError(f"the customer kept moving to undeclared segments: {named}")
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self.errors += 1
             self._note_refusal(exc)
             self._pending_removals.add((shop_id, customer_id))
@@ -409,7 +418,7 @@ class RedisCache:
             await self._client.ping()
             probe = f"{self._prefix}{{readiness}}:probe"
             await self._script(keys=[probe], args=[b"[]", f"{probe}:"])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._note_refusal(exc)
             return False
         self._refusal = None

@@ -27,7 +27,6 @@ ACL_COMMANDS: Final = (
     "evalsha",
     "script|load",
     "cluster|slots",
-    "cluster|shards",
     "command",
 )
 

@@ -9,7 +9,7 @@ import click
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -58,6 +58,8 @@ class Commands(click.Group):
             raise click.ClickException(_kafka_error(exc)) from exc
         except RedisError as exc:
             raise click.ClickException(_redis_error(exc)) from exc
+        except RedisClusterException as exc:  # no node of the cluster answered
+            raise click.ClickException(_redis_error(exc, unreachable=True)) from exc
 
 
 def _kafka_error(exc: KafkaError) -> str:
@@ -66,8 +68,8 @@ def _kafka_error(exc: KafkaError) -> str:
     return _server_error("Kafka", where, exc, "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS", unreachable)
 
 
-def _redis_error(exc: RedisError) -> str:
-    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+def _redis_error(exc: Exception, unreachable: bool = False) -> str:
+    unreachable = unreachable or isinstance(exc, RedisConnectionError | RedisTimeoutError)
     url = urlsplit(Settings().redis_url)
     where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
     return _server_error("Redis", where, exc, "SEGMENTER_REDIS_URL", unreachable)

@@ -179,3 +179,17 @@ async def test_a_worker_writes_to_the_cluster_as_an_acl_user_and_the_cli_reads_i
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "Redis refuses" not in text, text[-3000:]
     assert status == 0, text[-3000:]
+
+
+async def test_an_unreachable_cluster_keeps_writes_pending_instead_of_raising() -> None:
+    (port,) = cluster_ports(1)  # nothing listens there
+    cache = RedisCache.from_url(f"redis://127.0.0.1:{port}/0", "unreachable:", cluster=True)
+    try:
+        await cache.write([_item("s1", "c1", 1, "new")])
+        assert (cache.pending, cache.errors) == (1, 1)
+        assert not await cache.remove("s1", "c2")
+        assert not await cache.ping()
+        assert await cache.flush_pending() == 1  # still down: kept
+        assert cache.pending == 2  # the write and the removal
+    finally:
+        await cache.close()
