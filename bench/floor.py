@@ -30,7 +30,7 @@ import orjson
 from bench.raw import tally
 from config.settings import Settings
 from streams import framework
-from streams.bootstrap import broker_urls
+from streams.clients import broker_urls
 from streams.framework import intake
 from streams.worker import ServiceWorker
 

@@ -59,6 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOOR_TIMEOUT_SECONDS = 900
 console = Console(stderr=True)
 
+# The benchmark's workers pause and resume on its word.
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+
 
 @dataclass(frozen=True)
 class Options:
@@ -132,6 +135,7 @@ class Run:
             "data_dir": str(self.options.workdir / name),
             "partitions": str(self.options.partitions),
             "web_port": str(_free_port()),
+            "admin_token": ADMIN_TOKEN,
             "log_level": "warning",
             "kafka_bootstrap_servers": self.bootstrap,
             "redis_url": self.redis_url,
@@ -179,7 +183,10 @@ async def _http_json(port: int, path: str, method: str = "GET") -> tuple[int, An
     async with (
         aiohttp.ClientSession() as session,
         session.request(
-            method, f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(5)
+            method,
+            f"http://127.0.0.1:{port}{path}",
+            timeout=aiohttp.ClientTimeout(5),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         ) as r,
     ):
         return r.status, await r.json(content_type=None)

@@ -6,12 +6,12 @@ Defaults point at the local devstack (``segmenter devstack up``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, GetCoreSchemaHandler, SecretStr, field_validator, model_validator
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVSTACK_KAFKA_PORT = 19092
@@ -22,48 +22,28 @@ MIN_SECRET_BYTES = 16
 MASK = "***"
 
 
-class RedisUrl(str):
-    """A Redis URL: the full URL as a string (what clients connect with), its password masked
-    wherever it is printed (``repr``, ``str``, f-strings, ``%s`` in logs, JSON)."""
+class RedisUrl(SecretStr):
+    """A Redis URL kept as a secret: ``get_secret_value()`` is the URL to connect with; wherever
+    it is shown (``repr``, ``str``, f-strings, logs) it is the URL with its password as ``***``,
+    and JSON shows only stars. Not a ``str``: an operation that would copy the password out
+    (concatenation, ``json.dumps``, slicing) fails instead of leaking it."""
 
-    def __str__(self) -> str:
-        return self.masked
+    def _display(self) -> str:
+        return masked_url(self.get_secret_value())
 
-    def __repr__(self) -> str:
-        return repr(self.masked)
 
-    def __format__(self, spec: str) -> str:
-        return format(self.masked, spec)
-
-    @property
-    def masked(self) -> str:
-        """The URL with the password (in the user part or a ``password=`` query) as ``***``."""
-        url = str.__str__(self)
-        try:
-            parts = urlsplit(url)
-            netloc = parts.netloc
-            if parts.password is not None:
-                user = parts.username or ""
-                netloc = f"{user}:{MASK}@{netloc.rpartition('@')[2]}"
-            query = parts.query
-            if query:
-                pairs = parse_qsl(query, keep_blank_values=True)
-                query = urlencode([(k, MASK if k == "password" else v) for k, v in pairs], safe="*")
-            return urlunsplit(parts._replace(netloc=netloc, query=query))
-        except ValueError:  # not a URL we can take apart: print none of it
-            return f"{url.partition(':')[0]}://{MASK}"
-
-    @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        # JSON shows the masked URL, as it shows a SecretStr's stars.
-        masked = core_schema.plain_serializer_function_ser_schema(
-            lambda url: url.masked, when_used="json"
-        )
-        return core_schema.no_info_after_validator_function(
-            cls, core_schema.str_schema(), serialization=masked
-        )
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user part and of a ``password=`` query as ``***``
+    (a user part is everything between ``://`` and the last ``@``, whatever it holds)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return MASK
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        rest = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    rest = re.sub(r"(?i)([?&]password=)[^&]*", rf"\g<1>{MASK}", rest)
+    return f"{scheme}://{rest}"
 
 
 def _secret_long_enough(value: SecretStr | None, variable: str) -> SecretStr | None:
@@ -86,6 +66,26 @@ class Settings(BaseSettings):
 
     app_id: str = Field("segmenter", description="Faust app id: consumer group and topic prefix")
     kafka_bootstrap_servers: str = f"127.0.0.1:{DEVSTACK_KAFKA_PORT}"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects: TLS, SASL, both or neither"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password; never printed")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CAs to trust (default: the system's)"
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (mutual TLS); needs the key file"
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of the client certificate (mutual TLS)"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="check that the broker's certificate names the host connected to"
+    )
     redis_url: RedisUrl = Field(
         RedisUrl(f"redis://127.0.0.1:{DEVSTACK_REDIS_PORT}/0"),
         description="Redis to write customers' segments to; a password in it is never printed",
@@ -196,6 +196,18 @@ class Settings(BaseSettings):
             )
         return data
 
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty variable (``SEGMENTER_KAFKA_SSL_CAFILE=``) is no value, not a path."""
+        return None if value == "" else value
+
     @field_validator("pseudonymisation_secret")
     @classmethod
     def _pseudonymisation_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -205,6 +217,21 @@ class Settings(BaseSettings):
     @classmethod
     def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
         return _secret_long_enough(value, "SEGMENTER_ADMIN_TOKEN")
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        """Combinations of the Kafka security settings that cannot work are refused at start,
+        each error naming the variable to fix."""
+        _check_kafka_security(self)
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
 
     @property
     def clock_topic(self) -> str:
@@ -236,3 +263,49 @@ class Settings(BaseSettings):
     def changelog_topic(self) -> str:
         """Faust names a table's changelog ``<app id>-<table>-changelog``."""
         return f"{self.app_id}-{self.table_name}-changelog"
+
+
+def _kafka_setting_error(message: str, **names: str) -> PydanticCustomError:
+    return PydanticCustomError("kafka_security", message, names)
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    protocol = f"SEGMENTER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}"
+    if settings.uses_sasl:
+        for variable, value in (
+            ("SEGMENTER_KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+            ("SEGMENTER_KAFKA_SASL_PASSWORD", settings.kafka_sasl_password),
+        ):
+            if not value or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                raise _kafka_setting_error(
+                    "{protocol} needs {variable}", protocol=protocol, variable=variable
+                )
+    elif settings.kafka_sasl_username is not None or settings.kafka_sasl_password is not None:
+        raise _kafka_setting_error(
+            "SEGMENTER_KAFKA_SASL_USERNAME/PASSWORD are set but {protocol} does not use SASL "
+            "(SASL_SSL or SASL_PLAINTEXT does)",
+            protocol=protocol,
+        )
+    files = {
+        "SEGMENTER_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "SEGMENTER_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "SEGMENTER_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+    }
+    for variable, path in files.items():
+        if path is None:
+            continue
+        if not settings.uses_tls:
+            raise _kafka_setting_error(
+                "{variable} is set but {protocol} does not use TLS (SSL or SASL_SSL does)",
+                variable=variable,
+                protocol=protocol,
+            )
+        if not path.is_file():
+            raise _kafka_setting_error(
+                "{variable}={path}: no such file", variable=variable, path=str(path)
+            )
+    if (settings.kafka_ssl_certfile is None) != (settings.kafka_ssl_keyfile is None):
+        raise _kafka_setting_error(
+            "SEGMENTER_KAFKA_SSL_CERTFILE and SEGMENTER_KAFKA_SSL_KEYFILE go together "
+            "(mutual TLS needs both)"
+        )

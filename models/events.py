@@ -43,14 +43,14 @@ CONTROL_CHARACTER: Final = "control_character"
 # Characters that change what a terminal or a reader shows: the C0 and C1 controls (escape
 # sequences, line breaks, backspace, DEL), the Unicode line and paragraph separators, and the
 # bidirectional controls that reorder the text around them.
-_CONTROL = re.compile(
+CONTROL_CHARACTERS: Final = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 )
 
 
 def control_character(text: str) -> str | None:
-    """The first control character in ``text`` (see ``_CONTROL``), if any."""
-    found = _CONTROL.search(text)
+    """The first control character in ``text`` (see ``CONTROL_CHARACTERS``), if any."""
+    found = CONTROL_CHARACTERS.search(text)
     return found.group() if found else None
 
 
@@ -236,12 +236,15 @@ def erasure_receipt(
     )
 
 
+TickKind = Literal["due", "reevaluate"]
+
+
 class ClockTick(_Event):
     """A record of the clock topic, for one customer (``key``: the state's key): ``due``, its
     due time has passed by ``now``; ``reevaluate``, re-decide it under a new rule set or
     calibration (no ``now``: the worker takes its own)."""
 
-    kind: Literal["due", "reevaluate"] = "due"  # ticks without a kind are due ticks
+    kind: TickKind = "due"  # ticks without a kind are due ticks
     key: str
     now: datetime | None = None
 

@@ -15,8 +15,9 @@ from config.settings import Settings
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams import framework, web
-from streams.bootstrap import broker_urls, build_processor
+from streams.bootstrap import build_processor
 from streams.calibrations import follow_calibrations, recalibrate, recalibration_due
+from streams.clients import faust_broker_options
 from streams.dlq import SourceRecord
 from streams.framework import intake
 from streams.lag import LagProbe
@@ -51,7 +52,7 @@ def create_app(
         # Faust would let its own environment variables (APP_WEB_TABLES_ENABLED, BROKER_URL,
         # ...) override what is passed here: the SEGMENTER_ settings are the only configuration.
         env={},
-        broker=broker_urls(settings.kafka_bootstrap_servers),
+        **faust_broker_options(settings),
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir),
         topic_partitions=partitions,
@@ -223,7 +224,7 @@ def _timers(
                 return
             log.info("scheduled recalibration: %s", [c.version for c in published])
 
-    probe = LagProbe(settings.kafka_bootstrap_servers, settings.app_id)
+    probe = LagProbe(settings)
     metrics = processor.metrics
 
     @app.timer(LAG_INTERVAL_SECONDS)

@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 WRITE_FAILED_EXIT = 75
 
 
-def broker_urls(bootstrap_servers: str) -> str:
-    return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
-
-
 def build_processor(
     app: faust.App,
     settings: Settings,
@@ -55,7 +51,7 @@ def build_processor(
             metrics.redis_errors.inc()
 
     cache = RedisCache.from_url(
-        settings.redis_url,
+        settings.redis_url.get_secret_value(),
         settings.redis_prefix,
         observe_redis,
         cluster=settings.redis_cluster,

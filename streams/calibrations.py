@@ -23,7 +23,7 @@ from models.scoring import Calibration, calibrate
 from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics
 from streams.changelog import read_latest, read_topic
-from streams.clients import started
+from streams.clients import kafka_options, started
 from streams.codecs import decode_calibration, decode_stored, encode_calibration
 from streams.framework.consumer import refresh_metadata
 
@@ -116,7 +116,7 @@ def recalibration_due(
 
 
 async def publish_calibrations(settings: Settings, calibrations: list[Calibration]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
     await started(producer)
     try:
         for calibration in calibrations:
@@ -132,7 +132,7 @@ async def publish_calibrations(settings: Settings, calibrations: list[Calibratio
 async def read_calibrations(settings: Settings) -> dict[str, Calibration]:
     """The latest calibration of every shop."""
     latest: dict[str, Calibration] = {}
-    async for record in read_topic(settings.kafka_bootstrap_servers, settings.calibrations_topic):
+    async for record in read_topic(settings, settings.calibrations_topic):
         if record.value is not None and record.key is not None:
             calibration = decode_calibration(record.value)
             latest[calibration.shop_id] = calibration
@@ -144,9 +144,7 @@ async def follow_calibrations(
 ) -> None:
     """Call ``on_calibration`` for every calibration on the topic, then for each new one (runs
     until cancelled). The topic is compacted and small: one record per shop."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
     await started(consumer)
     try:
         partitions = consumer.partitions_for_topic(settings.calibrations_topic)

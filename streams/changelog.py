@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from config.settings import Settings
-from streams.clients import started
+from streams.clients import kafka_options, started
 from streams.codecs import StoredState, decode_stored
 from streams.framework.consumer import refresh_metadata
 
@@ -20,10 +20,10 @@ Progress = Callable[[int, int], None]
 
 
 async def read_topic(
-    bootstrap_servers: str, topic: str, progress: Progress | None = None
+    settings: Settings, topic: str, progress: Progress | None = None
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` up to its end offsets at the time of the call."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
     await started(consumer)
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -60,9 +60,7 @@ async def read_latest(settings: Settings, progress: Progress | None = None) -> d
     """Every customer's stored state as the table's changelog holds it (encoded), keyed by
     ``<shop>/<customer>``; an erased customer's tombstone leaves the key out."""
     latest: dict[bytes, bytes | None] = {}
-    async for record in read_topic(
-        settings.kafka_bootstrap_servers, settings.changelog_topic, progress
-    ):
+    async for record in read_topic(settings, settings.changelog_topic, progress):
         if record.key is not None:
             latest[record.key] = record.value
     return {key: value for key, value in latest.items() if value is not None}
@@ -76,8 +74,8 @@ async def read_table(
     return {key.decode(): decode_stored(value) for key, value in sorted(latest.items())}
 
 
-async def count_records(bootstrap_servers: str, topic: str) -> int:
+async def count_records(settings: Settings, topic: str) -> int:
     count = 0
-    async for _ in read_topic(bootstrap_servers, topic):
+    async for _ in read_topic(settings, topic):
         count += 1
     return count

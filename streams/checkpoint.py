@@ -49,7 +49,7 @@ Handler = Callable[[SourceRecord], Awaitable[None]]
 
 
 class Store(Protocol):
-    """A table of the worker's partitions (``streams.tables.TableStore``)."""
+    """A table of the worker's partitions (``streams.framework.tables.TableStore``)."""
 
     def get(self, partition: int, key: bytes) -> bytes | None: ...
 
@@ -165,18 +165,23 @@ class Checkpoint:
     async def commit(
         self, batch: Batch, written: Callable[[], Awaitable[None]] | None = None
     ) -> None:
-        """The protocol, steps 1 to 4 (see the module docstring)."""
+        """The protocol, steps 1 to 4 (see the module docstring), once per processed batch."""
+        if batch.status is not Status.PROCESSED:
+            raise RuntimeError(
+                f"only a processed batch is committed, not a {batch.status.value} one"
+            )
         batch.status = Status.COMMITTING
         try:
-            await self._write(batch)  # steps 1 to 3
+            try:
+                await self._write(batch)  # steps 1 to 3
+            finally:
+                if self._committing is batch:
+                    self._committing = None
+            if written is not None:
+                await written()  # 4. the offsets
         except BaseException:
             batch.status = Status.FAILED
             raise
-        finally:
-            if self._committing is batch:
-                self._committing = None
-        if written is not None:
-            await written()  # 4. the offsets
         batch.status = Status.COMMITTED
 
     async def _write(self, batch: Batch) -> None:

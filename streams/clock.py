@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from models.events import ClockTick
+from models.events import ClockTick, TickKind
 from streams.codecs import encode_tick
 from streams.dlq import SourceRecord
 
@@ -30,7 +30,6 @@ from streams.dlq import SourceRecord
 STALLED_SECONDS = 30.0
 
 ClockMode = Literal["wall", "event"]
-TickKind = Literal["due", "reevaluate"]
 # (end offset, committed offset) of an orders partition as the consumer knows them, or None.
 InputEnd = Callable[[int], tuple[int, int | None] | None]
 

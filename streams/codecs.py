@@ -74,18 +74,11 @@ def _decode(
     adapter: TypeAdapter[T],
     types: frozenset[str],
 ) -> T:
-    if value is None:
-        raise DecodeError("empty_value", "record has no value")
-    if len(value) > MAX_ORDER_BYTES:
+    if value is not None and len(value) > MAX_ORDER_BYTES:
         raise DecodeError(
             "too_large", f"order event of {len(value)} bytes exceeds {MAX_ORDER_BYTES} bytes"
         )
-    try:
-        raw = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError("malformed_json", f"not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DecodeError("malformed_json", f"expected a JSON object, got {type(raw).__name__}")
+    raw = _json_object(value)
     kind = raw.get("type", next(iter(types)) if len(types) == 1 else None)
     if kind not in types:
         raise DecodeError(
@@ -245,6 +238,15 @@ def encode_tick(tick: ClockTick) -> bytes:
 def decode_tick(value: bytes | None) -> ClockTick:
     """Parse and validate one record of the clock topic (a tick without a kind is a due
     tick, as written before there were other kinds)."""
+    raw = _json_object(value)
+    try:
+        return ClockTick.model_validate(raw)
+    except ValidationError as exc:
+        raise DecodeError("schema_violation", _describe(exc)) from exc
+
+
+def _json_object(value: bytes | None) -> dict[str, Any]:
+    """The record's value as a JSON object."""
     if value is None:
         raise DecodeError("empty_value", "record has no value")
     try:
@@ -253,10 +255,7 @@ def decode_tick(value: bytes | None) -> ClockTick:
         raise DecodeError("malformed_json", f"not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise DecodeError("malformed_json", f"expected a JSON object, got {type(raw).__name__}")
-    try:
-        return ClockTick.model_validate(raw)
-    except ValidationError as exc:
-        raise DecodeError("schema_violation", _describe(exc)) from exc
+    return raw
 
 
 def encode_calibration(calibration: Calibration) -> bytes:

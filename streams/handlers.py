@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -57,6 +57,17 @@ MISROUTED_LOG_SECONDS = 60.0
 E = TypeVar("E")
 
 
+class Markers(Protocol):
+    """The erasure markers (``streams.framework.tables.TableStore``): written and removed
+    through the table's own API, as of the record being processed."""
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def pop(self, key: bytes) -> None: ...
+
+
 @dataclass(frozen=True)
 class Stores:
     """Where a customer's data lives: the customer table, the erasure markers, the Redis copy;
@@ -64,7 +75,7 @@ class Stores:
     default partitioner)."""
 
     customers: Store
-    erasures: Any  # streams.framework.tables.TableStore
+    erasures: Markers
     cache: Cache
     partitions: int | None = None
 

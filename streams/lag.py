@@ -15,7 +15,7 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 from aiokafka.structs import OffsetAndMetadata
 
 from config.settings import Settings
-from streams.clients import started
+from streams.clients import kafka_options, started
 from streams.framework.consumer import current_partitions
 
 
@@ -37,9 +37,9 @@ class PartitionLag:
 class LagProbe:
     """Long-lived admin and consumer clients for measuring the group's lag repeatedly."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
-        self._servers = bootstrap_servers
-        self._group = group_id
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._group = settings.app_id
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -47,11 +47,10 @@ class LagProbe:
         """Connect (once; again after a failed start)."""
         if self._admin is not None and self._consumer is not None:
             return
-        admin = await started(AIOKafkaAdminClient(bootstrap_servers=self._servers))
+        options = kafka_options(self._settings)
+        admin = await started(AIOKafkaAdminClient(**options))
         try:
-            consumer = await started(
-                AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
-            )
+            consumer = await started(AIOKafkaConsumer(**options, enable_auto_commit=False))
         except Exception:
             await admin.close()
             raise
@@ -109,7 +108,7 @@ class LagProbe:
 
 async def group_lag(settings: Settings, topic: str | None = None) -> list[PartitionLag]:
     """Lag per partition of ``topic`` (default: the orders topic) for the worker group."""
-    async with LagProbe(settings.kafka_bootstrap_servers, settings.app_id) as probe:
+    async with LagProbe(settings) as probe:
         return await probe.measure(await probe.partitions(topic or settings.orders_topic))
 
 

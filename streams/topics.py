@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from config.settings import Settings
-from streams.clients import started
+from streams.clients import kafka_options, started
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ class TopicsError(RuntimeError):
 
 
 async def _admin(settings: Settings) -> AIOKafkaAdminClient:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15_000
-    )
+    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=15_000)
     try:
         await started(admin)
     except KafkaConnectionError as exc:
@@ -85,8 +83,8 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
             if name not in current
         ]
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
-                await admin.create_topics(missing)
+            response = await admin.create_topics(missing)
+            _raise_for_topic_errors(response.topic_errors)
             log.info("created topics %s", ", ".join(t.name for t in missing))
         for name in (settings.clock_topic, settings.consent_topic, settings.erasure_topic):
             count = current.get(name, partitions)
@@ -101,6 +99,14 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
         return partitions
     finally:
         await admin.close()
+
+
+def _raise_for_topic_errors(topic_errors: list[tuple[Any, ...]]) -> None:
+    """The first error of a topic that was not created (one another worker was faster to create
+    is not an error)."""
+    for topic, code, *_ in topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise for_code(code)(f"topic {topic}")
 
 
 async def delete_topics(settings: Settings, topics: list[str]) -> None:
@@ -140,9 +146,7 @@ async def _wait_until_served(settings: Settings, topics: dict[str, int]) -> None
     its partitions' leaders serve them: a consumer started in between logs an error for each
     (aiokafka's ``Failed fetch offsets ... NotLeaderForPartitionError``) until they do. Asking
     for the end offsets here retries quietly."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
     await started(consumer)
     try:
         partitions = [TopicPartition(t, p) for t, count in topics.items() for p in range(count)]

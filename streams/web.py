@@ -190,30 +190,24 @@ def _views(
         """Counters since the worker started: events by type, transitions, dead letters."""
         return web.json({**processor.stats(), "paused": orders.paused})
 
-    @app.page("/pause")
-    class Pause(View):
-        """POST: stop fetching orders (maintenance; lag builds up). GET: the current state."""
+    def pausing(on: bool, doc: str) -> type[View]:
+        class Pausing(View):
+            __doc__ = doc
 
-        async def get(self, request: Any) -> Any:
-            return self.json({"paused": orders.paused})
+            async def get(self, request: Any) -> Any:
+                return self.json({"paused": orders.paused})
 
-        async def post(self, request: Any) -> Any:
-            refusal = refused(self, request)
-            if refusal is not None:
-                return refusal
-            return self.json(orders.pause(True))
+            async def post(self, request: Any) -> Any:
+                refusal = refused(self, request)
+                if refusal is not None:
+                    return refusal
+                if not on and recovery.in_recovery:  # recovery resumes the partitions itself
+                    return self.json({"paused": orders.paused, "error": "recovering"}, status=409)
+                return self.json(orders.pause(on))
 
-    @app.page("/resume")
-    class Resume(View):
-        """POST: fetch orders again."""
+        return Pausing
 
-        async def get(self, request: Any) -> Any:
-            return self.json({"paused": orders.paused})
-
-        async def post(self, request: Any) -> Any:
-            refusal = refused(self, request)
-            if refusal is not None:
-                return refusal
-            if recovery.in_recovery:  # recovery resumes the partitions itself when done
-                return self.json({"paused": orders.paused, "error": "recovering"}, status=409)
-            return self.json(orders.pause(False))
+    app.page("/pause")(
+        pausing(True, "POST: stop fetching orders (maintenance; lag builds up). GET: the state.")
+    )
+    app.page("/resume")(pausing(False, "POST: fetch orders again. GET: the state."))

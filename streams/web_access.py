@@ -44,7 +44,8 @@ def _bearer_matches(authorization: str | None, token: SecretStr) -> bool:
     scheme, _, given = (authorization or "").strip().partition(" ")
     expected = token.get_secret_value().encode()
     # compared in constant time, whatever was sent
-    matches = hmac.compare_digest(given.strip().encode(), expected)
+    # aiohttp keeps bytes that are not UTF-8 as surrogates: compared as the bytes they were
+    matches = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
     return scheme.lower() == "bearer" and matches
 
 

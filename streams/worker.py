@@ -25,6 +25,7 @@ from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams.app import create_app
 from streams.calibrations import read_calibrations
+from streams.refusals import refusal
 from streams.topics import ensure_topics
 
 
@@ -143,6 +144,9 @@ async def _prepare(settings: Settings, rules: SegmentRules) -> tuple[int, dict[s
             partitions = await ensure_topics(settings, marketing_transitions(rules))
             return partitions, await read_calibrations(settings)
         except (ConnectionError, KafkaError) as exc:
+            refused = await refusal(settings, exc)
+            if refused is not None:  # waiting cannot help
+                raise refused from None
             if time.monotonic() >= deadline:
                 raise ConnectionError(
                     f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "

@@ -18,6 +18,7 @@ import pytest
 
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack
+from streams.cli.secure_kafka import SecureKafka
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -54,6 +55,39 @@ def isolated(devstack: Devstack, tmp_path: Path) -> dict[str, str]:
         "clock": "event",
         "log_level": "info",
     }
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(devstack: Devstack) -> Iterator[SecureKafka]:
+    """The secured Kafka (SASL_SSL, SCRAM, ACLs); started for the session unless running."""
+    secured = SecureKafka(devstack)
+    already_up = secured.answers()
+    secured.up(say=print)
+    yield secured
+    if not already_up:
+        secured.down(say=print)
+
+
+# The settings that name topics, groups and Redis keys.
+NAMES = (
+    "app_id",
+    "orders_topic",
+    "transitions_topic",
+    "dlq_topic",
+    "consent_topic",
+    "erasure_topic",
+    "erasure_receipts_topic",
+    "redis_prefix",
+    "marketing_topic_prefix",
+)
+
+
+@pytest.fixture
+def secured(secure_kafka: SecureKafka, isolated: dict[str, str]) -> dict[str, str]:
+    """``isolated`` on the secured Kafka as its ``segmenter`` user: the names moved under the
+    product's prefix, which that user's ACLs grant."""
+    renamed = {k: f"segmenter-{v}" if k in NAMES else v for k, v in isolated.items()}
+    return {**renamed, **secure_kafka.client_settings()}
 
 
 def settings_from(overrides: dict[str, str]) -> Settings:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from config.rules import RulesError, load_rules
 from models.rule_check import all_cells, check_rules
-from streams.cli.group import console, load_settings, main, out, progress_bar
+from streams.cli.group import console, literal, load_settings, main, out, progress_bar
 
 
 @main.command()
@@ -118,8 +118,8 @@ def recalibrate(shop: str | None) -> None:
     for c in published:
         cut = c.cutoffs
         table.add_row(
-            c.shop_id,
-            c.version,
+            literal(c.shop_id),
+            literal(c.version),
             str(c.customers),
             str(list(cut.recency_days)),
             str(list(cut.frequency)),

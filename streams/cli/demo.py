@@ -23,7 +23,7 @@ from streams.changelog import count_records, read_table
 from streams.cli.devstack import Devstack
 from streams.cli.replay import publish
 from streams.cli.sample_data import sample_events, sample_records
-from streams.clients import started
+from streams.clients import kafka_options, started
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
 from streams.redis_client import connect
@@ -125,7 +125,7 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
             *(settings.marketing_topic(name) for name in marketing),
         ],
     )
-    client = connect(settings.redis_url, settings.redis_cluster)
+    client = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
     try:
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
             await client.delete(key)
@@ -136,7 +136,7 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
 async def _replay_and_watch(settings: Settings, records: list, worker) -> None:  # type: ignore[no-untyped-def,type-arg]
     consumer = AIOKafkaConsumer(
         settings.transitions_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
@@ -209,7 +209,7 @@ async def _recalibrate(settings: Settings) -> None:
 
 async def _segment_sizes(settings: Settings) -> dict[str, int]:
     cache = RedisCache.from_url(
-        settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster
+        settings.redis_url.get_secret_value(), settings.redis_prefix, cluster=settings.redis_cluster
     )
     try:
         return await cache.segment_sizes("default", load_rules().segment_names)
@@ -228,5 +228,5 @@ async def _summary(settings: Settings, bootstrap: dict[str, int]) -> None:
     for name, size in sizes.items():
         table.add_row(name, str(bootstrap.get(name, 0)), str(size))
     console.print(table)
-    dlq = await count_records(settings.kafka_bootstrap_servers, settings.dlq_topic)
+    dlq = await count_records(settings, settings.dlq_topic)
     console.print(f"dead-lettered records on {settings.dlq_topic}: {dlq}")

@@ -156,7 +156,7 @@ class Devstack:
         if result.returncode != 0 or not all(m.exists() for m in markers):
             raise DevstackError(f"Maven could not fetch Kafka:\n{result.stdout}\n{result.stderr}")
 
-    def _java(self) -> str:
+    def java(self) -> str:
         java = shutil.which("java")
         if java is None:
             raise DevstackError(
@@ -186,7 +186,7 @@ class Devstack:
         log = self.root / "kafka.log"
         log4j.write_text(_LOG4J2.format(log=log))
         classpath = self.classpath
-        java = self._java()
+        java = self.java()
         if not (data / "meta.properties").exists():
             result = subprocess.run(
                 [

@@ -3,6 +3,7 @@ settings, the consoles and the progress bar."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import click
@@ -13,13 +14,27 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from config.rules import RulesError
 from config.settings import Settings
+from models.events import CONTROL_CHARACTERS
+from streams.framework import UnsupportedFramework
+from streams.refusals import refusal
 from streams.topics import TopicsError
 
 console = Console(stderr=True)
 out = Console()
+
+
+def literal(value: object) -> Text:
+    """Record contents printed as they are: never read as rich markup (a customer id such as
+    ``[/oops]`` is text), control characters shown escaped (a terminal escape in a dead letter
+    must not reach the operator's terminal)."""
+    escaped = CONTROL_CHARACTERS.sub(
+        lambda m: m.group().encode("unicode_escape").decode(), str(value)
+    )
+    return Text(escaped)
 
 
 def load_settings() -> Settings:
@@ -51,10 +66,13 @@ class Commands(click.Group):
         except ValidationError as exc:
             if exc.title != Settings.__name__:  # a record's, not the settings'
                 raise
-            raise click.ClickException(f"invalid SEGMENTER_* settings: {exc}") from exc
-        except (RulesError, TopicsError) as exc:
+            raise click.ClickException(f"invalid SEGMENTER_* settings: {_problems(exc)}") from exc
+        except (RulesError, TopicsError, UnsupportedFramework) as exc:
             raise click.ClickException(str(exc)) from exc
         except KafkaError as exc:
+            refused = asyncio.run(refusal(Settings(), exc))
+            if refused is not None:
+                raise click.ClickException(str(refused)) from None
             raise click.ClickException(_kafka_error(exc)) from exc
         except RedisError as exc:
             raise click.ClickException(_redis_error(exc)) from exc
@@ -62,15 +80,37 @@ class Commands(click.Group):
             raise click.ClickException(_redis_error(exc, unreachable=True)) from exc
 
 
+def _problems(exc: ValidationError) -> str:
+    """The settings' validation errors on one line, each naming its variable."""
+    return "; ".join(
+        f"SEGMENTER_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        if error["loc"]
+        else error["msg"]
+        for error in exc.errors()
+    )
+
+
 def _kafka_error(exc: KafkaError) -> str:
     unreachable = isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
-    where = Settings().kafka_bootstrap_servers
-    return _server_error("Kafka", where, exc, "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS", unreachable)
+    settings = Settings()
+    message = _server_error(
+        "Kafka",
+        settings.kafka_bootstrap_servers,
+        exc,
+        "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS",
+        unreachable,
+    )
+    if unreachable:  # a listener of another protocol closes the connection without a word
+        message += (
+            " A listener of another protocol also closes the connection: "
+            f"SEGMENTER_KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol}."
+        )
+    return message
 
 
 def _redis_error(exc: Exception, unreachable: bool = False) -> str:
     unreachable = unreachable or isinstance(exc, RedisConnectionError | RedisTimeoutError)
-    url = urlsplit(Settings().redis_url)
+    url = urlsplit(Settings().redis_url.get_secret_value())
     where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
     return _server_error("Redis", where, exc, "SEGMENTER_REDIS_URL", unreachable)
 

@@ -21,7 +21,7 @@ from models.rules import SegmentRules
 from models.scoring import Calibration
 from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics, state_key
-from streams.cli.group import console, load_settings, main, out, progress_bar
+from streams.cli.group import console, literal, load_settings, main, out, progress_bar
 from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache
 
@@ -51,12 +51,12 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
     fields = _from_cache(settings, lambda cache: cache.read_customer(shop, ref))
     if not fields:
         raise click.ClickException(f"customer {customer_id!r} of shop {shop!r} is not in Redis")
-    table = Table("field", "value", title=f"customer {customer_id} ({shop})")
+    table = Table("field", "value", title=literal(f"customer {customer_id} ({shop})"))
     for name, value in fields.items():
-        table.add_row(name, value)
+        table.add_row(literal(name), literal(value))
     out.print(table)
     # The figures are those of the customer's last change (an order or a time-caused move).
-    out.print(f"figures as of {fields.get('as_of') or '-'}, the customer's last change")
+    out.print(literal(f"figures as of {fields.get('as_of') or '-'}, the customer's last change"))
 
 
 def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) -> T:
@@ -64,7 +64,9 @@ def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) 
 
     async def run() -> T:
         cache = RedisCache.from_url(
-            settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster
+            settings.redis_url.get_secret_value(),
+            settings.redis_prefix,
+            cluster=settings.redis_cluster,
         )
         try:
             return await read(cache)
@@ -121,7 +123,7 @@ def segments(shop: str) -> None:
     settings = load_settings()
     names = load_rules(settings.rules_file).segment_names
     sizes = _from_cache(settings, lambda cache: cache.segment_sizes(shop, names))
-    table = Table("segment", "customers", title=f"segments of shop {shop}")
+    table = Table("segment", "customers", title=literal(f"segments of shop {shop}"))
     for name, size in sizes.items():
         table.add_row(name, str(size))
     out.print(table)
@@ -157,10 +159,7 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
         )
 
     async def read() -> list[DeadLetter]:
-        return [
-            DeadLetter.from_record(r)
-            async for r in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic)
-        ]
+        return [DeadLetter.from_record(r) async for r in read_topic(settings, settings.dlq_topic)]
 
     letters = asyncio.run(read())
     by_reason = Counter(letter.reason for letter in letters)
@@ -182,14 +181,16 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
     for letter in shown:
         source = f"{letter.source_topic}[{_dash(letter.source_partition)}]@"
         table.add_row(
-            letter.failed_at[:19],
-            letter.reason,
-            source + _dash(letter.source_offset),
-            (letter.key or b"").decode("utf-8", "replace")[:24],
-            letter.message[:120],
+            literal(letter.failed_at[:19]),
+            literal(letter.reason),
+            literal(source + _dash(letter.source_offset)),
+            literal((letter.key or b"").decode("utf-8", "replace")[:24]),
+            literal(letter.message[:120]),
         )
     counts = ", ".join(f"{reason} {n}" for reason, n in by_reason.most_common())
-    table.caption = f"{len(shown)} of {len(selected)} shown; all {len(letters)}: {counts or '-'}"
+    table.caption = literal(
+        f"{len(shown)} of {len(selected)} shown; all {len(letters)}: {counts or '-'}"
+    )
     out.print(table)
 
 
@@ -198,11 +199,9 @@ async def _redrive(settings: Settings, letters: list[DeadLetter]) -> tuple[int, 
     (a clock tick has no key, and a customer's records stay in one partition)."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.clients import started
+    from streams.clients import kafka_options, started
 
-    producer = await started(
-        AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    )
+    producer = await started(AIOKafkaProducer(**kafka_options(settings), acks="all"))
     sent = skipped = 0
     try:
         pending = []
@@ -261,7 +260,7 @@ def lag(topic: str | None, watch: bool, interval: float, as_json: bool) -> None:
         return table
 
     async def run() -> None:
-        async with LagProbe(settings.kafka_bootstrap_servers, settings.app_id) as probe:
+        async with LagProbe(settings) as probe:
             partitions = await probe.partitions(topic)
             if not partitions:
                 raise click.ClickException(f"topic {topic!r} does not exist")

@@ -11,7 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from config.settings import Settings
-from streams.clients import started
+from streams.clients import kafka_options, started
 from streams.framework.consumer import current_partitions
 
 
@@ -20,9 +20,7 @@ async def request_erasure(
 ) -> dict[str, Any]:
     """Publish an erasure request; with ``wait``, return the worker's receipt."""
     request_id = str(uuid.uuid4())
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
     await started(consumer)
     try:
         receipts = [
@@ -59,7 +57,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
 
 
 async def _publish(settings: Settings, shop_id: str, customer_id: str, request_id: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
     await started(producer)
     try:
         request = {

@@ -15,7 +15,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from config.settings import Settings
-from streams.clients import started
+from streams.clients import kafka_options, started
 
 CSV_ORDER_FIELDS = (
     "type",
@@ -123,7 +123,7 @@ async def publish(
 ) -> int:
     """Publish records to the orders topic; returns how many were acknowledged."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_options(settings),
         acks="all",
         linger_ms=20,
         max_batch_size=256 * 1024,

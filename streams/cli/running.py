@@ -11,7 +11,9 @@ from config.rules import RulesError
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack, DevstackError
 from streams.cli.group import console, load_settings, main, out
+from streams.cli.secure_kafka import SecureKafka
 from streams.cli.secure_redis import SecureRedis
+from streams.refusals import KafkaRefused
 
 
 def _devstack(settings: Settings) -> Devstack:
@@ -29,8 +31,8 @@ def worker(clock: str | None) -> None:
         settings = settings.model_copy(update={"clock": clock})
     try:
         run_worker(settings)
-    except (RulesError, ConnectionError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (RulesError, ConnectionError, KafkaRefused) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -42,7 +44,9 @@ def devstack() -> None:
 @click.option(
     "--secure",
     is_flag=True,
-    help="also a Redis with a password, an ACL user and TLS (its settings in its client.env)",
+    help="also the secured Kafka (SASL_SSL, SCRAM, ACLs) on 127.0.0.1:19192 and the secured Redis "
+    "(a password, an ACL user, TLS) on 127.0.0.1:16390; their client settings are in "
+    "<devstack dir>/secure/client.env and <devstack dir>/secure-redis/client.env",
 )
 def devstack_up(secure: bool) -> None:
     """Start Kafka and Redis on loopback (idempotent; waits until both answer)."""
@@ -50,10 +54,18 @@ def devstack_up(secure: bool) -> None:
     try:
         stack.up(say=console.print)
         if secure:
-            secured = SecureRedis(stack)
+            secured = SecureKafka(stack)
             secured.up(say=console.print)
             console.print(
-                f"to use the secured Redis: set -a; . {secured.home / 'client.env'}; set +a",
+                f"client settings (the password is not shown): {secured.client_env}; "
+                f"`set -a; . {secured.client_env}; set +a` to use them"
+            )
+            redis_secured = SecureRedis(stack)
+            redis_secured.up(say=console.print)
+            redis_env = redis_secured.home / "client.env"
+            console.print(
+                f"the secured Redis's settings (the password is not shown): {redis_env}; "
+                f"`set -a; . {redis_env}; set +a` to use them",
                 highlight=False,
             )
     except DevstackError as exc:
@@ -62,11 +74,14 @@ def devstack_up(secure: bool) -> None:
 
 
 @devstack.command("down")
-def devstack_down() -> None:
-    """Stop Kafka and Redis (and the secured Redis, if it runs)."""
+@click.option("--secure", is_flag=True, help="stop only the secured Kafka and Redis")
+def devstack_down(secure: bool) -> None:
+    """Stop Kafka and Redis (and the secured Kafka and Redis)."""
     stack = _devstack(load_settings())
-    stack.down(say=console.print)
+    SecureKafka(stack).down(say=console.print)
     SecureRedis(stack).down(say=console.print)
+    if not secure:
+        stack.down(say=console.print)
     _print_status(stack)
 
 
@@ -81,12 +96,19 @@ def devstack_status() -> None:
 def _print_status(stack: Devstack) -> bool:
     table = Table("service", "address", "state", "pid", "what")
     statuses = stack.status()
-    secured = SecureRedis(stack)
-    if secured.own_pid() is not None:
-        statuses.append(secured.status())
     for s in statuses:
         state = "[green]up[/]" if s.running else "[red]down[/]"
         table.add_row(s.name, s.address, state, str(s.pid or "-"), s.detail)
+    secured = SecureKafka(stack)
+    if secured.root.exists():  # started once: shown, not needed for the exit status
+        state = "[green]up[/]" if secured.answers() else "[red]down[/]"
+        what = f"SASL_SSL, SCRAM; settings in {secured.client_env}"
+        table.add_row("kafka-secure", secured.address, state, str(secured.own_pid() or "-"), what)
+    redis_secured = SecureRedis(stack)
+    if redis_secured.home.exists():  # started once: shown, not needed for the exit status
+        r = redis_secured.status()
+        state = "[green]up[/]" if r.running else "[red]down[/]"
+        table.add_row("redis-secure", r.address, state, str(r.pid or "-"), r.detail)
     out.print(table)
     return all(s.running for s in statuses)
 

@@ -13,6 +13,8 @@ package. What is here, and why it cannot use the public API:
   changelog records held, sent together and acknowledged per batch.
 - ``consumer``: how far the worker's consumer has fetched and committed a partition, and a
   metadata refresh for the command line's clients.
+- ``connection``: one direct connection to a broker, to learn why a client could not start
+  (aiokafka logs a refused login and reports only that it could not bootstrap).
 
 These depend on the internals of the versions listed in ``TESTED``: ``install`` refuses to run
 on any other version, with a message naming what was found and what is supported.
@@ -42,9 +44,11 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def check_versions(installed: Callable[[str], str | None] = _installed) -> None:
+def check_versions(installed: Callable[[str], str | None] | None = None) -> None:
     """Raise ``UnsupportedFramework`` unless every distribution in ``TESTED`` is installed in
-    its tested release series (``installed(name)`` gives a distribution's version)."""
+    its tested release series (``installed(name)`` gives a distribution's version; by default
+    the installed one's)."""
+    installed = installed or _installed
     wrong = []
     for name, series in TESTED.items():
         version = installed(name)

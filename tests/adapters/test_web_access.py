@@ -42,6 +42,7 @@ def test_without_a_configured_token_the_endpoints_are_off() -> None:
         "Bearer s3cret-admin-token-012",  # a prefix
         "Basic s3cret-admin-token-0123",
         "s3cret-admin-token-0123",
+        "Bearer \udcff\udcfe",  # bytes that are not UTF-8, as aiohttp hands them over
     ],
 )
 def test_a_missing_or_wrong_token_is_unauthorised(authorization: str | None) -> None:

@@ -31,6 +31,7 @@ from models.segment_model import bootstrap_calibration
 from models.state import compute_metrics
 from streams.changelog import read_table, read_topic
 from streams.cli.devstack import Devstack
+from streams.clients import kafka_options
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
@@ -144,7 +145,7 @@ class Harness:
 
     async def publish(self, stream: Stream, between: dict[int, Any]) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **kafka_options(self.settings),
             acks="all",
             enable_idempotence=True,
         )
@@ -201,8 +202,7 @@ class Harness:
             ):
                 mismatches.append(("state", customer))
         transitions = [
-            orjson.loads(r.value)
-            async for r in read_topic(settings.kafka_bootstrap_servers, settings.transitions_topic)
+            orjson.loads(r.value) async for r in read_topic(settings, settings.transitions_topic)
         ]
         ids = [t["event_id"] for t in transitions]
         if clean_ids is not None and set(ids) != clean_ids:
@@ -227,12 +227,12 @@ class Harness:
 
 
 async def _dlq_headers(settings: Settings) -> Any:
-    async for record in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic):
+    async for record in read_topic(settings, settings.dlq_topic):
         yield {k: v.decode() for k, v in record.headers}
 
 
 async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[Any]:
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     keys = RedisCache(client, settings.redis_prefix)  # the key layout
     found: list[Any] = []
     try:
@@ -281,9 +281,7 @@ def clean_ids(tmp_path_factory: pytest.TempPathFactory, devstack: Devstack) -> s
             await h.settle()
             return {
                 orjson.loads(r.value)["event_id"]
-                async for r in read_topic(
-                    h.settings.kafka_bootstrap_servers, h.settings.transitions_topic
-                )
+                async for r in read_topic(h.settings, h.settings.transitions_topic)
             }
 
     return asyncio.run(run())
@@ -322,6 +320,24 @@ async def test_kill_9_at_random_points(
         )
         await h.settle()
         await h.verify("kill -9, 5 rounds", stream, clean_ids)
+
+
+async def test_kill_9_over_sasl_ssl(
+    secured: dict[str, str], tmp_path: Path, clean_ids: set[str]
+) -> None:
+    """On the secured Kafka (SASL_SSL, SCRAM, ACLs) a killed worker's replacement logs in again
+    and the run ends as an undisturbed one does."""
+    async with Harness(secured, tmp_path) as h:
+        h.start("w1")
+
+        async def kill() -> None:
+            await asyncio.sleep(0.1)  # while it works through the chunk
+            await h.restart_after_kill("w1")
+
+        stream = make_stream()
+        await h.publish(stream, {4: kill})
+        await h.settle()
+        await h.verify("kill -9 over SASL_SSL", stream, clean_ids)
 
 
 async def test_a_second_worker_joins_and_the_first_leaves(

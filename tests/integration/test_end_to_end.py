@@ -81,10 +81,7 @@ def worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]
 
 
 async def _transitions(settings) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
-    return [
-        orjson.loads(r.value)
-        async for r in read_topic(settings.kafka_bootstrap_servers, settings.transitions_topic)
-    ]
+    return [orjson.loads(r.value) async for r in read_topic(settings, settings.transitions_topic)]
 
 
 async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
@@ -140,7 +137,7 @@ async def test_orders_become_exact_transitions_redis_entries_and_dead_letters(
     assert (after["r_score"], after["f_score"], after["m_score"]) == (5, 4, 4)
     # a backfill never reaches the marketing topics
     marketing = settings.marketing_topic("customer.became_best_customer")
-    assert [r async for r in read_topic(settings.kafka_bootstrap_servers, marketing)] == []
+    assert [r async for r in read_topic(settings, marketing)] == []
 
     await _assert_redis(settings)
     await _assert_dead_letters(settings)
@@ -187,7 +184,7 @@ async def _assert_cli(overrides: dict[str, str]) -> None:
 
 
 async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     p = settings.redis_prefix
     keys = RedisCache(client, p)  # the key layout
     try:
@@ -260,7 +257,7 @@ async def _redis_contents(client, prefix: str) -> dict[str, object]:  # type: ig
 
 
 async def _assert_dead_letters(settings) -> None:  # type: ignore[no-untyped-def]
-    dead = [r async for r in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic)]
+    dead = [r async for r in read_topic(settings, settings.dlq_topic)]
     assert [(r.key, r.value) for r in dead] == [(b"x", BAD_JSON), (b"erin", BAD_AMOUNT)]
     headers = [{k: v.decode() for k, v in r.headers} for r in dead]
     assert [h["segmenter.dlq.reason"] for h in headers] == ["malformed_json", "schema_violation"]

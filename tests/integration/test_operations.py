@@ -19,6 +19,7 @@ from models.routing import marketing_transitions
 from models.state import CustomerState
 from streams.cli.devstack import Devstack
 from streams.cli.replay import publish
+from streams.clients import kafka_options
 from streams.codecs import encode_stored
 from streams.lag import group_lag
 from streams.topics import ensure_topics
@@ -260,13 +261,13 @@ async def test_not_ready_while_recovering(isolated: dict[str, str], tmp_path: Pa
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     await admin.create_topics(
         [NewTopic(settings.changelog_topic, 2, 1, topic_configs={"cleanup.policy": "compact"})]
     )
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=50)
+    producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=50)
     await producer.start()
     customers = 40_000
     for i in range(customers):

@@ -60,7 +60,7 @@ async def _publish(settings: Any, *events: dict[str, Any]) -> None:
 
 
 async def _records(settings: Any, topic: str) -> list[Any]:
-    return [r async for r in read_topic(settings.kafka_bootstrap_servers, topic)]
+    return [r async for r in read_topic(settings, topic)]
 
 
 async def _moves(settings: Any, topic: str, customer: str) -> list[tuple[Any, ...]]:
@@ -103,7 +103,7 @@ async def test_erasure_leaves_nothing_but_a_tombstone(privacy_worker: dict[str, 
         "frank's transitions",
     )
     assert moves[-1] == ("new", "potential_loyalist", "order_placed")
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     keys = RedisCache(client, p)  # the key layout
     try:
         # Redis is written after a batch's transitions are acknowledged: wait for both hashes.
@@ -196,7 +196,7 @@ async def test_withdrawn_consent_stops_marketing_and_clears_redis(
     assert await wait_for(
         lambda: _moves(settings, left, "gina"), lambda m: len(m) == 1, 60, "gina's exit"
     ) == [("potential_loyalist", None, "consent_withdrawn")]
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     keys = RedisCache(client, p)  # the key layout
     try:
         assert await client.exists(keys.customer_key("default", "gina")) == 0

@@ -25,7 +25,7 @@ async def test_older_state_never_overwrites_newer_and_membership_follows(
     isolated: dict[str, str],
 ) -> None:
     settings = settings_from(isolated)
-    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
     try:
 
         async def write(state: CustomerState) -> None:
@@ -67,7 +67,7 @@ async def test_a_batch_of_several_chunks_writes_every_customer_and_guards_each_o
     from streams.redis_cache import WRITE_CHUNK
 
     settings = settings_from(isolated)
-    cache = RedisCache.from_url(settings.redis_url, settings.redis_prefix)
+    cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
     count = 2 * WRITE_CHUNK + 7
 
     def state(i: int, revision: int, segment: str) -> CustomerState:

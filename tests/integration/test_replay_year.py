@@ -117,10 +117,7 @@ async def test_a_replayed_year_matches_a_batch_recomputation(
 
 
 async def _transitions(settings) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    return [
-        orjson.loads(r.value)
-        async for r in read_topic(settings.kafka_bootstrap_servers, settings.transitions_topic)
-    ]
+    return [orjson.loads(r.value) async for r in read_topic(settings, settings.transitions_topic)]
 
 
 async def _states(settings) -> dict[str, Any]:  # type: ignore[no-untyped-def]

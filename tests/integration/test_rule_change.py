@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 async def _moves(settings) -> list[tuple]:  # type: ignore[no-untyped-def,type-arg]
     return [
         (t["from_segment"], t["to_segment"], t["cause"]["kind"], t["rule_version"])
-        async for r in read_topic(settings.kafka_bootstrap_servers, settings.transitions_topic)
+        async for r in read_topic(settings, settings.transitions_topic)
         if (t := orjson.loads(r.value))["type"] == "segment_changed"
     ]
 

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from streams.clients import kafka_options
 from streams.topics import ensure_topics
 from tests.conftest import cli_result, settings_from
 
@@ -24,7 +25,7 @@ async def test_a_consumer_started_right_after_the_topics_are_created_sees_no_err
     caplog.set_level(logging.WARNING, logger="aiokafka")
     consumer = AIOKafkaConsumer(
         settings.transitions_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
@@ -62,7 +63,7 @@ async def test_the_dead_letter_topic_keeps_records_for_the_configured_days(
 ) -> None:
     settings = settings_from({**isolated, "dlq_retention_days": "45"})
     await ensure_topics(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         responses = await admin.describe_configs(

@@ -21,6 +21,7 @@ from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, settings_from, wait_for
 
 pytestmark = pytest.mark.integration
+ADMIN_TOKEN = "test-admin-token-0123456789"
 RULES = load_rules()
 LEAD = timedelta(seconds=20)  # time for the worker to start and take the order
 
@@ -33,6 +34,7 @@ def wall_worker(isolated: dict[str, str], tmp_path: Path) -> Iterator[dict[str, 
         "partitions": "2",
         "clock_interval_seconds": "0.5",
         "web_port": str(free_port()),
+        "admin_token": ADMIN_TOKEN,
     }
     asyncio.run(ensure_topics(settings_from(overrides)))
     process = spawn_worker(overrides, tmp_path / "worker.log")
@@ -58,9 +60,7 @@ async def test_a_single_order_customer_becomes_inactive_at_the_due_time(
 
     async def transitions() -> list[dict]:  # type: ignore[type-arg]
         topic = settings.transitions_topic
-        return [
-            orjson.loads(r.value) async for r in read_topic(settings.kafka_bootstrap_servers, topic)
-        ]
+        return [orjson.loads(r.value) async for r in read_topic(settings, topic)]
 
     found = await wait_for(
         transitions, lambda ts: len(ts) >= 2, LEAD.total_seconds() + 60, "2 transitions"
@@ -84,9 +84,7 @@ async def test_a_single_order_customer_becomes_inactive_at_the_due_time(
 
 
 async def _read(settings, topic: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
-    return [
-        orjson.loads(r.value) async for r in read_topic(settings.kafka_bootstrap_servers, topic)
-    ]
+    return [orjson.loads(r.value) async for r in read_topic(settings, topic)]
 
 
 async def test_a_due_time_waits_for_the_orders_placed_before_it(
@@ -144,7 +142,8 @@ def _order(order_id: str, at: datetime, customer: str = "vera") -> dict:  # type
 
 async def _post(port: str, path: str) -> object:
     url = f"http://127.0.0.1:{port}{path}"
-    async with aiohttp.ClientSession() as session, session.post(url) as response:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as session, session.post(url, headers=headers) as response:
         return orjson.loads(await response.read())
 
 

@@ -20,7 +20,7 @@ from faust.types import TP
 from intervaltree import IntervalTree
 from mode.utils.locks import Event
 
-from streams.framework import patches as faust_corrections
+from streams.framework import patches
 
 TP0 = TP("shop.orders", 0)
 
@@ -40,7 +40,7 @@ def bookkeeping(
 
 
 def test_a_duplicate_acknowledgement_does_not_hold_the_commit_back() -> None:
-    faust_corrections.apply()
+    patches.apply()
     # every offset 160..296 processed once and recorded once more (a restore, then a seek)
     consumer = bookkeeping(sorted([*range(160, 297), *range(161, 297)]), committed=160)
     assert consumer._new_offset(TP0) == 297
@@ -51,7 +51,7 @@ def test_a_duplicate_acknowledgement_does_not_hold_the_commit_back() -> None:
 
 
 def test_a_gap_already_acknowledged_is_counted_once() -> None:
-    faust_corrections.apply()
+    patches.apply()
     # records 259..330 processed; the gap 260..314 recorded by the seek as well
     consumer = bookkeeping(list(range(259, 331)), committed=259, gaps=((260, 315),))
     assert consumer._new_offset(TP0) == 331
@@ -59,7 +59,7 @@ def test_a_gap_already_acknowledged_is_counted_once() -> None:
 
 
 def test_a_commit_that_did_not_happen_is_made_by_the_next_one() -> None:
-    faust_corrections.apply()
+    patches.apply()
     consumer = bookkeeping(list(range(10, 20)), committed=10)
     assert consumer._new_offset(TP0) == 20
     # no commit (the committed offset stays 10); more records are acknowledged
@@ -68,7 +68,7 @@ def test_a_commit_that_did_not_happen_is_made_by_the_next_one() -> None:
 
 
 def test_an_unacknowledged_offset_holds_the_commit_back() -> None:
-    faust_corrections.apply()
+    patches.apply()
     consumer = bookkeeping([100, 101, 101, 104, 105], committed=100)
     assert consumer._new_offset(TP0) == 102
     consumer._committed_offset[TP0] = 102
@@ -79,7 +79,7 @@ def test_an_unacknowledged_offset_holds_the_commit_back() -> None:
 
 
 def test_a_real_gap_is_still_skipped() -> None:
-    faust_corrections.apply()
+    patches.apply()
     # offsets 5..9 never delivered (compaction, transaction markers): Faust skips them
     consumer = bookkeeping([1, 2, 3, 4, 10, 11], committed=1, gaps=((5, 10),))
     assert consumer._new_offset(TP0) == 12
@@ -111,7 +111,7 @@ async def faust_order(self: Any, generation_id: int) -> None:
 
 
 async def test_input_partitions_are_resumed_after_the_seek() -> None:
-    completed = faust_corrections.resumed_after_seek(faust_order)
+    completed = patches.resumed_after_seek(faust_order)
     done = recovery(generation=3)
     await completed(done, 3)
     assert done.app.consumer.calls == [("seek", frozenset()), ("resume", frozenset({TP0}))]
@@ -123,14 +123,14 @@ async def test_nothing_is_resumed_when_a_rebalance_began() -> None:
         await faust_order(self, generation_id)
         self.app.consumer_generation_id = generation_id + 1
 
-    completed = faust_corrections.resumed_after_seek(rebalanced)
+    completed = patches.resumed_after_seek(rebalanced)
     done = recovery(generation=3)
     await completed(done, 3)
     assert done.app.consumer.calls == [("seek", frozenset())]
 
 
 async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
-    faust_corrections.apply()
+    patches.apply()
     live: set[TP] = {TP0}
     asked: list[Any] = []
 
@@ -156,7 +156,7 @@ async def test_an_empty_set_of_active_partitions_fetches_nothing() -> None:
 
 
 def test_a_changelog_topic_not_in_the_metadata_yet_is_checked_again() -> None:
-    faust_corrections.apply()
+    patches.apply()
     known = {"shop.orders": 2, "app-customers-changelog": 0}
     table = SimpleNamespace(
         app=SimpleNamespace(consumer=SimpleNamespace(topic_partitions=known.get)),
@@ -176,7 +176,7 @@ def test_a_changelog_topic_not_in_the_metadata_yet_is_checked_again() -> None:
 
 def draining() -> KafkaConsumer:
     """A consumer with only what ``wait_first`` reads, as ``_drain_messages`` calls it."""
-    faust_corrections.apply()
+    patches.apply()
     consumer = KafkaConsumer.__new__(KafkaConsumer)  # the driver the worker uses
     consumer._loop = asyncio.get_running_loop()
     consumer._stopped, consumer._crashed, consumer.suspend_flow = Event(), Event(), Event()
@@ -294,7 +294,7 @@ async def test_an_exception_of_a_delivery_reaches_the_drain() -> None:
 
 
 def test_a_full_stream_buffer_leaves_the_partition_in_the_fetch() -> None:
-    faust_corrections.apply()
+    patches.apply()
     active = {TP0}
     consumer = KafkaConsumer.__new__(KafkaConsumer)
     consumer.app = SimpleNamespace(in_recovery=False)
@@ -387,7 +387,7 @@ async def test_two_coroutines_that_are_not_a_delivery_are_faust_s_own() -> None:
 
 
 def test_install_is_idempotent() -> None:
-    faust_corrections.apply()
+    patches.apply()
     patched = Consumer._new_offset
-    faust_corrections.apply()
+    patches.apply()
     assert Consumer._new_offset is patched
