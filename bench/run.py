@@ -436,8 +436,8 @@ class Watcher:
         )
         await self.redis_client.config_set("notify-keyspace-events", "Kh")
         self.pubsub = self.redis_client.pubsub()
-        prefix = f"__keyspace@0__:{self.settings.redis_prefix}customer:"
-        await self.pubsub.psubscribe(prefix + "*")
+        prefix = f"__keyspace@0__:{self.settings.redis_prefix}"
+        await self.pubsub.psubscribe(prefix + "*")  # then customers' hashes: <tag>:customer:<id>
         self._prefix = prefix
         self._tasks = [
             asyncio.create_task(self._transitions()),
@@ -461,9 +461,9 @@ class Watcher:
             if message is None:
                 continue
             now = time.time()
-            channel = message["channel"].decode()
-            customer = channel[len(self._prefix) :].split(":", 1)[1]
-            self.redis.setdefault(customer, now)
+            _tag, kind, customer = message["channel"].decode().rpartition("}:")[2].partition(":")
+            if customer and kind == "customer":
+                self.redis.setdefault(customer, now)
 
     async def stop(self) -> None:
         for task in self._tasks:

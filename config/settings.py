@@ -91,6 +91,9 @@ class Settings(BaseSettings):
         description="Redis to write customers' segments to; a password in it is never printed",
     )
     redis_prefix: str = Field("segmenter:", description="prefix of every Redis key we write")
+    redis_cluster: bool = Field(
+        False, description="the Redis URL is a node of a Redis Cluster (the client finds the rest)"
+    )
     orders_topic: str = "orders"
     transitions_topic: str = "segment-transitions"
     dlq_topic: str = "orders-dlq"

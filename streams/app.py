@@ -10,7 +10,6 @@ from typing import Any
 
 import faust
 from aiokafka import TopicPartition
-from redis.exceptions import RedisError
 
 from config.settings import Settings
 from models.rules import SegmentRules
@@ -23,6 +22,7 @@ from streams.dlq import SourceRecord
 from streams.framework import intake
 from streams.lag import LagProbe
 from streams.processor import Processor
+from streams.redis_cache import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _timers(
                 for partition in missing:
                     await cache.set_marker(settings.app_id, partition)
                 log.info("redis: wrote %d customers of partitions %s again", written, missing)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             log.warning("redis unavailable: %s", exc)
 
     @app.timer(settings.clock_interval_seconds)

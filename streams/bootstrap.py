@@ -51,7 +51,11 @@ def build_processor(
             metrics.redis_errors.inc()
 
     cache = RedisCache.from_url(
-        settings.redis_url.get_secret_value(), settings.redis_prefix, observe_redis
+        settings.redis_url.get_secret_value(),
+        settings.redis_prefix,
+        observe_redis,
+        cluster=settings.redis_cluster,
+        segments=rules.segment_names,
     )
     acks = ChangelogAcks(app)
     stores = Stores(

@@ -1,68 +1,117 @@
 """The Redis cache of every customer's current segment, key metrics and segment membership.
 
-Layout (``<p>`` is the configured prefix, ``segmenter:`` by default):
+Layout (``<p>`` is the configured prefix, ``segmenter:`` by default; ``<b>`` is the customer's
+bucket, ``0`` to ``BUCKETS - 1``, from a CRC-32 of the customer id):
 
-- ``<p>customer:<shop>:<customer>``: hash of the customer's segment, ``segment_since``,
+- ``<p>{<shop>:<b>}:customer:<customer>``: hash of the customer's segment, ``segment_since``,
   ``revision`` and key metrics;
-- ``<p>segment:<shop>:<segment>``: set of the customer ids currently in that segment.
+- ``<p>{<shop>:<b>}:segment:<segment>``: set of the ids of the bucket's customers currently in
+  that segment (a segment's members are the union over the buckets, its size the sum);
+- ``<p>synced:<LAYOUT>:<group>:<partition>``: a partition's customers are all written.
 
-Writes go through a Lua script that takes up to ``WRITE_CHUNK`` customers as one JSON argument
-(one command per chunk instead of one per customer, which is what the client's command packing
-and reply parsing cost): for each customer the script refuses a write whose revision is older
-than the stored one, so older state never overwrites newer, and it moves the membership in the
-same atomic step. A write of the same revision wins: a replay after
-a crash can decide a revision again, and the table holds what was decided last. Redis is a
-cache of the table: a failed write is kept and retried, never raised into the stream.
+The braces are a Redis Cluster hash tag: a shop's bucket lives in one slot, so one script call
+can write many of its customers atomically on a single Redis and on a cluster alike. Writes are
+grouped by bucket, one Lua script call per group (up to ``WRITE_CHUNK`` customers), which
+declares every key it touches in KEYS: for each customer the script refuses a write whose
+revision is older than the stored one, so older state never overwrites newer, and it moves the
+membership in the same atomic step. A write of the same revision wins: a replay after a crash
+can decide a revision again, and the table holds what was decided last. Redis is a cache of the
+table: a failed write is kept and retried, never raised into the stream.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 
 from models.events import Metrics
 from models.state import CustomerState
+from streams.redis_client import acl_rules, connect
 
 log = logging.getLogger(__name__)
 
+# What Redis failing looks like to a caller (a cluster client's own errors are no RedisError).
+REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError)
+
+# Buckets per shop: how many slots (and so cluster nodes) a shop's customers spread over.
+# Changing it moves every key: LAYOUT names it so that the sync markers of another layout are
+# not taken for this one's (the workers then write every customer again).
+BUCKETS: Final = 16
+LAYOUT: Final = f"b{BUCKETS}"
+
+# KEYS: the group's customer hashes, then segment sets of its bucket (one slot). ARGV[1]: a
+# JSON list of [index of the hash in KEYS, revision, segment, member, fields]; ARGV[2]: the
+# bucket's segment set prefix. A customer whose stored segment's set is not among the KEYS is
+# left alone and that segment returned: the caller calls again with its set declared.
+_WRITE_SCRIPT: Final = """
+local declared = {}
+for i = 1, #KEYS do declared[KEYS[i]] = true end
+local items = cjson.decode(ARGV[1])
+local sets = ARGV[2]
+local written, undeclared = 0, {}
+for i = 1, #items do
+  local index, revision, segment, member, fields = unpack(items[i])
+  local key = KEYS[index]
+  local stored = redis.call('HMGET', key, 'revision', 'segment')
+  local current, old = stored[1], stored[2]
+  if not (current and tonumber(current) > tonumber(revision)) then
+    local moved = old and old ~= '' and old ~= segment
+    if moved and not declared[sets .. old] then
+      undeclared[#undeclared + 1] = old
+    else
+      if moved then
+        redis.call('SREM', sets .. old, member)
+      end
+      if segment ~= '' then
+        redis.call('SADD', sets .. segment, member)
+      end
+      redis.call('HSET', key, 'revision', revision, 'segment', segment, unpack(fields))
+      written = written + 1
+    end
+  end
+end
+return {written, undeclared}
+"""
+
+# KEYS[1]: the customer's hash, then segment sets of its bucket. ARGV[1]: the bucket's segment
+# set prefix, ARGV[2]: the member. Returns the stored segment if its set was not declared.
 _REMOVE_SCRIPT: Final = """
 local segment = redis.call('HGET', KEYS[1], 'segment')
 if segment and segment ~= '' then
-  redis.call('SREM', ARGV[1] .. segment, ARGV[2])
+  local set = ARGV[1] .. segment
+  local found = false
+  for i = 2, #KEYS do found = found or KEYS[i] == set end
+  if not found then return segment end
+  redis.call('SREM', set, ARGV[2])
 end
-return redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return ''
 """
-
-_WRITE_SCRIPT: Final = """
-local items = cjson.decode(ARGV[1])
-local written = 0
-for i = 1, #items do
-  local key, revision, segment, sets, member, fields = unpack(items[i])
-  local current = redis.call('HGET', key, 'revision')
-  if not (current and tonumber(current) > tonumber(revision)) then
-    local old = redis.call('HGET', key, 'segment')
-    if old and old ~= '' and old ~= segment then
-      redis.call('SREM', sets .. old, member)
-    end
-    if segment ~= '' then
-      redis.call('SADD', sets .. segment, member)
-    end
-    redis.call('HSET', key, 'revision', revision, 'segment', segment, unpack(fields))
-    written = written + 1
-  end
-end
-return written
-"""
-# Customers per script call: each call is one atomic step of Redis, which serves nothing else
-# meanwhile (about a millisecond per 500 customers).
+# Customers per script call: each call is one atomic step of Redis (of one node of a cluster),
+# which serves nothing else meanwhile (about a millisecond per 500 customers).
 WRITE_CHUNK: Final = 500
+# Calls again with the undeclared sets of a group: a concurrent move could need one more.
+_DECLARE_ATTEMPTS: Final = 3
+
+
+def bucket(customer_id: str) -> int:
+    """The customer's bucket: the same in every process and version (not Python's hash)."""
+    return zlib.crc32(customer_id.encode()) % BUCKETS
 
 
 def _instant(value: datetime | None) -> str:
@@ -73,24 +122,43 @@ def _number(value: float | None) -> str:
     return "" if value is None else str(value)
 
 
+@dataclass
+class _GroupCall:
+    """A write script call: customers of one bucket, the keys it declares, its argument."""
+
+    items: list[tuple[CustomerState, Metrics]]
+    hashes: list[str]
+    sets: str
+    payload: bytes
+    named: set[str]  # segments whose sets it declares
+
+    def keys(self) -> list[str]:
+        return self.hashes + [self.sets + name for name in sorted(self.named)]
+
+
 class RedisCache:
-    """Writes and reads the cache layout above."""
+    """Writes and reads the cache layout above, on a single Redis or a Redis Cluster."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Any,
         prefix: str,
         observe: Callable[[float, bool], None] = lambda _seconds, _ok: None,
+        segments: Iterable[str] = (),
     ) -> None:
+        """``segments``: the rules' segment names, whose sets every write declares (a stored
+        segment not among them costs one more call, with its set declared)."""
         self._client = client
         self._prefix = prefix
         self._observe = observe
+        self._segments = frozenset(segments)
         self._script = client.register_script(_WRITE_SCRIPT)
         self._remove_script = client.register_script(_REMOVE_SCRIPT)
         # Latest state per customer whose write failed; retried by ``flush_pending``.
         self._pending: dict[str, tuple[CustomerState, Metrics]] = {}
         # Customers to remove once Redis answers again (retried before the pending writes).
         self._pending_removals: set[tuple[str, str]] = set()
+        self._refusal: str | None = None  # the last refusal logged, so it is logged once
         self.errors = 0
 
     @classmethod
@@ -99,51 +167,151 @@ class RedisCache:
         url: str,
         prefix: str,
         observe: Callable[[float, bool], None] = lambda _seconds, _ok: None,
+        *,
+        cluster: bool = False,
+        segments: Iterable[str] = (),
     ) -> RedisCache:
         """``observe(seconds, ok)`` is called after every write (for metrics)."""
-        client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        return cls(client, prefix, observe)
+        return cls(connect(url, cluster), prefix, observe, segments)
+
+    def _tag(self, shop_id: str, customer_id: str) -> str:
+        return f"{self._prefix}{{{shop_id}:{bucket(customer_id)}}}:"
 
     def customer_key(self, shop_id: str, customer_id: str) -> str:
-        return f"{self._prefix}customer:{shop_id}:{customer_id}"
+        return f"{self._tag(shop_id, customer_id)}customer:{customer_id}"
 
-    def segment_key(self, shop_id: str, segment: str) -> str:
-        return f"{self._prefix}segment:{shop_id}:{segment}"
+    def segment_keys(self, shop_id: str, segment: str) -> list[str]:
+        """The segment's set in every bucket of the shop."""
+        return [f"{self._prefix}{{{shop_id}:{b}}}:segment:{segment}" for b in range(BUCKETS)]
 
     @property
     def pending(self) -> int:
         return len(self._pending) + len(self._pending_removals)
 
     async def write(self, items: Iterable[tuple[CustomerState, Metrics]]) -> None:
-        """Write these states, a script call per chunk; on failure keep them for the next flush."""
+        """Write these states, a script call per bucket, all calls in one pipeline (on a
+        cluster, one per node); keep those that failed for the next flush."""
         batch = {state.key: (state, metrics) for state, metrics in items}
         if not batch:
             return
+        groups: dict[tuple[str, int], list[tuple[CustomerState, Metrics]]] = {}
+        for state, metrics in batch.values():
+            where = (state.shop_id, bucket(state.customer_id))
+            groups.setdefault(where, []).append((state, metrics))
+        calls = [
+            self._group_call(group[start : start + WRITE_CHUNK])
+            for group in groups.values()
+            for start in range(0, len(group), WRITE_CHUNK)
+        ]
         started = time.perf_counter()
+        failures = await self._write_calls(calls)
+        self._observe(time.perf_counter() - started, not failures)
+        if not failures:
+            return
+        self.errors += 1
+        failed = [item for call, _exc in failures for item in call.items]
+        first = failures[0][1]
+        self._note_refusal(first)
+        log.warning("redis write of %d customers failed, will retry: %s", len(failed), first)
+        for state, metrics in failed:
+            held = self._pending.get(state.key)
+            if held is None or held[0].revision < state.revision:
+                self._pending[state.key] = (state, metrics)
+
+    def _group_call(self, items: list[tuple[CustomerState, Metrics]]) -> _GroupCall:
+        """The script call for customers of one bucket of one shop (one slot)."""
+        first = items[0][0]
+        tag = self._tag(first.shop_id, first.customer_id)
+        payload = orjson.dumps(
+            [
+                [index, str(state.revision), state.segment or "", state.customer_id, fields]
+                for index, (state, metrics) in enumerate(items, start=1)
+                for fields in [self._fields(state, metrics)]
+            ]
+        )
+        return _GroupCall(
+            items=items,
+            hashes=[f"{tag}customer:{state.customer_id}" for state, _m in items],
+            sets=f"{tag}segment:",
+            payload=payload,
+            named=set(self._segments) | {s.segment for s, _m in items if s.segment},
+        )
+
+    async def _write_calls(self, calls: list[_GroupCall]) -> list[tuple[_GroupCall, Exception]]:
+        """Run the calls; again those that met a stored segment whose set they did not
+        declare, with it declared. Returns the calls that failed, with their error."""
+        failures: list[tuple[_GroupCall, Exception]] = []
+        for _attempt in range(_DECLARE_ATTEMPTS):
+            requests = [(call.keys(), [call.payload, call.sets]) for call in calls]
+            results = await self._evalsha_all(self._script, requests)
+            again = []
+            for call, result in zip(calls, results, strict=True):
+                if isinstance(result, REDIS_FAILURES):
+                    failures.append((call, result))
+                elif isinstance(result, Exception):
+                    raise result  # a bug, not Redis: loud
+                elif result[1]:
+                    call.named |= {name.decode() for name in result[1]}
+                    again.append(call)
+            if not again:
+                return failures
+            calls = again
+        moving = RedisError("customers kept moving to segments not declared")
+        return failures + [(call, moving) for call in calls]
+
+    async def _evalsha_all(
+        self, script: Any, requests: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """``script`` with each (keys, args): results or errors, in order. Loads the script
+        where a node does not know it (a restart, a failover) and runs those calls again."""
+        results = await self._evalsha_each(script, requests)
+        if any(isinstance(r, NoScriptError) for r in results):
+            try:
+                await self._client.script_load(script.script)  # on every primary
+            except REDIS_FAILURES as exc:
+                return [exc] * len(requests)
+            results = await self._evalsha_each(script, requests)
+        return results
+
+    async def _evalsha_each(
+        self, script: Any, requests: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        if isinstance(self._client, RedisCluster):
+            # A cluster pipeline refuses EVALSHA, and concurrent first calls of redis-py's
+            # cluster client break its connections (8.1): one call after another.
+            results: list[Any] = []
+            for keys, args in requests:
+                try:
+                    results.append(await self._client.evalsha(script.sha, len(keys), *keys, *args))
+                except REDIS_FAILURES as exc:
+                    results.append(exc)
+            return results
         try:
-            await self._write_batch(list(batch.values()))
-            self._observe(time.perf_counter() - started, True)
-        except (RedisError, OSError) as exc:
-            self._observe(time.perf_counter() - started, False)
-            self.errors += 1
-            log.warning("redis write of %d customers failed, will retry: %s", len(batch), exc)
-            for key, item in batch.items():
-                held = self._pending.get(key)
-                if held is None or held[0].revision < item[0].revision:
-                    self._pending[key] = item
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in requests:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                return list(await pipe.execute(raise_on_error=False))
+        except REDIS_FAILURES as exc:
+            return [exc] * len(requests)
 
     async def remove(self, shop_id: str, customer_id: str) -> bool:
         """Delete the customer's hash and segment membership (no consent, or erased); drops a
         pending write of the customer so it cannot bring them back. False if Redis failed."""
-        key = self.customer_key(shop_id, customer_id)
+        tag = self._tag(shop_id, customer_id)
+        sets = f"{tag}segment:"
         self._pending.pop(f"{shop_id}/{customer_id}", None)
+        named = set(self._segments)
         try:
-            await self._remove_script(
-                keys=[key], args=[f"{self._prefix}segment:{shop_id}:", customer_id]
-            )
-            return True
-        except (RedisError, OSError) as exc:
+            for _attempt in range(_DECLARE_ATTEMPTS):
+                keys = [f"{tag}customer:{customer_id}"] + [sets + n for n in sorted(named)]
+                stored = await self._remove_script(keys=keys, args=[sets, customer_id])
+                if not stored:
+                    return True
+                named.add(stored.decode())
+            raise RedisError(f"the customer kept moving to undeclared segments: {named}")
+        except REDIS_FAILURES as exc:
             self.errors += 1
+            self._note_refusal(exc)
             self._pending_removals.add((shop_id, customer_id))
             log.warning("redis removal of a customer failed, will retry: %s", exc)
             return False
@@ -161,21 +329,6 @@ class RedisCache:
             pending, self._pending = self._pending, {}
             await self.write(pending.values())
         return len(self._pending)
-
-    async def _write_batch(self, items: list[tuple[CustomerState, Metrics]]) -> None:
-        for start in range(0, len(items), WRITE_CHUNK):
-            chunk = [
-                (
-                    self.customer_key(state.shop_id, state.customer_id),
-                    str(state.revision),
-                    state.segment or "",
-                    f"{self._prefix}segment:{state.shop_id}:",
-                    state.customer_id,
-                    self._fields(state, metrics),
-                )
-                for state, metrics in items[start : start + WRITE_CHUNK]
-            ]
-            await self._script(keys=[], args=[orjson.dumps(chunk)])
 
     @staticmethod
     def _fields(state: CustomerState, m: Metrics) -> list[str]:
@@ -221,20 +374,28 @@ class RedisCache:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def segment_sizes(self, shop_id: str, segments: Iterable[str]) -> dict[str, int]:
+        """Each segment's size: the sum of its sets' sizes over the shop's buckets."""
+        names = list(segments)
         async with self._client.pipeline(transaction=False) as pipe:
-            names = list(segments)
             for name in names:
-                pipe.scard(self.segment_key(shop_id, name))
-            sizes = await pipe.execute()
-        return dict(zip(names, (int(s) for s in sizes), strict=True))
+                for key in self.segment_keys(shop_id, name):
+                    pipe.scard(key)
+            sizes = [int(size) for size in await pipe.execute()]
+        return {name: sum(sizes[i * BUCKETS : (i + 1) * BUCKETS]) for i, name in enumerate(names)}
 
     async def members(self, shop_id: str, segment: str) -> set[str]:
-        return {m.decode() for m in await self._client.smembers(self.segment_key(shop_id, segment))}
+        """The segment's members: the union of its sets over the shop's buckets."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in self.segment_keys(shop_id, segment):
+                pipe.smembers(key)
+            sets = await pipe.execute()
+        return {member.decode() for found in sets for member in found}
 
     def marker_key(self, group: str, partition: int) -> str:
         """Set once a partition's customers are all in Redis; gone after a flush or a restart
-        of a Redis without persistence, which is how a worker knows to write them again."""
-        return f"{self._prefix}synced:{group}:{partition}"
+        of a Redis without persistence, which is how a worker knows to write them again (and
+        absent after a change of ``LAYOUT``, which has them written in the new one)."""
+        return f"{self._prefix}synced:{LAYOUT}:{group}:{partition}"
 
     async def missing_markers(self, group: str, partitions: Iterable[int]) -> list[int]:
         """Partitions whose customers must be written again (Redis lost them)."""
@@ -251,10 +412,32 @@ class RedisCache:
         await self._client.set(self.marker_key(group, partition), "1")
 
     async def ping(self) -> bool:
+        """Redis answers and lets the cache run its write script on its keys (an empty call,
+        which writes nothing): false when writes could not succeed."""
         try:
-            return bool(await self._client.ping())
-        except (RedisError, OSError):
+            await self._client.ping()
+            probe = f"{self._prefix}{{readiness}}:probe"
+            await self._script(keys=[probe], args=[b"[]", f"{probe}:"])
+        except REDIS_FAILURES as exc:
+            self._note_refusal(exc)
             return False
+        self._refusal = None
+        return True
+
+    def _note_refusal(self, exc: BaseException) -> None:
+        """Log once, as an error, that Redis refuses the cache's user (a wrong password, or an
+        ACL without a command or key the cache needs): retrying will not help."""
+        if not isinstance(exc, NoPermissionError | AuthenticationError):
+            return
+        message = str(exc)
+        if message != self._refusal:
+            self._refusal = message
+            log.error(
+                "Redis refuses the cache's commands, so writes wait until it allows them: %s "
+                "(the Redis user needs the ACL rules: %s)",
+                message,
+                acl_rules(self._prefix),
+            )
 
     async def close(self) -> None:
         await self._client.aclose()

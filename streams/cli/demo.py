@@ -11,7 +11,6 @@ import time
 from datetime import UTC, datetime
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +26,7 @@ from streams.cli.sample_data import sample_events, sample_records
 from streams.clients import kafka_options, started
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
+from streams.redis_client import connect
 from streams.topics import delete_topics, ensure_topics
 from streams.worker import spawn_worker, stop_worker
 
@@ -125,7 +125,7 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
             *(settings.marketing_topic(name) for name in marketing),
         ],
     )
-    client = aioredis.from_url(settings.redis_url.get_secret_value())
+    client = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
     try:
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
             await client.delete(key)
@@ -208,7 +208,9 @@ async def _recalibrate(settings: Settings) -> None:
 
 
 async def _segment_sizes(settings: Settings) -> dict[str, int]:
-    cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    cache = RedisCache.from_url(
+        settings.redis_url.get_secret_value(), settings.redis_prefix, cluster=settings.redis_cluster
+    )
     try:
         return await cache.segment_sizes("default", load_rules().segment_names)
     finally:

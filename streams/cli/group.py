@@ -10,7 +10,7 @@ import click
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -76,6 +76,8 @@ class Commands(click.Group):
             raise click.ClickException(_kafka_error(exc)) from exc
         except RedisError as exc:
             raise click.ClickException(_redis_error(exc)) from exc
+        except RedisClusterException as exc:  # no node of the cluster answered
+            raise click.ClickException(_redis_error(exc, unreachable=True)) from exc
 
 
 def _problems(exc: ValidationError) -> str:
@@ -106,8 +108,8 @@ def _kafka_error(exc: KafkaError) -> str:
     return message
 
 
-def _redis_error(exc: RedisError) -> str:
-    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+def _redis_error(exc: Exception, unreachable: bool = False) -> str:
+    unreachable = unreachable or isinstance(exc, RedisConnectionError | RedisTimeoutError)
     url = urlsplit(Settings().redis_url.get_secret_value())
     where = f"{url.hostname}:{url.port or 6379}"  # not the URL: it may hold a password
     return _server_error("Redis", where, exc, "SEGMENTER_REDIS_URL", unreachable)

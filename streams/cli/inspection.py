@@ -63,7 +63,11 @@ def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) 
     """Run one read against the Redis cache."""
 
     async def run() -> T:
-        cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
+        cache = RedisCache.from_url(
+            settings.redis_url.get_secret_value(),
+            settings.redis_prefix,
+            cluster=settings.redis_cluster,
+        )
         try:
             return await read(cache)
         finally:

@@ -12,6 +12,7 @@ from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack, DevstackError
 from streams.cli.group import console, load_settings, main, out
 from streams.cli.secure_kafka import SecureKafka
+from streams.cli.secure_redis import SecureRedis
 from streams.refusals import KafkaRefused
 
 
@@ -43,8 +44,9 @@ def devstack() -> None:
 @click.option(
     "--secure",
     is_flag=True,
-    help="also the secured Kafka (SASL_SSL, SCRAM, ACLs) on 127.0.0.1:19192; its client "
-    "settings are in <devstack dir>/secure/client.env",
+    help="also the secured Kafka (SASL_SSL, SCRAM, ACLs) on 127.0.0.1:19192 and the secured Redis "
+    "(a password, an ACL user, TLS) on 127.0.0.1:16390; their client settings are in "
+    "<devstack dir>/secure/client.env and <devstack dir>/secure-redis/client.env",
 )
 def devstack_up(secure: bool) -> None:
     """Start Kafka and Redis on loopback (idempotent; waits until both answer)."""
@@ -58,17 +60,26 @@ def devstack_up(secure: bool) -> None:
                 f"client settings (the password is not shown): {secured.client_env}; "
                 f"`set -a; . {secured.client_env}; set +a` to use them"
             )
+            redis_secured = SecureRedis(stack)
+            redis_secured.up(say=console.print)
+            redis_env = redis_secured.home / "client.env"
+            console.print(
+                f"the secured Redis's settings (the password is not shown): {redis_env}; "
+                f"`set -a; . {redis_env}; set +a` to use them",
+                highlight=False,
+            )
     except DevstackError as exc:
         raise click.ClickException(str(exc)) from exc
     _print_status(stack)
 
 
 @devstack.command("down")
-@click.option("--secure", is_flag=True, help="stop only the secured Kafka")
+@click.option("--secure", is_flag=True, help="stop only the secured Kafka and Redis")
 def devstack_down(secure: bool) -> None:
-    """Stop Kafka and Redis (and the secured Kafka)."""
+    """Stop Kafka and Redis (and the secured Kafka and Redis)."""
     stack = _devstack(load_settings())
     SecureKafka(stack).down(say=console.print)
+    SecureRedis(stack).down(say=console.print)
     if not secure:
         stack.down(say=console.print)
     _print_status(stack)
@@ -93,6 +104,11 @@ def _print_status(stack: Devstack) -> bool:
         state = "[green]up[/]" if secured.answers() else "[red]down[/]"
         what = f"SASL_SSL, SCRAM; settings in {secured.client_env}"
         table.add_row("kafka-secure", secured.address, state, str(secured.own_pid() or "-"), what)
+    redis_secured = SecureRedis(stack)
+    if redis_secured.home.exists():  # started once: shown, not needed for the exit status
+        r = redis_secured.status()
+        state = "[green]up[/]" if r.running else "[red]down[/]"
+        table.add_row("redis-secure", r.address, state, str(r.pid or "-"), r.detail)
     out.print(table)
     return all(s.running for s in statuses)
 

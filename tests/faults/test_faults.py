@@ -33,6 +33,7 @@ from streams.changelog import read_table, read_topic
 from streams.cli.devstack import Devstack
 from streams.clients import kafka_options
 from streams.lag import group_lag
+from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, settings_from, wait_for
@@ -232,7 +233,7 @@ async def _dlq_headers(settings: Settings) -> Any:
 
 async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[Any]:
     client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
-    p = settings.redis_prefix
+    keys = RedisCache(client, settings.redis_prefix)  # the key layout
     found: list[Any] = []
     try:
 
@@ -241,7 +242,7 @@ async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[A
             members: dict[str, set[str]] = defaultdict(set)
             for key, state in table.items():
                 shop, customer = key.split("/", 1)
-                fields = await client.hgetall(f"{p}customer:{shop}:{customer}")
+                fields = await client.hgetall(keys.customer_key(shop, customer))
                 if (fields.get("segment"), fields.get("revision")) != (
                     state.segment or "",
                     str(state.revision),
@@ -250,7 +251,8 @@ async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[A
                 if state.segment:
                     members[state.segment].add(customer)
             for segment in load_rules().segment_names:
-                if await client.smembers(f"{p}segment:default:{segment}") != members[segment]:
+                sets = [await client.smembers(k) for k in keys.segment_keys("default", segment)]
+                if set().union(*sets) != members[segment]:
                     wrong.append(("redis set", segment))
             return wrong
 

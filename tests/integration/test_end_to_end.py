@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from streams.changelog import read_table, read_topic
 from streams.cli.replay import publish
 from streams.lag import group_lag
+from streams.redis_cache import RedisCache, bucket
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, run_cli, settings_from, wait_for
@@ -185,8 +186,9 @@ async def _assert_cli(overrides: dict[str, str]) -> None:
 async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
     client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     p = settings.redis_prefix
+    keys = RedisCache(client, p)  # the key layout
     try:
-        alice = await client.hgetall(f"{p}customer:default:alice")
+        alice = await client.hgetall(keys.customer_key("default", "alice"))
         assert {k: alice[k] for k in ("segment", "order_count", "total_spend", "currency")} == {
             "segment": "inactive",
             "order_count": "4",
@@ -195,10 +197,12 @@ async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
         }
         assert alice["segment_since"] == at(60).isoformat()
         assert alice["average_order_value"] == "12000"
-        carol = await client.hgetall(f"{p}customer:default:carol")
+        carol = await client.hgetall(keys.customer_key("default", "carol"))
         assert (carol["segment"], carol["order_count"]) == ("", "0")
         members = {
-            segment: await client.smembers(f"{p}segment:default:{segment}")
+            segment: set().union(
+                *[await client.smembers(key) for key in keys.segment_keys("default", segment)]
+            )
             for segment in ("inactive", "new", "best_customer", "potential_loyalist")
         }
         assert members == {
@@ -211,19 +215,29 @@ async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
         # 30 days after her last order: r is 4 from 30 days on
         assert (alice["r_score"], alice["f_score"], alice["m_score"]) == ("4", "4", "4")
         assert sorted(await client.keys(f"{p}*")) == sorted(
-            [f"{p}customer:default:{c}" for c in ("alice", "bob", "carol", "dave")]
-            + [f"{p}segment:default:inactive", f"{p}segment:default:new"]
-            + [f"{p}synced:{settings.app_id}:0"]  # partition 0's customers are all in Redis
+            [keys.customer_key("default", c) for c in ("alice", "bob", "carol", "dave")]
+            + list(
+                {  # each member's bucket has a set of the segment
+                    keys.segment_keys("default", segment)[bucket(customer)]
+                    for segment, customer in (
+                        ("inactive", "alice"),
+                        ("inactive", "bob"),
+                        ("new", "dave"),
+                    )
+                }
+            )
+            + [keys.marker_key(settings.app_id, 0)]  # partition 0's customers are all in Redis
         )
 
         # Redis loses everything (a flush, a restart without persistence): the worker notices
         # and writes its customers again, without a replay by hand.
         snapshot = await _redis_contents(client, p)
-        assert await client.delete(*await client.keys(f"{p}*")) == 7
+        stored = await client.keys(f"{p}*")
+        assert await client.delete(*stored) == len(stored)
         restored = await wait_for(
             lambda: _redis_contents(client, p), lambda c: c == snapshot, 60, "Redis refilled"
         )
-        assert restored[f"{p}customer:default:alice"]["segment"] == "inactive"
+        assert restored[keys.customer_key("default", "alice")]["segment"] == "inactive"
     finally:
         await client.aclose()
 

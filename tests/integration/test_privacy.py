@@ -16,6 +16,7 @@ from config.rules import load_rules
 from models.routing import marketing_transitions
 from streams.changelog import read_table, read_topic
 from streams.cli.replay import publish
+from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import run_cli, settings_from, wait_for
@@ -103,12 +104,13 @@ async def test_erasure_leaves_nothing_but_a_tombstone(privacy_worker: dict[str, 
     )
     assert moves[-1] == ("new", "potential_loyalist", "order_placed")
     client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    keys = RedisCache(client, p)  # the key layout
     try:
         # Redis is written after a batch's transitions are acknowledged: wait for both hashes.
         cached = await wait_for(
             lambda: asyncio.gather(
-                client.hgetall(f"{p}customer:default:frank"),
-                client.hgetall(f"{p}customer:default:erin"),
+                client.hgetall(keys.customer_key("default", "frank")),
+                client.hgetall(keys.customer_key("default", "erin")),
             ),
             lambda hashes: all(h.get("segment") for h in hashes),
             60,
@@ -126,10 +128,12 @@ async def test_erasure_leaves_nothing_but_a_tombstone(privacy_worker: dict[str, 
         }
         assert "erin" not in orjson.dumps(receipt).decode()  # no personal data in the receipt
 
-        assert await client.exists(f"{p}customer:default:erin") == 0
-        members = await client.smembers(f"{p}segment:default:potential_loyalist")
-        assert members == {"frank"}
-        assert await client.hgetall(f"{p}customer:default:frank") == frank_before
+        assert await client.exists(keys.customer_key("default", "erin")) == 0
+        members = [
+            await client.smembers(key) for key in keys.segment_keys("default", "potential_loyalist")
+        ]
+        assert set().union(*members) == {"frank"}
+        assert await client.hgetall(keys.customer_key("default", "frank")) == frank_before
     finally:
         await client.aclose()
     table = await read_table(settings)
@@ -193,11 +197,12 @@ async def test_withdrawn_consent_stops_marketing_and_clears_redis(
         lambda: _moves(settings, left, "gina"), lambda m: len(m) == 1, 60, "gina's exit"
     ) == [("potential_loyalist", None, "consent_withdrawn")]
     client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    keys = RedisCache(client, p)  # the key layout
     try:
-        assert await client.exists(f"{p}customer:default:gina") == 0
+        assert await client.exists(keys.customer_key("default", "gina")) == 0
         await _publish(settings, order("gina", "g3", 0, total=90_000))
         await _settled(settings, "marker")
-        assert await client.exists(f"{p}customer:default:gina") == 0
+        assert await client.exists(keys.customer_key("default", "gina")) == 0
         assert len(await _moves(settings, settings.transitions_topic, "gina")) == 3  # no new one
         assert await _moves(settings, became, "gina") == [
             ("new", "potential_loyalist", "order_placed")
@@ -205,7 +210,7 @@ async def test_withdrawn_consent_stops_marketing_and_clears_redis(
 
         await publish(consents, iter([consent("gina", True)]))
         await wait_for(
-            lambda: client.hgetall(f"{p}customer:default:gina"),
+            lambda: client.hgetall(keys.customer_key("default", "gina")),
             lambda h: h.get("order_count") == "3",
             60,
             "gina back in Redis",
