@@ -6,8 +6,9 @@ from unittest.mock import MagicMock
 
 from redis.crc import key_slot
 
-from streams.redis_cache import BUCKETS, RedisCache, bucket
+from streams.redis_cache import RedisCache
 from streams.redis_client import acl_rules
+from streams.redis_layout import BUCKETS, bucket
 
 
 def _layout(prefix: str = "segmenter:") -> RedisCache:

@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from streams.changelog import read_table, read_topic
 from streams.cli.replay import publish
 from streams.lag import group_lag
-from streams.redis_cache import RedisCache, bucket
+from streams.redis_cache import RedisCache
+from streams.redis_layout import bucket
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, run_cli, settings_from, wait_for

@@ -64,7 +64,7 @@ async def test_an_unreachable_redis_keeps_writes_pending_instead_of_raising() ->
 async def test_a_batch_of_several_chunks_writes_every_customer_and_guards_each_one(
     isolated: dict[str, str],
 ) -> None:
-    from streams.redis_cache import WRITE_CHUNK
+    from streams.redis_layout import WRITE_CHUNK
 
     settings = settings_from(isolated)
     cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
