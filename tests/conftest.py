@@ -19,6 +19,7 @@ import pytest
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack
 from streams.cli.secure_kafka import SecureKafka
+from streams.cli.secure_redis import SecureRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -66,6 +67,21 @@ def secure_kafka(devstack: Devstack) -> Iterator[SecureKafka]:
     yield secured
     if not already_up:
         secured.down(say=print)
+
+
+@pytest.fixture(scope="session")
+def secure_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRedis]:
+    """A secured Redis (a password, an ACL user limited to ``segmenter:*``, TLS where the
+    server has it) of the test session's own, on free ports."""
+    root = tmp_path_factory.mktemp("secure-devstack")
+    stack = SecureRedis(
+        Devstack(root, DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT), free_port(), free_port()
+    )
+    stack.up(say=print)
+    try:
+        yield stack
+    finally:
+        stack.down(say=print)
 
 
 # The settings that name topics, groups and Redis keys.

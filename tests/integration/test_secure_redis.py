@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT
 from models.state import CustomerState, compute_metrics
-from streams.cli.devstack import Devstack
 from streams.cli.secure_redis import USER, SecureRedis
 from streams.redis_cache import RedisCache
 from streams.redis_client import ACL_COMMANDS
@@ -30,18 +27,9 @@ from tests.unit.core import MODEL, RULES  # noqa: E402
 NO_SCRIPTS = "noscripts"
 
 
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRedis]:
-    """A secured Redis of this module's own, on free ports."""
-    root = tmp_path_factory.mktemp("secure-devstack")
-    stack = SecureRedis(
-        Devstack(root, DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT), free_port(), free_port()
-    )
-    stack.up(say=print)
-    try:
-        yield stack
-    finally:
-        stack.down(say=print)
+@pytest.fixture
+def secure(secure_redis: SecureRedis) -> SecureRedis:
+    return secure_redis
 
 
 @pytest.fixture
