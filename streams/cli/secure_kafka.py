@@ -15,11 +15,6 @@ import datetime
 import ipaddress
 import json
 import secrets
-import signal
-import socket
-import ssl
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -29,15 +24,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from streams.cli.devstack import _LOG4J2, KAFKA_VERSION, START_TIMEOUT_SECONDS, Devstack, cluster_id
-from streams.cli.processes import (
-    DevstackError,
-    pid_alive,
-    port_open,
-    reap,
-    signal_group,
-    wait_until,
+from streams.cli.devstack import KAFKA_VERSION, Devstack
+from streams.cli.kafka_broker import (
+    LOG4J2,
+    STORAGE_PROPERTIES,
+    api_versions_ok,
+    format_storage,
+    java_tool,
+    start_broker,
 )
+from streams.cli.processes import already_up, port_open, recorded_pid, stop_recorded
 
 SECURE_KAFKA_PORT: Final = 19192
 ADMIN_USER: Final = "admin"
@@ -57,7 +53,8 @@ PRODUCT_TOPICS: Final = (
 TOPIC_OPERATIONS: Final = ("Create", "Describe", "DescribeConfigs", "Read", "Write", "Delete")
 GROUP_OPERATIONS: Final = ("Read", "Describe", "Delete")
 
-_SERVER_PROPERTIES: Final = """process.roles=broker,controller
+_SERVER_PROPERTIES: Final = (
+    """process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{controller}
 listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
@@ -79,20 +76,9 @@ ssl.truststore.location={ca}
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{admin}
 allow.everyone.if.no.acl.found=false
-log.dirs={data}
-num.partitions=4
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-log.retention.hours=-1
-log.cleaner.backoff.ms=1000
 """
+    + STORAGE_PROPERTIES
+)
 
 
 class SecureKafka:
@@ -118,12 +104,8 @@ class SecureKafka:
         return {k.removeprefix("SEGMENTER_").lower(): v for k, v in pairs}
 
     def up(self, say: Callable[[str], None] = print) -> None:
-        if self.answers():
-            return
         logs = [self.root / "kafka.out", self.root / "kafka.log"]
-        starting = self.own_pid()
-        if starting is not None:
-            wait_until(self.answers, starting, START_TIMEOUT_SECONDS, "secured Kafka", logs)
+        if already_up(self.answers, self.own_pid, "secured Kafka", logs):
             return
         self.devstack.fetch_kafka(say)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -135,56 +117,24 @@ class SecureKafka:
         if fresh:
             self._format(props, passwords)
         say(f"starting secured Kafka {KAFKA_VERSION} (SASL_SSL) on {self.address} ...")
-        with (self.root / "kafka.out").open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    self.devstack.java(),
-                    "-Xms256m",
-                    "-Xmx1g",
-                    "-Djava.awt.headless=true",
-                    f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
-                    "-cp",
-                    self.devstack.classpath,
-                    "kafka.Kafka",
-                    str(props),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self._pid_file.write_text(str(proc.pid))
-        wait_until(self.answers, proc.pid, START_TIMEOUT_SECONDS, "secured Kafka", logs)
+        log4j = self.root / "log4j2.properties"
+        java, classpath = self.devstack.java(), self.devstack.classpath
+        start_broker(java, classpath, props, log4j, self.root, self.answers, "secured Kafka")
         if fresh or not (self.root / "acls-granted").exists():
             self._grant(passwords)
         self._write_client_env(passwords)
 
     def down(self, say: Callable[[str], None] = print) -> None:
-        pid = self.own_pid()
-        if pid is not None:
-            say(f"stopping secured kafka (pid {pid}) ...")
-            signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while pid_alive(pid) and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.2)
-            if pid_alive(pid):
-                signal_group(pid, signal.SIGKILL)
-        self._pid_file.unlink(missing_ok=True)
+        stop_recorded(self._pid_file, b"kafka.Kafka", "secured kafka", say, 60, 0.2)
 
     def own_pid(self) -> int | None:
-        try:
-            pid = int(self._pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if b"kafka.Kafka" in cmdline and pid_alive(pid) else None
+        return recorded_pid(self._pid_file, b"kafka.Kafka")
 
     def answers(self) -> bool:
         """True when the broker completes a TLS handshake and answers an ApiVersions request."""
         if not port_open(self.port) or not self.ca_file.exists():
             return False
-        return _api_versions_over_tls(self.port, self.ca_file)
+        return api_versions_ok(self.port, self.ca_file)
 
     # -- first start ----------------------------------------------------------------------------
 
@@ -239,7 +189,7 @@ class SecureKafka:
             f"sasl.jaas.config={scram}\n"
             f"ssl.truststore.type=PEM\nssl.truststore.location={self.ca_file}\n",
         )
-        (self.root / "log4j2.properties").write_text(_LOG4J2.format(log=self.root / "kafka.log"))
+        (self.root / "log4j2.properties").write_text(LOG4J2.format(log=self.root / "kafka.log"))
         return props
 
     def _format(self, props: Path, passwords: dict[str, str]) -> None:
@@ -248,13 +198,10 @@ class SecureKafka:
             for user, password in passwords.items()
             for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
         ]
-        self._java_tool(
-            "kafka.tools.StorageTool",
-            "format",
-            "--standalone",
-            f"--cluster-id={cluster_id()}",
-            "-c",
-            str(props),
+        format_storage(
+            self.devstack.java(),
+            self.devstack.classpath,
+            props,
             *(arg for entry in scram for arg in ("--add-scram", entry)),
             what="formatting the secured Kafka's storage",
         )
@@ -293,14 +240,7 @@ class SecureKafka:
         )
 
     def _java_tool(self, main_class: str, *args: str, what: str) -> None:
-        result = subprocess.run(
-            [self.devstack.java(), "-cp", self.devstack.classpath, main_class, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise DevstackError(f"{what} failed:\n{result.stdout[-1500:]}{result.stderr[-1500:]}")
+        java_tool(self.devstack.java(), self.devstack.classpath, main_class, *args, what=what)
 
 
 def make_ca(name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
@@ -369,27 +309,3 @@ def _write_private(path: Path, text: str) -> None:
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_text(text)
-
-
-def _api_versions_over_tls(port: int, ca_file: Path) -> bool:
-    request = (
-        (18).to_bytes(2, "big")  # api key: ApiVersions (allowed before authentication)
-        + (0).to_bytes(2, "big")
-        + (1).to_bytes(4, "big")
-        + (9).to_bytes(2, "big")
-        + b"devstack "
-    )
-    context = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
-        ):
-            sock.sendall(len(request).to_bytes(4, "big") + request)
-            header = sock.recv(4)
-            if len(header) < 4:
-                return False
-            body = sock.recv(int.from_bytes(header, "big"))
-            return len(body) >= 6 and int.from_bytes(body[4:6], "big") == 0
-    except (OSError, ssl.SSLError):
-        return False
