@@ -267,21 +267,30 @@ class Devstack:
         return recorded_pid(self.root / f"{name}.pid", _MARKERS[name])
 
 
-def redis_options(port: int, directory: Path, *more: str) -> list[str]:
-    """The options of a Redis server on loopback that keeps nothing on disk and stays in the
-    foreground, its files in ``directory``; ``more`` options after the address."""
+def redis_settings(port: int, directory: Path) -> list[tuple[str, str]]:
+    """The settings of a Redis server on loopback that keeps nothing on disk and stays in the
+    foreground, its files in ``directory``."""
     return [
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        *more,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(directory),
-        "--daemonize",
-        "no",
+        ("port", str(port)),
+        ("bind", "127.0.0.1"),
+        ("save", ""),
+        ("appendonly", "no"),
+        ("dir", str(directory)),
+        ("daemonize", "no"),
+    ]
+
+
+def redis_options(port: int, directory: Path, *more: str) -> list[str]:
+    """:func:`redis_settings` as command-line options; ``more`` options after the address."""
+    options = [
+        word for name, value in redis_settings(port, directory) for word in (f"--{name}", value)
+    ]
+    return [*options[:4], *more, *options[4:]]
+
+
+def redis_config(port: int, directory: Path) -> list[str]:
+    """:func:`redis_settings` as lines of a configuration file."""
+    return [
+        f"{name} {value}" if value else f'{name} ""'
+        for name, value in redis_settings(port, directory)
     ]
