@@ -11,18 +11,11 @@ settings to connect as ``segmenter``; no password is ever printed.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from streams.cli.devstack import KAFKA_VERSION, Devstack
 from streams.cli.kafka_broker import (
@@ -34,6 +27,17 @@ from streams.cli.kafka_broker import (
     start_broker,
 )
 from streams.cli.processes import already_up, port_open, recorded_pid, stop_recorded
+from streams.cli.tls_files import (
+    CA_NAME,
+    certificate_pem,
+    make_ca,
+    make_certificate,
+    private_pem,
+    write_private,
+)
+
+# A certificate of the secured Kafka is made once, at its first start, and kept.
+CERTIFICATE_DAYS: Final = 3650
 
 SECURE_KAFKA_PORT: Final = 19192
 ADMIN_USER: Final = "admin"
@@ -145,17 +149,19 @@ class SecureKafka:
             passwords: dict[str, str] = json.loads(path.read_text())
             return passwords
         passwords = {ADMIN_USER: secrets.token_hex(24), CLIENT_USER: secrets.token_hex(24)}
-        _write_private(path, json.dumps(passwords))
+        write_private(path, json.dumps(passwords))
         return passwords
 
     def _certificates(self) -> None:
         keystore = self.root / "broker.pem"
         if self.ca_file.exists() and keystore.exists():
             return
-        ca_key, ca_cert = make_ca("segmenter devstack CA")
-        key, cert = make_certificate(ca_key, ca_cert, "localhost", ["localhost"], ["127.0.0.1"])
-        self.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-        _write_private(keystore, (private_pem(key) + certificate_pem(cert)).decode())
+        ca_key, ca = make_ca(CA_NAME, CERTIFICATE_DAYS)
+        key, cert = make_certificate(
+            ca_key, ca, "localhost", ["localhost"], ["127.0.0.1"], CERTIFICATE_DAYS
+        )
+        self.ca_file.write_bytes(certificate_pem(ca))
+        write_private(keystore, private_pem(key) + certificate_pem(cert))
 
     def _write_config(self, passwords: dict[str, str]) -> Path:
         admin = passwords[ADMIN_USER]
@@ -168,7 +174,7 @@ class SecureKafka:
             f'username="{ADMIN_USER}" password="{admin}" user_{ADMIN_USER}="{admin}";'
         )
         props = self.root / "server.properties"
-        _write_private(
+        write_private(
             props,
             _SERVER_PROPERTIES.format(
                 port=self.port,
@@ -182,7 +188,7 @@ class SecureKafka:
                 data=self.root / "data",
             ),
         )
-        _write_private(
+        write_private(
             self.root / "admin.properties",
             "security.protocol=SASL_SSL\n"
             f"sasl.mechanism={MECHANISM}\n"
@@ -235,77 +241,7 @@ class SecureKafka:
             "KAFKA_SASL_PASSWORD": passwords[CLIENT_USER],
             "KAFKA_SSL_CAFILE": str(self.ca_file),
         }
-        _write_private(
-            self.client_env, "".join(f"SEGMENTER_{k}={v}\n" for k, v in settings.items())
-        )
+        write_private(self.client_env, "".join(f"SEGMENTER_{k}={v}\n" for k, v in settings.items()))
 
     def _java_tool(self, main_class: str, *args: str, what: str) -> None:
         java_tool(self.devstack.java(), self.devstack.classpath, main_class, *args, what=what)
-
-
-def make_ca(name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """A self-signed CA certificate and its key (valid for ten years)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        _builder(subject, subject, key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def make_certificate(
-    ca_key: rsa.RSAPrivateKey,
-    ca_cert: x509.Certificate,
-    name: str,
-    dns: list[str],
-    ips: list[str],
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """A certificate for ``name`` (and the given DNS names and IPs) signed by the CA."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    alternative: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    alternative += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        _builder(subject, ca_cert.subject, key)
-        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def private_pem(key: rsa.RSAPrivateKey) -> bytes:
-    """The key as unencrypted PKCS#8 PEM (what Kafka's PEM key store reads)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def certificate_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _builder(
-    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-    )
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (it holds a key or a password)."""
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)

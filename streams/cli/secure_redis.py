@@ -29,7 +29,7 @@ from streams.cli.processes import (
     stop_recorded,
     wait_until,
 )
-from streams.cli.tls_files import TlsFiles, loopback_tls
+from streams.cli.tls_files import TlsFiles, loopback_tls, write_private
 from streams.redis_client import acl_rules
 
 SECURE_REDIS_PORT: Final = 16390
@@ -83,8 +83,7 @@ class SecureRedis:
         if not path.exists():
             self.home.mkdir(parents=True, exist_ok=True)
             lines = [f"{user} {secrets.token_urlsafe(24)}" for user in ("default", USER)]
-            path.touch(mode=0o600)
-            path.write_text("\n".join(lines) + "\n")
+            write_private(path, "\n".join(lines) + "\n")
         return dict(line.split(" ", 1) for line in path.read_text().splitlines() if line)
 
     def admin(self) -> redis.Redis:
@@ -150,14 +149,12 @@ class SecureRedis:
                 "tls-auth-clients no",  # clients prove who they are with the ACL user
             ]
         config = self.home / "redis.conf"
-        config.touch(mode=0o600)
-        config.write_text("\n".join(lines) + "\n")
+        write_private(config, "\n".join(lines) + "\n")
         return config
 
     def _write_client_env(self) -> None:
-        path = self.home / "client.env"
-        path.touch(mode=0o600)
-        path.write_text(
+        write_private(
+            self.home / "client.env",
             f"SEGMENTER_REDIS_URL={self.url(USER, tls=self.tls)}\n"
-            f"SEGMENTER_REDIS_PREFIX={self.prefix}\n"
+            f"SEGMENTER_REDIS_PREFIX={self.prefix}\n",
         )
