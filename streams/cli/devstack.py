@@ -21,8 +21,8 @@ import redis
 
 from streams.cli.kafka_broker import (
     LOG4J2,
-    STORAGE_PROPERTIES,
     api_versions_ok,
+    broker_properties,
     format_storage,
     start_broker,
 )
@@ -66,18 +66,6 @@ _POM: Final = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 </project>
 """
 
-_SERVER_PROPERTIES: Final = (
-    """process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-"""
-    + STORAGE_PROPERTIES
-)
 # Markers in the command lines of the servers this devstack starts.
 _MARKERS: Final = {"kafka": b"kafka.Kafka", "redis": b"-server"}
 
@@ -157,11 +145,7 @@ class Devstack:
         data = self.kafka_home / "data"
         config_dir.mkdir(parents=True, exist_ok=True)
         props = config_dir / "server.properties"
-        props.write_text(
-            _SERVER_PROPERTIES.format(
-                port=self.kafka_port, controller=self.controller_port, data=data
-            )
-        )
+        props.write_text(broker_properties(self.kafka_port, self.controller_port, data))
         log4j = config_dir / "log4j2.properties"
         log4j.write_text(LOG4J2.format(log=self.root / "kafka.log"))
         java = self.java()

@@ -14,8 +14,16 @@ from typing import Final
 
 from streams.cli.processes import START_TIMEOUT_SECONDS, DevstackError, start_detached, wait_until
 
-# The broker settings after the listeners (those differ between the plain and the secured one).
-STORAGE_PROPERTIES: Final = """log.dirs={data}
+# A single-node broker and controller: its clients' listener, then what secures it, then storage.
+_PROPERTIES: Final = """process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{controller}
+listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners={listener}://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:{controller_protocol},{listener}:{listener}
+inter.broker.listener.name={listener}
+{security}log.dirs={data}
 num.partitions=4
 auto.create.topics.enable=false
 offsets.topic.replication.factor=1
@@ -43,6 +51,27 @@ logger.kafka.level = WARN
 logger.state.name = state.change.logger
 logger.state.level = WARN
 """
+
+
+def broker_properties(
+    port: int,
+    controller: int,
+    data: Path,
+    listener: str = "PLAINTEXT",
+    controller_protocol: str = "PLAINTEXT",
+    security: str = "",
+) -> str:
+    """The ``server.properties`` of a broker serving its clients on ``port`` over ``listener``
+    (a security protocol), its controller on ``controller``, its logs in ``data``; ``security``
+    holds the lines that set up authentication, TLS and authorisation."""
+    return _PROPERTIES.format(
+        port=port,
+        controller=controller,
+        data=data,
+        listener=listener,
+        controller_protocol=controller_protocol,
+        security=security,
+    )
 
 
 def cluster_id() -> str:

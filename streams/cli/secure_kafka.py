@@ -20,8 +20,8 @@ from typing import Final
 from streams.cli.devstack import KAFKA_VERSION, Devstack
 from streams.cli.kafka_broker import (
     LOG4J2,
-    STORAGE_PROPERTIES,
     api_versions_ok,
+    broker_properties,
     format_storage,
     java_tool,
     start_broker,
@@ -57,16 +57,8 @@ PRODUCT_TOPICS: Final = (
 TOPIC_OPERATIONS: Final = ("Create", "Describe", "DescribeConfigs", "Read", "Write", "Delete")
 GROUP_OPERATIONS: Final = ("Read", "Describe", "Delete")
 
-_SERVER_PROPERTIES: Final = (
-    """process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{controller}
-listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=SASL_SSL://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
-inter.broker.listener.name=SASL_SSL
-sasl.mechanism.inter.broker.protocol={mechanism}
+# What secures the broker: SCRAM over TLS for clients, PLAIN for the controller, ACLs.
+_SECURITY_PROPERTIES: Final = """sasl.mechanism.inter.broker.protocol={mechanism}
 listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_jaas}
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_jaas}
@@ -81,8 +73,6 @@ authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{admin}
 allow.everyone.if.no.acl.found=false
 """
-    + STORAGE_PROPERTIES
-)
 
 
 class SecureKafka:
@@ -176,16 +166,20 @@ class SecureKafka:
         props = self.root / "server.properties"
         write_private(
             props,
-            _SERVER_PROPERTIES.format(
-                port=self.port,
-                controller=self.controller_port,
-                mechanism=MECHANISM,
-                scram_jaas=scram,
-                plain_jaas=plain,
-                keystore=self.root / "broker.pem",
-                ca=self.ca_file,
-                admin=ADMIN_USER,
-                data=self.root / "data",
+            broker_properties(
+                self.port,
+                self.controller_port,
+                self.root / "data",
+                "SASL_SSL",
+                "SASL_PLAINTEXT",
+                _SECURITY_PROPERTIES.format(
+                    mechanism=MECHANISM,
+                    scram_jaas=scram,
+                    plain_jaas=plain,
+                    keystore=self.root / "broker.pem",
+                    ca=self.ca_file,
+                    admin=ADMIN_USER,
+                ),
             ),
         )
         write_private(
