@@ -8,15 +8,10 @@ logs in the devstack dir, so ``up`` is idempotent and ``down`` finds them again.
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +19,24 @@ from typing import Final
 
 import redis
 
+from streams.cli.kafka_broker import (
+    LOG4J2,
+    api_versions_ok,
+    broker_properties,
+    format_storage,
+    start_broker,
+)
+from streams.cli.kafka_broker import (
+    cluster_id as cluster_id,  # re-exported: its home before
+)
 from streams.cli.processes import (
+    START_TIMEOUT_SECONDS,
     DevstackError,
-    pid_alive,
+    already_up,
     port_open,
-    reap,
-    signal_group,
+    recorded_pid,
+    start_detached,
+    stop_recorded,
     wait_until,
 )
 
@@ -37,7 +44,6 @@ from streams.cli.processes import (
 # both on Maven Central.
 KAFKA_VERSION: Final = "4.3.1"
 LOG4J_VERSION: Final = "2.24.3"
-START_TIMEOUT_SECONDS: Final = 90.0
 
 _POM: Final = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -60,42 +66,8 @@ _POM: Final = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 </project>
 """
 
-_SERVER_PROPERTIES: Final = """process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-log.dirs={data}
-num.partitions=4
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-log.retention.hours=-1
-log.cleaner.backoff.ms=1000
-"""
-
-_LOG4J2: Final = """status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = FILE
-logger.kafka.name = kafka
-logger.kafka.level = WARN
-logger.state.name = state.change.logger
-logger.state.level = WARN
-"""
+# Markers in the command lines of the servers this devstack starts.
+_MARKERS: Final = {"kafka": b"kafka.Kafka", "redis": b"-server"}
 
 
 @dataclass(frozen=True)
@@ -165,75 +137,27 @@ class Devstack:
         return java
 
     def start_kafka(self, say: Callable[[str], None] = print) -> None:
-        if self._kafka_answers():
-            return
         logs = [self.root / "kafka.out", self.root / "kafka.log"]
-        starting = self._own_pid("kafka")
-        if starting is not None:  # started earlier and still coming up: wait for it
-            wait_until(self._kafka_answers, starting, START_TIMEOUT_SECONDS, "Kafka", logs)
+        if already_up(self._kafka_answers, lambda: self._own_pid("kafka"), "Kafka", logs):
             return
         self.fetch_kafka(say)
         config_dir = self.kafka_home / "config"  # per version: KRaft metadata does not downgrade
         data = self.kafka_home / "data"
         config_dir.mkdir(parents=True, exist_ok=True)
         props = config_dir / "server.properties"
-        props.write_text(
-            _SERVER_PROPERTIES.format(
-                port=self.kafka_port, controller=self.controller_port, data=data
-            )
-        )
+        props.write_text(broker_properties(self.kafka_port, self.controller_port, data))
         log4j = config_dir / "log4j2.properties"
-        log = self.root / "kafka.log"
-        log4j.write_text(_LOG4J2.format(log=log))
-        classpath = self.classpath
+        log4j.write_text(LOG4J2.format(log=self.root / "kafka.log"))
         java = self.java()
         if not (data / "meta.properties").exists():
-            result = subprocess.run(
-                [
-                    java,
-                    "-cp",
-                    classpath,
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--standalone",
-                    f"--cluster-id={cluster_id()}",
-                    "-c",
-                    str(props),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if result.returncode != 0:
-                raise DevstackError(
-                    f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}"
-                )
+            format_storage(java, self.classpath, props, what="formatting Kafka storage", tail=None)
         say(f"starting Kafka {KAFKA_VERSION} on 127.0.0.1:{self.kafka_port} ...")
-        with (self.root / "kafka.out").open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    java,
-                    "-Xms256m",
-                    "-Xmx1g",
-                    "-Djava.awt.headless=true",
-                    f"-Dlog4j2.configurationFile={log4j}",
-                    "-cp",
-                    classpath,
-                    "kafka.Kafka",
-                    str(props),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        (self.root / "kafka.pid").write_text(str(proc.pid))
-        wait_until(self._kafka_answers, proc.pid, START_TIMEOUT_SECONDS, "Kafka", logs)
+        start_broker(java, self.classpath, props, log4j, self.root, self._kafka_answers, "Kafka")
 
     def _kafka_answers(self) -> bool:
         if not port_open(self.kafka_port):
             return False
-        return _kafka_api_versions_ok(self.kafka_port)
+        return api_versions_ok(self.kafka_port)
 
     # -- Redis --------------------------------------------------------------------------------
 
@@ -258,41 +182,19 @@ class Devstack:
         )
 
     def start_redis(self, say: Callable[[str], None] = print) -> None:
-        if self._redis_answers():
-            return
         logs = [self.root / "redis.out"]
-        starting = self._own_pid("redis")
-        if starting is not None:
-            wait_until(self._redis_answers, starting, START_TIMEOUT_SECONDS, "Redis", logs)
+        if already_up(self._redis_answers, lambda: self._own_pid("redis"), "Redis", logs):
             return
         binary = self.redis_binary()
         data = self.root / "redis"
         data.mkdir(parents=True, exist_ok=True)
         say(f"starting Redis ({Path(binary).name}) on 127.0.0.1:{self.redis_port} ...")
-        with (self.root / "redis.out").open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(self.redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(data),
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        (self.root / "redis.pid").write_text(str(proc.pid))
-        wait_until(self._redis_answers, proc.pid, START_TIMEOUT_SECONDS, "Redis", logs)
+        pid = start_detached(
+            [binary, *redis_options(self.redis_port, data)],
+            self.root / "redis.out",
+            self.root / "redis.pid",
+        )
+        wait_until(self._redis_answers, pid, START_TIMEOUT_SECONDS, "Redis", logs)
 
     def _redis_answers(self) -> bool:
         try:
@@ -323,17 +225,7 @@ class Devstack:
             self._stop(name, say)
 
     def _stop(self, name: str, say: Callable[[str], None]) -> None:
-        pid = self._own_pid(name)
-        if pid is not None:
-            say(f"stopping {name} (pid {pid}) ...")
-            signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while pid_alive(pid) and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.2)
-            if pid_alive(pid):
-                signal_group(pid, signal.SIGKILL)
-        (self.root / f"{name}.pid").unlink(missing_ok=True)
+        stop_recorded(self.root / f"{name}.pid", _MARKERS[name], name, say, 60, 0.2)
 
     def status(self) -> list[ServiceStatus]:
         kafka_pid, redis_pid = self._own_pid("kafka"), self._own_pid("redis")
@@ -356,40 +248,33 @@ class Devstack:
 
     def _own_pid(self, name: str) -> int | None:
         """The pid in the pid file, if that process is alive and is the server we started."""
-        try:
-            pid = int((self.root / f"{name}.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        marker = b"kafka.Kafka" if name == "kafka" else b"-server"
-        return pid if marker in cmdline and pid_alive(pid) else None
+        return recorded_pid(self.root / f"{name}.pid", _MARKERS[name])
 
 
-def cluster_id() -> str:
-    """A random KRaft cluster id: 16 random bytes, URL-safe base64. Like Kafka's own
-    ``Uuid.randomUuid``, never one starting with ``-`` (a command line would read an option)."""
-    while True:
-        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not candidate.startswith("-"):
-            return candidate
+def redis_settings(port: int, directory: Path) -> list[tuple[str, str]]:
+    """The settings of a Redis server on loopback that keeps nothing on disk and stays in the
+    foreground, its files in ``directory``."""
+    return [
+        ("port", str(port)),
+        ("bind", "127.0.0.1"),
+        ("save", ""),
+        ("appendonly", "no"),
+        ("dir", str(directory)),
+        ("daemonize", "no"),
+    ]
 
 
-def _kafka_api_versions_ok(port: int) -> bool:
-    """True when the broker answers an ApiVersions request (it is serving, not just listening)."""
-    request = (
-        (18).to_bytes(2, "big")  # api key: ApiVersions
-        + (0).to_bytes(2, "big")  # version 0
-        + (1).to_bytes(4, "big")  # correlation id
-        + (9).to_bytes(2, "big")
-        + b"devstack"[:9].ljust(9, b" ")
-    )
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.sendall(len(request).to_bytes(4, "big") + request)
-            header = sock.recv(4)
-            if len(header) < 4:
-                return False
-            body = sock.recv(int.from_bytes(header, "big"))
-            return len(body) >= 6 and int.from_bytes(body[4:6], "big") == 0
-    except OSError:
-        return False
+def redis_options(port: int, directory: Path, *more: str) -> list[str]:
+    """:func:`redis_settings` as command-line options; ``more`` options after the address."""
+    options = [
+        word for name, value in redis_settings(port, directory) for word in (f"--{name}", value)
+    ]
+    return [*options[:4], *more, *options[4:]]
+
+
+def redis_config(port: int, directory: Path) -> list[str]:
+    """:func:`redis_settings` as lines of a configuration file."""
+    return [
+        f"{name} {value}" if value else f'{name} ""'
+        for name, value in redis_settings(port, directory)
+    ]

@@ -6,9 +6,13 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
+
+START_TIMEOUT_SECONDS: Final = 90.0
 
 
 class DevstackError(RuntimeError):
@@ -19,6 +23,39 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def start_detached(command: list[str], out: Path, pid_file: Path | None = None) -> int:
+    """Start ``command`` in a session of its own, its output appended to ``out``; its pid is
+    written to ``pid_file`` when given, and returned."""
+    with out.open("ab") as sink:
+        proc = subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    if pid_file is not None:
+        pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def already_up(
+    answers: Callable[[], bool],
+    starting: Callable[[], int | None],
+    what: str,
+    logs: list[Path],
+) -> bool:
+    """True when the server answers, or was started earlier and is still coming up (then wait
+    for it); false when it is to be started."""
+    if answers():
+        return True
+    pid = starting()
+    if pid is None:
+        return False
+    wait_until(answers, pid, START_TIMEOUT_SECONDS, what, logs)
+    return True
 
 
 def wait_until(
@@ -40,6 +77,44 @@ def tails(logs: list[Path]) -> str:
     return "\n".join(
         f"end of {log}:\n{log.read_text(errors='replace')[-1500:]}" for log in logs if log.exists()
     )
+
+
+def recorded_pid(pid_file: Path, marker: bytes) -> int | None:
+    """The pid in ``pid_file``, if that process is alive and its command line holds ``marker``
+    (it is the server that was started, not another process that got its pid)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if marker in cmdline and pid_alive(pid) else None
+
+
+def stop_recorded(
+    pid_file: Path,
+    marker: bytes,
+    name: str,
+    say: Callable[[str], None],
+    timeout: float,
+    poll: float,
+) -> None:
+    """Stop the server recorded in ``pid_file`` (see :func:`recorded_pid`) and forget it."""
+    pid = recorded_pid(pid_file, marker)
+    if pid is not None:
+        say(f"stopping {name} (pid {pid}) ...")
+        signal_group(pid, signal.SIGTERM)
+        await_exit(pid, timeout, poll)
+    pid_file.unlink(missing_ok=True)
+
+
+def await_exit(pid: int, timeout: float, poll: float) -> None:
+    """Wait up to ``timeout`` for a signalled process to exit; then kill its process group."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        reap(pid)
+        time.sleep(poll)
+    if pid_alive(pid):
+        signal_group(pid, signal.SIGKILL)
 
 
 def pid_alive(pid: int) -> bool:

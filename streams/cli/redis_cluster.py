@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,13 @@ from typing import Any, Final
 
 import redis
 
+from streams.cli.devstack import redis_options
 from streams.cli.processes import (
     DevstackError,
-    pid_alive,
+    await_exit,
     port_open,
-    reap,
     signal_group,
+    start_detached,
     wait_until,
 )
 
@@ -101,12 +101,7 @@ class LocalRedisCluster:
             say(f"stopping cluster node {port} (pid {pid}) ...")
             signal_group(pid, signal.SIGTERM)
         for pid in self.pids.values():
-            deadline = time.monotonic() + 30
-            while pid_alive(pid) and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.1)
-            if pid_alive(pid):
-                signal_group(pid, signal.SIGKILL)
+            await_exit(pid, 30, 0.1)
         self.pids.clear()
 
     def _start(self, port: int) -> None:
@@ -114,36 +109,11 @@ class LocalRedisCluster:
         shutil.rmtree(home, ignore_errors=True)  # no cluster state of an earlier run
         home.mkdir(parents=True)
         log = home / "server.out"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    self.binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(home / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(home),
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pids[port] = proc.pid
-        wait_until(lambda: self._answers(port), proc.pid, TIMEOUT_SECONDS, f"node {port}", [log])
+        cluster = ("--cluster-enabled", "yes", "--cluster-config-file", str(home / "nodes.conf"))
+        timeout = ("--cluster-node-timeout", "2000")
+        pid = start_detached([self.binary, *redis_options(port, home, *cluster, *timeout)], log)
+        self.pids[port] = pid
+        wait_until(lambda: self._answers(port), pid, TIMEOUT_SECONDS, f"node {port}", [log])
 
     def _answers(self, port: int) -> bool:
         try:

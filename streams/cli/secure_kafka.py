@@ -11,33 +11,33 @@ settings to connect as ``segmenter``; no password is ever printed.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import secrets
-import signal
-import socket
-import ssl
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-
-from streams.cli.devstack import _LOG4J2, KAFKA_VERSION, START_TIMEOUT_SECONDS, Devstack, cluster_id
-from streams.cli.processes import (
-    DevstackError,
-    pid_alive,
-    port_open,
-    reap,
-    signal_group,
-    wait_until,
+from streams.cli.devstack import KAFKA_VERSION, Devstack
+from streams.cli.kafka_broker import (
+    LOG4J2,
+    api_versions_ok,
+    broker_properties,
+    format_storage,
+    java_tool,
+    start_broker,
 )
+from streams.cli.processes import already_up, port_open, recorded_pid, stop_recorded
+from streams.cli.tls_files import (
+    CA_NAME,
+    certificate_pem,
+    make_ca,
+    make_certificate,
+    private_pem,
+    write_private,
+)
+
+# A certificate of the secured Kafka is made once, at its first start, and kept.
+CERTIFICATE_DAYS: Final = 3650
 
 SECURE_KAFKA_PORT: Final = 19192
 ADMIN_USER: Final = "admin"
@@ -57,15 +57,8 @@ PRODUCT_TOPICS: Final = (
 TOPIC_OPERATIONS: Final = ("Create", "Describe", "DescribeConfigs", "Read", "Write", "Delete")
 GROUP_OPERATIONS: Final = ("Read", "Describe", "Delete")
 
-_SERVER_PROPERTIES: Final = """process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{controller}
-listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=SASL_SSL://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
-inter.broker.listener.name=SASL_SSL
-sasl.mechanism.inter.broker.protocol={mechanism}
+# What secures the broker: SCRAM over TLS for clients, PLAIN for the controller, ACLs.
+_SECURITY_PROPERTIES: Final = """sasl.mechanism.inter.broker.protocol={mechanism}
 listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_jaas}
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_jaas}
@@ -79,19 +72,6 @@ ssl.truststore.location={ca}
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{admin}
 allow.everyone.if.no.acl.found=false
-log.dirs={data}
-num.partitions=4
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-log.retention.hours=-1
-log.cleaner.backoff.ms=1000
 """
 
 
@@ -118,12 +98,8 @@ class SecureKafka:
         return {k.removeprefix("SEGMENTER_").lower(): v for k, v in pairs}
 
     def up(self, say: Callable[[str], None] = print) -> None:
-        if self.answers():
-            return
         logs = [self.root / "kafka.out", self.root / "kafka.log"]
-        starting = self.own_pid()
-        if starting is not None:
-            wait_until(self.answers, starting, START_TIMEOUT_SECONDS, "secured Kafka", logs)
+        if already_up(self.answers, self.own_pid, "secured Kafka", logs):
             return
         self.devstack.fetch_kafka(say)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -135,56 +111,24 @@ class SecureKafka:
         if fresh:
             self._format(props, passwords)
         say(f"starting secured Kafka {KAFKA_VERSION} (SASL_SSL) on {self.address} ...")
-        with (self.root / "kafka.out").open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    self.devstack.java(),
-                    "-Xms256m",
-                    "-Xmx1g",
-                    "-Djava.awt.headless=true",
-                    f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
-                    "-cp",
-                    self.devstack.classpath,
-                    "kafka.Kafka",
-                    str(props),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self._pid_file.write_text(str(proc.pid))
-        wait_until(self.answers, proc.pid, START_TIMEOUT_SECONDS, "secured Kafka", logs)
+        log4j = self.root / "log4j2.properties"
+        java, classpath = self.devstack.java(), self.devstack.classpath
+        start_broker(java, classpath, props, log4j, self.root, self.answers, "secured Kafka")
         if fresh or not (self.root / "acls-granted").exists():
             self._grant(passwords)
         self._write_client_env(passwords)
 
     def down(self, say: Callable[[str], None] = print) -> None:
-        pid = self.own_pid()
-        if pid is not None:
-            say(f"stopping secured kafka (pid {pid}) ...")
-            signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while pid_alive(pid) and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.2)
-            if pid_alive(pid):
-                signal_group(pid, signal.SIGKILL)
-        self._pid_file.unlink(missing_ok=True)
+        stop_recorded(self._pid_file, b"kafka.Kafka", "secured kafka", say, 60, 0.2)
 
     def own_pid(self) -> int | None:
-        try:
-            pid = int(self._pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if b"kafka.Kafka" in cmdline and pid_alive(pid) else None
+        return recorded_pid(self._pid_file, b"kafka.Kafka")
 
     def answers(self) -> bool:
         """True when the broker completes a TLS handshake and answers an ApiVersions request."""
         if not port_open(self.port) or not self.ca_file.exists():
             return False
-        return _api_versions_over_tls(self.port, self.ca_file)
+        return api_versions_ok(self.port, self.ca_file)
 
     # -- first start ----------------------------------------------------------------------------
 
@@ -195,17 +139,19 @@ class SecureKafka:
             passwords: dict[str, str] = json.loads(path.read_text())
             return passwords
         passwords = {ADMIN_USER: secrets.token_hex(24), CLIENT_USER: secrets.token_hex(24)}
-        _write_private(path, json.dumps(passwords))
+        write_private(path, json.dumps(passwords))
         return passwords
 
     def _certificates(self) -> None:
         keystore = self.root / "broker.pem"
         if self.ca_file.exists() and keystore.exists():
             return
-        ca_key, ca_cert = make_ca("segmenter devstack CA")
-        key, cert = make_certificate(ca_key, ca_cert, "localhost", ["localhost"], ["127.0.0.1"])
-        self.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-        _write_private(keystore, (private_pem(key) + certificate_pem(cert)).decode())
+        ca_key, ca = make_ca(CA_NAME, CERTIFICATE_DAYS)
+        key, cert = make_certificate(
+            ca_key, ca, "localhost", ["localhost"], ["127.0.0.1"], CERTIFICATE_DAYS
+        )
+        self.ca_file.write_bytes(certificate_pem(ca))
+        write_private(keystore, private_pem(key) + certificate_pem(cert))
 
     def _write_config(self, passwords: dict[str, str]) -> Path:
         admin = passwords[ADMIN_USER]
@@ -218,28 +164,32 @@ class SecureKafka:
             f'username="{ADMIN_USER}" password="{admin}" user_{ADMIN_USER}="{admin}";'
         )
         props = self.root / "server.properties"
-        _write_private(
+        write_private(
             props,
-            _SERVER_PROPERTIES.format(
-                port=self.port,
-                controller=self.controller_port,
-                mechanism=MECHANISM,
-                scram_jaas=scram,
-                plain_jaas=plain,
-                keystore=self.root / "broker.pem",
-                ca=self.ca_file,
-                admin=ADMIN_USER,
-                data=self.root / "data",
+            broker_properties(
+                self.port,
+                self.controller_port,
+                self.root / "data",
+                "SASL_SSL",
+                "SASL_PLAINTEXT",
+                _SECURITY_PROPERTIES.format(
+                    mechanism=MECHANISM,
+                    scram_jaas=scram,
+                    plain_jaas=plain,
+                    keystore=self.root / "broker.pem",
+                    ca=self.ca_file,
+                    admin=ADMIN_USER,
+                ),
             ),
         )
-        _write_private(
+        write_private(
             self.root / "admin.properties",
             "security.protocol=SASL_SSL\n"
             f"sasl.mechanism={MECHANISM}\n"
             f"sasl.jaas.config={scram}\n"
             f"ssl.truststore.type=PEM\nssl.truststore.location={self.ca_file}\n",
         )
-        (self.root / "log4j2.properties").write_text(_LOG4J2.format(log=self.root / "kafka.log"))
+        (self.root / "log4j2.properties").write_text(LOG4J2.format(log=self.root / "kafka.log"))
         return props
 
     def _format(self, props: Path, passwords: dict[str, str]) -> None:
@@ -248,13 +198,10 @@ class SecureKafka:
             for user, password in passwords.items()
             for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
         ]
-        self._java_tool(
-            "kafka.tools.StorageTool",
-            "format",
-            "--standalone",
-            f"--cluster-id={cluster_id()}",
-            "-c",
-            str(props),
+        format_storage(
+            self.devstack.java(),
+            self.devstack.classpath,
+            props,
             *(arg for entry in scram for arg in ("--add-scram", entry)),
             what="formatting the secured Kafka's storage",
         )
@@ -288,108 +235,7 @@ class SecureKafka:
             "KAFKA_SASL_PASSWORD": passwords[CLIENT_USER],
             "KAFKA_SSL_CAFILE": str(self.ca_file),
         }
-        _write_private(
-            self.client_env, "".join(f"SEGMENTER_{k}={v}\n" for k, v in settings.items())
-        )
+        write_private(self.client_env, "".join(f"SEGMENTER_{k}={v}\n" for k, v in settings.items()))
 
     def _java_tool(self, main_class: str, *args: str, what: str) -> None:
-        result = subprocess.run(
-            [self.devstack.java(), "-cp", self.devstack.classpath, main_class, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise DevstackError(f"{what} failed:\n{result.stdout[-1500:]}{result.stderr[-1500:]}")
-
-
-def make_ca(name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """A self-signed CA certificate and its key (valid for ten years)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        _builder(subject, subject, key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def make_certificate(
-    ca_key: rsa.RSAPrivateKey,
-    ca_cert: x509.Certificate,
-    name: str,
-    dns: list[str],
-    ips: list[str],
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """A certificate for ``name`` (and the given DNS names and IPs) signed by the CA."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    alternative: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    alternative += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        _builder(subject, ca_cert.subject, key)
-        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def private_pem(key: rsa.RSAPrivateKey) -> bytes:
-    """The key as unencrypted PKCS#8 PEM (what Kafka's PEM key store reads)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def certificate_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _builder(
-    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-    )
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (it holds a key or a password)."""
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)
-
-
-def _api_versions_over_tls(port: int, ca_file: Path) -> bool:
-    request = (
-        (18).to_bytes(2, "big")  # api key: ApiVersions (allowed before authentication)
-        + (0).to_bytes(2, "big")
-        + (1).to_bytes(4, "big")
-        + (9).to_bytes(2, "big")
-        + b"devstack "
-    )
-    context = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
-        ):
-            sock.sendall(len(request).to_bytes(4, "big") + request)
-            header = sock.recv(4)
-            if len(header) < 4:
-                return False
-            body = sock.recv(int.from_bytes(header, "big"))
-            return len(body) >= 6 and int.from_bytes(body[4:6], "big") == 0
-    except (OSError, ssl.SSLError):
-        return False
+        java_tool(self.devstack.java(), self.devstack.classpath, main_class, *args, what=what)

@@ -12,9 +12,6 @@ to connect as ``segmenter`` (over TLS when there is TLS); no password is ever pr
 from __future__ import annotations
 
 import secrets
-import signal
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -22,9 +19,17 @@ from urllib.parse import quote
 
 import redis
 
-from streams.cli.devstack import START_TIMEOUT_SECONDS, Devstack, ServiceStatus
-from streams.cli.processes import DevstackError, pid_alive, reap, signal_group, wait_until
-from streams.cli.tls_files import TlsFiles, loopback_tls
+from streams.cli.devstack import Devstack, ServiceStatus, redis_config
+from streams.cli.processes import (
+    START_TIMEOUT_SECONDS,
+    DevstackError,
+    already_up,
+    recorded_pid,
+    start_detached,
+    stop_recorded,
+    wait_until,
+)
+from streams.cli.tls_files import TlsFiles, loopback_tls, write_private
 from streams.redis_client import acl_rules
 
 SECURE_REDIS_PORT: Final = 16390
@@ -78,8 +83,7 @@ class SecureRedis:
         if not path.exists():
             self.home.mkdir(parents=True, exist_ok=True)
             lines = [f"{user} {secrets.token_urlsafe(24)}" for user in ("default", USER)]
-            path.touch(mode=0o600)
-            path.write_text("\n".join(lines) + "\n")
+            write_private(path, "\n".join(lines) + "\n")
         return dict(line.split(" ", 1) for line in path.read_text().splitlines() if line)
 
     def admin(self) -> redis.Redis:
@@ -89,11 +93,7 @@ class SecureRedis:
     # -- running it -----------------------------------------------------------------------------
 
     def up(self, say: Callable[[str], None] = print) -> None:
-        if self.answers():
-            return
-        starting = self.own_pid()
-        if starting is not None:
-            wait_until(self.answers, starting, START_TIMEOUT_SECONDS, "secured Redis", [self.log])
+        if already_up(self.answers, self.own_pid, "secured Redis", [self.log]):
             return
         binary = self.devstack.redis_binary()
         (self.home / "tls-enabled").unlink(missing_ok=True)
@@ -109,17 +109,7 @@ class SecureRedis:
         self._write_client_env()
 
     def down(self, say: Callable[[str], None] = print) -> None:
-        pid = self.own_pid()
-        if pid is not None:
-            say(f"stopping the secured Redis (pid {pid}) ...")
-            signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while pid_alive(pid) and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.1)
-            if pid_alive(pid):
-                signal_group(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
+        stop_recorded(self.pid_file, b"-server", "the secured Redis", say, 30, 0.1)
 
     def status(self) -> ServiceStatus:
         what = "Redis with a password, ACL user segmenter" + (", TLS" if self.tls else ", no TLS")
@@ -134,37 +124,18 @@ class SecureRedis:
             return False
 
     def own_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if b"-server" in cmdline and pid_alive(pid) else None
+        return recorded_pid(self.pid_file, b"-server")
 
     def _start(self, binary: str, tls: bool) -> None:
-        config = self._write_config(tls)
-        with self.log.open("ab") as out:
-            proc = subprocess.Popen(
-                [binary, str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(str(proc.pid))
-        wait_until(self.answers, proc.pid, START_TIMEOUT_SECONDS, "secured Redis", [self.log])
+        pid = start_detached([binary, str(self._write_config(tls))], self.log, self.pid_file)
+        wait_until(self.answers, pid, START_TIMEOUT_SECONDS, "secured Redis", [self.log])
 
     def _write_config(self, tls: bool) -> Path:
         passwords = self.passwords()
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
         lines = [
-            f"port {self.port}",
-            "bind 127.0.0.1",
-            'save ""',
-            "appendonly no",
-            f"dir {data}",
-            "daemonize no",
+            *redis_config(self.port, data),
             f"requirepass {passwords['default']}",
             f"user {USER} on >{passwords[USER]} {acl_rules(self.prefix)}",
         ]
@@ -178,14 +149,12 @@ class SecureRedis:
                 "tls-auth-clients no",  # clients prove who they are with the ACL user
             ]
         config = self.home / "redis.conf"
-        config.touch(mode=0o600)
-        config.write_text("\n".join(lines) + "\n")
+        write_private(config, "\n".join(lines) + "\n")
         return config
 
     def _write_client_env(self) -> None:
-        path = self.home / "client.env"
-        path.touch(mode=0o600)
-        path.write_text(
+        write_private(
+            self.home / "client.env",
             f"SEGMENTER_REDIS_URL={self.url(USER, tls=self.tls)}\n"
-            f"SEGMENTER_REDIS_PREFIX={self.prefix}\n"
+            f"SEGMENTER_REDIS_PREFIX={self.prefix}\n",
         )
