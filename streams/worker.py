@@ -23,6 +23,7 @@ from config.settings import Settings
 from models.routing import marketing_transitions
 from models.rules import SegmentRules
 from models.scoring import Calibration
+from streams import framework
 from streams.app import create_app
 from streams.calibrations import read_calibrations
 from streams.refusals import refusal
@@ -31,6 +32,7 @@ from streams.topics import ensure_topics
 
 def run_worker(settings: Settings) -> None:
     """Run one worker until it is stopped (SIGINT/SIGTERM)."""
+    framework.check_versions()  # before anything connects: an untested Faust never starts
     logging.config.dictConfig(logging_config(settings))
     rules, report = load_checked_rules(settings.rules_file)
     note = report.unreached_note()  # quantile mode: a calibration may reach them

@@ -146,7 +146,12 @@ def test_an_untested_faust_is_refused_with_one_line_naming_the_versions(
     monkeypatch.setattr(
         framework, "_installed", lambda name: "0.16.0" if name == "faust-streaming" else None
     )
-    result = CliRunner().invoke(main, ["worker"])
+    # a broker that does not answer: refused before anything connects
+    env = {
+        "SEGMENTER_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "SEGMENTER_STARTUP_TIMEOUT_SECONDS": "0",
+    }
+    result = CliRunner().invoke(main, ["worker"], env=env)
     assert result.exit_code == 1
     assert "faust-streaming 0.16.0 (tested: 0.15.x)" in result.output
     assert "Traceback" not in result.output
