@@ -41,6 +41,16 @@ class Log(list[tuple[str, Any]]):
         return lambda _index: setattr(self, "batch", batch)
 
 
+def _delivery(manual: bool, pending: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+    """A delivery acknowledged at once, or (``manual``) kept in ``pending`` to be by hand."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if manual:
+        pending.append(future)
+    else:
+        future.set_result(None)
+    return future
+
+
 class Outbox:
     """Holds records until ``send``; logs ("send", event id) per record sent. Deliveries are
     acknowledged at once, or (``manual``) only when ``ack_all`` is called."""
@@ -66,12 +76,7 @@ class Outbox:
 
     def _sent(self, value: bytes | None) -> asyncio.Future[None]:
         self.log.append(("send", orjson.loads(value or b"{}")["event_id"]))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.manual:
-            self.pending.append(future)
-        else:
-            future.set_result(None)
-        return future
+        return _delivery(self.manual, self.pending)
 
     def ack_all(self) -> None:
         for future in self.pending:
@@ -90,12 +95,7 @@ class Topic:
 
     async def send(self, key: Any, value: Any, headers: Any = None) -> asyncio.Future[None]:
         self.sent.append((key, value))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.manual:
-            self.pending.append(future)
-        else:
-            future.set_result(None)
-        return future
+        return _delivery(self.manual, self.pending)
 
 
 Row = tuple[int, bytes, bytes]
