@@ -7,7 +7,6 @@ import gc
 import logging
 import logging.config
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from models.scoring import Calibration
 from streams import framework
 from streams.app import create_app
 from streams.calibrations import read_calibrations
+from streams.local_store import lock_data_dir, trust_local_store
 from streams.refusals import refusal
 from streams.topics import ensure_topics
 
@@ -33,38 +33,39 @@ from streams.topics import ensure_topics
 def run_worker(settings: Settings) -> None:
     """Run one worker until it is stopped (SIGINT/SIGTERM)."""
     framework.check_versions()  # before anything connects: an untested Faust never starts
-    logging.config.dictConfig(logging_config(settings))
-    rules, report = load_checked_rules(settings.rules_file)
-    note = report.unreached_note()  # quantile mode: a calibration may reach them
-    if note:
-        logging.getLogger(__name__).warning("rule set %s: %s", rules.version, note)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    partitions, calibrations = loop.run_until_complete(_prepare(settings, rules))
-    segmenter = create_app(settings, rules, partitions, calibrations)
-    tune_collector()
-    logging.getLogger(__name__).info(
-        "worker for %s: %d partitions, rules %s, %s clock",
-        settings.orders_topic,
-        partitions,
-        rules.version,
-        settings.clock,
-    )
-    clean = _trust_local_store(settings, Path(segmenter.app.conf.tabledir))
-    worker = ServiceWorker(
-        segmenter.app,
-        loop=loop,
-        loglevel=settings.log_level.upper(),
-        logging_config=logging_config(settings),
-        quiet=True,  # no banner on stdout: logs only
-    )
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exit_:
-        if exit_.code in (0, None):  # stopped: the store and its changelog agree
-            clean.parent.mkdir(parents=True, exist_ok=True)
-            clean.touch()
-        raise
+    with lock_data_dir(settings.data_dir):  # one worker per data directory
+        logging.config.dictConfig(logging_config(settings))
+        rules, report = load_checked_rules(settings.rules_file)
+        note = report.unreached_note()  # quantile mode: a calibration may reach them
+        if note:
+            logging.getLogger(__name__).warning("rule set %s: %s", rules.version, note)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        partitions, calibrations = loop.run_until_complete(_prepare(settings, rules))
+        segmenter = create_app(settings, rules, partitions, calibrations)
+        tune_collector()
+        logging.getLogger(__name__).info(
+            "worker for %s: %d partitions, rules %s, %s clock",
+            settings.orders_topic,
+            partitions,
+            rules.version,
+            settings.clock,
+        )
+        clean = trust_local_store(settings, Path(segmenter.app.conf.tabledir))
+        worker = ServiceWorker(
+            segmenter.app,
+            loop=loop,
+            loglevel=settings.log_level.upper(),
+            logging_config=logging_config(settings),
+            quiet=True,  # no banner on stdout: logs only
+        )
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exit_:
+            if exit_.code in (0, None):  # stopped: the store and its changelog agree
+                clean.parent.mkdir(parents=True, exist_ok=True)
+                clean.touch()
+            raise
 
 
 def tune_collector() -> None:
@@ -89,27 +90,6 @@ class ServiceWorker(faust.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spinner = None
-
-
-CLEAN_SHUTDOWN = "clean-shutdown"
-
-
-def _trust_local_store(settings: Settings, tabledir: Path) -> Path:
-    """Keep the local table store only if the last worker on it stopped cleanly.
-
-    A worker killed mid-batch can leave states in the local store whose changelog records
-    were never acknowledged; the records that made them are replayed, find them applied, and
-    would never send them again. Like Kafka Streams without a checkpoint, the store is then
-    rebuilt from the changelog. Returns the marker to write on a clean stop."""
-    marker = settings.data_dir / CLEAN_SHUTDOWN
-    if tabledir.exists() and not marker.exists():
-        logging.getLogger(__name__).warning(
-            "the last worker on %s did not stop cleanly: rebuilding its tables from the changelog",
-            settings.data_dir,
-        )
-        shutil.rmtree(tabledir)
-    marker.unlink(missing_ok=True)
-    return marker
 
 
 def logging_config(settings: Settings) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from config.rules import RulesError
 from config.settings import Settings
 from models.events import CONTROL_CHARACTERS
 from streams.framework import UnsupportedFramework
+from streams.local_store import DataDirInUse
 from streams.refusals import refusal
 from streams.topics import TopicsError
 
@@ -67,7 +68,7 @@ class Commands(click.Group):
             if exc.title != Settings.__name__:  # a record's, not the settings'
                 raise
             raise click.ClickException(f"invalid SEGMENTER_* settings: {_problems(exc)}") from exc
-        except (RulesError, TopicsError, UnsupportedFramework) as exc:
+        except (RulesError, TopicsError, UnsupportedFramework, DataDirInUse) as exc:
             raise click.ClickException(str(exc)) from exc
         except KafkaError as exc:
             refused = asyncio.run(refusal(Settings(), exc))
