@@ -3,6 +3,7 @@ the message and the source position in headers (the Kafka Connect convention).""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,35 @@ def dlq_headers(reason: str, message: str, source: SourceRecord) -> dict[str, by
     return headers
 
 
+# A dead letter's key and value together stay under this many bytes: the producer refuses a
+# request over 1,000,000 bytes (Faust's default), and a record that cannot be dead-lettered
+# would fail its batch again at every restart. A larger record keeps its first ``KEPT_BYTES``
+# bytes, with its original size and SHA-256 in headers (it cannot be sent back whole).
+MAX_DEAD_LETTER_BYTES = 900_000
+KEPT_BYTES = 65_536
+TRUNCATED_FROM = f"{HEADER_PREFIX}truncated_from"
+ORIGINAL_SHA256 = f"{HEADER_PREFIX}original_sha256"
+
+
+def within_limit(
+    source: SourceRecord, message: str
+) -> tuple[bytes | None, bytes | None, str, dict[str, bytes]]:
+    """The key, value, message and extra headers a dead letter of ``source`` is sent with:
+    the record as it is, or, past ``MAX_DEAD_LETTER_BYTES``, its first ``KEPT_BYTES`` bytes."""
+    key, value = source.key, source.value
+    size = len(key or b"") + len(value or b"")
+    if size <= MAX_DEAD_LETTER_BYTES:
+        return key, value, message, {}
+    extra = {
+        TRUNCATED_FROM: str(size).encode(),
+        ORIGINAL_SHA256: hashlib.sha256(value or b"").hexdigest().encode(),  # of the value
+    }
+    note = f" (the record's {size} bytes are kept as their first {KEPT_BYTES} of key and value)"
+    kept_key = None if key is None else key[:KEPT_BYTES]
+    kept_value = None if value is None else value[:KEPT_BYTES]
+    return kept_key, kept_value, message + note, extra
+
+
 class DeadLetters:
     """Sends rejected records to the dead-letter topic; ``on_reason`` counts them."""
 
@@ -73,9 +103,11 @@ class DeadLetters:
         self._on_reason = on_reason
 
     async def send(self, source: SourceRecord, reason: str, message: str) -> Any:
-        """Publish the record unchanged, with the reason in its headers; returns the delivery
-        (awaitable: resolves once the broker has acknowledged the record)."""
+        """Publish the record unchanged (or, past ``MAX_DEAD_LETTER_BYTES``, its beginning), with
+        the reason in its headers; returns the delivery (awaitable: resolves once the broker
+        has acknowledged the record)."""
         self._on_reason(reason)
+        key, value, message, extra = within_limit(source, message)
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
             source.topic,
@@ -90,9 +122,8 @@ class DeadLetters:
                 "reason": reason,
             },
         )
-        return await self._topic.send(
-            key=source.key, value=source.value, headers=dlq_headers(reason, message, source)
-        )
+        headers = {**dlq_headers(reason, message, source), **extra}
+        return await self._topic.send(key=key, value=value, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -112,6 +143,8 @@ class DeadLetter:
     failed_at: str
     # The dead letter this record was sent back from (``segmenter dead-letters --redrive``).
     redriven_from: str = ""
+    # The original size of a record kept truncated (None: kept whole).
+    truncated_from: int | None = None
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
@@ -138,6 +171,7 @@ class DeadLetter:
             source_offset=number("offset"),
             failed_at=header("failed_at"),
             redriven_from=(headers.get(REDRIVEN_FROM) or b"").decode("utf-8", "replace"),
+            truncated_from=number("truncated_from"),
         )
 
     def position(self, dlq_topic: str) -> str:
@@ -156,6 +190,7 @@ class DeadLetter:
             },
             "dlq": {"partition": self.partition, "offset": self.offset},
             "redriven_from": self.redriven_from or None,
+            "truncated_from": self.truncated_from,
             "key": _text(self.key),
             "value": _text(self.value),
         }
@@ -176,6 +211,11 @@ def redrive_headers(letter: DeadLetter, dlq_topic: str) -> list[tuple[str, bytes
 def to_redrive(letters: list[DeadLetter], dlq_topic: str) -> list[DeadLetter]:
     """The dead letters to send back: all but those sent back before that failed again (a
     later dead letter names them in ``redriven_from``; the later one is sent instead), so that
-    running a redrive again does not send a record twice over."""
+    running a redrive again does not send a record twice over, and those kept truncated
+    (they cannot be sent back whole)."""
     again = {letter.redriven_from for letter in letters if letter.redriven_from}
-    return [letter for letter in letters if letter.position(dlq_topic) not in again]
+    return [
+        letter
+        for letter in letters
+        if letter.position(dlq_topic) not in again and letter.truncated_from is None
+    ]

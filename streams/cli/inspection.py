@@ -169,7 +169,11 @@ def dead_letters(reasons: tuple[str, ...], limit: int, as_json: bool, redrive: b
             letter for letter in to_redrive(letters, settings.dlq_topic) if letter.reason in reasons
         ]
         sent, skipped = asyncio.run(_redrive(settings, chosen))
-        out.print(f"sent {sent} dead letters back to their topics ({skipped} without a source)")
+        truncated = sum(1 for x in letters if x.reason in reasons and x.truncated_from is not None)
+        out.print(
+            f"sent {sent} dead letters back to their topics ({skipped} without a source; "
+            f"{truncated} kept truncated, which cannot be sent back whole)"
+        )
         return
     selected.sort(key=lambda letter: letter.failed_at)
     shown = selected[-limit:] if limit else selected

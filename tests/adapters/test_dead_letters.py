@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from streams.dlq import (
+    KEPT_BYTES,
+    MAX_DEAD_LETTER_BYTES,
+    ORIGINAL_SHA256,
     REASONS,
     REDRIVEN_FROM,
+    TRUNCATED_FROM,
     DeadLetter,
+    DeadLetters,
     SourceRecord,
     dlq_headers,
     redrive_headers,
@@ -85,3 +92,52 @@ def test_every_reason_the_code_dead_letters_for_is_known_and_documented() -> Non
     # the metric has every reason from the start (an alert on its increase sees the first one)
     samples = WorkerMetrics().dead_letters.collect()[0].samples
     assert {s.labels["reason"] for s in samples if s.name.endswith("_total")} == set(REASONS)
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, Any, dict[str, bytes]]] = []
+
+    async def send(self, key: Any, value: Any, headers: dict[str, bytes]) -> None:
+        self.records.append((key, value, headers))
+
+
+async def test_a_record_too_large_for_the_producer_is_dead_lettered_truncated_and_named() -> None:
+    """A record near the broker's limit (the producer refuses over 1,000,000 bytes) is kept as
+    its beginning, with its size and hash: it reaches the dead-letter topic instead of failing
+    its batch at every restart."""
+    value = b'{"type": "order_placed", "pad": "' + b"x" * 1_000_100 + b'"}'
+    topic = _Sent()
+    await DeadLetters(topic).send(
+        SourceRecord(b"c1", value, "orders", 0, 5), "too_large", "order event too large"
+    )
+    ((key, kept, headers),) = topic.records
+    assert key == b"c1" and kept == value[:KEPT_BYTES]
+    assert headers[TRUNCATED_FROM] == str(len(value) + 2).encode()
+    assert headers[ORIGINAL_SHA256] == hashlib.sha256(value).hexdigest().encode()
+    assert len(key) + len(kept) + sum(len(v) for v in headers.values()) < 1_000_000
+    assert b"kept as their first 65536" in headers["segmenter.dlq.message"]
+
+
+async def test_a_record_within_the_limit_is_dead_lettered_whole() -> None:
+    value = b"x" * MAX_DEAD_LETTER_BYTES
+    topic = _Sent()
+    await DeadLetters(topic).send(SourceRecord(b"", value, "orders", 0, 5), "too_large", "big")
+    ((_, kept, headers),) = topic.records
+    assert kept == value and TRUNCATED_FROM not in headers
+
+
+def test_a_truncated_dead_letter_reads_back_as_such_and_is_not_redriven() -> None:
+    headers = [
+        ("segmenter.dlq.reason", b"too_large"),
+        ("segmenter.dlq.topic", b"orders"),
+        ("segmenter.dlq.partition", b"0"),
+        ("segmenter.dlq.offset", b"5"),
+        (TRUNCATED_FROM, b"1000103"),
+    ]
+    whole = SimpleNamespace(offset=0, partition=0, key=b"k", value=b"{", headers=headers[:4])
+    cut = SimpleNamespace(offset=1, partition=0, key=b"k", value=b"{", headers=headers)
+    letters = [DeadLetter.from_record(whole), DeadLetter.from_record(cut)]
+    assert [letter.truncated_from for letter in letters] == [None, 1_000_103]
+    assert letters[1].as_json()["truncated_from"] == 1_000_103
+    assert to_redrive(letters, "orders-dlq") == letters[:1]
