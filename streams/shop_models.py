@@ -24,11 +24,15 @@ class Privacy:
     consent_required: bool = False
     secret: bytes | None = None
 
+    def stored_id(self, shop_id: str, customer_id: str) -> str:
+        """The id a customer is stored under: its pseudonym if a secret is set."""
+        return customer_id if self.secret is None else pseudonym(self.secret, shop_id, customer_id)
+
     def identify(self, event: E) -> E:
         """The event with the customer id replaced by its pseudonym, if a secret is set."""
         if self.secret is None:
             return event
-        alias = pseudonym(self.secret, event.shop_id, event.customer_id)  # type: ignore[attr-defined]
+        alias = self.stored_id(event.shop_id, event.customer_id)  # type: ignore[attr-defined]
         return event.model_copy(update={"customer_id": alias})  # type: ignore[attr-defined]
 
     def marker(self, shop_id: str, customer_id: str) -> bytes:

@@ -16,14 +16,11 @@ from rich.table import Table
 from config.rules import load_rules
 from config.settings import Settings
 from models.events import order_event_json_schema
-from models.privacy import pseudonym
-from models.rules import SegmentRules
-from models.scoring import Calibration
-from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics, state_key
 from streams.cli.group import console, literal, load_settings, main, out, progress_bar
 from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache
+from streams.shop_models import Privacy, ShopModels
 
 T = TypeVar("T")
 
@@ -42,9 +39,7 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
         stored = asyncio.run(read_table(settings)).get(state_key(shop, ref))
         if stored is None:
             raise click.ClickException(f"no state for customer {customer_id!r} in shop {shop!r}")
-        loaded = load_rules(settings.rules_file)
-        calibrations = _calibrations(settings)
-        sys.stdout.write(_state_json(stored.state, loaded, calibrations).decode() + "\n")
+        sys.stdout.write(_state_json(stored.state, _shop_models(settings)).decode() + "\n")
         return
 
     ref = _customer_ref(settings, shop, customer_id)
@@ -76,24 +71,27 @@ def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) 
     return asyncio.run(run())
 
 
-def _state_json(
-    state: CustomerState, rules: SegmentRules, calibrations: dict[str, Calibration]
-) -> bytes:
-    """A customer's stored state plus the figures derived from it, as JSON."""
+def _state_json(state: CustomerState, models: ShopModels) -> bytes:
+    """A customer's stored state plus the figures derived from it, as JSON: scored with the
+    calibration the worker uses for the shop (a published one only in quantile mode)."""
     at = state.as_of
-    calibration = calibrations.get(state.shop_id) or bootstrap_calibration(rules, state.shop_id)
+    model = models.model_for(state.shop_id)
     body = state.model_dump(mode="json")
     body["category_spend"] = state.category_spend()
     body["metrics"] = (
-        compute_metrics(state, at, rules, calibration).model_dump(mode="json") if at else None
+        compute_metrics(state, at, model.rules, model.calibration).model_dump(mode="json")
+        if at
+        else None
     )
     return orjson.dumps(body)
 
 
-def _calibrations(settings: Settings) -> dict[str, Calibration]:
+def _shop_models(settings: Settings) -> ShopModels:
+    """The shops' models as a worker with these settings has them."""
     from streams.calibrations import read_calibrations
 
-    return asyncio.run(read_calibrations(settings))
+    calibrations = asyncio.run(read_calibrations(settings))
+    return ShopModels(load_rules(settings.rules_file), calibrations)
 
 
 @main.command()
@@ -109,10 +107,9 @@ def export() -> None:
             progress.update(task, completed=done, total=total)
 
         table = asyncio.run(read_table(settings, advance))
-    loaded = load_rules(settings.rules_file)
-    calibrations = _calibrations(settings)
+    models = _shop_models(settings)
     for stored in table.values():
-        sys.stdout.write(_state_json(stored.state, loaded, calibrations).decode() + "\n")
+        sys.stdout.write(_state_json(stored.state, models).decode() + "\n")
     console.print(f"exported {len(table)} customers")
 
 
@@ -130,9 +127,8 @@ def segments(shop: str) -> None:
 
 
 def _customer_ref(settings: Settings, shop: str, customer_id: str) -> str:
-    """The id the customer is stored under: its pseudonym when a secret is configured."""
-    secret = settings.secret
-    return pseudonym(secret, shop, customer_id) if secret else customer_id
+    """The id the customer is stored under (the worker's privacy policy)."""
+    return Privacy(secret=settings.secret).stored_id(shop, customer_id)
 
 
 @main.command("dead-letters")

@@ -155,3 +155,38 @@ def test_an_untested_faust_is_refused_with_one_line_naming_the_versions(
     assert result.exit_code == 1
     assert "faust-streaming 0.16.0 (tested: 0.15.x)" in result.output
     assert "Traceback" not in result.output
+
+
+def test_customer_json_scores_with_the_calibration_the_worker_uses() -> None:
+    """A published calibration counts only in quantile mode, as in the worker: in fixed mode
+    the rule file's cut-offs score the customer."""
+    import orjson
+
+    from config.rules import load_rules
+    from models.frozen import evolve
+    from models.scoring import Calibration
+    from models.segment_model import bootstrap_calibration
+    from models.state import compute_metrics
+    from streams.cli.inspection import _state_json
+    from streams.shop_models import ShopModels
+    from tests.factories import placed
+    from tests.unit.core import fold
+
+    rules = load_rules()
+    base = bootstrap_calibration(rules, "default")
+    high = (10**9, 2 * 10**9, 3 * 10**9, 4 * 10**9)  # nobody reaches m above 1
+    published = Calibration(
+        shop_id="default",
+        version="q-test",
+        method="quantile",
+        cutoffs=base.cutoffs.model_copy(update={"monetary": high}),
+    )
+    state, _ = fold([placed("c1", "o1", 0, total=90_000), placed("c1", "o2", 5, total=90_000)])
+    for mode, calibration in (("fixed", base), ("quantile", published)):
+        ruled = evolve(rules, scoring=evolve(rules.scoring, mode=mode))
+        shown = orjson.loads(_state_json(state, ShopModels(ruled, {"default": published})))
+        expected = compute_metrics(state, state.as_of, ruled, calibration)
+        assert shown["metrics"] == orjson.loads(orjson.dumps(expected.model_dump(mode="json")))
+    assert compute_metrics(state, state.as_of, rules, base) != compute_metrics(
+        state, state.as_of, rules, published
+    )  # the two calibrations do score this customer differently
