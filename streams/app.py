@@ -151,11 +151,19 @@ def _agent(app: faust.App, settings: Settings, processor: Processor) -> None:
                     for event in events:
                         intake.ack(app, event)
 
+                def still_ours(events: Any = events) -> bool:
+                    return intake.current(app, events)
+
                 try:
-                    await processor.on_batch(items, activate, written)
-                except Exception:
+                    # A failed record is retried, then dead-lettered; a failed dependency is
+                    # waited for (streams.failures): the batch goes through, or is given up
+                    # when a rebalance took its partitions (their new owner reads it again).
+                    outcome = await processor.on_batch(items, activate, written, still_ours)
+                except BaseException:
                     intake.forget(app, events)  # failed: nothing of it is acknowledged
                     raise
+                if outcome is None:
+                    intake.forget(app, events)
         finally:  # stopping, or restarted on a rebalance: the last batch's commit finishes first
             await processor.drain()
 

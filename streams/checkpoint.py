@@ -35,6 +35,7 @@ from models.events import Metrics
 from models.state import CustomerState
 from streams.codecs import encode_stored
 from streams.dlq import SourceRecord
+from streams.failures import RecordFailed, backoff, disk_full
 from streams.sink import TransitionSink
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,13 @@ class Change:
     # the customer), computed with the state: the evaluation that decided it has them at hand.
     figures: Metrics | None
     emitted_at: datetime | None = None
+    _stored: bytes | None = field(default=None, repr=False)
 
     def stored(self) -> bytes:
-        """The table value."""
-        return encode_stored(self.partition, self.state, self.due)
+        """The table value (encoded once)."""
+        if self._stored is None:
+            self._stored = encode_stored(self.partition, self.state, self.due)
+        return self._stored
 
 
 @dataclass
@@ -123,6 +127,10 @@ class Checkpoint:
         # The previous batch while it is being committed, and the task committing it.
         self._committing: Batch | None = None
         self._committer: asyncio.Task[None] | None = None
+        # The local store could not be written for lack of space: the commit waits and tries
+        # again (``/readyz`` answers 503 meanwhile) instead of failing.
+        self.disk_full = False
+        self.wait: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
     async def run(
         self,
@@ -144,7 +152,10 @@ class Checkpoint:
                 if index and not index % RECORDS_PER_TURN:
                     await asyncio.sleep(0)  # the last batch's commit, the fetcher, the producer
                 activate(index)
-                await handler(record)
+                try:
+                    await handler(record)
+                except Exception as exc:  # the batch is processed again (streams.failures)
+                    raise RecordFailed(index, record, exc) from exc
         except BaseException:  # stopped or failed: processed again, its transitions with it
             batch.status = Status.FAILED
             self.sink.discard()
@@ -200,7 +211,7 @@ class Checkpoint:
                 await self.cache.remove(state.shop_id, state.customer_id)
             else:
                 writes.append((state, change.figures))
-        self.store.put_many(
+        await self._put(
             [(c.partition, key.encode(), c.stored()) for key, c in changes.items() if c.changed]
         )
         # In the table now: later batches read the states from there. (Not emptied before:
@@ -211,6 +222,28 @@ class Checkpoint:
         # the batch before its offsets are acknowledged: a crash after that replays nothing,
         # so the states must not be only in the local store.
         await asyncio.gather(self.cache.write(writes), self.store.durable())
+
+    async def _put(self, rows: list[Row]) -> None:
+        """Step 2; on a full disk, tried again with a backoff until there is room (a worker
+        that exits instead deletes its store at the restart and fills the disk again with its
+        rebuild). The rows are the same at every attempt: written twice, nothing changes."""
+        attempt = 1
+        while True:
+            try:
+                self.store.put_many(rows)
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                attempt += 1
+                if not self.disk_full:
+                    log.error("the local store's disk is full: writes wait for room: %s", exc)
+                self.disk_full = True
+                await self.wait(backoff(attempt))
+                continue
+            if self.disk_full:
+                log.warning("the local store's disk has room again: writes go on")
+            self.disk_full = False
+            return
 
     def _committer_done(self, committer: asyncio.Task[None]) -> None:
         """A failed commit is reported at once: the next batch may be long in coming (the

@@ -30,6 +30,8 @@ REASONS = (
     "key_mismatch",
     "currency_mismatch",
     "processing_error",
+    "repeated_failure",  # processing raised at every attempt (streams.failures)
+    "state_too_large",  # the customer's state or a transition would exceed a record's size
 )
 
 

@@ -44,9 +44,10 @@ from streams.codecs import (
     encode_receipt,
 )
 from streams.dlq import DeadLetters, SourceRecord
+from streams.failures import dependency_failure
 from streams.metrics import WorkerMetrics
 from streams.shop_models import ShopModels
-from streams.sink import TransitionSink
+from streams.sink import RecordTooLarge, TransitionSink, check_size
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class Handlers:
             await self._dead_letter(record, exc.reason, str(exc))
             return
         except Exception as exc:  # a bug on one record must not stop the stream: park it, loudly
+            if dependency_failure(exc):  # the store or Redis, not the record: tried again
+                raise
             log.exception(
                 "processing %s[%d]@%d failed",
                 record.topic,
@@ -160,9 +163,13 @@ class Handlers:
             )
             await self._dead_letter(record, "processing_error", repr(exc))
             return
+        try:
+            await self._save(partition, new_state, transitions, previous=state)
+        except RecordTooLarge as exc:  # the customer goes on without this order
+            await self._dead_letter(record, "state_too_large", str(exc))
+            return
         if waits_for_its_order(state, new_state, order):
             self._unmatched(record, order.type, order.order_id)
-        await self._save(partition, new_state, transitions, previous=state)
 
     def _unmatched(self, record: SourceRecord, kind: str, order_id: str) -> None:
         """A cancellation or refund of an order not seen yet: it waits in the state for its
@@ -324,20 +331,24 @@ class Handlers:
         state goes to Redis again but not to the table: a record processed again after a crash
         can find its effect already in the table while the crash lost the Redis write (or left
         it pending)."""
-        emitted_at = self.outputs.sink.stage(transitions)
-        if previous is None:
-            self.customers += 1
         changed = previous is None or state.revision != previous.revision
         model = self.models.model_for(state.shop_id)
         consenting = consented(state, model.consent_required)
-        # The next due time, scheduled at once (later records of the batch may reach it) and
-        # stored with the state.
+        # The next due time, scheduled (below) at once: later records of the batch may reach
+        # it; and stored with the state.
         due = next_due(state, model) if consenting else None
+        change = Change(partition, state, due, changed, None)
+        if changed:  # too large to write: refused before anything of it is staged
+            key = state.key
+            check_size(f"the state of customer {key}", key.encode(), change.stored())
+        emitted_at = self.outputs.sink.stage(transitions)
+        if previous is None:
+            self.customers += 1
         self.clock.index.schedule(partition, state.key, due)
         earlier = self.checkpoint.earlier_emission(state.key)
-        emitted = emitted_at if transitions or earlier is None else earlier
-        figures = cache_figures(state, model, emitted) if consenting else None
-        self.checkpoint.stage(state.key, Change(partition, state, due, changed, figures, emitted))
+        change.emitted_at = emitted_at if transitions or earlier is None else earlier
+        change.figures = cache_figures(state, model, change.emitted_at) if consenting else None
+        self.checkpoint.stage(state.key, change)
 
     # -- decoding and rejects -------------------------------------------------------------------
 
@@ -357,6 +368,10 @@ class Handlers:
 
     async def _dead_letter(self, record: SourceRecord, reason: str, message: str) -> None:
         self.checkpoint.track(await self.outputs.dead_letters.send(record, reason, message))
+
+    async def dead_letter(self, record: SourceRecord, reason: str, message: str) -> None:
+        """Dead-letter a record in place of processing it (a record that keeps failing)."""
+        await self._dead_letter(record, reason, message)
 
 
 def cache_figures(

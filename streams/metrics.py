@@ -52,6 +52,16 @@ class WorkerMetrics:
             "partitioner gives their key",
             registry=r,
         )
+        self.record_failures = Counter(
+            "segmenter_record_failures_total",
+            "Failed attempts at processing a batch, by what failed: a record (dead-lettered "
+            "after a few attempts) or a dependency (Redis, the broker, the local disk: retried "
+            "until it answers)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("record", "dependency"):
+            self.record_failures.labels(kind)
         self.skipped_erased = Counter(
             "segmenter_skipped_erased_total",
             "Orders of an erased customer skipped (a fresh state starts only with new consent)",

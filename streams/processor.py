@@ -18,6 +18,7 @@ from streams.checkpoint import Checkpoint, Handler
 from streams.clock import Clock
 from streams.codecs import decode_header, decode_stored
 from streams.dlq import SourceRecord
+from streams.failures import Outcome, Retries
 from streams.handlers import Handlers, cache_figures
 from streams.metrics import WorkerMetrics
 from streams.shop_models import ShopModels
@@ -38,6 +39,26 @@ class Processor:
         self.on_consent = handlers.on_consent
         self.on_erasure = handlers.on_erasure
         self.on_tick = handlers.on_tick
+        metrics = self.metrics
+        self.retries = Retries(
+            handlers.dead_letter, lambda kind: metrics.record_failures.labels(kind).inc()
+        )
+        metrics.callback_gauge(
+            "segmenter_stuck_partitions",
+            "Input partitions whose batch is being retried after a failure (a record failing "
+            "again and again, or Redis, the broker or the local disk not answering)",
+            lambda: len(self.retries.stuck),
+        )
+        metrics.callback_gauge(
+            "segmenter_disk_full",
+            "1 while the local store cannot be written for lack of space (writes wait)",
+            lambda: float(self.disk_full),
+        )
+
+    @property
+    def disk_full(self) -> bool:
+        """The local store cannot be written for lack of space: processing waits for room."""
+        return self.checkpoint.disk_full or self.retries.disk_full
 
     @property
     def customers(self) -> int:
@@ -49,8 +70,15 @@ class Processor:
         items: Sequence[tuple[SourceRecord, Handler]],
         activate: Callable[[int], None],
         written: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        await self.checkpoint.run(items, activate, written)
+        still_ours: Callable[[], bool] = lambda: True,
+    ) -> Outcome | None:
+        """Process a batch, with retries (``streams.failures``); None if its partitions were
+        taken away while it was retried."""
+
+        async def process(batch: Sequence[tuple[SourceRecord, Handler]]) -> None:
+            await self.checkpoint.run(batch, activate, written)
+
+        return await self.retries.run(process, items, still_ours)
 
     async def drain(self) -> None:
         await self.checkpoint.drain()

@@ -21,6 +21,30 @@ from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+# The most a record the worker writes (a transition, a customer's table value) may hold, key
+# and value: the producer sends requests of up to 1,000,000 bytes and a broker with default
+# limits takes batches of up to 1,048,588; headers and framing fit in what is left. A larger
+# one would fail its batch at every attempt, so it is refused before it is staged, and the
+# input that would have caused it is dead-lettered (``state_too_large``).
+MAX_RECORD_BYTES = 900_000
+
+
+class RecordTooLarge(ValueError):
+    """A record the worker would write is larger than ``MAX_RECORD_BYTES``."""
+
+    def __init__(self, what: str, size: int) -> None:
+        super().__init__(
+            f"{what} would be a record of {size} bytes, more than {MAX_RECORD_BYTES} bytes"
+        )
+        self.size = size
+
+
+def check_size(what: str, key: bytes, value: bytes) -> None:
+    """Raise ``RecordTooLarge`` if the record would be too large to send."""
+    size = len(key) + len(value)
+    if size > MAX_RECORD_BYTES:
+        raise RecordTooLarge(what, size)
+
 
 class Outbox(Protocol):
     """Records held for the producer (``streams.framework.outbox.Outbox``)."""
@@ -54,20 +78,25 @@ class TransitionSink:
     def stage(self, transitions: list[Transition], force: bool = False) -> datetime:
         """Hold transitions for the transitions topic and the marketing topics (``force``: to
         marketing whatever the backfill setting: an erasure must reach downstream); returns
-        the emission time."""
+        the emission time. Raises ``RecordTooLarge`` (and stages nothing) if one of them
+        would be too large to send."""
         emitted_at = datetime.now(UTC)
         debug = log.isEnabledFor(logging.DEBUG)
         route, topics = self.routing, self.topics
         metrics = self.metrics
-        for transition in transitions:
+        records = []
+        for transition in transitions:  # all checked before any is staged
+            key = transition.customer_id.encode()
+            value = encode_transition(transition, emitted_at, route.backfill)
+            check_size(f"transition {transition.event_id}", key, value)
+            records.append((key, value))
+        for transition, (key, value) in zip(transitions, records, strict=True):
             metrics.labelled(
                 metrics.transitions, transition.transition, transition.cause.kind
             ).inc()
             if not route.backfill:
                 delay = (emitted_at - transition.event_time).total_seconds()
                 metrics.transition_delay.observe(max(delay, 0.0))
-            key = transition.customer_id.encode()
-            value = encode_transition(transition, emitted_at, route.backfill)
             self.outbox.add(topics.transitions, key, value)
             if debug:  # no log record is built per transition unless asked for
                 log.debug(

@@ -174,13 +174,15 @@ def _views(
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        """Recovery finished, the broker and Redis reachable: ready for traffic."""
+        """Recovery finished, the broker and Redis reachable, the local disk not full: ready
+        for traffic."""
         checks = {
             "recovered": recovery.completed.is_set()
             and not recovery.in_recovery
             and not app.rebalancing,
             "broker": await broker(),
             "redis": await cache.ping(),
+            "disk": not processor.disk_full,
         }
         ready = all(checks.values())
         return web.json({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -15,6 +15,12 @@ flow, is skipped (it is neither processed nor acknowledged; the new assignment r
 again), and every other event is tracked as unacknowledged, which makes a rebalance or a
 shutdown wait for its acknowledgement (``ack``); Faust's monitor learns when each partition's
 stream last took an event (its stall detector reads it).
+
+Which offsets were never delivered is recorded here too (``Positions``), exactly: a commit may
+pass those (a compacted record, a transaction marker), and nothing else that was not
+acknowledged (see ``streams.framework.patches.next_commit``). Faust's own record of them
+counted the record after a jump as never delivered as well, and missed a jump right after the
+committed offset.
 """
 
 from __future__ import annotations
@@ -94,12 +100,64 @@ def _add(app: Any, batch: list[Any], event: Any) -> None:
     """As Faust's stream takes an event in: skipped when of another generation or while the
     flow is held; otherwise tracked until acknowledged."""
     message = event.message
+    consumer = app.consumer
     if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+        if message.generation_id == app.consumer_generation_id:
+            Positions.of(consumer).skipped(message.tp, message.generation_id)
         return
     if not message.tracked and app.topics.acks_enabled_for(message.topic):
         message.tracked = True
-        app.consumer.track_message(message)
+        consumer.track_message(message)
+        Positions.of(consumer).delivered(message.tp, message.generation_id, message.offset)
     batch.append(event)
+
+
+class Positions:
+    """Per input partition, the offset after the last one delivered to the agent in the
+    consumer's current generation, and the offsets never delivered, which a commit may pass.
+
+    A generation's first record is compared with the partition's committed offset (where the
+    rebalance sought it); every later one with the record before it. Offsets in between were
+    not in the fetch (compacted away, transaction markers): recorded in the consumer's gaps,
+    which ``next_commit`` counts as done. An event skipped in the current generation (taken
+    while the flow was held) makes the partition's position unknown until the next generation:
+    no gap is recorded past it, and the commit waits for the rebalance that reads it again.
+    With no committed offset yet, a generation's first delivered offset is where commits must
+    start (``first``)."""
+
+    __slots__ = ("consumer", "first", "next")
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.next: dict[Any, tuple[int, int | None]] = {}
+        self.first: dict[Any, int] = {}
+
+    @classmethod
+    def of(cls, consumer: Any) -> Positions:
+        positions: Positions | None = getattr(consumer, "_segmenter_positions", None)
+        if positions is None:
+            positions = cls(consumer)
+            consumer._segmenter_positions = positions
+        return positions
+
+    def delivered(self, tp: Any, generation: int, offset: int) -> None:
+        known = self.next.get(tp)
+        if known is None or known[0] != generation:  # the generation's first record
+            expected = self.consumer._committed_offset.get(tp)
+            if expected is None:
+                self.first[tp] = offset
+            else:
+                self.first.pop(tp, None)
+        else:
+            expected = known[1]
+            if expected is None:  # a record of this generation was skipped: unknown
+                return
+        if expected is not None and offset > expected:
+            self.consumer._gap[tp].addi(expected, offset)  # never delivered
+        self.next[tp] = (generation, offset + 1)
+
+    def skipped(self, tp: Any, generation: int) -> None:
+        self.next[tp] = (generation, None)
 
 
 def forget(app: Any, events: list[Any]) -> None:
@@ -110,6 +168,13 @@ def forget(app: Any, events: list[Any]) -> None:
     unacked = app.consumer._unacked_messages
     for event in events:
         unacked.discard(event.message)
+
+
+def current(app: Any, events: list[Any]) -> bool:
+    """Whether the events are of the consumer's current generation (no rebalance since they
+    were taken: their partitions are still this worker's)."""
+    generation = app.consumer_generation_id
+    return all(event.message.generation_id == generation for event in events)
 
 
 def ack(app: Any, event: Any) -> None:

@@ -21,11 +21,15 @@ a broker that has just restarted does not stop the stream.
    list and, at each commit, hands the first run of consecutive offsets to the commit. Its own
    version (``Consumer._new_offset``) ends the run at an offset recorded twice (robinhood/faust
    #625 and #559), and removes the run from the list when it is handed over, not when the
-   commit is made, so a commit that does not happen loses the run for good. Here the list keeps
-   every offset from the committed one on, once, and a commit may reach the end of the run that
-   starts at the committed offset (or right after it: Faust lets a single offset that is never
-   delivered, like a transaction marker, be skipped). Offsets below the committed one are
-   dropped. Which offsets count as done (acknowledged, or in a gap Faust recorded) is Faust's.
+   commit is made, so a commit that does not happen loses the run for good. It also let a
+   commit pass one offset right after the committed one that was not acknowledged (meant for a
+   transaction marker; a record that failed was passed too, and never processed), and its
+   record of offsets never delivered covered the record that followed them. Here the list
+   keeps every offset from the committed one on, once, and a commit reaches the end of the run
+   that starts exactly at the committed offset (with no commit yet: at the first offset
+   delivered); offsets count as done when acknowledged or never delivered, as
+   ``streams.framework.intake.Positions`` records them exactly (Faust's own record of them is
+   not made). Offsets below the committed one are dropped.
 
 4. Not known yet is not zero. Before a table's first write Faust checks that its changelog topic
    has as many partitions as the source topic, reading the consumer's metadata. Right after the
@@ -84,21 +88,32 @@ def next_commit(consumer: Any, tp: Any) -> int | None:
         for interval in overlapping:
             done.update(range(interval.begin, interval.end))
         gap.chop(0, max(done) + 1)
-    committed = consumer._committed_offset[tp]
-    if committed:
-        done = {offset for offset in done if offset >= committed}
+    committed = consumer._committed_offset.get(tp)
+    base = committed if committed is not None else _first_delivered(consumer, tp)
+    if base is not None:
+        done = {offset for offset in done if offset >= base}
         index: set[int] = consumer._acked_index[tp]
-        index.difference_update([offset for offset in index if offset < committed])
+        index.difference_update([offset for offset in index if offset < base])
     acked[:] = sorted(done)
     if not acked:
         return None
     start = acked[0]
-    if committed and start - committed > 1:  # an offset after the committed one is not done
+    if base is not None and start != base:  # the offset the commit must start at is not done
         return None
     end = start
     while end in done:
         end += 1
     return end
+
+
+def _first_delivered(consumer: Any, tp: Any) -> int | None:
+    positions = getattr(consumer, "_segmenter_positions", None)
+    return None if positions is None else positions.first.get(tp)
+
+
+async def no_gap_guess(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+    """``Consumer._add_gap``: not made (it covered the delivered record after a jump too);
+    ``streams.framework.intake.Positions`` records the offsets never delivered."""
 
 
 class ActiveOnly:
@@ -206,6 +221,7 @@ def apply() -> None:
     if getattr(Consumer, _PATCHED, False):
         return
     Consumer._new_offset = next_commit  # type: ignore[method-assign,assignment]
+    Consumer._add_gap = no_gap_guess  # type: ignore[method-assign]
     Consumer.wait_first = deliver_first  # type: ignore[method-assign]
     Consumer.on_buffer_full = keep_fetching  # type: ignore[method-assign]
     faust_fetch = AIOKafkaConsumerThread._fetch_records

@@ -197,6 +197,13 @@ class Worker:
             metrics,
         )
         self.processor = Processor(handlers)
+        # The backoffs of retried batches and of a full disk, recorded instead of waited out.
+        self.waits: list[float] = []
+        self.processor.retries.wait = checkpoint.wait = self._waited
+
+    async def _waited(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(0)
 
     def sent(self) -> list[str]:
         """Event ids of the transitions sent, in order."""

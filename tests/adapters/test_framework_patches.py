@@ -20,7 +20,7 @@ from faust.types import TP
 from intervaltree import IntervalTree
 from mode.utils.locks import Event
 
-from streams.framework import patches
+from streams.framework import intake, patches
 
 TP0 = TP("shop.orders", 0)
 
@@ -76,6 +76,31 @@ def test_an_unacknowledged_offset_holds_the_commit_back() -> None:
     assert consumer._acked[TP0] == [104, 105]
     consumer._acked[TP0].extend([102, 103])
     assert consumer._new_offset(TP0) == 106
+
+
+def test_a_failed_record_right_after_the_committed_offset_is_never_passed() -> None:
+    patches.apply()
+    # record 100 failed (not acknowledged); 101..103 were processed after it
+    consumer = bookkeeping([101, 102, 103], committed=100)
+    assert consumer._new_offset(TP0) is None
+    consumer._acked[TP0].append(100)  # processed (or dead-lettered) at last
+    assert consumer._new_offset(TP0) == 104
+
+
+def test_with_no_commit_yet_a_failed_first_record_holds_the_commit_back() -> None:
+    patches.apply()
+    consumer = bookkeeping([1, 2], committed=None)
+    intake.Positions.of(consumer).first[TP0] = 0  # the first delivered offset
+    assert consumer._new_offset(TP0) is None
+    consumer._acked[TP0].append(0)
+    assert consumer._new_offset(TP0) == 3
+
+
+def test_faust_s_own_guess_of_the_gaps_is_not_made() -> None:
+    patches.apply()
+    consumer = bookkeeping([], committed=5)
+    asyncio.run(consumer._add_gap(TP0, 6, 9))
+    assert not consumer._gap[TP0]
 
 
 def test_a_real_gap_is_still_skipped() -> None:

@@ -4,10 +4,12 @@ would hand the events over (skips, tracking, acknowledgement), a batch at a time
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from intervaltree import IntervalTree
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from streams.framework import intake
@@ -58,6 +60,9 @@ class App:
     tracked: list[Message] = field(default_factory=list)
     out: list[int] = field(default_factory=list)
     acking: set[str] = field(default_factory=lambda: {"orders"})
+    # the consumer's bookkeeping intake records the offsets never delivered in
+    _committed_offset: dict[Any, int] = field(default_factory=dict)
+    _gap: defaultdict[Any, IntervalTree] = field(default_factory=lambda: defaultdict(IntervalTree))
 
     def __post_init__(self) -> None:
         self.consumer = self
@@ -301,3 +306,57 @@ async def test_the_installed_faust_gives_what_intake_reads() -> None:
     assert callable(Consumer.track_message)
     assert callable(app.flow_control.is_active)
     assert app.topics.acks_enabled_for("orders") is False  # no subscription yet
+
+
+def _gaps(app: App, tp: Any = ("orders", 0)) -> list[tuple[int, int]]:
+    return sorted((i.begin, i.end) for i in app._gap[tp])
+
+
+async def test_offsets_never_delivered_are_recorded_exactly() -> None:
+    app, stream, acks = App(), Stream(), []
+    app._committed_offset[("orders", 0)] = 100
+    # 100 and 101 are transaction markers (never delivered); 105..106 compacted away
+    for offset in (102, 103, 104, 107):
+        stream.channel.queue.put_nowait(Event(Message(offset), acks))
+    batch = await anext(intake.batches(app, stream, 10, within=0))
+    assert [e.message.offset for e in batch] == [102, 103, 104, 107]
+    # the delivered records themselves are never in a gap: only acknowledged, they count
+    assert _gaps(app) == [(100, 102), (105, 107)]
+
+
+async def test_a_new_generation_starts_from_the_committed_offset_again() -> None:
+    app, stream, acks = App(), Stream(), []
+    app._committed_offset[("orders", 0)] = 10
+    stream.channel.queue.put_nowait(Event(Message(10), acks))
+    stream.channel.queue.put_nowait(Event(Message(11), acks))
+    await anext(intake.batches(app, stream, 2, within=0))
+    # a rebalance: the partition is read again from its committed offset (now 11)
+    app.consumer_generation_id = 2
+    app._committed_offset[("orders", 0)] = 11
+    stream.channel.queue.put_nowait(Event(Message(11, generation_id=2), acks))
+    await anext(intake.batches(app, stream, 1, within=0))
+    assert _gaps(app) == []
+
+
+async def test_a_skipped_event_stops_gaps_being_recorded_past_it() -> None:
+    app, stream, acks = App(), Stream(), []
+    app._committed_offset[("orders", 0)] = 0
+    stream.channel.queue.put_nowait(Event(Message(0), acks))
+    await anext(intake.batches(app, stream, 1, within=0))
+    app.flow_control.active = False  # a rebalance holds the flow: 1 is skipped, not processed
+    stream.channel.queue.put_nowait(Event(Message(1), acks))
+    taking = asyncio.ensure_future(anext(intake.batches(app, stream, 10, within=0)))
+    await _until(stream.channel.queue.empty)
+    app.flow_control.active = True
+    stream.channel.queue.put_nowait(Event(Message(2), acks))
+    batch = await asyncio.wait_for(taking, 5)
+    assert [e.message.offset for e in batch] == [2]
+    assert _gaps(app) == []  # 1 was not delivered to the agent, but it is no gap either
+
+
+async def test_with_no_commit_yet_the_first_delivered_offset_is_where_commits_start() -> None:
+    app, stream, acks = App(), Stream(), []
+    stream.channel.queue.put_nowait(Event(Message(5), acks))
+    await anext(intake.batches(app, stream, 1, within=0))
+    assert intake.Positions.of(app).first == {("orders", 0): 5}
+    assert _gaps(app) == []

@@ -125,7 +125,10 @@ async def test_lag_agrees_everywhere_and_drains(
         "the first orders",
     )
     _, ready = await wait_for(lambda: _get(port, "/readyz"), lambda r: r[0] == 200, 30, "ready")
-    assert ready == {"ready": True, "checks": {"recovered": True, "broker": True, "redis": True}}
+    assert ready == {
+        "ready": True,
+        "checks": {"recovered": True, "broker": True, "redis": True, "disk": True},
+    }
     assert (await _get(port, "/healthz")) == (200, {"status": "alive"})
 
     assert (await _get(port, "/pause", "POST", ADMIN)) == (200, {"paused": True})

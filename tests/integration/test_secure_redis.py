@@ -169,7 +169,7 @@ async def test_a_worker_whose_redis_user_cannot_run_scripts_is_not_ready(
         )
         assert (status, body["checks"]) == (
             503,
-            {"recovered": True, "broker": True, "redis": False},
+            {"recovered": True, "broker": True, "redis": False, "disk": True},
         )
         for _ in range(3):
             assert (await readyz())[0] == 503
