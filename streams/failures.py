@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # Attempts of a batch whose same record fails before that record is dead-lettered.
 MAX_ATTEMPTS: Final = 5
-# The backoff before attempt n (n >= 2) is FIRST_BACKOFF * 2 ** (n - 2), at most MAX_BACKOFF.
+# The backoff before attempt n (n >= 2) at a record is FIRST_BACKOFF * 2 ** (n - 2), at most
+# MAX_BACKOFF: records of a batch that fail once each wait FIRST_BACKOFF each.
 FIRST_BACKOFF_SECONDS: Final = 0.5
 MAX_BACKOFF_SECONDS: Final = 30.0
 
@@ -64,7 +65,8 @@ def dependency_failure(error: BaseException) -> bool:
 
 
 def backoff(attempt: int) -> float:
-    """Seconds to wait before attempt ``attempt`` (2, 3, ...) of the same batch."""
+    """Seconds to wait before attempt ``attempt`` (2, 3, ...) at the same record (or, for a
+    dependency, after ``attempt - 1`` consecutive failures)."""
     return min(FIRST_BACKOFF_SECONDS * 2 ** max(attempt - 2, 0), MAX_BACKOFF_SECONDS)
 
 
@@ -105,6 +107,7 @@ class Retries:
         meanwhile (a rebalance: their new owner reads the records again)."""
         items = list(items)
         failures: dict[int, int] = {}  # index -> failed attempts of that record
+        outage = 0  # consecutive attempts a dependency failed
         attempt = 1
         parked: list[tuple[SourceRecord, str]] = []
         try:
@@ -112,22 +115,25 @@ class Retries:
                 try:
                     await process(items)
                 except RecordFailed as failed:
-                    error = failed.error
-                    record = failed.record
+                    error, record = failed.error, failed.record
                     self.stuck.add((record.topic, record.partition))
+                    attempt += 1
                     if dependency_failure(error):
                         self._on_failure("dependency")
                         self.disk_full = disk_full(error)
+                        outage += 1
+                        delay = backoff(outage + 1)
                         log.warning(
-                            "processing %s[%d]@%d waits for a dependency (attempt %d): %r",
+                            "processing %s[%d]@%d waits %.1f s for a dependency: %r",
                             record.topic,
                             record.partition,
                             record.offset,
-                            attempt,
+                            delay,
                             error,
                         )
                     else:
                         self._on_failure("record")
+                        outage = 0
                         count = failures[failed.index] = failures.get(failed.index, 0) + 1
                         log.error(
                             "processing %s[%d]@%d failed (%d of %d attempts)",
@@ -143,8 +149,8 @@ class Retries:
                             items[failed.index] = (record, self._parking(reason))
                             parked.append((record, reason))
                             continue  # at once: the record is dead-lettered this time
-                    attempt += 1
-                    await self.wait(backoff(attempt))
+                        delay = backoff(count + 1)
+                    await self.wait(delay)
                     if not still_ours():
                         return None
                     continue

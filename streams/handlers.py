@@ -112,6 +112,8 @@ class Handlers:
         # Customers in the table of this worker's partitions.
         self.customers = 0
         self._partitioner = DefaultPartitioner()
+        # The dead letters sent for the batch being processed, by input position.
+        self._dead_lettered: dict[tuple[str, int, int], Any] = {}
         self._misrouted_logged = float("-inf")
 
     # -- orders ---------------------------------------------------------------------------------
@@ -367,7 +369,18 @@ class Handlers:
         return event
 
     async def _dead_letter(self, record: SourceRecord, reason: str, message: str) -> None:
-        self.checkpoint.track(await self.outputs.dead_letters.send(record, reason, message))
+        """Send the record to the dead-letter topic, once per batch however often the batch is
+        processed again (``streams.failures``): a retry waits for the first delivery."""
+        position = (record.topic, record.partition, record.offset)
+        sent = self._dead_lettered.get(position)
+        if sent is None or (sent.done() and (sent.cancelled() or sent.exception() is not None)):
+            sent = await self.outputs.dead_letters.send(record, reason, message)
+            self._dead_lettered[position] = sent
+        self.checkpoint.track(sent)
+
+    def batch_done(self) -> None:
+        """The batch went through (or was given up): its dead letters are forgotten."""
+        self._dead_lettered.clear()
 
     async def dead_letter(self, record: SourceRecord, reason: str, message: str) -> None:
         """Dead-letter a record in place of processing it (a record that keeps failing)."""

@@ -78,7 +78,10 @@ class Processor:
         async def process(batch: Sequence[tuple[SourceRecord, Handler]]) -> None:
             await self.checkpoint.run(batch, activate, written)
 
-        return await self.retries.run(process, items, still_ours)
+        try:
+            return await self.retries.run(process, items, still_ours)
+        finally:
+            self.handlers.batch_done()
 
     async def drain(self) -> None:
         await self.checkpoint.drain()

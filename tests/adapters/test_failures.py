@@ -84,7 +84,7 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_and_the_rest_goes_on
     records = [_order(n) for n in range(3)]
     flaky = Flaky(worker.processor.on_order, 1, 1000, ValueError("poison"))
     outcome, acked = await _run(worker, flaky, records)
-    assert outcome.attempts == MAX_ATTEMPTS
+    assert outcome.attempts == MAX_ATTEMPTS + 1  # the last one dead-letters it
     assert [(r.offset, reason) for r, reason in outcome.dead_lettered] == [
         (1, f"failed {MAX_ATTEMPTS} times: ValueError('poison')")
     ]
@@ -184,3 +184,17 @@ def test_what_counts_as_a_dependency_failure(
 ) -> None:
     assert dependency_failure(error) is dependency
     assert disk_full(error) is full
+
+
+async def test_a_dead_letter_is_sent_once_however_often_its_batch_is_processed() -> None:
+    worker = Worker()
+    bad = SourceRecord(b"c1", b'{"type": "order_placed", "order_id": ', "orders", 0, 0)
+    records = [bad, _order(1)]
+    flaky = Flaky(worker.processor.on_order, 1, 3, RuntimeError("transient bug"))
+    outcome, acked = await _run(worker, flaky, records)
+    assert outcome.attempts == 4
+    assert acked == [0, 1]
+    assert worker.dead_letters.sent == [(b"c1", bad.value)]  # once, not at every attempt
+    # a later batch dead-letters the same position again if it is read again (a replay)
+    await _run(worker, worker.processor.on_order, [bad])
+    assert len(worker.dead_letters.sent) == 2

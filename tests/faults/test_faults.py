@@ -1,21 +1,26 @@
 """Fault injection on the real broker, Redis and worker processes (bounded, loopback only).
 
-Every scenario replays the same synthetic stream (with two bad records) while something goes
+Every scenario replays the same synthetic stream (with bad records) while something goes
 wrong, then checks: every customer's R/F/M equals a batch recomputation, the set of transition
 ids equals the set of a clean run (duplicates are allowed, they carry the same id), Redis equals
-the tables, and the dead-letter topic holds exactly the bad records.
+the tables, the dead-letter topic holds exactly the bad records, and every input record is
+accounted for: its effect is in the tables, or it is dead-lettered ("records skipped" counts
+the orders whose effect is missing and the bad records not dead-lettered: must be 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,7 @@ from streams.lag import group_lag
 from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
-from tests.conftest import free_port, settings_from, wait_for
+from tests.conftest import ROOT, free_port, settings_from, wait_for
 from tests.factories import T0
 from tests.synthetic import batch_rfm, synthetic_year
 
@@ -81,6 +86,8 @@ class Stream:
     events: list[dict[str, Any]]
     records: list[tuple[bytes, bytes]]
     bad_at: set[int] = field(default_factory=set)  # indexes of the bad records in ``records``
+    # Customers erased on the way: absent from the tables and Redis at the end.
+    erased: set[str] = field(default_factory=set)
 
 
 def make_stream(duplicate_and_reorder: bool = False) -> Stream:
@@ -109,7 +116,8 @@ class Harness:
         self.settings = settings_from(self.overrides)
         self.tmp = tmp_path
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
-        self.bad_positions: set[tuple[int, int]] = set()
+        # (topic, partition, offset) of every record that must end on the dead-letter topic
+        self.bad_positions: set[tuple[str, int, int]] = set()
         self.recovery_seconds = 0.0
 
     async def __aenter__(self) -> Harness:
@@ -120,13 +128,29 @@ class Harness:
         for name in list(self.workers):
             await self.stop(name)
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, injected: dict[str, Any] | None = None) -> None:
         overrides = {
             **self.overrides,
             "data_dir": str(self.tmp / name),
             "web_port": str(free_port()),
         }
-        self.workers[name] = spawn_worker(overrides, self.tmp / f"{name}.log")
+        if injected is None:
+            self.workers[name] = spawn_worker(overrides, self.tmp / f"{name}.log")
+            return
+        env = {
+            **os.environ,
+            **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()},
+            "INJECTED_FAULTS": json.dumps(injected),
+        }
+        with (self.tmp / f"{name}.log").open("ab") as log:
+            self.workers[name] = subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.injected_worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
 
     async def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.workers.pop(name)
@@ -161,18 +185,34 @@ class Harness:
                 for i, future in sent:
                     meta = await future
                     if i in stream.bad_at:
-                        self.bad_positions.add((meta.partition, meta.offset))
+                        self.bad_positions.add((meta.topic, meta.partition, meta.offset))
                 if chunk in between:
                     await between[chunk]()
         finally:
             await producer.stop()
 
-    async def settle(self) -> None:
-        total = None
+    async def send(self, topic: str, records: list[tuple[bytes, bytes]], bad: set[int]) -> None:
+        """Publish ``records`` to ``topic``; those at the indexes in ``bad`` must be
+        dead-lettered."""
+        producer = AIOKafkaProducer(**kafka_options(self.settings), acks="all")
+        await producer.start()
+        try:
+            for i, (key, value) in enumerate(records):
+                meta = await producer.send_and_wait(topic, key=key, value=value)
+                if i in bad:
+                    self.bad_positions.add((meta.topic, meta.partition, meta.offset))
+        finally:
+            await producer.stop()
+
+    async def settle(self, *topics: str) -> None:
+        """Wait until the workers committed every record of the orders topic (and of
+        ``topics``)."""
 
         async def probe() -> list[Any]:
-            nonlocal total
-            return await group_lag(self.settings)
+            lags = await group_lag(self.settings)
+            for topic in topics:
+                lags += await group_lag(self.settings, topic)
+            return lags
 
         await wait_for(
             probe,
@@ -186,14 +226,17 @@ class Harness:
         settings = self.settings
         table = {k: v.state for k, v in (await read_table(settings)).items()}
         mismatches: list[Any] = []
+        skipped = 0
         rules = load_rules()
         calibration = bootstrap_calibration(rules, "default")
         end = T0 + timedelta(days=400)
         for customer, (count, spend, last) in batch_rfm(stream.events).items():
             state = table.get(f"default/{customer}")
+            if customer in stream.erased:
+                if state is not None:
+                    mismatches.append(("erased customer in the table", customer))
+                continue
             m = compute_metrics(state, end, rules, calibration) if state else None
-            from datetime import datetime
-
             recency = round((end - datetime.fromisoformat(last)).total_seconds() / 86_400, 4)
             if m is None or (m.order_count, m.total_spend, m.recency_days) != (
                 count,
@@ -201,29 +244,36 @@ class Harness:
                 recency,
             ):
                 mismatches.append(("state", customer))
+                skipped += max(count - (m.order_count if m else 0), 0)
         transitions = [
             orjson.loads(r.value) async for r in read_topic(settings, settings.transitions_topic)
         ]
         ids = [t["event_id"] for t in transitions]
         if clean_ids is not None and set(ids) != clean_ids:
             mismatches.append(("transition ids", len(set(ids) ^ clean_ids)))
-        mismatches += await _redis_mismatches(settings, table)
+        mismatches += await _redis_mismatches(settings, table, stream.erased)
         dead = {
-            (int(h["segmenter.dlq.partition"]), int(h["segmenter.dlq.offset"]))
+            (
+                h["segmenter.dlq.topic"],
+                int(h["segmenter.dlq.partition"]),
+                int(h["segmenter.dlq.offset"]),
+            )
             async for h in _dlq_headers(settings)
         }
         if dead != self.bad_positions:
             mismatches.append(("dead letters", sorted(dead ^ self.bad_positions)))
+        skipped += len(self.bad_positions - dead)
         RESULTS.append(
             {
                 "scenario": name,
                 "orders sent": len(stream.records),
                 "mismatches": len(mismatches),
+                "records skipped": skipped,
                 "duplicate ids delivered": len(ids) - len(set(ids)),
                 "recovery s": round(self.recovery_seconds, 1),
             }
         )
-        assert mismatches == []
+        assert (mismatches, skipped) == ([], 0)
 
 
 async def _dlq_headers(settings: Settings) -> Any:
@@ -231,7 +281,11 @@ async def _dlq_headers(settings: Settings) -> Any:
         yield {k: v.decode() for k, v in record.headers}
 
 
-async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[Any]:
+async def _redis_mismatches(
+    settings: Settings,
+    table: dict[str, Any],
+    erased: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Any]:
     client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     keys = RedisCache(client, settings.redis_prefix)  # the key layout
     found: list[Any] = []
@@ -250,6 +304,9 @@ async def _redis_mismatches(settings: Settings, table: dict[str, Any]) -> list[A
                     wrong.append(("redis", customer))
                 if state.segment:
                     members[state.segment].add(customer)
+            for customer in erased:
+                if await client.exists(keys.customer_key("default", customer)):
+                    wrong.append(("erased customer in redis", customer))
             for segment in load_rules().segment_names:
                 sets = [await client.smembers(k) for k in keys.segment_keys("default", segment)]
                 if set().union(*sets) != members[segment]:
@@ -449,3 +506,70 @@ async def test_a_worker_started_while_the_broker_is_down_waits_for_it(
         await h.settle()
         table = await read_table(h.settings)
         assert table["default/z1"].state.segment == "new"
+
+
+def _privacy(kind: str, customer: str, at: datetime) -> tuple[bytes, bytes]:
+    event: dict[str, Any] = {"type": kind, "customer_id": customer, "occurred_at": at.isoformat()}
+    if kind == "erasure_requested":
+        event["request_id"] = f"req-{customer}"
+    return customer.encode(), orjson.dumps(event)
+
+
+async def test_handlers_that_fail_once_or_always(isolated: dict[str, str], tmp_path: Path) -> None:
+    """Failures injected into the consent, erasure, save and dead-letter paths: a record that
+    fails once is processed at the next attempt; one that always fails is dead-lettered
+    (``repeated_failure``) after 5 attempts, and its partition goes on. Nothing is skipped."""
+    stream = make_stream()
+    # the order that can never be saved: its customer's other orders all count
+    poison = next(
+        (i, orjson.loads(v))
+        for i, (k, v) in enumerate(stream.records)
+        if i > len(stream.records) // 3
+        and i not in stream.bad_at
+        and orjson.loads(v)["type"] == "order_placed"
+    )
+    _, poison_order = poison
+    for i, (_key, value) in enumerate(stream.records):  # the webshop may have sent it twice
+        if i not in stream.bad_at:
+            event = orjson.loads(value)
+            if (event["type"], event["order_id"]) == ("order_placed", poison_order["order_id"]):
+                stream.bad_at.add(i)
+    stream.events = [
+        e
+        for e in stream.events
+        if (e["customer_id"], e["order_id"])
+        != (poison_order["customer_id"], poison_order["order_id"])
+    ]
+    customers = sorted({e["customer_id"] for e in stream.events})
+    granted, stubborn_consent = customers[3:6], customers[6]
+    erased, stubborn_erasure = customers[10:12], customers[12]
+    stream.erased = set(erased)
+    injected = {
+        "once": ["on_consent", "on_erasure", "save", "dead_letter"],
+        "once_customers_ending": ["7"],
+        "always": {
+            "on_consent": [stubborn_consent],
+            "on_erasure": [stubborn_erasure],
+            "save": [poison_order["order_id"]],
+        },
+    }
+    at = T0 + timedelta(days=200)
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1", injected)
+
+        async def privacy_requests() -> None:
+            consent = [_privacy("consent_granted", c, at) for c in [*granted, stubborn_consent]]
+            await h.send(h.settings.consent_topic, consent, {len(consent) - 1})
+            erasure = [_privacy("erasure_requested", c, at) for c in [*erased, stubborn_erasure]]
+            await h.send(h.settings.erasure_topic, erasure, {len(erasure) - 1})
+
+        await h.publish(stream, {5: privacy_requests})
+        await h.settle(h.settings.consent_topic, h.settings.erasure_topic)
+        assert h.workers["w1"].poll() is None  # it never stopped
+        await h.verify("handlers failing once / always", stream, None)
+        log = (tmp_path / "w1.log").read_text()
+        assert log.count("fails once") >= 4  # the injections happened
+        table = await read_table(h.settings)
+        assert all(table[f"default/{c}"].state.consent == "granted" for c in granted)
+        assert table[f"default/{stubborn_consent}"].state.consent is None
+        assert f"default/{stubborn_erasure}" in table  # its erasure was dead-lettered
