@@ -86,12 +86,14 @@ class Retries:
         self,
         dead_letter: Callable[[SourceRecord, str, str], Awaitable[None]],
         on_failure: Callable[[str], None] = lambda _kind: None,
+        on_disk_full: Callable[[], None] = lambda: None,
         *,
         max_attempts: int = MAX_ATTEMPTS,
         wait: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self._dead_letter = dead_letter
         self._on_failure = on_failure
+        self._on_disk_full = on_disk_full
         self.max_attempts = max_attempts
         self.wait = wait
         self.stuck: set[tuple[str, int]] = set()
@@ -121,6 +123,8 @@ class Retries:
                     if dependency_failure(error):
                         self._on_failure("dependency")
                         self.disk_full = disk_full(error)
+                        if self.disk_full:  # the local store refuses writes until reopened
+                            self._on_disk_full()
                         outage += 1
                         delay = backoff(outage + 1)
                         log.warning(

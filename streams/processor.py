@@ -41,7 +41,9 @@ class Processor:
         self.on_tick = handlers.on_tick
         metrics = self.metrics
         self.retries = Retries(
-            handlers.dead_letter, lambda kind: metrics.record_failures.labels(kind).inc()
+            handlers.dead_letter,
+            lambda kind: metrics.record_failures.labels(kind).inc(),
+            self._reopen_stores,
         )
         metrics.callback_gauge(
             "segmenter_stuck_partitions",
@@ -54,6 +56,13 @@ class Processor:
             "1 while the local store cannot be written for lack of space (writes wait)",
             lambda: float(self.disk_full),
         )
+
+    def _reopen_stores(self) -> None:
+        stores = self.handlers.stores
+        for store in (stores.customers, stores.erasures):
+            reopen = getattr(store, "reopen", None)  # a store with databases to open again
+            if reopen is not None:
+                reopen()
 
     @property
     def disk_full(self) -> bool:

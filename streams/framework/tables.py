@@ -5,6 +5,8 @@ per processed batch (see ``ChangelogAcks``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +16,8 @@ from faust.stores import rocksdb as rocksdb_store
 from faust.stores.rocksdb import Store as RocksDBStore
 
 from streams.framework.outbox import Outbox, app_producer
+
+log = logging.getLogger(__name__)
 
 
 def partition_reader(table: Any) -> Callable[[int, bytes], bytes | None]:
@@ -70,9 +74,26 @@ def partition_writer(table: Any) -> Callable[[Sequence[Row]], None]:
                 batch = batches[partition] = _write_batch(store)
             batch.put(key, value)
         for partition, batch in batches.items():
-            store._db_for_partition(partition).write(batch)
+            try:
+                store._db_for_partition(partition).write(batch)
+            except Exception as exc:
+                if "No space left on device" in str(exc):
+                    reopen_later(store, partition)
+                raise
 
     return write
+
+
+def reopen_later(store: RocksDBStore, partition: int) -> None:
+    """Close a partition's database after a write failed for lack of space: RocksDB keeps
+    refusing every write after such an error, also once there is room again, until the
+    database is opened again (the store opens it at the next access; reopening while the disk
+    is still full fails the same way, and is tried again at the next write)."""
+    db = store._dbs.pop(partition, None)
+    if db is None:
+        return
+    with contextlib.suppress(Exception):  # closing fails too ("Writer has previous error")
+        db.close()
 
 
 def _write_batch(store: RocksDBStore) -> Any:
@@ -138,9 +159,14 @@ class ChangelogAcks:
         await asyncio.gather(*(batch.future for batch in sent))
         for batch in sent:
             first = batch.future.result()
-            self._tables[batch.topic].data.set_persisted_offset(
-                first.topic_partition, first.offset + batch.records - 1
-            )
+            try:
+                self._tables[batch.topic].data.set_persisted_offset(
+                    first.topic_partition, first.offset + batch.records - 1
+                )
+            except Exception as exc:  # kept at the next batch: a restart reads a bit more
+                if "No space left on device" not in str(exc):
+                    raise
+                log.warning("the changelog offset could not be kept (disk full): %s", exc)
 
 
 class TableStore:
@@ -181,3 +207,11 @@ class TableStore:
 
     async def durable(self) -> None:
         await self._acks.wait()
+
+    def reopen(self) -> None:
+        """After a write failed for lack of space: the store's databases are opened again at
+        their next access (see ``reopen_later``)."""
+        store = self.table.data
+        if isinstance(store, RocksDBStore):
+            for partition in list(store._dbs):
+                reopen_later(store, partition)
