@@ -111,8 +111,8 @@ def make_stream(duplicate_and_reorder: bool = False) -> Stream:
 class Harness:
     """Workers as processes, the stream published in chunks, faults in between."""
 
-    def __init__(self, overrides: dict[str, str], tmp_path: Path) -> None:
-        self.overrides = {**overrides, "partitions": "2", "clock": "event"}
+    def __init__(self, overrides: dict[str, str], tmp_path: Path, clock: str = "event") -> None:
+        self.overrides = {**overrides, "partitions": "2", "clock": clock}
         self.settings = settings_from(self.overrides)
         self.tmp = tmp_path
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
@@ -128,10 +128,12 @@ class Harness:
         for name in list(self.workers):
             await self.stop(name)
 
-    def start(self, name: str, injected: dict[str, Any] | None = None) -> None:
+    def start(
+        self, name: str, injected: dict[str, Any] | None = None, data_dir: str | None = None
+    ) -> None:
         overrides = {
             **self.overrides,
-            "data_dir": str(self.tmp / name),
+            "data_dir": str(self.tmp / (data_dir or name)),
             "web_port": str(free_port()),
         }
         if injected is None:
@@ -573,3 +575,79 @@ async def test_handlers_that_fail_once_or_always(isolated: dict[str, str], tmp_p
         assert all(table[f"default/{c}"].state.consent == "granted" for c in granted)
         assert table[f"default/{stubborn_consent}"].state.consent is None
         assert f"default/{stubborn_erasure}" in table  # its erasure was dead-lettered
+
+
+async def test_privacy_requests_interleaved_with_kill_9(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    """Consent grants and erasures arrive while the worker is killed three times: the erased
+    customers are gone from the tables and Redis, the others end as a batch recomputation."""
+    stream = make_stream()
+    customers = sorted({e["customer_id"] for e in stream.events})
+    first, second = customers[20:23], customers[40:43]
+    stream.erased = {first[0], second[0]}
+    at = T0 + timedelta(days=200)
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+
+        def requests_then_kill(group: list[str]) -> Any:
+            async def run() -> None:
+                grants = [_privacy("consent_granted", c, at) for c in group[1:]]
+                await h.send(h.settings.consent_topic, grants, set())
+                await h.send(
+                    h.settings.erasure_topic, [_privacy("erasure_requested", group[0], at)], set()
+                )
+                await asyncio.sleep(0.1)  # while it works through them
+                await h.restart_after_kill("w1")
+
+            return run
+
+        async def kill() -> None:
+            await asyncio.sleep(0.2)
+            await h.restart_after_kill("w1")
+
+        await h.publish(
+            stream, {2: requests_then_kill(first), 5: kill, 8: requests_then_kill(second)}
+        )
+        await h.settle(h.settings.consent_topic, h.settings.erasure_topic)
+        await h.verify("consent + erasure, kill -9 x3", stream, None)
+        table = await read_table(h.settings)
+        granted = [*first[1:], *second[1:]]
+        assert all(table[f"default/{c}"].state.consent == "granted" for c in granted)
+
+
+async def test_kill_9_in_wall_clock_mode(isolated: dict[str, str], tmp_path: Path) -> None:
+    """The wall clock (time-caused moves at the machine's time) under kill -9 rounds."""
+    rng = random.Random(5)
+    async with Harness(isolated, tmp_path, clock="wall") as h:
+        h.start("w1")
+
+        async def kill_soon() -> None:
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            await h.restart_after_kill("w1")
+
+        stream = make_stream()
+        await h.publish(stream, {2: kill_soon, 6: kill_soon, 9: kill_soon})
+        await h.settle()
+        await h.verify("kill -9 x3, wall clock", stream, None)
+
+
+async def test_a_second_worker_on_the_same_data_directory_refuses_to_start(
+    isolated: dict[str, str], tmp_path: Path, clean_ids: set[str]
+) -> None:
+    """A second worker given the first one's data directory exits 1 naming it; the first one
+    goes on undisturbed (its live store is not deleted)."""
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+
+        async def second() -> None:
+            h.start("w2", data_dir="w1")
+            status = await asyncio.to_thread(h.workers["w2"].wait, 60)
+            h.workers.pop("w2")
+            assert status == 1
+            assert "is in use" in (tmp_path / "w2.log").read_text()
+
+        stream = make_stream()
+        await h.publish(stream, {4: second})
+        await h.settle()
+        await h.verify("second worker, same data directory", stream, clean_ids)
