@@ -9,10 +9,12 @@ rules, state, transitions, Redis) costs.
 
 Run as its own process, like the worker::
 
-    python -m bench.floor BOOTSTRAP TOPIC OUT_TOPIC EXPECTED PARTITIONS DATA_DIR RESULT_FILE
+    python -m bench.floor BOOTSTRAP TOPIC OUT_TOPIC EXPECTED PARTITIONS DATA_DIR RESULT_FILE [MODE]
 
-It writes ``{"records": n, "seconds": s}`` (from the first batch until the last output record
-is acknowledged) to RESULT_FILE and exits.
+MODE ``buffered`` (the worker's path) takes the records from a ``streams.framework.intake.Buffer``
+(no Faust event per record); ``events`` takes Faust's events from the agent's channel, one
+per record, as the worker did before. It writes ``{"records": n, "seconds": s}`` (from the
+first batch until the last output record is acknowledged) to RESULT_FILE and exits.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def run_floor(
     partitions: int,
     data_dir: Path,
     result: Path,
+    mode: str = "buffered",
 ) -> None:
     framework.install()  # Faust as the worker runs it
     app = faust.App(
@@ -66,14 +69,20 @@ def run_floor(
     state: dict[bytes, list[int]] = {}
     progress = {"seen": 0, "started": 0.0}
 
+    if mode == "buffered":
+        buffer = intake.Buffer(app, [topic], max(4096, 2 * BATCH_MAX_RECORDS))
+
     @app.agent(source, name="bench.floor")
     async def floor(stream: Any) -> None:
         async def settle(sent: list[Any], events: list[Any]) -> None:
             """Acknowledge a batch once its output records are."""
             for delivery in sent:
                 await delivery
-            for event in events:
-                intake.ack(app, event)
+            if mode == "buffered":
+                buffer.ack(events)
+            else:
+                for event in events:
+                    intake.ack(app, event)
             progress["seen"] += len(events)
             if progress["seen"] >= expected:
                 seconds = time.perf_counter() - progress["started"]
@@ -83,12 +92,16 @@ def run_floor(
                 os._exit(0)
 
         settling: asyncio.Task[None] | None = None
-        async for events in intake.batches(app, stream, BATCH_MAX_RECORDS, within=BATCH_MAX_WAIT):
+        if mode == "buffered":
+            batches = buffer.batches(BATCH_MAX_RECORDS, BATCH_MAX_WAIT)
+        else:
+            batches = intake.batches(app, stream, BATCH_MAX_RECORDS, within=BATCH_MAX_WAIT)
+        async for items in batches:
             if not progress["started"]:
                 progress["started"] = time.perf_counter()
             sent = []
-            for event in events:
-                message = event.message
+            for item in items:
+                message = item if mode == "buffered" else item.message
                 value = tally(state, message.key, message.value)
                 sent.append(
                     await app.producer.send(
@@ -99,7 +112,7 @@ def run_floor(
             # processed, one batch waiting at a time, in order.
             if settling is not None:
                 await settling
-            settling = asyncio.create_task(settle(sent, list(events)))
+            settling = asyncio.create_task(settle(sent, list(items)))
 
     # As the worker runs: without Faust's terminal spinner, which turns the root logger to
     # DEBUG (aiokafka then builds a log record for every record it sends).
@@ -108,6 +121,14 @@ def run_floor(
 
 if __name__ == "__main__":
     bootstrap_, topic_, out_, expected_, partitions_, data_dir_, result_ = sys.argv[1:8]
+    mode_ = sys.argv[8] if len(sys.argv) > 8 else "buffered"
     run_floor(
-        bootstrap_, topic_, out_, int(expected_), int(partitions_), Path(data_dir_), Path(result_)
+        bootstrap_,
+        topic_,
+        out_,
+        int(expected_),
+        int(partitions_),
+        Path(data_dir_),
+        Path(result_),
+        mode_,
     )

@@ -120,6 +120,9 @@ def _agent(app: faust.App, settings: Settings, processor: Processor) -> None:
     }
     source = app.topic(*handlers, **raw)
 
+    # The records reach the agent through a buffer, without Faust's per-record events.
+    buffer = intake.Buffer(app, handlers, max(4096, 2 * settings.batch_max_records))
+
     @app.agent(source, name="segmenter.process")
     async def process(stream: faust.StreamT) -> None:
         # Batches, acknowledged only once processed and written: a crash (or an error that
@@ -127,32 +130,27 @@ def _agent(app: faust.App, settings: Settings, processor: Processor) -> None:
         # A batch's commit goes on while the next batch is processed; its offsets are
         # acknowledged once it is done (``written``).
         try:
-            async for events in intake.batches(
-                app, stream, settings.batch_max_records, settings.batch_max_wait_seconds
+            async for messages in buffer.batches(
+                settings.batch_max_records, settings.batch_max_wait_seconds
             ):
-                items = []
-                for event in events:
-                    message = event.message
-                    record = SourceRecord(
-                        message.key,
-                        message.value,
-                        message.topic,
-                        message.partition,
-                        message.offset,
-                        message.timestamp,
-                        message.headers,
+                items = [
+                    (
+                        SourceRecord(
+                            m.key, m.value, m.topic, m.partition, m.offset, m.timestamp, m.headers
+                        ),
+                        handlers[m.topic],
                     )
-                    items.append((record, handlers[message.topic]))
+                    for m in messages
+                ]
 
-                def activate(index: int, events: Any = events) -> None:
-                    intake.activate(events[index])
+                def activate(index: int, messages: Any = messages) -> None:
+                    buffer.activate(messages[index])
 
-                async def written(events: Any = events) -> None:
-                    for event in events:
-                        intake.ack(app, event)
+                async def written(messages: Any = messages) -> None:
+                    buffer.ack(messages)
 
-                def still_ours(events: Any = events) -> bool:
-                    return intake.current(app, events)
+                def still_ours(messages: Any = messages) -> bool:
+                    return buffer.current(messages)
 
                 try:
                     # A failed record is retried, then dead-lettered; a failed dependency is
@@ -160,10 +158,10 @@ def _agent(app: faust.App, settings: Settings, processor: Processor) -> None:
                     # when a rebalance took its partitions (their new owner reads it again).
                     outcome = await processor.on_batch(items, activate, written, still_ours)
                 except BaseException:
-                    intake.forget(app, events)  # failed: nothing of it is acknowledged
+                    buffer.forget(messages)  # failed: nothing of it is acknowledged
                     raise
                 if outcome is None:
-                    intake.forget(app, events)
+                    buffer.forget(messages)
         finally:  # stopping, or restarted on a rebalance: the last batch's commit finishes first
             await processor.drain()
 

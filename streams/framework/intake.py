@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from faust.streams import _current_event  # the variable behind faust.current_event()
@@ -190,3 +191,149 @@ def activate(event: Any | None) -> None:
     partition of a write; None: none, as outside a stream): the stream's own
     ``current_event`` is not used, since the batches are read past the stream."""
     _current_event.set(None if event is None else weakref.ref(event))
+
+
+# -- the buffered path: records without Faust's events -----------------------------------------
+
+
+class Delivered:
+    """What a table reads of the current event (``event.message``), for a record taken from a
+    ``Buffer``."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+class Buffer:
+    """The input records of ``topics``, handed over by the consumer's fetch straight into a
+    buffer the agent takes batches from: no Faust event, channel or stream per record.
+
+    Faust builds, for each fetched record, an event (key and value decoded, reference counts),
+    puts it in the channel of each stream that reads the topic, and the stream hands it over and
+    acknowledges it through the event; the sensors count each step. Here the conductor's
+    callback for the topics' partitions (built by Faust per partition,
+    ``Conductor._build_handler``; see ``streams.framework.patches``) appends the consumer's
+    message to the buffer, and ``batches`` takes what is there. What the stream did with a
+    record before the agent saw it is done here too (``_admit``): a record of an older consumer
+    generation, or taken while a rebalance holds the flow, is skipped; every other one is
+    tracked as unacknowledged until ``ack``, which makes a rebalance or a stop wait for it.
+
+    The buffer holds at most ``limit`` records: a delivery into a full buffer waits for room
+    (the fetcher's delivery is then raced against a rebalance suspending the flow, as Faust's
+    own delivery into a full stream buffer is)."""
+
+    def __init__(self, app: Any, topics: Iterable[str], limit: int) -> None:
+        self.app = app
+        self.topics = frozenset(topics)
+        self.limit = limit
+        self._records: deque[Any] = deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._active: Delivered | None = None
+        app._segmenter_buffer = self  # what the conductor's handler builder looks for
+
+    async def deliver(self, message: Any) -> None:
+        """The conductor's callback for a record of one of the topics."""
+        records = self._records
+        records.append(message)
+        self._arrived.set()
+        if len(records) >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+
+    async def batches(self, max_records: int, within: float) -> AsyncIterator[list[Any]]:
+        """Batches of 1 to ``max_records`` messages: a batch starts with what the buffer holds;
+        if that is less than the limit, records arriving within ``within`` seconds are added,
+        and the batch goes as soon as it is full."""
+        records, arrived = self._records, self._arrived
+        while True:
+            if not records:
+                arrived.clear()
+                await arrived.wait()
+            batch: list[Any] = []
+            deadline: float | None = None
+            while True:
+                while records and len(batch) < max_records:
+                    message = records.popleft()
+                    if self._admit(message):
+                        batch.append(message)
+                if len(records) < self.limit:
+                    self._room.set()
+                if len(batch) >= max_records or not batch:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + within
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), left)
+                except TimeoutError:
+                    break
+            if batch:
+                _arrived_messages(self.app, batch)
+                yield batch
+
+    def _admit(self, message: Any) -> bool:
+        app = self.app
+        consumer = app.consumer
+        if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+            if message.generation_id == app.consumer_generation_id:
+                Positions.of(consumer).skipped(message.tp, message.generation_id)
+            return False
+        if not message.tracked:
+            message.tracked = True
+            consumer._unacked_messages.add(message)
+            Positions.of(consumer).delivered(message.tp, message.generation_id, message.offset)
+        return True
+
+    def activate(self, message: Any | None) -> None:
+        """Make ``message`` the current event's message of the running task (what a table
+        reads to find the partition of a write; None: none)."""
+        self._active = None if message is None else Delivered(message)
+        _current_event.set(None if self._active is None else weakref.ref(self._active))
+
+    def ack(self, messages: Iterable[Any]) -> None:
+        """Acknowledge processed messages (their offsets may then be committed)."""
+        ack = self.app.consumer.ack
+        for message in messages:
+            ack(message)
+
+    def forget(self, messages: Iterable[Any]) -> None:
+        """Stop tracking messages that will not be acknowledged (their batch failed or was
+        given up): a rebalance or a stop no longer waits for them; their offsets stay
+        uncommitted, and are read again after a restart or when their partitions move."""
+        unacked = self.app.consumer._unacked_messages
+        for message in messages:
+            unacked.discard(message)
+
+    def current(self, messages: Iterable[Any]) -> bool:
+        """Whether the messages are of the consumer's current generation (no rebalance since
+        they were taken: their partitions are still this worker's)."""
+        generation = self.app.consumer_generation_id
+        return all(message.generation_id == generation for message in messages)
+
+
+def _arrived_messages(app: Any, batch: list[Any]) -> None:
+    """As ``_arrived``, for messages."""
+    monitor = app.monitor
+    if monitor is None:
+        return
+    now = time.monotonic()
+    inbound = monitor.stream_inbound_time
+    for message in batch:
+        inbound[message.tp] = now
+    monitor.events_total += len(batch)
+
+
+def buffered_handler(conductor: Any, tp: Any) -> Any:
+    """The callback for ``tp`` when a ``Buffer`` of the conductor's app takes its topic, else
+    None (Faust's own)."""
+    buffer: Buffer | None = getattr(conductor.app, "_segmenter_buffer", None)
+    if buffer is not None and tp.topic in buffer.topics:
+        return buffer.deliver
+    return None

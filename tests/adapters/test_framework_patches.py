@@ -416,3 +416,22 @@ def test_install_is_idempotent() -> None:
     patched = Consumer._new_offset
     patches.apply()
     assert Consumer._new_offset is patched
+
+
+def test_the_conductor_builds_the_buffer_s_callback_for_its_topics() -> None:
+    import faust
+
+    patches.apply()
+    app = faust.App(
+        "buffer-test",
+        broker="kafka://127.0.0.1:1",
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+    )
+    buffer = intake.Buffer(app, ["orders"], limit=10)
+    changelog = app.topic("buffer-test-customers-changelog")
+    conductor = app.topics  # the conductor
+    assert conductor._build_handler(TP("orders", 0), set()) == buffer.deliver
+    built = conductor._build_handler(TP(changelog.get_topic_name(), 0), {changelog})
+    assert built != buffer.deliver and callable(built)  # Faust's own

@@ -360,3 +360,97 @@ async def test_with_no_commit_yet_the_first_delivered_offset_is_where_commits_st
     await anext(intake.batches(app, stream, 1, within=0))
     assert intake.Positions.of(app).first == {("orders", 0): 5}
     assert _gaps(app) == []
+
+
+# -- the buffered path ---------------------------------------------------------------------------
+
+
+class BufferedApp(App):
+    """An app whose consumer keeps Faust's unacknowledged set and acknowledges messages."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._unacked_messages: set[Message] = set()
+        self.acked: list[int] = []
+
+    def ack(self, message: Message) -> bool:
+        self._unacked_messages.discard(message)
+        self.acked.append(message.offset)
+        return True
+
+
+async def test_buffered_records_come_in_batches_in_order_and_are_tracked() -> None:
+    app = BufferedApp()
+    buffer = intake.Buffer(app, ["orders"], limit=100)
+    for offset in range(5):
+        await buffer.deliver(Message(offset))
+    batches = buffer.batches(3, within=0)
+    first = await anext(batches)
+    second = await anext(batches)
+    assert [[m.offset for m in b] for b in (first, second)] == [[0, 1, 2], [3, 4]]
+    assert {m.offset for m in app._unacked_messages} == {0, 1, 2, 3, 4}
+    buffer.ack(first)
+    buffer.forget(second)
+    assert app.acked == [0, 1, 2] and app._unacked_messages == set()
+    assert app.monitor.events_total == 5
+
+
+async def test_a_full_buffer_holds_the_delivery_until_a_batch_is_taken() -> None:
+    app = BufferedApp()
+    buffer = intake.Buffer(app, ["orders"], limit=2)
+    await buffer.deliver(Message(0))
+    blocked = asyncio.ensure_future(buffer.deliver(Message(1)))
+    await asyncio.sleep(0)
+    assert not blocked.done()  # the buffer is full: the fetcher's delivery waits
+    batch = await anext(buffer.batches(10, within=0))
+    await asyncio.wait_for(blocked, 5)
+    assert [m.offset for m in batch] == [0, 1]
+
+
+async def test_a_batch_waits_within_its_time_for_more_records() -> None:
+    app = BufferedApp()
+    buffer = intake.Buffer(app, ["orders"], limit=100)
+    await buffer.deliver(Message(0))
+    taking = asyncio.ensure_future(anext(buffer.batches(2, within=30.0)))
+    await asyncio.sleep(0)
+    assert not taking.done()
+    await buffer.deliver(Message(1))
+    batch = await asyncio.wait_for(taking, 5)  # full: goes before its wait is over
+    assert [m.offset for m in batch] == [0, 1]
+
+
+async def test_buffered_records_of_another_generation_or_held_flow_are_skipped() -> None:
+    app = BufferedApp(consumer_generation_id=2)
+    buffer = intake.Buffer(app, ["orders"], limit=100)
+    await buffer.deliver(Message(0, generation_id=1))  # fetched before the rebalance
+    await buffer.deliver(Message(1, generation_id=2))
+    batch = await anext(buffer.batches(10, within=0))
+    assert [m.offset for m in batch] == [1]
+    assert buffer.current(batch)
+    app.consumer_generation_id = 3
+    assert not buffer.current(batch)
+
+
+async def test_a_table_reads_the_partition_of_the_activated_record() -> None:
+    import faust
+
+    app = BufferedApp()
+    buffer = intake.Buffer(app, ["orders"], limit=100)
+    buffer.activate(Message(7, partition=3))
+    event = faust.current_event()
+    assert event is not None and (event.message.partition, event.message.offset) == (3, 7)
+    buffer.activate(None)
+    assert faust.current_event() is None
+
+
+def test_the_conductor_hands_the_buffer_s_topics_to_it_and_the_rest_to_faust() -> None:
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    app = BufferedApp()
+    buffer = intake.Buffer(app, ["orders"], limit=10)
+    conductor = SimpleNamespace(app=app)
+    assert intake.buffered_handler(conductor, TP("orders", 0)) == buffer.deliver
+    assert intake.buffered_handler(conductor, TP("app-customers-changelog", 0)) is None
+    assert intake.buffered_handler(SimpleNamespace(app=App()), TP("orders", 0)) is None
