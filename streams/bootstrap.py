@@ -24,6 +24,7 @@ from streams.handlers import Handlers, Outputs, Stores
 from streams.metrics import WorkerMetrics
 from streams.processor import Processor
 from streams.redis_cache import RedisCache
+from streams.removals import RemovalJournal
 from streams.shop_models import Privacy, ShopModels
 from streams.sink import Topics, TransitionSink
 
@@ -64,6 +65,8 @@ def build_processor(
         cache=cache,
         partitions=partitions,
     )
+    # failed Redis removals are stored in the erasures table until Redis answers again
+    cache.journal = RemovalJournal(stores.erasures)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     sink = TransitionSink(
         Outbox(app_producer(app)), topics(settings, rules), routing(settings, rules), metrics
