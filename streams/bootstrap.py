@@ -74,7 +74,12 @@ def build_processor(
     dlq = app.topic(settings.dlq_topic, **raw)
     outputs = Outputs(
         sink=sink,
-        dead_letters=DeadLetters(dlq, lambda reason: metrics.dead_letters.labels(reason).inc()),
+        dead_letters=DeadLetters(
+            dlq,
+            lambda reason: metrics.dead_letters.labels(reason).inc(),
+            # a reason's message may quote the record's raw ids: kept out of the log then
+            log_messages=settings.secret is None,
+        ),
         receipts=app.topic(settings.erasure_receipts_topic, **raw),
     )
     privacy = Privacy(consent_required=settings.consent_required, secret=settings.secret)

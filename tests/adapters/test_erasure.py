@@ -3,6 +3,7 @@ Redis across a crash, and partition stores too old to be reopened."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,12 +14,12 @@ import pytest
 from faust.stores.rocksdb import Store as RocksDBStore
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streams.dlq import SourceRecord
+from streams.dlq import DeadLetters, SourceRecord
 from streams.framework.store_age import discard_stale_stores, store_age
 from streams.redis_cache import RedisCache
 from streams.redis_layout import bucket
 from streams.removals import PREFIX, RemovalJournal
-from tests.adapters.fakes import Store, Worker
+from tests.adapters.fakes import Store, Topic, Worker
 
 NOW = "2026-01-10T00:00:00+00:00"
 
@@ -181,3 +182,20 @@ def test_a_partition_store_unused_for_half_the_tombstone_retention_is_rebuilt(
     discard_stale_stores(86_400_000)  # a day: stores unused for 12 hours or more go
     assert RocksDBStore._open_for_partition(_Store(tmp_path), 0) == "opened customers-0.db"
     assert written.exists() is kept
+
+
+async def test_dead_letter_logs_leave_the_raw_ids_out_when_pseudonymisation_is_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reason's message quotes the record's raw ids (the key, the customer id): with
+    pseudonymisation on, it goes to the dead letter's headers only, not to the log."""
+    record = _order("alice-raw-id", "o1", 0, 5)
+    message = "record key 'alice-raw-id' differs from customer_id 'alice-raw-idx'"
+    topic = Topic()
+    with caplog.at_level(logging.WARNING):
+        await DeadLetters(topic, log_messages=False).send(record, "key_mismatch", message)
+        assert "alice-raw-id" not in caplog.text
+        assert "dead-lettered orders[0]@5: key_mismatch" in caplog.text
+        await DeadLetters(topic).send(record, "key_mismatch", message)
+    assert "alice-raw-id" in caplog.text  # without pseudonymisation the log says which
+    assert len(topic.sent) == 2
