@@ -14,6 +14,7 @@ import pytest
 from faust.stores.rocksdb import Store as RocksDBStore
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from streams.cli.privacy_requests import combine
 from streams.dlq import DeadLetters, SourceRecord
 from streams.framework.store_age import discard_stale_stores, store_age
 from streams.redis_cache import RedisCache
@@ -199,3 +200,31 @@ async def test_dead_letter_logs_leave_the_raw_ids_out_when_pseudonymisation_is_o
         await DeadLetters(topic).send(record, "key_mismatch", message)
     assert "alice-raw-id" in caplog.text  # without pseudonymisation the log says which
     assert len(topic.sent) == 2
+
+
+def test_the_receipts_of_every_partition_combine_into_one() -> None:
+    def receipt(partition: int, deleted: bool, cache: bool) -> dict[str, Any]:
+        return {
+            "type": "erasure_completed",
+            "request_id": "r-1",
+            "shop_id": "default",
+            "requested_at": "2026-01-10T00:00:00+00:00",
+            "completed_at": f"2026-01-10T00:00:0{partition}+00:00",
+            "state_deleted": deleted,
+            "cache_deleted": cache,
+            "cache_deletion_pending": not cache,
+            "partition": partition,
+        }
+
+    found = combine([receipt(0, False, True), receipt(2, True, False), receipt(1, False, True)], 3)
+    assert {k: found[k] for k in found if k not in ("type", "request_id", "shop_id")} == {
+        "requested_at": "2026-01-10T00:00:00+00:00",
+        "completed_at": "2026-01-10T00:00:02+00:00",
+        "state_deleted": True,
+        "cache_deleted": False,
+        "cache_deletion_pending": True,
+        "partitions": 3,
+        "state_found_on": [2],
+    }
+    nothing = combine([receipt(p, False, True) for p in range(3)], 3)
+    assert (nothing["state_deleted"], nothing["state_found_on"]) == (False, [])
