@@ -13,13 +13,15 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from config.rules import load_rules
 from models.routing import marketing_transitions
 from streams.changelog import read_table, read_topic
 from streams.cli.replay import publish
 from streams.redis_cache import RedisCache
-from streams.topics import ensure_topics
+from streams.topics import ensure_tombstone_retention, ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, run_cli, settings_from, wait_for
 
@@ -175,3 +177,42 @@ async def test_a_stale_partition_store_is_rebuilt_not_reopened(
     finally:
         assert stop_worker(worker) == 0
     assert "default/nina" not in await read_table(settings)
+
+
+async def test_an_existing_changelog_gets_the_tombstone_retention(
+    isolated: dict[str, str],
+) -> None:
+    """A changelog topic created before ``delete.retention.ms`` was set (the broker's default,
+    its own other settings): the worker's start sets it and keeps the others."""
+    settings = settings_from({**isolated, "changelog_delete_retention_ms": "7200000"})
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    settings.changelog_topic,
+                    1,
+                    1,
+                    topic_configs={"cleanup.policy": "compact", "segment.ms": "1000"},
+                )
+            ]
+        )
+
+        async def own_settings() -> dict[str, str]:
+            described = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, settings.changelog_topic)]
+            )
+            entries = described[0].resources[0][4]
+            return {name: value for name, value, _ro, source, *_ in entries if source == 1}
+
+        await wait_for(own_settings, lambda own: "segment.ms" in own, 30, "the new topic")
+        assert await ensure_tombstone_retention(settings) == [settings.changelog_topic]
+        assert await own_settings() == {
+            "cleanup.policy": "compact",
+            "segment.ms": "1000",
+            "delete.retention.ms": "7200000",
+        }
+        assert await ensure_tombstone_retention(settings) == []  # set already
+    finally:
+        await admin.close()
