@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         description="changelog segment age: bounds how long an erased customer's old records "
         "wait for compaction",
     )
+    changelog_delete_retention_ms: int = Field(
+        86_400_000,
+        ge=60_000,
+        description="how long the changelog keeps an erased customer's tombstone (the topic's "
+        "delete.retention.ms); a local partition store unused for half of it is rebuilt",
+    )
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics we create")
     replication_factor: int = Field(1, ge=1, le=16)
     store: Literal["rocksdb", "memory"] = "rocksdb"

@@ -208,7 +208,10 @@ ERASURE_EVENT: Final[TypeAdapter[ErasureRequested]] = TypeAdapter(ErasureRequest
 
 class ErasureCompleted(_Event):
     """The receipt of an erasure: what was deleted. ``cache_deletion_pending``: Redis could not
-    be reached, its copy goes when it comes back."""
+    be reached, its copy goes when it comes back (the pending removal is stored, so a crash
+    meanwhile does not lose it). ``partition``: the erasure topic's partition the request was
+    processed on; a request sent to every partition (``segmenter forget``) gets one receipt
+    from each, and the customer's state is found on one of them at most."""
 
     type: Literal["erasure_completed"] = "erasure_completed"
     request_id: str
@@ -218,10 +221,16 @@ class ErasureCompleted(_Event):
     state_deleted: bool
     cache_deleted: bool
     cache_deletion_pending: bool
+    partition: int | None = None
 
 
 def erasure_receipt(
-    event: ErasureRequested, *, state_deleted: bool, cache_deleted: bool, completed_at: datetime
+    event: ErasureRequested,
+    *,
+    state_deleted: bool,
+    cache_deleted: bool,
+    completed_at: datetime,
+    partition: int | None = None,
 ) -> ErasureCompleted:
     """The receipt of ``event``: whether the customer's state was there to delete, and whether
     the cache's copy is gone already (else its deletion is pending)."""
@@ -233,6 +242,7 @@ def erasure_receipt(
         state_deleted=state_deleted,
         cache_deleted=cache_deleted,
         cache_deletion_pending=not cache_deleted,
+        partition=partition,
     )
 
 

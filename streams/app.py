@@ -20,6 +20,7 @@ from streams.calibrations import follow_calibrations, recalibrate, recalibration
 from streams.clients import faust_broker_options
 from streams.dlq import SourceRecord
 from streams.framework import intake
+from streams.framework.store_age import discard_stale_stores
 from streams.lag import LagProbe
 from streams.processor import Processor
 from streams.redis_cache import REDIS_FAILURES
@@ -47,6 +48,7 @@ def create_app(
     """Build the app for a given orders topic partition count (see ``ensure_topics``) and the
     shops' current calibrations (see ``read_calibrations``)."""
     framework.install()
+    discard_stale_stores(settings.changelog_delete_retention_ms)
     app = faust.App(
         settings.app_id,
         # Faust would let its own environment variables (APP_WEB_TABLES_ENABLED, BROKER_URL,
@@ -81,6 +83,9 @@ def create_app(
         "segment.ms": str(settings.changelog_segment_ms),
         "max.compaction.lag.ms": str(settings.changelog_segment_ms),
         "min.cleanable.dirty.ratio": "0.01",
+        # How long a tombstone stays once compacted: a partition store older than that could
+        # miss it and bring an erased customer back (see streams.local_store).
+        "delete.retention.ms": str(settings.changelog_delete_retention_ms),
     }
 
     def table(name: str) -> Any:  # bytes in, bytes out: streams.codecs owns the encoding
@@ -104,6 +109,13 @@ def create_app(
     @customers.on_recover
     async def rebuild_due_index() -> None:
         await processor.rebuild_index()
+
+    @erasures.on_recover
+    async def restore_pending_removals() -> None:
+        """Redis removals stored before a crash (or by the partitions' last worker)."""
+        restored = processor.handlers.stores.cache.restore_removals()
+        if restored:
+            log.info("redis: %d stored customer removals pending", restored)
 
     _timers(app, settings, rules, processor, orders, partitions)
     return Segmenter(app=app, processor=processor)

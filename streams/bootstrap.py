@@ -24,6 +24,7 @@ from streams.handlers import Handlers, Outputs, Stores
 from streams.metrics import WorkerMetrics
 from streams.processor import Processor
 from streams.redis_cache import RedisCache
+from streams.removals import RemovalJournal
 from streams.shop_models import Privacy, ShopModels
 from streams.sink import Topics, TransitionSink
 
@@ -64,6 +65,8 @@ def build_processor(
         cache=cache,
         partitions=partitions,
     )
+    # failed Redis removals are stored in the erasures table until Redis answers again
+    cache.journal = RemovalJournal(stores.erasures)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     sink = TransitionSink(
         Outbox(app_producer(app)), topics(settings, rules), routing(settings, rules), metrics
@@ -71,7 +74,12 @@ def build_processor(
     dlq = app.topic(settings.dlq_topic, **raw)
     outputs = Outputs(
         sink=sink,
-        dead_letters=DeadLetters(dlq, lambda reason: metrics.dead_letters.labels(reason).inc()),
+        dead_letters=DeadLetters(
+            dlq,
+            lambda reason: metrics.dead_letters.labels(reason).inc(),
+            # a reason's message may quote the record's raw ids: kept out of the log then
+            log_messages=settings.secret is None,
+        ),
         receipts=app.topic(settings.erasure_receipts_topic, **raw),
     )
     privacy = Privacy(consent_required=settings.consent_required, secret=settings.secret)

@@ -66,7 +66,9 @@ class Cache(Protocol):
 
     async def write(self, items: Sequence[tuple[CustomerState, Metrics]]) -> None: ...
 
-    async def remove(self, shop_id: str, customer_id: str) -> bool: ...
+    async def remove(
+        self, shop_id: str, customer_id: str, partition: int | None = None
+    ) -> bool: ...
 
 
 class Status(enum.Enum):
@@ -208,7 +210,9 @@ class Checkpoint:
         for change in changes.values():
             state = change.state
             if change.figures is None:  # no consent: Redis holds nothing about them
-                await self.cache.remove(state.shop_id, state.customer_id)
+                # a failed removal is stored in the partition's erasures table, made
+                # durable with the changelog records below
+                await self.cache.remove(state.shop_id, state.customer_id, change.partition)
             else:
                 writes.append((state, change.figures))
         await self._put(

@@ -225,6 +225,7 @@ def encode_receipt(receipt: ErasureCompleted) -> bytes:
             "state_deleted": receipt.state_deleted,
             "cache_deleted": receipt.cache_deleted,
             "cache_deletion_pending": receipt.cache_deletion_pending,
+            "partition": receipt.partition,
         }
     )
 

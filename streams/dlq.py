@@ -100,9 +100,18 @@ def within_limit(
 class DeadLetters:
     """Sends rejected records to the dead-letter topic; ``on_reason`` counts them."""
 
-    def __init__(self, topic: Any, on_reason: Callable[[str], None] = lambda _reason: None) -> None:
+    def __init__(
+        self,
+        topic: Any,
+        on_reason: Callable[[str], None] = lambda _reason: None,
+        *,
+        log_messages: bool = True,
+    ) -> None:
+        """``log_messages``: the reason's message goes to the log too (it may quote the
+        record's ids: off when pseudonymisation is on, the dead letter's headers keep it)."""
         self._topic = topic
         self._on_reason = on_reason
+        self._log_messages = log_messages
 
     async def send(self, source: SourceRecord, reason: str, message: str) -> Any:
         """Publish the record unchanged (or, past ``MAX_DEAD_LETTER_BYTES``, its beginning), with
@@ -116,7 +125,7 @@ class DeadLetters:
             source.partition,
             source.offset,
             reason,
-            message[:300],
+            message[:300] if self._log_messages else "(in the dead letter's headers)",
             extra={
                 "topic": source.topic,
                 "partition": source.partition,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -39,6 +39,7 @@ from streams.codecs import (
     decode_consent,
     decode_erasure,
     decode_order,
+    decode_stored,
     decode_stored_due,
     decode_tick,
     encode_receipt,
@@ -68,6 +69,19 @@ class Markers(Protocol):
 
     def pop(self, key: bytes) -> None: ...
 
+    def put_many(self, rows: Sequence[tuple[int, bytes, bytes]]) -> None: ...
+
+    def delete_in(self, partition: int, key: bytes, *, stored: bool = True) -> None: ...
+
+    def items(self) -> Any: ...
+
+
+class Customers(Store, Protocol):
+    """The customer table (``streams.framework.tables.TableStore``), with deletes in one
+    partition."""
+
+    def delete_in(self, partition: int, key: bytes, *, stored: bool = True) -> None: ...
+
 
 @dataclass(frozen=True)
 class Stores:
@@ -75,7 +89,7 @@ class Stores:
     and the orders topic's partition count (None: records are not checked against Kafka's
     default partitioner)."""
 
-    customers: Store
+    customers: Customers
     erasures: Markers
     cache: Cache
     partitions: int | None = None
@@ -191,8 +205,10 @@ class Handlers:
     def _check_partition(self, record: SourceRecord, partitions: list[int]) -> None:
         """Count (and log, at most once a minute) an order record in another partition than
         Kafka's default partitioner (murmur2, the Java client's and aiokafka's) gives its key:
-        the consent and erasure requests keyed the same way land where the customer's state is
-        only if the shop's producers partition like that (librdkafka's default does not)."""
+        ``segmenter forget`` reaches every partition, but consent and erasure requests the shop
+        publishes land where the customer's state is only if its producers partition them like
+        its orders. Every 64th record: a producer that partitions otherwise shows within its
+        first records, and murmur2 in Python costs about 8 µs, too much for every order."""
         expected = self._partitioner(record.key, partitions, partitions)
         if expected == record.partition:
             return
@@ -202,9 +218,10 @@ class Handlers:
             self._misrouted_logged = now
             log.warning(
                 "order record at %s[%d]@%d is in partition %d, Kafka's default partitioner "
-                "gives its key partition %d: producers must partition by murmur2 of the key "
-                "(librdkafka clients: partitioner=murmur2_random), or erasure and consent "
-                "requests miss the customer's state",
+                "gives its key partition %d: consent and erasure requests the shop publishes "
+                "must be partitioned like its orders, or they miss the customer's state "
+                "(segmenter forget reaches every partition; librdkafka clients: "
+                "partitioner=murmur2_random partitions like Kafka's default)",
                 record.topic,
                 record.partition,
                 record.offset,
@@ -230,40 +247,62 @@ class Handlers:
         await self._save(record.partition, new_state, transitions, previous=state)
 
     async def on_erasure(self, record: SourceRecord) -> None:
-        """One record of the erasure topic: delete every copy we hold, then send a receipt."""
+        """One record of the erasure topic: delete every copy this partition holds, then send a
+        receipt for it.
+
+        A request may be sent to every partition (``segmenter forget`` does, since the
+        webshop's producer may partition the customer's orders otherwise than the command's
+        would): each partition's copy looks at its own partition's table only, and the
+        customer's state is found on one of them at most. Either way the partition's changelog
+        gets a tombstone for the customer, also when nothing is found (a request replayed after
+        its state was deleted locally but before the tombstone reached the broker must still
+        send it), and the partition remembers the erasure."""
         event = await self._decoded(record, decode_erasure)
         if event is None:
             return
         # Deletes are not batched: the batch so far is written first, so the erasure follows
         # every earlier change of the customer.
         await self.checkpoint.write_running()
+        partition = record.partition
         key = state_key(event.shop_id, event.customer_id)
-        state = self._load(key, record.partition)
+        state = self._load_in(key, partition)
         if state is not None:
             model = self.models.model_for(event.shop_id)
             await self.outputs.sink.send(erase(state, event, model), force=True)
-            self.stores.customers.delete(key.encode())  # a tombstone on the compacted changelog
             self.customers -= 1
-        self.clock.forget(record.partition, key)
-        cache_removed = await self.stores.cache.remove(event.shop_id, event.customer_id)
+        # a tombstone on this partition of the compacted changelog, found or not
+        self.stores.customers.delete_in(partition, key.encode(), stored=state is not None)
+        self.clock.forget(partition, key)
+        cache_removed = await self.stores.cache.remove(event.shop_id, event.customer_id, partition)
         self.stores.erasures.put(
             self.models.privacy.marker(event.shop_id, event.customer_id),
             event.occurred_at.isoformat().encode(),
         )
-        # The tombstone and the erasure marker reach the changelog before the erasure's offset
-        # can be committed: a crash after that must not bring the customer back.
+        # The tombstone, the erasure marker and a pending Redis removal reach the changelog
+        # before the erasure's offset can be committed: a crash after that must not bring the
+        # customer back.
         await self.stores.customers.durable()
         receipt = erasure_receipt(
             event,
             state_deleted=state is not None,
             cache_deleted=cache_removed,
             completed_at=datetime.now(UTC),
+            partition=partition,
         )
         self.checkpoint.track(
             await self.outputs.receipts.send(
                 key=event.request_id.encode(), value=encode_receipt(receipt)
             )
         )
+
+    def _load_in(self, key: str, partition: int) -> CustomerState | None:
+        """The customer's state if ``partition`` holds it (the memory store has one map for
+        every partition, and a stored value names its partition)."""
+        value = self.stores.customers.get(partition, key.encode())
+        if value is None:
+            return None
+        stored_partition, state = decode_stored(value)
+        return state if stored_partition == partition else None
 
     def _erased(self, shop_id: str, customer_id: str, partition: int) -> bool:
         marker = self.models.privacy.marker(shop_id, customer_id)

@@ -1,5 +1,6 @@
 """The worker's local data directory: one worker at a time, and its table store trusted only
-after a clean stop."""
+after a clean stop (and a partition's store only while it is younger than the changelog's
+tombstones: ``streams.framework.store_age``)."""
 
 from __future__ import annotations
 

@@ -99,8 +99,11 @@ class RedisCache:
         self._remove_script = client.register_script(REMOVE_SCRIPT)
         # Latest state per customer whose write failed; retried by ``flush_pending``.
         self._pending: dict[str, tuple[CustomerState, Metrics]] = {}
-        # Customers to remove once Redis answers again (retried before the pending writes).
-        self._pending_removals: set[tuple[str, str]] = set()
+        # Customers to remove once Redis answers again (retried before the pending writes),
+        # with the partition whose erasures table stores the pending removal (None: kept in
+        # memory only). ``journal`` stores them (``streams.removals.RemovalJournal``).
+        self._pending_removals: dict[tuple[str, str], int | None] = {}
+        self.journal: Any = None
         self._refusal: str | None = None  # the last refusal logged, so it is logged once
         self.errors = 0
 
@@ -137,6 +140,10 @@ class RedisCache:
         batch = {state.key: (state, metrics) for state, metrics in items}
         if not batch:
             return
+        if self._pending_removals:
+            await self._remove_before(batch)
+            if not batch:
+                return
         groups: dict[tuple[str, int], list[tuple[CustomerState, Metrics]]] = {}
         for state, metrics in batch.values():
             where = (state.shop_id, bucket(state.customer_id))
@@ -237,9 +244,39 @@ class RedisCache:
         except REDIS_FAILURES as exc:
             return [exc] * len(requests)
 
-    async def remove(self, shop_id: str, customer_id: str) -> bool:
+    async def _remove_before(self, batch: dict[str, tuple[CustomerState, Metrics]]) -> None:
+        """A pending removal of a customer goes first: a removal applied after a newer write
+        (consent given again) would delete what the write brought. The writes of customers
+        whose removal still fails wait with it (out of ``batch``)."""
+        for shop_id, customer_id in list(self._pending_removals):
+            item = batch.get(f"{shop_id}/{customer_id}")
+            if item is None:
+                continue
+            partition = self._pending_removals[shop_id, customer_id]
+            if not await self.remove(shop_id, customer_id, partition):
+                del batch[item[0].key]
+                self._pending[item[0].key] = item
+
+    def pend_removal(self, shop_id: str, customer_id: str, partition: int | None) -> None:
+        """A removal to make once Redis answers (one stored before a restart)."""
+        self._pending_removals[shop_id, customer_id] = partition
+
+    def restore_removals(self) -> int:
+        """After the tables' recovery: the pending removals the erasures table stores (made
+        before a crash, or by the partitions' previous worker); returns how many."""
+        if self.journal is None:
+            return 0
+        count = 0
+        for partition, shop_id, customer_id in self.journal.stored():
+            self.pend_removal(shop_id, customer_id, partition)
+            count += 1
+        return count
+
+    async def remove(self, shop_id: str, customer_id: str, partition: int | None = None) -> bool:
         """Delete the customer's hash and segment membership (no consent, or erased); drops a
-        pending write of the customer so it cannot bring them back. False if Redis failed."""
+        pending write of the customer so it cannot bring them back. False if Redis failed:
+        then the removal is pending, stored in the erasures table of ``partition`` (the
+        partition of the record that asked for it) so that it survives a crash."""
         tag = self._tag(shop_id, customer_id)
         sets = f"{tag}segment:"
         self._pending.pop(f"{shop_id}/{customer_id}", None)
@@ -249,29 +286,37 @@ class RedisCache:
                 keys = [f"{tag}customer:{customer_id}"] + [sets + n for n in sorted(named)]
                 stored = await self._remove_script(keys=keys, args=[sets, customer_id])
                 if not stored:
-                    return True
+                    break
                 named.add(stored.decode())
-            raise RedisError(f"the customer kept moving to undeclared segments: {named}")
+            else:
+                raise RedisError(f"the customer kept moving to undeclared segments: {named}")
         except REDIS_FAILURES as exc:
             self.errors += 1
             self._note_refusal(exc)
-            self._pending_removals.add((shop_id, customer_id))
+            held = self._pending_removals.get((shop_id, customer_id))
+            where = partition if partition is not None else held
+            self._pending_removals[shop_id, customer_id] = where
+            if self.journal is not None and where is not None:
+                self.journal.add(where, shop_id, customer_id)
             log.warning("redis removal of a customer failed, will retry: %s", exc)
             return False
+        self._pending_removals.pop((shop_id, customer_id), None)
+        if self.journal is not None:
+            self.journal.done(shop_id, customer_id)
+        return True
 
     async def flush_pending(self) -> int:
         """Retry the removals and writes that failed; returns how many are still pending."""
-        removals, self._pending_removals = self._pending_removals, set()
-        for shop_id, customer_id in removals:
-            key = (shop_id, customer_id)
-            held = self._pending.pop(f"{shop_id}/{customer_id}", None)
-            await self.remove(shop_id, customer_id)
-            if held is not None and key not in self._pending_removals:
-                self._pending[f"{shop_id}/{customer_id}"] = held  # written after the removal
+        for (shop_id, customer_id), partition in list(self._pending_removals.items()):
+            key = f"{shop_id}/{customer_id}"
+            held = self._pending.pop(key, None)
+            await self.remove(shop_id, customer_id, partition)
+            if held is not None:  # written after the removal (and waits for it)
+                self._pending[key] = held
         if self._pending:
             pending, self._pending = self._pending, {}
             await self.write(pending.values())
-        return len(self._pending)
+        return self.pending
 
     @staticmethod
     def _fields(state: CustomerState, m: Metrics) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from config.settings import Settings
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # How long new topics may take until every partition is served.
 TOPIC_READY_SECONDS = 30.0
+# A topic setting's source in a DescribeConfigs answer (v1 and later): set on the topic.
+DYNAMIC_TOPIC_CONFIG = 1
 
 
 def _config(settings: Settings, name: str, compacted: set[str]) -> dict[str, str] | None:
@@ -168,3 +171,74 @@ async def broker_answers(settings: Settings) -> bool:
         return False
     finally:
         await admin.close()
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """The tables' changelog topics (Faust creates them: ``<app id>-<table>-changelog``)."""
+    return [settings.changelog_topic, f"{settings.app_id}-erasures-changelog"]
+
+
+async def ensure_tombstone_retention(settings: Settings) -> list[str]:
+    """Set ``delete.retention.ms`` on existing changelog topics that have another value (topics
+    created before the setting existed, or with another one); returns the topics changed.
+
+    Faust creates missing changelog topics with it (``streams.app``). AlterConfigs replaces a
+    topic's own settings as a whole, so the topic's other settings are sent along unchanged.
+    A broker that refuses (no AlterConfigs permission) is logged, not fatal: the tombstones
+    then stay as long as the topic's current value says (docs/privacy.md)."""
+    wanted = str(settings.changelog_delete_retention_ms)
+    admin = await _admin(settings)
+    changed = []
+    try:
+        listed = set(await admin.list_topics())
+        present = [t for t in changelog_topics(settings) if t in listed]
+        if not present:
+            return []
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
+        )
+        for response in responses:
+            for error, message, _type, name, entries, *_ in response.resources:
+                if error:
+                    raise for_code(error)(f"topic {name}: {message}")
+                own = _own_settings(response.API_VERSION, entries)
+                if own is None or own.get("delete.retention.ms") == wanted:
+                    continue
+                result = await admin.alter_configs(
+                    [
+                        ConfigResource(
+                            ConfigResourceType.TOPIC, name, {**own, "delete.retention.ms": wanted}
+                        )
+                    ]
+                )
+                for code, text, _kind, topic in result[0].resources:
+                    if code:
+                        raise for_code(code)(f"topic {topic}: {text}")
+                changed.append(name)
+    except Exception as exc:
+        log.warning(
+            "could not set delete.retention.ms=%s on the changelog topics %s: %r (the tombstones "
+            "of erased customers stay as long as the topics' current value says)",
+            wanted,
+            changelog_topics(settings),
+            exc,
+        )
+    finally:
+        await admin.close()
+    if changed:
+        log.info("set delete.retention.ms=%s on %s", wanted, ", ".join(changed))
+    return changed
+
+
+def _own_settings(version: int, entries: list[tuple[Any, ...]]) -> dict[str, str] | None:
+    """The settings set on the topic itself; None if one of them is hidden (sensitive), so
+    that they could not be sent back unchanged."""
+    own = {}
+    for name, value, _read_only, source, *_ in entries:
+        set_here = source == DYNAMIC_TOPIC_CONFIG if version >= 1 else not source
+        if not set_here:
+            continue
+        if value is None:
+            return None
+        own[name] = value
+    return own

@@ -27,7 +27,7 @@ from streams.app import create_app
 from streams.calibrations import read_calibrations
 from streams.local_store import lock_data_dir, trust_local_store
 from streams.refusals import refusal
-from streams.topics import ensure_topics
+from streams.topics import ensure_tombstone_retention, ensure_topics
 
 
 def run_worker(settings: Settings) -> None:
@@ -124,6 +124,7 @@ async def _prepare(settings: Settings, rules: SegmentRules) -> tuple[int, dict[s
     while True:
         try:
             partitions = await ensure_topics(settings, marketing_transitions(rules))
+            await ensure_tombstone_retention(settings)
             return partitions, await read_calibrations(settings)
         except (ConnectionError, KafkaError) as exc:
             refused = await refusal(settings, exc)

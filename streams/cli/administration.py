@@ -43,13 +43,21 @@ def replay(file: Path) -> None:
     console.print(f"published {sent} records to {settings.orders_topic}")
 
 
+# The exit status of ``segmenter forget`` when no partition held a state of the customer.
+NOTHING_FOUND_EXIT = 3
+
+
 @main.command()
 @click.argument("customer_id")
 @click.option("--shop", default="default", show_default=True)
-@click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipt")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipts")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait")
 def forget(customer_id: str, shop: str, wait: bool, timeout: float) -> None:
-    """Erase everything stored about a customer (right to erasure); prints the receipt."""
+    """Erase everything stored about a customer (right to erasure); prints the receipt.
+
+    The request goes to every partition of the erasure topic; the receipt combines theirs.
+    Exits 3 when no partition held a state of the customer (nothing stored, a wrong id or
+    shop, or erased before)."""
     from streams.cli.privacy_requests import request_erasure
 
     settings = load_settings()
@@ -58,6 +66,27 @@ def forget(customer_id: str, shop: str, wait: bool, timeout: float) -> None:
     except (ConnectionError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.stdout.write(orjson.dumps(receipt).decode() + "\n")
+    if not wait:
+        console.print(f"erasure requested on {receipt['partitions']} partitions")
+        return
+    pending = (
+        "; Redis's copy is removed once Redis answers (the removal is stored)"
+        if receipt["cache_deletion_pending"]
+        else ""
+    )
+    if receipt["state_deleted"]:
+        console.print(
+            f"erased: the customer's state was found and deleted (partition "
+            f"{', '.join(map(str, receipt['state_found_on'])) or '?'} of "
+            f"{receipt['partitions']}){pending}"
+        )
+        return
+    console.print(
+        f"nothing to erase: no partition ({receipt['partitions']}) held a state of customer "
+        f"{customer_id!r} of shop {shop!r} (never stored, a wrong id or shop, or erased "
+        f"before); their orders arriving later are skipped all the same{pending}"
+    )
+    sys.exit(NOTHING_FOUND_EXIT)
 
 
 @main.group()

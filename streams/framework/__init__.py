@@ -13,6 +13,8 @@ package. What is here, and why it cannot use the public API:
   changelog records held, sent together and acknowledged per batch.
 - ``consumer``: how far the worker's consumer has fetched and committed a partition, and a
   metadata refresh for the command line's clients.
+- ``store_age``: a partition's RocksDB store discarded before it is opened when it is older
+  than the changelog keeps tombstones.
 - ``connection``: one direct connection to a broker, to learn why a client could not start
   (aiokafka logs a refused login and reports only that it could not bootstrap).
 

@@ -199,6 +199,22 @@ class TableStore:
         """Delete the key if present."""
         self.table.pop(key, None)
 
+    def delete_in(self, partition: int, key: bytes, *, stored: bool = True) -> None:
+        """A tombstone for the key on the changelog partition ``partition``, and (``stored``)
+        the key deleted from that partition's store only. ``delete`` would delete it from
+        whichever partition Faust's key index names, or from every one: a request sent to
+        every partition must touch its own partition's copy alone. ``stored=False``: the
+        partition holds nothing to delete (in the memory store, partitions share one map)."""
+        self.table.send_changelog(partition, key, None)
+        if not stored:
+            return
+        store = self.table.data
+        if isinstance(store, RocksDBStore):
+            store._db_for_partition(partition).delete(key)
+            store._key_index.pop(key, None)  # it may name this partition
+        else:
+            store.pop(key, None)
+
     def items(self) -> Any:
         return self.table.items()
 

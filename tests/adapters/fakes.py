@@ -134,6 +134,13 @@ class Store(dict[bytes, bytes]):
     def pop(self, key: bytes, default: Any = None) -> Any:  # type: ignore[override]
         return super().pop(key, default)
 
+    def delete_in(self, partition: int, key: bytes, *, stored: bool = True) -> None:
+        """A tombstone on ``partition``; the key deleted only if ``stored`` (one map for every
+        partition, like Faust's memory store)."""
+        self.log.append(("tombstone", (partition, key)))
+        if stored:
+            super().pop(key, None)
+
     async def durable(self) -> None:
         if self.gate is not None:
             await self.gate.wait()
@@ -158,7 +165,8 @@ class Cache:
             self.written[state.key] = max(self.written.get(state.key, 0), state.revision)
             self.figures[state.key] = metrics
 
-    async def remove(self, shop_id: str, customer_id: str) -> bool:
+    async def remove(self, shop_id: str, customer_id: str, partition: int | None = None) -> bool:
+        self.log.append(("remove", (shop_id, customer_id, partition)))
         return True
 
 

@@ -222,9 +222,13 @@ def test_an_erasure_receipt_is_encoded_as_it_always_was(
     )
     completed_at = NOW + timedelta(microseconds=123)
     receipt = erasure_receipt(
-        event, state_deleted=state_deleted, cache_deleted=cache_deleted, completed_at=completed_at
+        event,
+        state_deleted=state_deleted,
+        cache_deleted=cache_deleted,
+        completed_at=completed_at,
+        partition=3,
     )
-    # the receipt as the worker built it before it had a model
+    # the receipt as the worker built it before it had a model, and the partition it was for
     old = {
         "type": "erasure_completed",
         "request_id": event.request_id,
@@ -234,6 +238,7 @@ def test_an_erasure_receipt_is_encoded_as_it_always_was(
         "state_deleted": state_deleted,
         "cache_deleted": cache_deleted,
         "cache_deletion_pending": not cache_deleted,
+        "partition": 3,
     }
     assert encode_receipt(receipt) == orjson.dumps(old)
     assert (

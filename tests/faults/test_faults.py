@@ -651,3 +651,185 @@ async def test_a_second_worker_on_the_same_data_directory_refuses_to_start(
         await h.publish(stream, {4: second})
         await h.settle()
         await h.verify("second worker, same data directory", stream, clean_ids)
+
+
+# -- erasure under faults -------------------------------------------------------------------------
+
+ERASED = 3  # customers erased per scenario
+
+
+class PersistentRedis:
+    """A Redis of the scenario's own that keeps its data across a stop (appendonly), on a free
+    port: the shared devstack Redis keeps nothing on disk."""
+
+    def __init__(self, devstack: Devstack, directory: Path) -> None:
+        self.binary = devstack.redis_binary()
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        from streams.cli.devstack import redis_options
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / "redis.out").open("ab") as out:
+            self.process = subprocess.Popen(
+                [self.binary, *redis_options(self.port, self.directory), "--appendonly", "yes"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        client = aioredis.from_url(self.url)
+        try:
+
+            async def answers() -> bool:
+                try:
+                    return bool(await client.ping())
+                except Exception:
+                    return False
+
+            await wait_for(answers, bool, 30, "the scenario's Redis")
+        finally:
+            await client.aclose()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # flushes its append-only file
+            self.process.wait(30)
+        self.process = None
+
+
+async def _request_erasures(settings: Settings, customers: list[str]) -> None:
+    """Erasure requests for ``customers``, to every partition (as ``segmenter forget`` sends
+    them), without waiting for receipts."""
+    producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(settings.erasure_topic))
+        for customer in customers:
+            request = orjson.dumps(
+                {
+                    "type": "erasure_requested",
+                    "request_id": f"fault-{customer}",
+                    "customer_id": customer,
+                    "occurred_at": (T0 + timedelta(days=500)).isoformat(),
+                }
+            )
+            for partition in partitions:
+                await producer.send_and_wait(
+                    settings.erasure_topic,
+                    key=customer.encode(),
+                    value=request,
+                    partition=partition,
+                )
+    finally:
+        await producer.stop()
+
+
+async def _erased_everywhere(
+    settings: Settings, name: str, stream: Stream, erased: list[str]
+) -> None:
+    """The erased customers are in neither the changelog (only tombstones) nor Redis; every
+    other customer's Redis copy equals the table."""
+    await wait_for(
+        lambda: group_lag(settings, settings.erasure_topic),
+        lambda lag: bool(lag) and all((p.committed or 0) == p.end for p in lag),
+        240,
+        "the workers to process every erasure request",
+        interval=1.0,
+    )
+    table = {k: v.state for k, v in (await read_table(settings)).items()}
+    mismatches: list[Any] = [("table", c) for c in erased if f"default/{c}" in table]
+    mismatches += await _redis_mismatches(settings, table)  # erased: gone from both
+    client = aioredis.from_url(settings.redis_url.get_secret_value())
+    keys = RedisCache(client, settings.redis_prefix)
+    try:
+        for customer in erased:
+            if await client.exists(keys.customer_key("default", customer)):
+                mismatches.append(("redis", customer))
+    finally:
+        await client.aclose()
+    RESULTS.append(
+        {
+            "scenario": name,
+            "orders sent": len(stream.records),
+            "mismatches": len(mismatches),
+            "duplicate ids delivered": 0,
+            "recovery s": 0.0,
+        }
+    )
+    assert mismatches == []
+
+
+async def test_erasure_during_a_redis_outage_then_kill_9(
+    isolated: dict[str, str], tmp_path: Path, devstack: Devstack
+) -> None:
+    """Customers erased while Redis is down, the worker killed (-9) before Redis is back, and
+    Redis comes back with its data (appendonly): the next worker removes them from it, from
+    the removals stored in the erasures table (Redis's synced markers are there too: no
+    resync would)."""
+    redis_server = PersistentRedis(devstack, tmp_path / "redis")
+    await redis_server.start()
+    try:
+        async with Harness({**isolated, "redis_url": redis_server.url}, tmp_path) as h:
+            h.start("w1")
+            stream = make_stream()
+            await h.publish(stream, {})
+            await h.settle()
+            erased = sorted(k.split("/", 1)[1] for k in await read_table(h.settings))[:ERASED]
+            redis_server.stop()
+            await _request_erasures(h.settings, erased)
+            receipts = await wait_for(
+                lambda: _receipts(h.settings),
+                lambda found: len(found) == ERASED * 2,  # a receipt per partition
+                60,
+                "the erasure receipts",
+            )
+            assert all(r["cache_deletion_pending"] for r in receipts)
+            await h.stop("w1", signal.SIGKILL)
+            await redis_server.start()
+            client = aioredis.from_url(redis_server.url)
+            keys = RedisCache(client, h.settings.redis_prefix)
+            try:  # Redis kept the erased customers
+                kept = [await client.exists(keys.customer_key("default", c)) for c in erased]
+                assert kept == [1] * ERASED
+            finally:
+                await client.aclose()
+            h.start("w1")
+            await h.settle()
+            await _erased_everywhere(h.settings, "erasure, Redis down, kill -9", stream, erased)
+    finally:
+        redis_server.stop()
+
+
+async def test_erasure_with_the_broker_stopped_then_sigterm(
+    isolated: dict[str, str], tmp_path: Path, devstack: Devstack
+) -> None:
+    """Erasure requests published just before the broker stops: the worker deletes locally and
+    cannot get the tombstones acknowledged; it is stopped with SIGTERM meanwhile. Restarted
+    with the broker back, the replayed requests find nothing locally and send the tombstones
+    all the same: the customers are absent from the changelog and Redis."""
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+        stream = make_stream()
+        await h.publish(stream, {})
+        await h.settle()
+        erased = sorted(k.split("/", 1)[1] for k in await read_table(h.settings))[:ERASED]
+        await _request_erasures(h.settings, erased)
+        await asyncio.to_thread(devstack.stop, "kafka", print)
+        try:
+            await h.stop("w1")  # SIGTERM, with the broker away
+        finally:
+            await asyncio.to_thread(devstack.start_kafka, print)
+        h.start("w1")
+        await h.settle()
+        await _erased_everywhere(h.settings, "erasure, broker down, SIGTERM", stream, erased)
+
+
+async def _receipts(settings: Settings) -> list[Any]:
+    return [
+        orjson.loads(r.value) async for r in read_topic(settings, settings.erasure_receipts_topic)
+    ]

@@ -218,3 +218,45 @@ async def test_withdrawn_consent_stops_marketing_and_clears_redis(
     finally:
         await client.aclose()
     assert (await _moves(settings, settings.transitions_topic, "gina"))[-1][2] == "consent_granted"
+
+
+async def test_raw_ids_stay_out_of_the_worker_log_with_pseudonymisation(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    """With pseudonymisation on, nothing the worker logs names a raw customer id: not its
+    orders, not a dead-lettered record whose reason quotes its key, not its erasure."""
+    overrides = {
+        **isolated,
+        "clock": "wall",
+        "pseudonymisation_secret": "a-secret-of-at-least-16-bytes",
+    }
+    settings = settings_from(overrides)
+    await ensure_topics(settings, marketing_transitions(load_rules()))
+    log = tmp_path / "worker.log"
+    process = spawn_worker(overrides, log)
+    try:
+        mismatched = order("raw-ruth-2", "rm", 1)
+        await publish(
+            settings,
+            iter(
+                [
+                    (b"raw-ruth-1", orjson.dumps(order("raw-ruth-1", "r1", 5))),
+                    (b"raw-ruth-1", orjson.dumps(mismatched)),  # key_mismatch: dead-lettered
+                    (b"raw-ruth-1", orjson.dumps(order("raw-ruth-1", "r2", 2))),
+                ]
+            ),
+        )
+        await wait_for(
+            lambda: read_table(settings),
+            lambda table: any(len(s.state.orders) == 2 for s in table.values()),
+            60,
+            "ruth's two orders",
+        )
+        receipt = orjson.loads(await run_cli(overrides, "forget", "raw-ruth-1"))
+        assert receipt["state_deleted"] is True
+        assert await read_table(settings) == {}
+    finally:
+        assert stop_worker(process) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "dead-lettered" in text and "key_mismatch" in text  # the path that quotes ids ran
+    assert "raw-ruth" not in text
