@@ -68,6 +68,15 @@ def render(results: Any) -> str:
             f"< {TARGETS['state_bytes_per_customer']:.0f}",
             _verdict(t["state_bytes_per_customer"], TARGETS["state_bytes_per_customer"]),
         )
+        if "state_bytes_max" in t:
+            row(
+                f"stored state after the run ({t['stored_states']:,} customers), "
+                "median / p99 / largest, bytes",
+                f"{t['state_bytes_median']:,.0f} / {t['state_bytes_p99']:,.0f} / "
+                f"{t['state_bytes_max']:,}",
+                f"<= {t['state_bytes_bound']:,} (bound)",
+                _verdict(t["state_bytes_max"], t["state_bytes_bound"]),
+            )
     if (lat := f.get("latency")) and "p50_ms" in lat:
         row(
             f"end-to-end latency at {lat['offered_per_s']:,} orders/s "

@@ -49,6 +49,8 @@ from bench.data import StreamSpec, order_stream
 from bench.raw import run_raw
 from bench.store import create_compacted_topic, fill_changelog
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from models.state import MAX_STATE_BYTES
+from streams.changelog import read_latest
 from streams.cli.devstack import Devstack
 from streams.cli.group import progress_bar
 from streams.codecs import ORDER_TYPES
@@ -291,6 +293,7 @@ async def throughput(run: Run) -> None:
     baseline = (raw_before + raw_after) / 2
     data_dir = Path(overrides["data_dir"])
     disk = _table_bytes(data_dir)
+    sizes = await _state_sizes(settings)
     run.results.figures["throughput"] = {
         "orders": sent,
         "customers": customers,
@@ -305,6 +308,21 @@ async def throughput(run: Run) -> None:
         "worker_rss_mib": rss,
         "state_bytes_on_disk": disk,
         "state_bytes_per_customer": round(disk / customers, 1) if customers else None,
+        **sizes,
+    }
+
+
+async def _state_sizes(settings: Settings) -> dict[str, Any]:
+    """The sizes of the stored states (table values as the changelog holds them) after the
+    throughput run: median, p99 and largest, in bytes, and the bound no state can exceed."""
+    with console.status("reading the stored states from the changelog ..."):
+        sizes = [len(value) for value in (await read_latest(settings)).values()]
+    return {
+        "stored_states": len(sizes),
+        "state_bytes_median": _percentile([float(n) for n in sizes], 0.5),
+        "state_bytes_p99": _percentile([float(n) for n in sizes], 0.99),
+        "state_bytes_max": max(sizes, default=0),
+        "state_bytes_bound": MAX_STATE_BYTES,
     }
 
 
