@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 import orjson
@@ -46,6 +47,7 @@ from rich.console import Console
 
 from bench.core import fold_prefix
 from bench.data import StreamSpec, order_stream
+from bench.peers import run_quix
 from bench.raw import run_raw
 from bench.store import create_compacted_topic, fill_changelog
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
@@ -290,6 +292,18 @@ async def throughput(run: Run) -> None:
         )
     core_rate = folded / core_seconds
     console.print(f"fold alone: {folded} records in {core_seconds:.1f} s")
+    with console.status("the Quix Streams peer (bench/quix_peer.py) ..."):
+        quix, quix_seconds = await run_quix(
+            o.workdir,
+            f"bench-{run.uid}-quix",
+            run.bootstrap,
+            settings.orders_topic,
+            f"bench-{run.uid}-quix-transitions",
+            sent,
+            urlparse(run.redis_url).port or DEVSTACK_REDIS_PORT,
+        )
+    quix_rate = quix / quix_seconds
+    console.print(f"Quix Streams peer: {quix} records in {quix_seconds:.1f} s")
     baseline = (raw_before + raw_after) / 2
     data_dir = Path(overrides["data_dir"])
     disk = _table_bytes(data_dir)
@@ -305,6 +319,9 @@ async def throughput(run: Run) -> None:
         "floor_ratio": round(floor_rate / baseline, 4),
         "core_orders_per_s": round(core_rate),
         "core_ratio": round(core_rate / baseline, 4),
+        "quix_orders_per_s": round(quix_rate),
+        "quix_ratio": round(quix_rate / baseline, 4),
+        "worker_vs_quix": round(worker_rate / quix_rate, 3),
         "worker_rss_mib": rss,
         "state_bytes_on_disk": disk,
         "state_bytes_per_customer": round(disk / customers, 1) if customers else None,
@@ -776,7 +793,8 @@ async def cleanup(run: Run) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
     await admin.start()
     try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        # the Quix peer's changelog topic is "changelog__<its group>--...": the uid is inside
+        topics = [t for t in await admin.list_topics() if prefix in t]
         if topics:
             await admin.delete_topics(topics)
     finally:
