@@ -29,6 +29,8 @@ REASONS = (
     "invalid_key",
     "key_mismatch",
     "currency_mismatch",
+    "too_many_refunds",  # beyond the refunds a state keeps per order (models/state.py)
+    "too_many_waiting",  # beyond the cancellations and refunds a state keeps waiting
     "processing_error",
 )
 
