@@ -71,42 +71,34 @@ class Job:
             self.app.stop()
         at = datetime.fromisoformat(order["occurred_at"])
         kind = order.get("type")
-        seen = set(state.get("seen", []))
-        totals: dict[str, int] = state.get("totals", {})
-        count, spend = state.get("count", 0), state.get("spend", 0)
-        first, last = state.get("first"), state.get("last")
+        # one value per customer: its order totals by id (the seen ids), count, net spend,
+        # first and last order, segment
+        c = state.get("customer") or {"totals": {}, "count": 0, "spend": 0}
+        totals: dict[str, int] = c["totals"]
+        previous = c.get("last")
         order_id = order["order_id"]
-        if kind == "order_placed" and order_id not in seen:
-            seen.add(order_id)
+        if kind == "order_placed" and order_id not in totals:
             totals[order_id] = order["total"]
-            count += 1
-            spend += order["total"]
-            first = first or order["occurred_at"]
-            previous = last
-            last = max(last or order["occurred_at"], order["occurred_at"])
-        elif kind == "order_cancelled" and order_id in totals:
-            count -= 1
-            spend -= totals.pop(order_id)
-            previous = last
-        elif kind == "order_refunded" and order_id in totals:
-            spend -= order["total"]
-            previous = last
-        else:
-            previous = last
+            c["count"] += 1
+            c["spend"] += order["total"]
+            c["first"] = c.get("first") or order["occurred_at"]
+            c["last"] = max(previous or order["occurred_at"], order["occurred_at"])
+        elif kind == "order_cancelled" and totals.get(order_id, -1) >= 0:
+            c["count"] -= 1
+            c["spend"] -= totals[order_id]
+            totals[order_id] = -1  # seen, and cancelled
+        elif kind == "order_refunded" and totals.get(order_id, -1) >= 0:
+            c["spend"] -= order["total"]
+        count, spend = c["count"], c["spend"]
         recency = (
             (at - datetime.fromisoformat(previous)).total_seconds() / 86400 if previous else 0.0
         )
         r = 5 - _score(recency, RECENCY_DAYS) + 1
         f, m = _score(count, FREQUENCY), _score(spend, MONETARY)
         segment = _segment(r, f, m, count) if count else None
-        before = state.get("segment")
-        state.set("seen", sorted(seen))
-        state.set("totals", totals)
-        state.set("count", count)
-        state.set("spend", spend)
-        state.set("first", first)
-        state.set("last", last)
-        state.set("segment", segment)
+        before = c.get("segment")
+        c["segment"] = segment
+        state.set("customer", c)
         transition = None
         if segment != before:
             transition = {
