@@ -28,7 +28,7 @@ from models.state import (
     OrderRecord,
     order_days,
 )
-from tests.factories import at, cancelled, model, placed, refunded
+from tests.factories import at, cancelled, many_categories, model, placed, refunded
 from tests.unit.core import MODEL, fold
 
 UNBOUNDED = 10**9
@@ -39,24 +39,8 @@ def stored_bytes(state: CustomerState) -> int:
     return len(state.model_dump_json(exclude_defaults=True).encode())
 
 
-def hostile_order(number: int) -> dict[str, Any]:
-    """An order within the input limits with 1,000 distinct 128-character categories."""
-    event = placed("hostile", f"o{number}", day=number)
-    event["lines"] = [
-        {
-            "sku": f"s{i}",
-            "category": f"{number:02d}{i:04d}".ljust(128, "x"),
-            "quantity": 1,
-            "unit_price": 1000 + i,
-        }
-        for i in range(1000)
-    ]
-    event["total"] = sum(line["unit_price"] for line in event["lines"])
-    return event
-
-
 def test_hostile_categories_give_a_small_state() -> None:
-    events = [hostile_order(n) for n in range(8)]
+    events = [many_categories("hostile", n) for n in range(8)]
     assert all(len(str(e)) > 170_000 for e in events)
     state, _ = fold(events)
     size = stored_bytes(state)
