@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 import models.fold as fold_module
 from models.due import next_due
-from models.fold import OrderRejected, apply_order, due_transitions
-from models.segment_model import current_metrics
+from models.fold import OrderRejected, apply_order, due_transitions, reevaluate
+from models.scoring import Calibration, Cutoffs
+from models.segment_model import SegmentModel, current_metrics
 from models.state import (
     MAX_CATEGORIES,
     MAX_EARLIER_GAPS,
@@ -29,9 +30,22 @@ from models.state import (
     order_days,
 )
 from tests.factories import at, cancelled, many_categories, model, placed, refunded
-from tests.unit.core import MODEL, fold
+from tests.unit.core import MODEL, RULES, fold
 
 UNBOUNDED = 10**9
+RECALIBRATED = SegmentModel(
+    RULES,
+    Calibration(
+        shop_id="default",
+        version="recalibrated",
+        method="quantile",
+        cutoffs=Cutoffs(
+            recency_days=(20, 60, 120, 240),
+            frequency=(2, 5, 10, 30),
+            monetary=(20_000, 80_000, 200_000, 500_000),
+        ),
+    ),
+)
 
 
 def stored_bytes(state: CustomerState) -> int:
@@ -107,6 +121,7 @@ def test_events_about_folded_orders() -> None:
 def _observed(state: CustomerState, transitions: list[Any]) -> Any:
     later = (state.as_of or at(0)) + timedelta(days=200)
     aged, timed = due_transitions(state, later, MODEL)
+    moved, recalibrated = reevaluate(state, RECALIBRATED, later)
     return (
         state.segment,
         state.segment_since,
@@ -118,6 +133,8 @@ def _observed(state: CustomerState, transitions: list[Any]) -> Any:
         order_days(state),
         [t.model_dump() for t in transitions + timed],
         (aged.segment, aged.tags, current_metrics(aged, MODEL)),
+        [t.model_dump() for t in recalibrated],
+        (moved.segment, moved.scores, current_metrics(moved, RECALIBRATED)),
     )
 
 
@@ -149,7 +166,7 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_folding_changes_no_figure_segment_tag_or_transition(events: list[dict[str, Any]]) -> None:
     """Within the caps (gaps, categories), the bounded state decides exactly what the state
     holding every order decides: same figures, scores, segment, tags, due time, order days
-    and transitions (ids included), also when time passes afterwards."""
+    and transitions (ids included), also when time passes afterwards or the cut-offs move."""
     bounded, moves = fold(events)
     assert bounded.earlier is not None
     original = fold_module.WINDOW_ORDERS
@@ -229,3 +246,16 @@ def test_the_largest_possible_state_is_within_the_documented_bound() -> None:
     size = stored_bytes(worst)
     assert size <= MAX_STATE_BYTES, size
     assert size > MAX_STATE_BYTES * 0.8  # the bound is not far off the worst case either
+
+
+def test_the_tags_of_folded_orders_keep_their_hysteresis() -> None:
+    """A discount share that fell into the hysteresis band (under the 20 % that adds
+    discount_seeker, above the 15 % that removes it) before the orders were folded keeps the
+    tag, as the full history does."""
+    events = [placed("c", f"o{n}", 7 * n, total=7500, discount=2500) for n in range(10)]
+    events += [placed("c", f"o{n}", 7 * n, total=8300, discount=1700) for n in range(10, 100)]
+    state, _ = fold(events)
+    assert state.earlier is not None and state.earlier.orders == 100 - WINDOW_ORDERS
+    assert 0.15 < current_metrics(state, MODEL).discount_share < 0.20
+    assert "discount_seeker" in state.tags
+    assert state.earlier.tags == state.tags
