@@ -15,6 +15,7 @@ TARGETS = {
 FLOORS = {
     "floor": "Faust agent doing only the baseline's work, in batches (framework floor)",
     "core": "the product's fold alone, in process (no Kafka, Redis or store)",
+    "quix": "Quix Streams peer doing a smaller job (bench/quix_peer.py), Redis included",
 }
 
 
@@ -60,6 +61,13 @@ def render(results: Any) -> str:
                     f"{what}, orders/s; / baseline",
                     f"{t[f'{floor}_orders_per_s']:,}; {t[f'{floor}_ratio']:.1%}",
                 )
+        if "worker_vs_quix" in t:
+            row(
+                "full worker / Quix Streams peer, same records",
+                f"{t['worker_vs_quix']:.2f}x",
+                "> 1",
+                _verdict(t["worker_vs_quix"], 1.0, higher_is_better=True),
+            )
         row("worker RSS after the run (peak), MiB", f"{t['worker_rss_mib'].get('VmRSS')} "
             f"({t['worker_rss_mib'].get('VmHWM')})")  # fmt: skip
         row(
@@ -68,6 +76,15 @@ def render(results: Any) -> str:
             f"< {TARGETS['state_bytes_per_customer']:.0f}",
             _verdict(t["state_bytes_per_customer"], TARGETS["state_bytes_per_customer"]),
         )
+        if "state_bytes_max" in t:
+            row(
+                f"stored state after the run ({t['stored_states']:,} customers), "
+                "median / p99 / largest, bytes",
+                f"{t['state_bytes_median']:,.0f} / {t['state_bytes_p99']:,.0f} / "
+                f"{t['state_bytes_max']:,}",
+                f"<= {t['state_bytes_bound']:,} (bound)",
+                _verdict(t["state_bytes_max"], t["state_bytes_bound"]),
+            )
     if (lat := f.get("latency")) and "p50_ms" in lat:
         row(
             f"end-to-end latency at {lat['offered_per_s']:,} orders/s "

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 import orjson
@@ -46,9 +47,12 @@ from rich.console import Console
 
 from bench.core import fold_prefix
 from bench.data import StreamSpec, order_stream
+from bench.peers import run_quix
 from bench.raw import run_raw
 from bench.store import create_compacted_topic, fill_changelog
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
+from models.state import MAX_STATE_BYTES
+from streams.changelog import read_latest
 from streams.cli.devstack import Devstack
 from streams.cli.group import progress_bar
 from streams.codecs import ORDER_TYPES
@@ -288,9 +292,22 @@ async def throughput(run: Run) -> None:
         )
     core_rate = folded / core_seconds
     console.print(f"fold alone: {folded} records in {core_seconds:.1f} s")
+    with console.status("the Quix Streams peer (bench/quix_peer.py) ..."):
+        quix, quix_seconds = await run_quix(
+            o.workdir,
+            f"bench-{run.uid}-quix",
+            run.bootstrap,
+            settings.orders_topic,
+            f"bench-{run.uid}-quix-transitions",
+            sent,
+            urlparse(run.redis_url).port or DEVSTACK_REDIS_PORT,
+        )
+    quix_rate = quix / quix_seconds
+    console.print(f"Quix Streams peer: {quix} records in {quix_seconds:.1f} s")
     baseline = (raw_before + raw_after) / 2
     data_dir = Path(overrides["data_dir"])
     disk = _table_bytes(data_dir)
+    sizes = await _state_sizes(settings)
     run.results.figures["throughput"] = {
         "orders": sent,
         "customers": customers,
@@ -302,9 +319,27 @@ async def throughput(run: Run) -> None:
         "floor_ratio": round(floor_rate / baseline, 4),
         "core_orders_per_s": round(core_rate),
         "core_ratio": round(core_rate / baseline, 4),
+        "quix_orders_per_s": round(quix_rate),
+        "quix_ratio": round(quix_rate / baseline, 4),
+        "worker_vs_quix": round(worker_rate / quix_rate, 3),
         "worker_rss_mib": rss,
         "state_bytes_on_disk": disk,
         "state_bytes_per_customer": round(disk / customers, 1) if customers else None,
+        **sizes,
+    }
+
+
+async def _state_sizes(settings: Settings) -> dict[str, Any]:
+    """The sizes of the stored states (table values as the changelog holds them) after the
+    throughput run: median, p99 and largest, in bytes, and the bound no state can exceed."""
+    with console.status("reading the stored states from the changelog ..."):
+        sizes = [len(value) for value in (await read_latest(settings)).values()]
+    return {
+        "stored_states": len(sizes),
+        "state_bytes_median": _percentile([float(n) for n in sizes], 0.5),
+        "state_bytes_p99": _percentile([float(n) for n in sizes], 0.99),
+        "state_bytes_max": max(sizes, default=0),
+        "state_bytes_bound": MAX_STATE_BYTES,
     }
 
 
@@ -758,7 +793,8 @@ async def cleanup(run: Run) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
     await admin.start()
     try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        # the Quix peer's changelog topic is "changelog__<its group>--...": the uid is inside
+        topics = [t for t in await admin.list_topics() if prefix in t]
         if topics:
             await admin.delete_topics(topics)
     finally:

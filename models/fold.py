@@ -41,11 +41,25 @@ from models.events import (
 )
 from models.frozen import evolve
 from models.privacy import consented
-from models.rules import Cell, SegmentFacts, decide
+from models.rules import Cell, SegmentFacts, Tags, decide
 from models.scoring import Scores
 from models.segment_model import SegmentModel, needs_reevaluation
-from models.state import CustomerState, OrderRecord, ScoreMode, compute_metrics
-from models.tags import compute_tags
+from models.state import (
+    MAX_CATEGORIES,
+    MAX_EARLIER_GAPS,
+    MAX_ORDER_CATEGORIES,
+    MAX_REFUNDS,
+    MAX_WAITING,
+    WINDOW_ORDERS,
+    CustomerState,
+    EarlierOrders,
+    OrderRecord,
+    ScoreMode,
+    capped_categories,
+    compute_metrics,
+    utc_day,
+)
+from models.tags import compute_tags, tags_after
 
 TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
 # Causes that are not the customer's own doing, and could make a customer near a boundary
@@ -124,7 +138,7 @@ def apply_order(
     if state is None:
         state = CustomerState(shop_id=event.shop_id, customer_id=event.customer_id)
     state, fired = due_transitions(state, event.occurred_at, model)
-    recorded = _record(state, event)
+    recorded = _record(state, event, model.rules.tags)
     if recorded is None:  # already applied: a redelivery or a duplicate from the webshop
         return state, fired
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
@@ -175,7 +189,7 @@ def erase(state: CustomerState, event: ErasureRequested, model: SegmentModel) ->
     """The last transitions of an erased customer: out of their segment and tags, so every
     downstream copy learns to forget them. The state itself is deleted by the caller."""
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
-    gone = evolve(state, orders={}, consent="withdrawn")
+    gone = evolve(state, orders={}, earlier=None, consent="withdrawn")
     return _resegment(state, gone, at, Cause(kind="erasure"), model)[1]
 
 
@@ -337,13 +351,23 @@ def _resegment(
 _NOT_SEEN: Final = OrderRecord()  # an order no event of which was seen yet
 
 
-def _record(state: CustomerState, event: OrderEventT) -> CustomerState | None:
-    """The state with the event's contribution recorded, or None if it is already there."""
+def _record(state: CustomerState, event: OrderEventT, tags: Tags) -> CustomerState | None:
+    """The state with the event's contribution recorded, or None if it is already there (or
+    is taken to be: an order placed at or before the horizon of the orders folded out of the
+    window). Raises ``OrderRejected`` beyond the state's bounds (refunds of one order,
+    cancellations and refunds waiting for their order)."""
     record = state.orders.get(event.order_id, _NOT_SEEN)
     currency = state.currency
     if isinstance(event, OrderPlaced):
         if record.placed_at is not None:
             return None
+        earlier = state.earlier
+        if earlier is not None and earlier.holds(event.occurred_at, event.order_id):
+            if record is _NOT_SEEN:
+                return None
+            # what waited for it goes with it: the order is taken as folded already
+            orders = {k: v for k, v in state.orders.items() if k != event.order_id}
+            return evolve(state, orders=orders)
         currency = _check_currency(state, event.currency)
         categories: dict[str, int] = {}
         for line in event.lines:
@@ -355,7 +379,13 @@ def _record(state: CustomerState, event: OrderEventT) -> CustomerState | None:
             placed_at=event.occurred_at,
             total=event.total,
             discount=event.discount,
-            categories=categories,
+            categories=capped_categories(categories, MAX_ORDER_CATEGORIES),
+        )
+    elif record is _NOT_SEEN and _waiting(state) >= MAX_WAITING:
+        raise OrderRejected(
+            "too_many_waiting",
+            f"customer {state.customer_id} has {MAX_WAITING} cancellations or refunds waiting "
+            f"for orders the state does not hold; order {event.order_id} is not held either",
         )
     elif isinstance(event, OrderCancelled):
         if record.cancelled:
@@ -364,9 +394,73 @@ def _record(state: CustomerState, event: OrderEventT) -> CustomerState | None:
     else:
         if event.refund_key in record.refunds:
             return None
+        if len(record.refunds) >= MAX_REFUNDS:
+            raise OrderRejected(
+                "too_many_refunds",
+                f"order {event.order_id} has {MAX_REFUNDS} refunds already (the most kept)",
+            )
         currency = _check_currency(state, event.currency)
         record = evolve(record, refunds={**record.refunds, event.refund_key: event.total})
-    return evolve(state, currency=currency, orders={**state.orders, event.order_id: record})
+    orders = {**state.orders, event.order_id: record}
+    recorded = evolve(state, currency=currency, orders=orders)
+    if len(orders) > WINDOW_ORDERS and isinstance(event, OrderPlaced):
+        return _fold_oldest(recorded, tags)
+    return recorded
+
+
+def _waiting(state: CustomerState) -> int:
+    return sum(1 for r in state.orders.values() if r.placed_at is None)
+
+
+def _fold_oldest(state: CustomerState, tags: Tags) -> CustomerState:
+    """The state with its oldest placed order folded into ``earlier`` if the window holds
+    more than ``WINDOW_ORDERS`` placed orders (one order is recorded at a time: one is
+    enough)."""
+    placed = [(r.placed_at, oid) for oid, r in state.orders.items() if r.placed_at is not None]
+    if len(placed) <= WINDOW_ORDERS:
+        return state
+    _, oldest = min(placed)
+    record = state.orders[oldest]
+    orders = {k: v for k, v in state.orders.items() if k != oldest}
+    return evolve(state, orders=orders, earlier=_folded(state.earlier, oldest, record, tags))
+
+
+def _folded(
+    earlier: EarlierOrders | None, order_id: str, record: OrderRecord, rules: Tags
+) -> EarlierOrders:
+    """The aggregates with one more order, newer than all they hold, folded in."""
+    at = record.placed_at
+    assert at is not None
+    if earlier is None:
+        earlier = EarlierOrders(until=at, until_id=order_id)
+    if not record.counts:
+        return evolve(earlier, until=at, until_id=order_id)
+    count = earlier.orders + 1
+    gross = earlier.gross + record.total + record.discount
+    discount = earlier.discount + record.discount
+    tags = tags_after(earlier.tags, earlier.categories, record, count, gross, discount, rules)
+    spend = dict(earlier.categories)
+    for category, amount in record.categories.items():
+        spend[category] = spend.get(category, 0) + amount
+    last = earlier.last
+    gaps = earlier.gaps
+    if last is not None:
+        gaps = (*gaps, (at - last).total_seconds())[-MAX_EARLIER_GAPS:]
+    return evolve(
+        earlier,
+        until=at,
+        until_id=order_id,
+        orders=count,
+        spend=earlier.spend + record.net_total,
+        gross=gross,
+        discount=discount,
+        first=earlier.first or at,
+        last=at,
+        days=earlier.days + (last is None or utc_day(last) != utc_day(at)),
+        gaps=gaps,
+        categories=capped_categories(spend, MAX_CATEGORIES),
+        tags=tags,
+    )
 
 
 def _check_currency(state: CustomerState, currency: str) -> str:

@@ -1,16 +1,19 @@
 """Per-customer state as stored in the table, and the metrics derived from it.
 
-The state keeps one compact record per order (what the order contributed), so applying the
-same event twice, in any order, or cancelling an order later all give the same result: the
-state is a function of the *set* of events seen, never of their arrival order. Every figure a
-rule needs (counts, sums, averages, gaps) is derived from the records, never stored twice.
+The state keeps one compact record per recent order (what the order contributed), so applying
+the same event twice, in any order, or cancelling an order later all give the same result: the
+state is a function of the *set* of events seen, never of their arrival order. Orders older
+than the window of the ``WINDOW_ORDERS`` most recent ones are folded into ``EarlierOrders``,
+incremental aggregates, so a state's size is bounded whatever the customer's history (the
+bound and what an event about a folded order does: docs/known-limits.md). Every figure a rule
+needs (counts, sums, averages, gaps) is derived from the records and those aggregates.
 """
 
 from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Final, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +26,41 @@ from models.scoring import Calibration, Scores, compute_scores
 
 SCHEMA_VERSION: Final = 1
 SECONDS_PER_DAY: Final = 86_400.0
+
+# The bounds of a state (docs/known-limits.md gives the bytes they come to):
+# the placed orders kept as records; older ones are folded into ``EarlierOrders``
+WINDOW_ORDERS: Final = 32
+# cancellations and refunds waiting for an order the state does not hold
+MAX_WAITING: Final = 8
+# distinct refunds of one order
+MAX_REFUNDS: Final = 4
+# categories kept per order record, and in the aggregates of the folded orders: the smallest
+# amounts beyond these are summed under ``OTHER_CATEGORIES``
+MAX_ORDER_CATEGORIES: Final = 8
+MAX_CATEGORIES: Final = 16
+# gaps between folded orders kept for the typical gap (the most recent ones)
+MAX_EARLIER_GAPS: Final = 64
+# the most bytes a stored state can take with the bounds above, every id, category and refund
+# key at the input limit of 128 characters of 4 bytes each (a unit test builds that state)
+MAX_STATE_BYTES: Final = 300_000
+# the spend of the categories beyond the caps; never a preference tag
+OTHER_CATEGORIES: Final = "(other categories)"
+
+
+def capped_categories(spend: dict[str, int], limit: int) -> dict[str, int]:
+    """``spend`` if it has at most ``limit`` categories, else its ``limit`` largest (ties by
+    name) and the rest summed under ``OTHER_CATEGORIES`` (which is never dropped)."""
+    if len(spend) <= limit:
+        return spend
+    other = spend.get(OTHER_CATEGORIES, 0)
+    ranked = sorted(
+        ((k, v) for k, v in spend.items() if k != OTHER_CATEGORIES), key=lambda kv: (-kv[1], kv[0])
+    )
+    keep = limit - 1
+    other += sum(v for _, v in ranked[keep:])
+    capped = dict(ranked[:keep])
+    capped[OTHER_CATEGORIES] = other
+    return capped
 
 
 class OrderRecord(BaseModel):
@@ -53,6 +91,35 @@ class OrderRecord(BaseModel):
         return max(self.total - self.refunded, 0)
 
 
+class EarlierOrders(BaseModel):
+    """The orders folded out of the window, as aggregates. Every folded order is older, by
+    (placed_at, order id), than every order the window holds: ``until`` and ``until_id`` are
+    the newest folded one (counting or not). The figures are those of the folded orders that
+    counted when they were folded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    until: datetime
+    until_id: str
+    orders: int = 0
+    spend: int = 0
+    gross: int = 0
+    discount: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    # distinct UTC days with an order
+    days: int = 0
+    # the most recent gaps between consecutive folded orders, in seconds, oldest first
+    gaps: tuple[float, ...] = ()
+    categories: dict[str, int] = Field(default_factory=dict)
+    # the tags after the folded orders, under the tag rules they were folded with
+    tags: tuple[str, ...] = ()
+
+    def holds(self, placed_at: datetime, order_id: str) -> bool:
+        """Whether an order placed at ``placed_at`` is at or before the fold's horizon."""
+        return (placed_at, order_id) <= (self.until, self.until_id)
+
+
 class CustomerState(BaseModel):
     """Everything stored about one customer of one shop."""
 
@@ -63,6 +130,8 @@ class CustomerState(BaseModel):
     customer_id: str
     currency: str | None = None
     orders: dict[str, OrderRecord] = Field(default_factory=dict)
+    # the orders folded out of the window (None: none yet)
+    earlier: EarlierOrders | None = None
     segment: str | None = None
     segment_since: datetime | None = None
     # The latest instant this state reflects: newest order time or due time applied.
@@ -84,15 +153,17 @@ class CustomerState(BaseModel):
         return state_key(self.shop_id, self.customer_id)
 
     def counted_orders(self) -> list[OrderRecord]:
-        """The orders that count, oldest first (ties broken by order id for determinism).
+        """The orders of the window that count, oldest first (ties broken by order id for
+        determinism); the folded ones are in ``earlier``.
 
         Memoised per ``orders`` mapping (states are immutable): the scores, the tags and the
         due time of one evaluation all walk the same list. Do not modify the returned list."""
         return _COUNTED.get(self.orders, _counted_orders)
 
     def category_spend(self) -> dict[str, int]:
-        """Spend per product category over the orders that count (minor units)."""
-        spend: dict[str, int] = {}
+        """Spend per product category over the orders that count (minor units), largest
+        first; what the caps summed is under ``OTHER_CATEGORIES``."""
+        spend: dict[str, int] = dict(self.earlier.categories) if self.earlier else {}
         for record in self.counted_orders():
             for category, amount in record.categories.items():
                 spend[category] = spend.get(category, 0) + amount
@@ -121,7 +192,54 @@ _COUNTED: IdentityMemo[dict[str, OrderRecord], list[OrderRecord]] = IdentityMemo
 def order_facts(state: CustomerState) -> OrderFacts:
     """Counts, sums and the typical gap of the orders that count (memoised: evaluating one
     customer at several instants derives them once)."""
-    return _FACTS.get(state.orders, _order_facts)
+    recent = _FACTS.get(state.orders, _order_facts)
+    earlier = state.earlier
+    if earlier is None or not earlier.orders:
+        return recent
+    gaps = earlier.gaps
+    if recent.first is not None:
+        assert earlier.last is not None
+        gaps += ((recent.first - earlier.last).total_seconds(),)
+    return OrderFacts(
+        orders=earlier.orders + recent.orders,
+        spend=earlier.spend + recent.spend,
+        gross=earlier.gross + recent.gross,
+        discount=earlier.discount + recent.discount,
+        first=earlier.first,
+        last=recent.last or earlier.last,
+        gaps=tuple(sorted(gaps + recent.gaps)),
+    )
+
+
+def utc_day(at: datetime) -> date:
+    """The UTC calendar day of an instant."""
+    return at.astimezone(UTC).date()
+
+
+class OrderDays(NamedTuple):
+    """What a BG/NBD model needs of a customer's orders that count: ``repeat_days`` (x), the
+    distinct UTC days with an order after the first order's day; the first and the last of
+    those days (t_x is their distance). None: no order counts."""
+
+    repeat_days: int
+    first: date
+    last: date
+
+
+def order_days(state: CustomerState) -> OrderDays | None:
+    """The customer's order days (see ``OrderDays``), from the window and the aggregates."""
+    days = sorted({utc_day(r.placed_at) for r in state.counted_orders() if r.placed_at})
+    earlier = state.earlier
+    if earlier is not None and earlier.first is not None and earlier.last is not None:
+        recent = [d for d in days if d != utc_day(earlier.last)]
+        return OrderDays(
+            earlier.days - 1 + len(recent),
+            utc_day(earlier.first),
+            days[-1] if days else utc_day(earlier.last),
+        )
+    if not days:
+        return None
+    return OrderDays(len(days) - 1, days[0], days[-1])
 
 
 def _order_facts(orders_by_id: dict[str, OrderRecord]) -> OrderFacts:

@@ -29,6 +29,8 @@ REASONS = (
     "invalid_key",
     "key_mismatch",
     "currency_mismatch",
+    "too_many_refunds",  # beyond the refunds a state keeps per order (models/state.py)
+    "too_many_waiting",  # beyond the cancellations and refunds a state keeps waiting
     "processing_error",
     "repeated_failure",  # processing raised at every attempt (streams.failures)
     "state_too_large",  # the customer's state or a transition would exceed a record's size

@@ -42,6 +42,23 @@ def placed(
     return event
 
 
+def many_categories(customer: str, number: int) -> dict[str, Any]:
+    """An order within the input limits of about 182 KB: 1,000 lines in 1,000 distinct
+    128-character categories (a state that kept them all grew by about 133 KB per order)."""
+    event = placed(customer, f"o{number}", day=number)
+    event["lines"] = [
+        {
+            "sku": f"s{i}",
+            "category": f"{number:02d}{i:04d}".ljust(128, "x"),
+            "quantity": 1,
+            "unit_price": 1000 + i,
+        }
+        for i in range(1000)
+    ]
+    event["total"] = sum(line["unit_price"] for line in event["lines"])
+    return event
+
+
 def cancelled(customer: str, order: str, day: float) -> dict[str, Any]:
     return {
         "type": "order_cancelled",
