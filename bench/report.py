@@ -13,7 +13,9 @@ TARGETS = {
 
 # What bounds the full worker, measured on the same records (bench.floor, bench.core)
 FLOORS = {
-    "floor": "Faust agent doing only the baseline's work, in batches (framework floor)",
+    "floor": "Faust agent doing only the baseline's work, in batches as the worker takes them "
+    "(framework floor)",
+    "floor_events": "the same, one Faust event per record (Faust's own stream path)",
     "core": "the product's fold alone, in process (no Kafka, Redis or store)",
     "quix": "Quix Streams peer doing a smaller job (bench/quix_peer.py), Redis included",
 }

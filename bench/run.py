@@ -283,6 +283,7 @@ async def throughput(run: Run) -> None:
     worker_rate, rss, customers, seconds = await _worker_throughput(run, overrides, sent)
     raw_after = await raw()
     floor_rate = await _floor(run, settings.orders_topic, raw_topic, sent)
+    events_floor_rate = await _floor(run, settings.orders_topic, raw_topic, sent, "events")
     with (
         console.status("the product's fold alone, in process ..."),
         ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
@@ -317,6 +318,8 @@ async def throughput(run: Run) -> None:
         "ratio": round(worker_rate / baseline, 4),
         "floor_orders_per_s": round(floor_rate),
         "floor_ratio": round(floor_rate / baseline, 4),
+        "floor_events_orders_per_s": round(events_floor_rate),
+        "floor_events_ratio": round(events_floor_rate / baseline, 4),
         "core_orders_per_s": round(core_rate),
         "core_ratio": round(core_rate / baseline, 4),
         "quix_orders_per_s": round(quix_rate),
@@ -348,9 +351,12 @@ def _throughput_orders(o: Options) -> Iterator[tuple[bytes, bytes]]:
     return _prefix(order_stream(StreamSpec(customers=o.customers)), o.throughput_orders)
 
 
-async def _floor(run: Run, topic: str, out_topic: str, expected: int) -> float:
-    """The raw baseline's work done by a Faust agent (bench.floor), in its own process."""
-    name = f"bench-{run.uid}-floor"
+async def _floor(
+    run: Run, topic: str, out_topic: str, expected: int, mode: str = "buffered"
+) -> float:
+    """The raw baseline's work done by a Faust agent (bench.floor), in its own process:
+    ``buffered`` takes the records as the worker does, ``events`` as Faust's streams do."""
+    name = f"bench-{run.uid}-floor-{mode}"
     data_dir = run.options.workdir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     result = data_dir / "result.json"
@@ -367,6 +373,7 @@ async def _floor(run: Run, topic: str, out_topic: str, expected: int) -> float:
             str(run.options.partitions),
             str(data_dir),
             str(result),
+            mode,
             stdout=out,
             stderr=out,
             cwd=ROOT,
@@ -382,7 +389,8 @@ async def _floor(run: Run, topic: str, out_topic: str, expected: int) -> float:
     if code != 0 or not result.exists():
         raise RuntimeError(f"the Faust floor failed (exit {code}); see {log}")
     figures = orjson.loads(result.read_bytes())
-    console.print(f"Faust floor: {figures['records']} records in {figures['seconds']:.1f} s")
+    records, seconds = figures["records"], figures["seconds"]
+    console.print(f"Faust floor ({mode}): {records} records in {seconds:.1f} s")
     return float(figures["records"] / figures["seconds"])
 
 
