@@ -174,6 +174,7 @@ class Harness:
             **kafka_options(self.settings),
             acks="all",
             enable_idempotence=True,
+            max_request_size=2**21,  # the 1,000,100-byte record of one scenario
         )
         await producer.start()
         try:
@@ -651,6 +652,57 @@ async def test_a_second_worker_on_the_same_data_directory_refuses_to_start(
         await h.publish(stream, {4: second})
         await h.settle()
         await h.verify("second worker, same data directory", stream, clean_ids)
+
+
+def _hoarder_order(n: int) -> dict[str, Any]:
+    """An order within every input limit (1,000 lines of 128-character categories, ~180 KB)
+    whose categories are all new to the customer: 8 of them once made a state larger than a
+    record may be."""
+    lines = [
+        {"sku": f"s{i}", "category": f"{n:02d}-{i:04d}-{'c' * 120}", "quantity": 1, "unit_price": 1}
+        for i in range(1000)
+    ]
+    return {
+        "type": "order_placed",
+        "order_id": f"hoard-{n}",
+        "customer_id": "hoarder",
+        "occurred_at": (T0 + timedelta(days=10 * n)).isoformat(),
+        "currency": "EUR",
+        "total": 1000,
+        "lines": lines,
+    }
+
+
+async def test_a_poison_customer_and_a_megabyte_record_with_kill_9(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    """On a broker with default limits: a customer whose orders once outgrew a record, and a
+    1,000,100-byte input record, mixed into the stream while the worker is killed twice. The
+    worker never exits on its own, commits reach the end, the hoarder's orders all count."""
+    stream = make_stream()
+    hoard = [_hoarder_order(n) for n in range(8)]
+    stream.events += hoard
+    step = len(stream.records) // 10
+    for n, order in enumerate(hoard):  # spread over the stream, after the bad records' places
+        at = (n + 1) * step
+        stream.records.insert(at, (b"hoarder", orjson.dumps(order)))
+        stream.bad_at = {i + 1 if i >= at else i for i in stream.bad_at}
+    huge = orjson.dumps({**hoard[0], "order_id": "huge", "lines": [], "note": "x" * 1_000_100})
+    middle = len(stream.records) // 2
+    stream.records.insert(middle, (b"hoarder", huge))
+    stream.bad_at = {i + 1 if i >= middle else i for i in stream.bad_at} | {middle}
+    assert len(stream.records[middle][1]) > 1_000_100
+    async with Harness(isolated, tmp_path) as h:
+        h.start("w1")
+
+        async def kill() -> None:
+            await asyncio.sleep(0.2)
+            await h.restart_after_kill("w1")
+
+        await h.publish(stream, {3: kill, 7: kill})
+        await h.settle()
+        assert h.workers["w1"].poll() is None
+        await h.verify("poison customer + 1 MB record, kill -9 x2", stream, None)
 
 
 # -- erasure under faults -------------------------------------------------------------------------
