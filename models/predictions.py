@@ -484,22 +484,18 @@ def predict(
     clv_months: int,
     annual_discount_rate: float,
 ) -> CustomerPredictions:
-    """One customer's predictions under a shop's model."""
+    """One customer's predictions under a shop's model (the expected orders at the horizon and
+    at every month's end of the CLV in one evaluation)."""
     x, t_x, T = inputs.x, inputs.t_x, inputs.T
     alive = float(p_alive(model.bgnbd, x, t_x, T))
-    orders = float(expected_orders(model.bgnbd, horizon_days, x, t_x, T))
+    gg = model.gamma_gamma
+    months = clv_months if gg is not None else 0
+    ends = np.array([horizon_days, *(MONTH_DAYS * i for i in range(1, months + 1))])
+    upto = expected_orders(model.bgnbd, ends, x, t_x, T)
     value: float | None = None
-    if model.gamma_gamma is not None:
-        value = float(
-            clv(
-                model.bgnbd,
-                model.gamma_gamma,
-                x,
-                t_x,
-                T,
-                inputs.monetary,
-                clv_months,
-                monthly_rate(annual_discount_rate),
-            )
-        )
-    return CustomerPredictions(alive, orders, value, model.version)
+    if gg is not None:
+        per_month = np.diff(upto[1:], prepend=0.0)
+        discount = (1.0 + monthly_rate(annual_discount_rate)) ** np.arange(1, months + 1)
+        spend = float(expected_spend(gg, x, inputs.monetary))
+        value = spend * float(np.sum(per_month / discount))
+    return CustomerPredictions(alive, float(upto[0]), value, model.version)

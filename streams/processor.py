@@ -20,6 +20,7 @@ from streams.codecs import decode_header, decode_stored
 from streams.dlq import SourceRecord
 from streams.handlers import Handlers, cache_figures
 from streams.metrics import WorkerMetrics
+from streams.predictions import ShopPredictions
 from streams.shop_models import ShopModels
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Processor:
         self.on_consent = handlers.on_consent
         self.on_erasure = handlers.on_erasure
         self.on_tick = handlers.on_tick
+        # The shops' prediction models (adopted from the predictions topic).
+        self.predictions = ShopPredictions()
 
     @property
     def customers(self) -> int:
@@ -180,5 +183,6 @@ class Processor:
             "customers_with_due_time": len(self.clock.index),
             "pending_reevaluation": len(self.clock.pending_reevaluation),
             "calibrations": {s: c.version for s, c in sorted(self.models.calibrations.items())},
+            "prediction_models": {s: m.version for s, m in sorted(self.predictions.models.items())},
             "redis": {"pending_writes": cache.pending, "write_errors": cache.errors},
         }

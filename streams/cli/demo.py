@@ -118,6 +118,7 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
             settings.clock_topic,
             settings.changelog_topic,
             settings.calibrations_topic,
+            settings.predictions_topic,
             settings.consent_topic,
             settings.erasure_topic,
             settings.erasure_receipts_topic,
