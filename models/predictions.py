@@ -499,3 +499,22 @@ def predict(
         spend = float(expected_spend(gg, x, inputs.monetary))
         value = spend * float(np.sum(per_month / discount))
     return CustomerPredictions(alive, float(upto[0]), value, model.version)
+
+
+def predictions_for(
+    state: CustomerState,
+    model: PredictionModel | None,
+    at: datetime,
+    horizon_days: float,
+    clv_months: int,
+    annual_discount_rate: float,
+) -> CustomerPredictions | None:
+    """A stored customer's predictions at ``at`` under their shop's model; None without a
+    model or without a counted order. Computed from the state when read or written, never
+    stored in it."""
+    if model is None:
+        return None
+    inputs = bgnbd_inputs(state, at)
+    if inputs is None:
+        return None
+    return predict(model, inputs, horizon_days, clv_months, annual_discount_rate)

@@ -21,7 +21,7 @@ from streams.clients import faust_broker_options
 from streams.dlq import SourceRecord
 from streams.framework import intake
 from streams.lag import LagProbe
-from streams.predictions import ShopPredictions, fit_and_publish, fit_due, follow_models
+from streams.predictions import fit_and_publish, fit_due, follow_models
 from streams.processor import Processor
 from streams.redis_cache import REDIS_FAILURES
 
@@ -107,7 +107,7 @@ def create_app(
         await processor.rebuild_index()
 
     _timers(app, settings, rules, processor, orders, partitions)
-    _prediction_tasks(app, settings, processor.predictions)
+    _prediction_tasks(app, settings, processor, orders)
     return Segmenter(app=app, processor=processor)
 
 
@@ -247,11 +247,23 @@ def _timers(
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
 
 
-def _prediction_tasks(app: faust.App, settings: Settings, predictions: ShopPredictions) -> None:
-    """Every worker follows the predictions topic; the leader refits on schedule (wall clock)."""
+def _prediction_tasks(
+    app: faust.App, settings: Settings, processor: Processor, orders: web.OrderPartitions
+) -> None:
+    """Every worker follows the predictions topic; the leader refits on schedule (wall clock).
+    A newer model of a shop is written to Redis with each of the shop's customers of this
+    worker (outside recovery and rebalances; then at their next change)."""
+    predictions = processor.predictions
 
     async def adopt(model: Any) -> bool:
-        return predictions.adopt(model)
+        if not predictions.adopt(model):
+            return False
+        if app.tables.recovery.in_recovery or app.rebalancing:
+            return True
+        owned = {tp.partition for tp in orders.assigned()}
+        written = await processor.resync_cache(owned, shop=model.shop_id)
+        log.info("prediction model %s: %d customers written to redis", model.version, written)
+        return True
 
     @app.task
     async def adopt_prediction_models() -> None:

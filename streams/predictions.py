@@ -21,7 +21,15 @@ from datetime import datetime, timedelta
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from config.settings import Settings
-from models.predictions import BgNbdInputs, FitError, PredictionModel, bgnbd_inputs, fit_shop
+from models.predictions import (
+    BgNbdInputs,
+    CustomerPredictions,
+    FitError,
+    PredictionModel,
+    bgnbd_inputs,
+    fit_shop,
+    predictions_for,
+)
 from models.state import CustomerState
 from streams.calibrations import YIELD_EVERY, event_time_clock
 from streams.changelog import read_latest, read_topic
@@ -143,10 +151,58 @@ async def read_models(settings: Settings) -> dict[str, PredictionModel]:
 
 
 class ShopPredictions:
-    """The prediction model each shop's customers are predicted with, in a worker."""
+    """The prediction model each shop's customers are predicted with, in a worker, and the
+    customer figures computed with it."""
 
-    def __init__(self, models: dict[str, PredictionModel] | None = None) -> None:
+    # The Redis hash fields of the predictions (empty strings without a model).
+    FIELDS = ("p_alive", "expected_orders_90d", "predicted_clv", "prediction_model")
+
+    def __init__(
+        self,
+        models: dict[str, PredictionModel] | None = None,
+        horizon_days: float = 90.0,
+        clv_months: int = 12,
+        discount_rate: float = 0.1,
+    ) -> None:
         self.models: dict[str, PredictionModel] = dict(models or {})
+        self.horizon_days = horizon_days
+        self.clv_months = clv_months
+        self.discount_rate = discount_rate
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, models: dict[str, PredictionModel] | None = None
+    ) -> ShopPredictions:
+        return cls(
+            models,
+            settings.prediction_horizon_days,
+            settings.prediction_clv_months,
+            settings.prediction_discount_rate,
+        )
+
+    def predictions(self, state: CustomerState, at: datetime) -> CustomerPredictions | None:
+        """The customer's predictions at ``at`` under their shop's adopted model."""
+        return predictions_for(
+            state,
+            self.models.get(state.shop_id),
+            at,
+            self.horizon_days,
+            self.clv_months,
+            self.discount_rate,
+        )
+
+    def fields(self, state: CustomerState) -> list[str]:
+        """The Redis hash fields (name, value, ...) as of the state's latest instant."""
+        found = self.predictions(state, state.as_of) if state.as_of is not None else None
+        if found is None:
+            return [item for name in self.FIELDS for item in (name, "")]
+        clv = "" if found.predicted_clv is None else f"{found.predicted_clv:.0f}"
+        return [
+            "p_alive", f"{found.p_alive:.6f}",
+            "expected_orders_90d", f"{found.expected_orders:.4f}",
+            "predicted_clv", clv,
+            "prediction_model", found.model_version,
+        ]  # fmt: skip
 
     def model_for(self, shop_id: str) -> PredictionModel | None:
         return self.models.get(shop_id)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class Processor:
     """The handlers of one worker, with the scans and the counters operators read."""
 
-    def __init__(self, handlers: Handlers) -> None:
+    def __init__(self, handlers: Handlers, predictions: ShopPredictions | None = None) -> None:
         self.handlers = handlers
         self.models: ShopModels = handlers.models
         self.clock: Clock = handlers.clock
@@ -40,7 +40,7 @@ class Processor:
         self.on_erasure = handlers.on_erasure
         self.on_tick = handlers.on_tick
         # The shops' prediction models (adopted from the predictions topic).
-        self.predictions = ShopPredictions()
+        self.predictions = predictions or ShopPredictions()
 
     @property
     def customers(self) -> int:
@@ -148,9 +148,12 @@ class Processor:
             self.clock.pending_reevaluation.append((partition, state.key))
         self.clock.index.schedule(partition, state.key, next_due(state, model))
 
-    async def resync_cache(self, partitions: set[int], batch: int = 500) -> int:
-        """Write every consenting customer of ``partitions`` to Redis again (after Redis lost
-        its data); returns how many. Yields to the event loop between batches."""
+    async def resync_cache(
+        self, partitions: set[int], batch: int = 500, shop: str | None = None
+    ) -> int:
+        """Write every consenting customer of ``partitions`` (of ``shop`` only, if given) to
+        Redis again (after Redis lost its data, after a shop's new prediction model); returns
+        how many. Yields to the event loop between batches."""
         cache = self.handlers.stores.cache
         written = 0
         pending: list[tuple[CustomerState, Any]] = []
@@ -159,6 +162,8 @@ class Processor:
                 partition, state = decode_stored(value)
             except Exception:
                 log.exception("cannot read a stored customer state")
+                continue
+            if shop is not None and state.shop_id != shop:
                 continue
             model = self.models.model_for(state.shop_id)
             if partition not in partitions or not consented(state, model.consent_required):

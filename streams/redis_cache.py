@@ -103,6 +103,8 @@ class RedisCache:
         self._pending_removals: set[tuple[str, str]] = set()
         self._refusal: str | None = None  # the last refusal logged, so it is logged once
         self.errors = 0
+        # More hash fields computed from the state when it is written (the predictions).
+        self.extra_fields: Callable[[CustomerState], list[str]] = lambda _state: []
 
     @classmethod
     def from_url(
@@ -169,7 +171,7 @@ class RedisCache:
             [
                 [index, str(state.revision), state.segment or "", state.customer_id, fields]
                 for index, (state, metrics) in enumerate(items, start=1)
-                for fields in [self._fields(state, metrics)]
+                for fields in [self._fields(state, metrics) + self.extra_fields(state)]
             ]
         )
         return _GroupCall(

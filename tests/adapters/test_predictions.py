@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from models.predictions import PredictionModel, bgnbd_inputs, fit_shop
+from models.predictions import PredictionModel, bgnbd_inputs, fit_shop, predict
 from streams.calibrations import YIELD_EVERY
 from streams.codecs import decode_prediction_model, encode_prediction_model
 from streams.predictions import ShopPredictions, collect_inputs, fit_due, fit_models
@@ -116,3 +116,27 @@ def test_a_worker_adopts_only_newer_models() -> None:
 def test_a_model_survives_its_encoding() -> None:
     model = _model("a", NOW)
     assert decode_prediction_model(encode_prediction_model(model)) == model
+
+
+def test_the_redis_fields_are_the_predictions_at_the_states_instant() -> None:
+    state, _ = fold([placed("c", "o1", 0, total=2000), placed("c", "o2", 20, total=3000)])
+    assert state.as_of is not None
+    empty = ShopPredictions()
+    assert empty.fields(state) == [
+        "p_alive", "", "expected_orders_90d", "", "predicted_clv", "", "prediction_model", "",
+    ]  # fmt: skip
+    model = _model("default", NOW)
+    predictions = ShopPredictions({"default": model}, 90.0, 12, 0.1)
+    inputs = bgnbd_inputs(state, state.as_of)
+    assert inputs is not None
+    expected = predict(model, inputs, 90.0, 12, 0.1)
+    assert expected.predicted_clv is not None
+    assert predictions.fields(state) == [
+        "p_alive", f"{expected.p_alive:.6f}",
+        "expected_orders_90d", f"{expected.expected_orders:.4f}",
+        "predicted_clv", f"{expected.predicted_clv:.0f}",
+        "prediction_model", model.version,
+    ]  # fmt: skip
+    # another shop's customer has no model
+    other, _ = fold([placed("d", "o1", 0, shop="other"), placed("d", "o2", 3, shop="other")])
+    assert predictions.fields(other)[1::2] == ["", "", "", ""]

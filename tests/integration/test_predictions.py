@@ -8,15 +8,19 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from models.predictions import bgnbd_inputs, fit_shop
 from models.state import CustomerState
+from streams.changelog import read_table
+from streams.cli.replay import publish
 from streams.clients import kafka_options
 from streams.codecs import encode_stored
-from streams.predictions import read_models
+from streams.predictions import ShopPredictions, read_models
+from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import cli_result, free_port, settings_from, wait_for
@@ -139,4 +143,77 @@ async def test_the_leader_fits_on_schedule_and_the_worker_adopts_the_model(
         )
         assert (later["web"].fitted_at - first.fitted_at).total_seconds() >= 0.002 * 3600
     finally:
+        assert stop_worker(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+async def test_the_worker_writes_each_customers_predictions_to_redis(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    """Streamed equals batch: once the shop's model is adopted, every customer's Redis hash
+    holds the predictions of the formulas for their (x, t_x, T) at their latest instant; a
+    customer's next order writes them again; `segmenter customer --json` shows them."""
+    overrides = {**isolated, "prediction_min_repeat_buyers": "20"}
+    settings = settings_from(overrides)
+    await ensure_topics(settings)
+    rng = np.random.default_rng(21)
+    events = []
+    for i in range(60):
+        days = sorted(rng.choice(300, size=int(rng.integers(1, 6)), replace=False))
+        events += [
+            placed(f"c{i}", f"c{i}-o{k}", float(day), total=1500 + 10 * i)
+            for k, day in enumerate(days)
+        ]
+    events.sort(key=lambda e: e["occurred_at"])
+    await publish(settings, iter((e["customer_id"].encode(), orjson.dumps(e)) for e in events))
+    cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    try:
+
+        async def hashes() -> dict[str, dict[str, str]]:
+            return {f"c{i}": await cache.read_customer("default", f"c{i}") for i in range(60)}
+
+        await wait_for(hashes, lambda h: all(h.values()), 120, "every customer in redis")
+        result = cli_result(overrides, "predict", "fit")
+        assert result.returncode == 0, result.stderr
+        model = (await read_models(settings))["default"]
+        written = await wait_for(
+            hashes,
+            lambda h: all(f.get("prediction_model") == model.version for f in h.values()),
+            60,
+            "the predictions in redis",
+        )
+        table = await read_table(settings)
+        predictions = ShopPredictions.from_settings(settings, {"default": model})
+        for customer, fields in written.items():
+            state = table[f"default/{customer}"].state
+            assert state.as_of is not None
+            expected = predictions.predictions(state, state.as_of)
+            assert expected is not None
+            assert float(fields["p_alive"]) == pytest.approx(expected.p_alive, abs=1e-6)
+            assert float(fields["expected_orders_90d"]) == pytest.approx(
+                expected.expected_orders, abs=1e-4
+            )
+            assert expected.predicted_clv is not None
+            assert float(fields["predicted_clv"]) == pytest.approx(expected.predicted_clv, abs=0.5)
+        # a new order writes the customer's predictions again, at the new instant
+        order = placed("c0", "c0-new", 320.0, total=2000)
+        await publish(settings, iter([(b"c0", orjson.dumps(order))]))
+        after = await wait_for(
+            lambda: cache.read_customer("default", "c0"),
+            lambda f: f.get("last_order_at", "").startswith("2025-11-17"),
+            60,
+            "the new order",
+        )
+        state = (await read_table(settings))["default/c0"].state
+        assert state.as_of is not None
+        again = predictions.predictions(state, state.as_of)
+        assert again is not None
+        assert float(after["p_alive"]) == pytest.approx(again.p_alive, abs=1e-6)
+        shown = cli_result(overrides, "customer", "c0", "--json")
+        assert shown.returncode == 0, shown.stderr
+        body = orjson.loads(shown.stdout)
+        assert body["predictions"]["model_version"] == model.version
+        assert body["predictions"]["p_alive"] == pytest.approx(again.p_alive, rel=1e-12)
+    finally:
+        await cache.close()
         assert stop_worker(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
