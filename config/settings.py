@@ -157,8 +157,10 @@ class Settings(BaseSettings):
         None, description="mark transitions as backfill (default: in event-clock mode)"
     )
     marketing_skip_backfill: bool = True
-    marketing_skip_causes: frozenset[Literal["time", "recalibration", "rule_change"]] = Field(
-        frozenset({"rule_change"}),
+    marketing_skip_causes: frozenset[
+        Literal["time", "recalibration", "rule_change", "model_refit"]
+    ] = Field(
+        frozenset({"rule_change", "model_refit"}),
         description="transitions with these causes stay off the marketing topics",
     )
     recalibration_interval_hours: float = Field(
