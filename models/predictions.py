@@ -484,21 +484,68 @@ def predict(
     clv_months: int,
     annual_discount_rate: float,
 ) -> CustomerPredictions:
-    """One customer's predictions under a shop's model (the expected orders at the horizon and
-    at every month's end of the CLV in one evaluation)."""
+    """One customer's predictions under a shop's model: the same formulas as the array
+    functions above, on plain floats (it runs whenever a customer's figures are written)."""
+    bg, gg = model.bgnbd, model.gamma_gamma
     x, t_x, T = inputs.x, inputs.t_x, inputs.T
-    alive = float(p_alive(model.bgnbd, x, t_x, T))
-    gg = model.gamma_gamma
-    months = clv_months if gg is not None else 0
-    ends = np.array([horizon_days, *(MONTH_DAYS * i for i in range(1, months + 1))])
-    upto = expected_orders(model.bgnbd, ends, x, t_x, T)
+    if abs(bg.a - 1.0) < _A_NEAR_ONE:  # the interpolated case: the array functions
+        return _predict_arrays(model, inputs, horizon_days, clv_months, annual_discount_rate)
+    alive = _p_alive_scalar(bg, x, t_x, T)
+    orders = _expected_orders_scalar(bg, horizon_days, x, T, alive)
     value: float | None = None
     if gg is not None:
-        per_month = np.diff(upto[1:], prepend=0.0)
-        discount = (1.0 + monthly_rate(annual_discount_rate)) ** np.arange(1, months + 1)
-        spend = float(expected_spend(gg, x, inputs.monetary))
-        value = spend * float(np.sum(per_month / discount))
-    return CustomerPredictions(alive, float(upto[0]), value, model.version)
+        discount = 1.0 + monthly_rate(annual_discount_rate)
+        spend = (gg.p * (gg.v + x * inputs.monetary)) / (gg.p * x + gg.q - 1.0)
+        total, previous = 0.0, 0.0
+        for i in range(1, clv_months + 1):
+            upto = _expected_orders_scalar(bg, MONTH_DAYS * i, x, T, alive)
+            total += (upto - previous) / discount**i
+            previous = upto
+        value = spend * total
+    return CustomerPredictions(alive, orders, value, model.version)
+
+
+def _p_alive_scalar(params: BgNbdParams, x: int, t_x: float, T: float) -> float:
+    if x <= 0:
+        return 1.0
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    log_odds = (r + x) * (math.log(alpha + T) - math.log(alpha + t_x)) + (
+        math.log(a) - math.log(b + x - 1.0)
+    )
+    if log_odds > 0.0:  # expit(-log_odds) without overflow either way
+        e = math.exp(-log_odds)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(log_odds))
+
+
+def _expected_orders_scalar(params: BgNbdParams, t: float, x: int, T: float, alive: float) -> float:
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    c = a + b + x - 1.0
+    z = t / (alpha + T + t)
+    hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c, z))
+    if not math.isfinite(hyp):  # see _hyp2f1
+        hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c * (1.0 + 1e-9), z))
+    hyp *= math.exp((a - 1.0) * math.log1p(-z))
+    return c / (a - 1.0) * (1.0 - hyp) * alive
+
+
+def _predict_arrays(
+    model: PredictionModel,
+    inputs: BgNbdInputs,
+    horizon_days: float,
+    clv_months: int,
+    annual_discount_rate: float,
+) -> CustomerPredictions:
+    x, t_x, T = inputs.x, inputs.t_x, inputs.T
+    alive = float(p_alive(model.bgnbd, x, t_x, T))
+    orders = float(expected_orders(model.bgnbd, horizon_days, x, t_x, T))
+    value: float | None = None
+    if model.gamma_gamma is not None:
+        rate = monthly_rate(annual_discount_rate)
+        value = float(
+            clv(model.bgnbd, model.gamma_gamma, x, t_x, T, inputs.monetary, clv_months, rate)
+        )
+    return CustomerPredictions(alive, orders, value, model.version)
 
 
 def predictions_for(

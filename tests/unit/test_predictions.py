@@ -16,6 +16,7 @@ from models.predictions import (
     BgNbdParams,
     FitError,
     GammaGammaParams,
+    PredictionModel,
     bgnbd_inputs,
     bgnbd_log_likelihood,
     clv,
@@ -277,8 +278,12 @@ def test_a_shop_model_predicts_like_the_formulas() -> None:
     one = next(i for i in inputs if i.x >= 2)
     got = predict(model, one, 90.0, 12, 0.1)
     assert got.model_version == model.version
-    assert got.p_alive == float(p_alive(model.bgnbd, one.x, one.t_x, one.T))
-    assert got.expected_orders == float(expected_orders(model.bgnbd, 90.0, one.x, one.t_x, one.T))
+    assert got.p_alive == pytest.approx(
+        float(p_alive(model.bgnbd, one.x, one.t_x, one.T)), rel=1e-12
+    )
+    assert got.expected_orders == pytest.approx(
+        float(expected_orders(model.bgnbd, 90.0, one.x, one.t_x, one.T)), rel=1e-12
+    )
     manual = 0.0
     spend = float(expected_spend(model.gamma_gamma, one.x, one.monetary))
     monthly = 1.1 ** (1 / 12) - 1
@@ -288,6 +293,37 @@ def test_a_shop_model_predicts_like_the_formulas() -> None:
         )
         manual += spend * step / (1 + monthly) ** i
     assert got.predicted_clv == pytest.approx(manual, rel=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    params.filter(lambda p: abs(p.a - 1) > 1e-3),
+    histories(),
+    st.floats(1.0, 10_000.0),
+    st.floats(1.0, 3650.0),
+)
+def test_one_customers_predictions_equal_the_array_formulas(
+    p: BgNbdParams, history: tuple[int, float, float], monetary: float, horizon: float
+) -> None:
+    x, t_x, T = history
+    gg = GammaGammaParams(p=6.25, q=3.74, v=15.44)
+    model = PredictionModel(
+        shop_id="s",
+        version="v",
+        fitted_at=T0,
+        customers=1,
+        repeat_buyers=1,
+        bgnbd=p,
+        log_likelihood=0.0,
+        gamma_gamma=gg,
+    )
+    got = predict(model, BgNbdInputs(x, t_x, T, monetary, T0), horizon, 12, 0.1)
+    assert got.p_alive == pytest.approx(float(p_alive(p, x, t_x, T)), rel=1e-9, abs=1e-300)
+    assert got.expected_orders == pytest.approx(
+        float(expected_orders(p, horizon, x, t_x, T)), rel=1e-9, abs=1e-12
+    )
+    expected_clv = float(clv(p, gg, x, t_x, T, monetary, 12, monthly_rate(0.1)))
+    assert got.predicted_clv == pytest.approx(expected_clv, rel=1e-9, abs=1e-9)
 
 
 def test_clv_discounting() -> None:
