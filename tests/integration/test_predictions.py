@@ -3,6 +3,7 @@ the compacted topic, refused shops named; the leader's scheduled fit, adopted by
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from models.predictions import bgnbd_inputs, fit_shop
 from models.state import CustomerState
 from streams.changelog import read_table
+from streams.cli import demo
 from streams.cli.replay import publish
+from streams.cli.sample_data import sample_events, sample_records
 from streams.clients import kafka_options
 from streams.codecs import encode_stored
 from streams.predictions import ShopPredictions, read_models
@@ -217,3 +220,32 @@ async def test_the_worker_writes_each_customers_predictions_to_redis(
     finally:
         await cache.close()
         assert stop_worker(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+async def test_the_demo_fits_a_model_and_shows_predictions(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    overrides = {**isolated, "prediction_min_repeat_buyers": "10"}
+    settings = settings_from(overrides)
+    await ensure_topics(settings)
+    records = list(sample_records(40))
+    await publish(settings, iter(records))
+    customers = {e["customer_id"] for e in sample_events(40)}
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    try:
+        await wait_for(
+            lambda: read_table(settings),
+            lambda t: {k.split("/", 1)[1] for k in t} >= customers,
+            120,
+            "the sample's customers",
+        )
+        await asyncio.sleep(3)  # the rest of the year's records
+        with demo.console.capture() as captured:
+            await demo._predict(settings)
+        text = captured.get()
+    finally:
+        assert stop_worker(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    model = (await read_models(settings))["default"]
+    assert f"model {model.version} of shop default" in text
+    assert "p_alive" in text
+    print(text)
