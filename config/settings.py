@@ -163,12 +163,29 @@ class Settings(BaseSettings):
         None, description="mark transitions as backfill (default: in event-clock mode)"
     )
     marketing_skip_backfill: bool = True
-    marketing_skip_causes: frozenset[Literal["time", "recalibration", "rule_change"]] = Field(
-        frozenset({"rule_change"}),
+    marketing_skip_causes: frozenset[
+        Literal["time", "recalibration", "rule_change", "model_refit"]
+    ] = Field(
+        frozenset({"rule_change", "model_refit"}),
         description="transitions with these causes stay off the marketing topics",
     )
     recalibration_interval_hours: float = Field(
         24.0, ge=0, description="quantile recalibration schedule, wall clock only (0: off)"
+    )
+    prediction_fit_interval_hours: float = Field(
+        24.0, ge=0, description="prediction model refit schedule, wall clock only (0: off)"
+    )
+    prediction_min_repeat_buyers: int = Field(
+        30, ge=1, description="repeat buyers a shop needs before its prediction model is fitted"
+    )
+    prediction_horizon_days: float = Field(
+        90.0, gt=0, le=3650, description="horizon of the expected orders per customer (days)"
+    )
+    prediction_clv_months: int = Field(
+        12, ge=1, le=240, description="horizon of the predicted customer lifetime value (months)"
+    )
+    prediction_discount_rate: float = Field(
+        0.1, ge=0, le=10, description="annual discount rate of the predicted lifetime value"
     )
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (0: no server)")
     web_host: str = Field("127.0.0.1", description="address the worker's HTTP server binds")
@@ -248,6 +265,11 @@ class Settings(BaseSettings):
     def calibrations_topic(self) -> str:
         """Compacted topic with the latest calibration of every shop (key: shop id)."""
         return f"{self.app_id}-calibrations"
+
+    @property
+    def predictions_topic(self) -> str:
+        """Compacted topic with the latest prediction model of every shop (key: shop id)."""
+        return f"{self.app_id}-predictions"
 
     @property
     def secret(self) -> bytes | None:

@@ -306,6 +306,7 @@ CauseKind = Literal[
     "time",
     "recalibration",
     "rule_change",
+    "model_refit",
     "consent_granted",
     "consent_withdrawn",
     "erasure",
@@ -352,6 +353,18 @@ class TagChanged(_Transition):
     type: Literal["tag_changed"] = "tag_changed"
     tag: str
     change: Literal["added", "removed"]
+
+
+class ChurnRiskChanged(_Transition):
+    """The customer's P(alive) under the shop's prediction model fell to or below the shop's
+    churn threshold (``became_likely_churned``: by time, at the exact crossing instant, or by a
+    refit), or rose above it again (``no_longer_likely_churned``: an order, a refit)."""
+
+    type: Literal["churn_risk_changed"] = "churn_risk_changed"
+    move: Literal["became_likely_churned", "no_longer_likely_churned"]
+    p_alive: float
+    threshold: float
+    model_version: str
 
 
 Transition = SegmentChanged | TagChanged

@@ -189,6 +189,28 @@ class SegmentRule(_Rule):
         return value
 
 
+Probability = Annotated[float, Field(gt=0, lt=1)]
+
+
+class PredictionRules(_Rule):
+    """Churn risk from the shop's prediction model (see models.churn): a customer is likely
+    churned once P(alive) is at or below the threshold, the shop's own if it has one."""
+
+    churn_threshold: Probability = 0.3
+    # Written as a mapping (shop id: threshold); kept as sorted pairs, so rules stay hashable.
+    churn_threshold_by_shop: tuple[tuple[str, Probability], ...] = ()
+
+    @field_validator("churn_threshold_by_shop", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return tuple(sorted(value.items()))
+        return value
+
+    def churn_threshold_for(self, shop_id: str) -> float:
+        return dict(self.churn_threshold_by_shop).get(shop_id, self.churn_threshold)
+
+
 class SegmentRules(_Rule):
     """A versioned rule set; the version travels on every transition it causes."""
 
@@ -196,6 +218,7 @@ class SegmentRules(_Rule):
     scoring: Scoring
     inactivity: InactivityRule = InactivityRule()
     tags: Tags = Tags()
+    predictions: PredictionRules = PredictionRules()
     segments: Annotated[tuple[SegmentRule, ...], Field(min_length=1)]
 
     @field_validator("segments")

@@ -22,6 +22,7 @@ from streams.dlq import SourceRecord
 from streams.framework import intake
 from streams.framework.store_age import discard_stale_stores
 from streams.lag import LagProbe
+from streams.predictions import fit_and_publish, fit_due, follow_models
 from streams.processor import Processor
 from streams.redis_cache import REDIS_FAILURES
 
@@ -118,6 +119,7 @@ def create_app(
             log.info("redis: %d stored customer removals pending", restored)
 
     _timers(app, settings, rules, processor, orders, partitions)
+    _prediction_tasks(app, settings, processor, orders)
     return Segmenter(app=app, processor=processor)
 
 
@@ -261,3 +263,53 @@ def _timers(
             labels = (lag.topic, str(lag.partition))
             metrics.lag_messages.labels(*labels).set(lag.lag if lag.lag is not None else lag.end)
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
+
+
+def _prediction_tasks(
+    app: faust.App, settings: Settings, processor: Processor, orders: web.OrderPartitions
+) -> None:
+    """Every worker follows the predictions topic; the leader refits on schedule (wall clock).
+    A newer model of a shop is written to Redis with each of the shop's customers of this
+    worker (outside recovery and rebalances; then at their next change)."""
+    predictions = processor.predictions
+
+    async def adopt(model: Any) -> bool:
+        if not predictions.adopt(model):
+            return False
+        if app.tables.recovery.in_recovery or app.rebalancing:
+            return True
+        owned = {tp.partition for tp in orders.assigned()}
+        written = await processor.resync_cache(owned, shop=model.shop_id)
+        log.info("prediction model %s: %d customers written to redis", model.version, written)
+        return True
+
+    @app.task
+    async def adopt_prediction_models() -> None:
+        await follow_models(settings, adopt)
+
+    interval = timedelta(hours=settings.prediction_fit_interval_hours)
+    if settings.clock != "wall" or not interval:
+        return
+    attempted: list[datetime] = []
+
+    @app.timer(min(interval.total_seconds(), RECALIBRATION_CHECK_SECONDS), on_leader=True)
+    async def scheduled_prediction_fit() -> None:
+        """Due by the oldest model the topic holds (see ``fit_due``)."""
+        now = datetime.now(UTC)
+        last = attempted[-1] if attempted else None
+        if not fit_due(predictions.models.values(), last, now, interval):
+            return
+        attempted[:] = [now]
+        try:
+            report = await fit_and_publish(settings, now)
+        except Exception:  # tried again at the next check
+            attempted.clear()
+            log.exception("scheduled prediction fit failed")
+            return
+        log.info(
+            "scheduled prediction fit: %s published; no model for %s",
+            [m.version for m in report.published],
+            sorted(report.refused) or "no shop",
+        )
+        for reason in report.refused.values():
+            log.info("no prediction model: %s", reason)

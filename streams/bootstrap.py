@@ -22,6 +22,7 @@ from streams.framework.outbox import Outbox, app_producer
 from streams.framework.tables import ChangelogAcks, TableStore
 from streams.handlers import Handlers, Outputs, Stores
 from streams.metrics import WorkerMetrics
+from streams.predictions import ShopPredictions
 from streams.processor import Processor
 from streams.redis_cache import RedisCache
 from streams.removals import RemovalJournal
@@ -89,7 +90,10 @@ def build_processor(
         input_end(app, settings.orders_topic) if settings.clock == "wall" else None,
     )
     checkpoint = Checkpoint(stores.customers, cache, sink, stop_after_failed_write)
-    return Processor(Handlers(models, stores, outputs, checkpoint, clock, metrics))
+    # The predictions are written with each state (computed from it, outside the fold).
+    predictions = ShopPredictions.from_settings(settings)
+    cache.extra_fields = predictions.fields
+    return Processor(Handlers(models, stores, outputs, checkpoint, clock, metrics), predictions)
 
 
 def topics(settings: Settings, rules: SegmentRules) -> Topics:

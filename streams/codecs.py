@@ -25,6 +25,7 @@ from models.events import (
     OrderEventT,
     Transition,
 )
+from models.predictions import PredictionModel
 from models.scoring import Calibration
 from models.state import SCHEMA_VERSION, CustomerState, state_key
 
@@ -265,6 +266,14 @@ def encode_calibration(calibration: Calibration) -> bytes:
 
 def decode_calibration(value: bytes) -> Calibration:
     return Calibration.model_validate_json(value)
+
+
+def encode_prediction_model(model: PredictionModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+def decode_prediction_model(value: bytes) -> PredictionModel:
+    return PredictionModel.model_validate_json(value)
 
 
 def decode_transition(value: bytes) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from streams.dlq import SourceRecord
 from streams.failures import Outcome, Retries
 from streams.handlers import Handlers, cache_figures
 from streams.metrics import WorkerMetrics
+from streams.predictions import ShopPredictions
 from streams.shop_models import ShopModels
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class Processor:
     """The handlers of one worker, with the scans and the counters operators read."""
 
-    def __init__(self, handlers: Handlers) -> None:
+    def __init__(self, handlers: Handlers, predictions: ShopPredictions | None = None) -> None:
         self.handlers = handlers
         self.models: ShopModels = handlers.models
         self.clock: Clock = handlers.clock
@@ -39,6 +40,8 @@ class Processor:
         self.on_consent = handlers.on_consent
         self.on_erasure = handlers.on_erasure
         self.on_tick = handlers.on_tick
+        # The shops' prediction models (adopted from the predictions topic).
+        self.predictions = predictions or ShopPredictions()
         metrics = self.metrics
         self.retries = Retries(
             handlers.dead_letter,
@@ -185,9 +188,12 @@ class Processor:
             self.clock.pending_reevaluation.append((partition, state.key))
         self.clock.index.schedule(partition, state.key, next_due(state, model))
 
-    async def resync_cache(self, partitions: set[int], batch: int = 500) -> int:
-        """Write every consenting customer of ``partitions`` to Redis again (after Redis lost
-        its data); returns how many. Yields to the event loop between batches."""
+    async def resync_cache(
+        self, partitions: set[int], batch: int = 500, shop: str | None = None
+    ) -> int:
+        """Write every consenting customer of ``partitions`` (of ``shop`` only, if given) to
+        Redis again (after Redis lost its data, after a shop's new prediction model); returns
+        how many. Yields to the event loop between batches."""
         cache = self.handlers.stores.cache
         written = 0
         pending: list[tuple[CustomerState, Any]] = []
@@ -196,6 +202,8 @@ class Processor:
                 partition, state = decode_stored(value)
             except Exception:
                 log.exception("cannot read a stored customer state")
+                continue
+            if shop is not None and state.shop_id != shop:
                 continue
             model = self.models.model_for(state.shop_id)
             if partition not in partitions or not consented(state, model.consent_required):
@@ -220,5 +228,6 @@ class Processor:
             "customers_with_due_time": len(self.clock.index),
             "pending_reevaluation": len(self.clock.pending_reevaluation),
             "calibrations": {s: c.version for s, c in sorted(self.models.calibrations.items())},
+            "prediction_models": {s: m.version for s, m in sorted(self.predictions.models.items())},
             "redis": {"pending_writes": cache.pending, "write_errors": cache.errors},
         }

@@ -106,6 +106,8 @@ class RedisCache:
         self.journal: Any = None
         self._refusal: str | None = None  # the last refusal logged, so it is logged once
         self.errors = 0
+        # More hash fields computed from the state when it is written (the predictions).
+        self.extra_fields: Callable[[CustomerState], list[str]] = lambda _state: []
 
     @classmethod
     def from_url(
@@ -176,7 +178,7 @@ class RedisCache:
             [
                 [index, str(state.revision), state.segment or "", state.customer_id, fields]
                 for index, (state, metrics) in enumerate(items, start=1)
-                for fields in [self._fields(state, metrics)]
+                for fields in [self._fields(state, metrics) + self.extra_fields(state)]
             ]
         )
         return _GroupCall(

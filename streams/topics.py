@@ -71,9 +71,10 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
             settings.transitions_topic: settings.partitions,
             settings.dlq_topic: settings.partitions,
             settings.calibrations_topic: 1,
+            settings.predictions_topic: 1,
             **{settings.marketing_topic(name): settings.partitions for name in marketing},
         }
-        compacted = {settings.calibrations_topic}
+        compacted = {settings.calibrations_topic, settings.predictions_topic}
         current = await _describe_partitions(admin, list(wanted))
         missing = [
             NewTopic(

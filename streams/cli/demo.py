@@ -44,6 +44,8 @@ DEMO = {
     "clock": "event",
     "partitions": "4",
     "web_port": "0",
+    # The sample has a few dozen customers: enough repeat buyers for a prediction model.
+    "prediction_min_repeat_buyers": "10",
 }
 DONE_TIMEOUT_SECONDS = 180.0
 FEATURED_CUSTOMER = "c008-lapsing"  # the customer the README follows
@@ -70,6 +72,7 @@ def run_demo(customers: int, keep_running: bool) -> None:
         fixed = asyncio.run(_segment_sizes(settings))
         asyncio.run(_recalibrate(settings))
         asyncio.run(_summary(settings, fixed))
+        asyncio.run(_predict(settings))
         featured = _featured_customer(customers)
         if featured:
             look = customer_command(featured, program)
@@ -118,6 +121,7 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
             settings.clock_topic,
             settings.changelog_topic,
             settings.calibrations_topic,
+            settings.predictions_topic,
             settings.consent_topic,
             settings.erasure_topic,
             settings.erasure_receipts_topic,
@@ -205,6 +209,75 @@ async def _recalibrate(settings: Settings) -> None:
             return
         await asyncio.sleep(0.5)
     raise TimeoutError("the worker did not re-evaluate the customers in time")
+
+
+async def _predict(settings: Settings, shown: int = 8) -> None:
+    """Fit the shop's prediction model, wait until the worker wrote every customer's
+    predictions to Redis, and show some of them, with when P(alive) reached the churn
+    threshold."""
+    from models.churn import crossing
+    from streams.predictions import ShopPredictions, fit_and_publish
+
+    console.print("[bold]predictions[/]: fitting BG/NBD and Gamma-Gamma over all customers ...")
+    report = await fit_and_publish(settings, datetime.now(UTC))
+    for reason in report.refused.values():
+        console.print(f"no model: {reason}", highlight=False, soft_wrap=True)
+    if not report.published:
+        return
+    model = report.published[0]
+    bg = model.bgnbd
+    console.print(
+        f"model {model.version} of shop {model.shop_id}: {model.customers} customers, "
+        f"{model.repeat_buyers} repeat buyers; r={bg.r:.3g} alpha={bg.alpha:.3g} "
+        f"a={bg.a:.3g} b={bg.b:.3g}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    threshold = load_rules().predictions.churn_threshold_for(model.shop_id)
+    table = await read_table(settings)
+    cache = RedisCache.from_url(
+        settings.redis_url.get_secret_value(), settings.redis_prefix, cluster=settings.redis_cluster
+    )
+    try:
+        deadline = time.monotonic() + DONE_TIMEOUT_SECONDS
+        while True:
+            fields = {
+                s.state.customer_id: await cache.read_customer(s.state.shop_id, s.state.customer_id)
+                for s in table.values()
+                # customers with an order that counts (a cancelled one has no predictions)
+                if s.state.shop_id == model.shop_id and s.state.counted_orders()
+            }
+            if all(f.get("prediction_model") == model.version for f in fields.values()):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not write the predictions in time")
+            await asyncio.sleep(0.5)
+    finally:
+        await cache.close()
+    console.print(f"the worker wrote the predictions of {len(fields)} customers to Redis")
+    # As of the end of the sample (the shop's event clock), from the table and the model.
+    states = [s.state for s in table.values() if s.state.shop_id == model.shop_id]
+    now = max(s.as_of for s in states if s.as_of is not None)
+    predictions = ShopPredictions.from_settings(settings, {model.shop_id: model})
+    rows = Table(
+        "customer",
+        "p_alive",
+        "expected orders (90 d)",
+        "predicted CLV",
+        f"P(alive) <= {threshold} since",
+        title=f"lowest P(alive) on {now.date().isoformat()} (model {model.version})",
+    )
+    found = [(p, s) for s in states if (p := predictions.predictions(s, now)) is not None]
+    for p, state in sorted(found, key=lambda ps: (ps[0].p_alive, ps[1].customer_id))[:shown]:
+        crossed = crossing(state, model, threshold)
+        rows.add_row(
+            state.customer_id,
+            f"{p.p_alive:.3f}",
+            f"{p.expected_orders:.2f}",
+            "-" if p.predicted_clv is None else f"{p.predicted_clv / 100:.2f}",
+            crossed.date().isoformat() if crossed and crossed <= now else "-",
+        )
+    console.print(rows)
 
 
 async def _segment_sizes(settings: Settings) -> dict[str, int]:

@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 import orjson
@@ -21,6 +22,9 @@ from streams.cli.group import console, literal, load_settings, main, out, progre
 from streams.dlq import DeadLetter, redrive_headers, to_redrive
 from streams.redis_cache import RedisCache
 from streams.shop_models import Privacy, ShopModels
+
+if TYPE_CHECKING:
+    from streams.predictions import ShopPredictions
 
 T = TypeVar("T")
 
@@ -39,7 +43,9 @@ def customer(customer_id: str, shop: str, as_json: bool) -> None:
         stored = asyncio.run(read_table(settings)).get(state_key(shop, ref))
         if stored is None:
             raise click.ClickException(f"no state for customer {customer_id!r} in shop {shop!r}")
-        sys.stdout.write(_state_json(stored.state, _shop_models(settings)).decode() + "\n")
+        predictions = _predictions(settings)
+        body = _state_json(stored.state, _shop_models(settings), predictions)
+        sys.stdout.write(body.decode() + "\n")
         return
 
     ref = _customer_ref(settings, shop, customer_id)
@@ -71,9 +77,12 @@ def _from_cache(settings: Settings, read: Callable[[RedisCache], Awaitable[T]]) 
     return asyncio.run(run())
 
 
-def _state_json(state: CustomerState, models: ShopModels) -> bytes:
+def _state_json(
+    state: CustomerState, models: ShopModels, predictions: Predictions | None = None
+) -> bytes:
     """A customer's stored state plus the figures derived from it, as JSON: scored with the
-    calibration the worker uses for the shop (a published one only in quantile mode)."""
+    calibration the worker uses for the shop (a published one only in quantile mode), and
+    predicted with the shop's published prediction model (null without one)."""
     at = state.as_of
     model = models.model_for(state.shop_id)
     body = state.model_dump(mode="json")
@@ -83,7 +92,34 @@ def _state_json(state: CustomerState, models: ShopModels) -> bytes:
         if at
         else None
     )
+    body["predictions"] = None
+    if at is not None and predictions is not None:
+        shop_predictions, now = predictions
+        # Wall clock: as of now (P(alive) falls as time passes); event clock: as of the
+        # customer's latest instant.
+        instant = max(now, at) if now is not None else at
+        found = shop_predictions.predictions(state, instant)
+        if found is not None:
+            body["predictions"] = {
+                "at": instant.isoformat(),
+                "p_alive": found.p_alive,
+                "expected_orders_90d": found.expected_orders,
+                "predicted_clv": found.predicted_clv,
+                "model_version": found.model_version,
+            }
     return orjson.dumps(body)
+
+
+# The shops' prediction models, and the instant to predict at (None: each state's own).
+Predictions = tuple["ShopPredictions", datetime | None]
+
+
+def _predictions(settings: Settings) -> Predictions:
+    """The published prediction models, as a worker with these settings adopts them."""
+    from streams.predictions import ShopPredictions, read_models
+
+    models = ShopPredictions.from_settings(settings, asyncio.run(read_models(settings)))
+    return models, datetime.now(UTC) if settings.clock == "wall" else None
 
 
 def _shop_models(settings: Settings) -> ShopModels:
@@ -108,8 +144,9 @@ def export() -> None:
 
         table = asyncio.run(read_table(settings, advance))
     models = _shop_models(settings)
+    predictions = _predictions(settings)
     for stored in table.values():
-        sys.stdout.write(_state_json(stored.state, models).decode() + "\n")
+        sys.stdout.write(_state_json(stored.state, models, predictions).decode() + "\n")
     console.print(f"exported {len(table)} customers")
 
 

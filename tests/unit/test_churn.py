@@ -1,0 +1,146 @@
+"""Churn risk around the fold: the crossing instant as a due time, and moves reported once,
+whatever the steps of time, moved back by an order, re-judged by a refit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from models.churn import (
+    BECAME,
+    NO_LONGER,
+    churn_due,
+    churn_event_id,
+    churn_move,
+    churn_transition,
+    crossing,
+    likely_churned,
+    merged_due,
+)
+from models.events import Cause
+from models.frozen import evolve
+from models.predictions import BgNbdParams, PredictionModel, bgnbd_inputs, p_alive
+from models.rules import PredictionRules
+from tests.factories import at, placed
+from tests.unit.core import fold
+
+CDNOW = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
+
+
+def _model(params: BgNbdParams = CDNOW, version: str = "p1") -> PredictionModel:
+    return PredictionModel(
+        shop_id="default",
+        version=version,
+        fitted_at=datetime(2026, 1, 1, tzinfo=UTC),
+        customers=100,
+        repeat_buyers=50,
+        bgnbd=params,
+        log_likelihood=-4.0,
+    )
+
+
+MODEL = _model()
+STATE, _ = fold([placed("c", "o1", 0), placed("c", "o2", 14), placed("c", "o3", 30)])
+CROSSING = crossing(STATE, MODEL, 0.3)
+
+
+def test_the_crossing_is_where_p_alive_reaches_the_threshold() -> None:
+    assert CROSSING is not None
+    assert at(30) < CROSSING
+    for when, above in ((CROSSING - timedelta(seconds=1), True), (CROSSING, False)):
+        inputs = bgnbd_inputs(STATE, when)
+        assert inputs is not None
+        assert (float(p_alive(CDNOW, inputs.x, inputs.t_x, inputs.T)) > 0.3) is above
+    assert churn_due(STATE, MODEL, 0.3) == CROSSING
+    assert churn_due(evolve(STATE, as_of=CROSSING), MODEL, 0.3) is None  # passed
+    assert churn_due(STATE, None, 0.3) is None  # no model
+    single, _ = fold([placed("d", "o1", 0)])
+    assert churn_due(single, MODEL, 0.3) is None  # P(alive) stays 1
+
+
+def test_the_earlier_due_time_is_scheduled() -> None:
+    assert merged_due(None, None) is None
+    assert merged_due(at(5), None) == at(5)
+    assert merged_due(None, at(7)) == at(7)
+    assert merged_due(at(9), at(7)) == at(7)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.001, 400.0), min_size=1, max_size=12))
+def test_became_is_reported_once_at_the_first_evaluation_at_or_after_the_crossing(
+    offsets: list[float],
+) -> None:
+    assert CROSSING is not None
+    instants = sorted(at(30) + timedelta(days=d) for d in offsets)
+    state = STATE
+    moves = []
+    for instant in instants:
+        later = evolve(state, as_of=instant)  # a due time passing
+        move = churn_move(state, MODEL, later, MODEL, 0.3)
+        if move:
+            moves.append((move, instant))
+        state = later
+    reached = [i for i in instants if i >= CROSSING]
+    assert moves == ([(BECAME, reached[0])] if reached else [])
+
+
+def test_an_order_moves_the_customer_back_and_a_refit_rejudges() -> None:
+    assert CROSSING is not None
+    churned = evolve(STATE, as_of=CROSSING)
+    assert likely_churned(churned, MODEL, 0.3, CROSSING)
+    day = (CROSSING - at(0)) / timedelta(days=1) + 1
+    back, _ = fold([placed("c", "o4", day)], state=churned)
+    assert churn_move(churned, MODEL, back, MODEL, 0.3) == NO_LONGER
+    # a refit whose customers drop out far less often: the same state is no longer at risk
+    loyal = _model(CDNOW.model_copy(update={"a": 0.05}), version="p2")
+    assert churn_move(churned, MODEL, churned, loyal, 0.3) == NO_LONGER
+    assert churn_move(churned, loyal, churned, MODEL, 0.3) == BECAME
+    # nothing changes: nothing to report
+    assert churn_move(STATE, MODEL, STATE, MODEL, 0.3) is None
+    assert churn_move(None, None, STATE, MODEL, 0.3) is None
+
+
+def test_event_ids_are_stable_and_distinct() -> None:
+    one = churn_event_id("default", "c", BECAME, at(40))
+    assert one == churn_event_id("default", "c", BECAME, at(40))
+    assert one != churn_event_id("default", "c", NO_LONGER, at(40))
+    assert one != churn_event_id("default", "c", BECAME, at(41))
+
+
+def test_the_transition_is_stamped_with_the_exact_crossing_instant() -> None:
+    assert CROSSING is not None
+    late = evolve(STATE, as_of=CROSSING + timedelta(hours=5))  # a tick that came late
+    event = churn_transition(STATE, MODEL, late, MODEL, 0.3, Cause(kind="time"))
+    assert event is not None
+    assert (event.move, event.transition) == (BECAME, "customer.became_likely_churned")
+    assert event.event_time == CROSSING
+    assert event.event_id == churn_event_id("default", "c", BECAME, CROSSING)
+    assert event.p_alive <= 0.3
+    assert event.p_alive > 0.3 - 1e-9
+    assert (event.model_version, event.threshold) == ("p1", 0.3)
+    day = (CROSSING - at(0)) / timedelta(days=1) + 1
+    back, _ = fold([placed("c", "o4", day)], state=late)
+    again = churn_transition(
+        late, MODEL, back, MODEL, 0.3, Cause(kind="order_placed", order_id="o4")
+    )
+    assert again is not None
+    assert again.move == NO_LONGER
+    assert again.event_time == back.as_of
+    assert again.p_alive > 0.3
+    assert churn_transition(STATE, MODEL, STATE, MODEL, 0.3, Cause(kind="time")) is None
+
+
+def test_the_threshold_comes_from_the_rule_file_per_shop() -> None:
+    rules = PredictionRules.model_validate(
+        {"churn_threshold": 0.25, "churn_threshold_by_shop": {"web": 0.4}}
+    )
+    assert rules.churn_threshold_for("web") == 0.4
+    assert rules.churn_threshold_for("other") == 0.25
+    assert PredictionRules().churn_threshold_for("web") == 0.3
+    assert hash(rules) == hash(PredictionRules.model_validate(rules.model_dump()))
+    with pytest.raises(ValidationError):
+        PredictionRules.model_validate({"churn_threshold": 1.0})
