@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize
 from scipy.special import expit, gammaln, hyp2f1
 
-from models.state import CustomerState
+from models.state import CustomerState, order_days
 
 Array = npt.NDArray[np.float64]
 DAY: Final = timedelta(days=1)
@@ -104,6 +104,8 @@ class FitError(ValueError):
 def bgnbd_inputs(state: CustomerState, at: datetime) -> BgNbdInputs | None:
     """The customer's (x, t_x, T) and repeat spend at instant ``at``; None without a counted
     order. The one place where a stored state becomes the models' input."""
+    if state.earlier is not None:
+        return _folded_inputs(state, at)
     spend_by_day: dict[date, int] = {}
     for record in state.counted_orders():
         if record.placed_at is None:  # pragma: no cover - counted orders are placed
@@ -125,6 +127,33 @@ def bgnbd_inputs(state: CustomerState, at: datetime) -> BgNbdInputs | None:
         t_x=float((last - first).days),
         T=(at - origin) / DAY,
         monetary=sum(repeat) / x if x else 0.0,
+        origin=origin,
+    )
+
+
+def _folded_inputs(state: CustomerState, at: datetime) -> BgNbdInputs | None:
+    """``bgnbd_inputs`` of a customer with orders folded out of the state's window (more than
+    32): x and t_x from the distinct order days the aggregates keep (``order_days``); the
+    repeat spend is the mean net spend per order day over every day, the first included (the
+    aggregates do not keep the first day's spend apart)."""
+    days = order_days(state)
+    if days is None:
+        return None
+    earlier = state.earlier
+    spend = (earlier.spend if earlier is not None else 0) + sum(
+        record.net_total for record in state.counted_orders()
+    )
+    first, last = days.first, days.last
+    origin = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    at = _utc(at)
+    if at < datetime(last.year, last.month, last.day, tzinfo=UTC):
+        raise ValueError(f"{at.isoformat()} is before the customer's last order day {last}")
+    x = days.repeat_days
+    return BgNbdInputs(
+        x=x,
+        t_x=float((last - first).days),
+        T=(at - origin) / DAY,
+        monetary=spend / (x + 1) if x else 0.0,
         origin=origin,
     )
 

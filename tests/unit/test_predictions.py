@@ -82,6 +82,20 @@ def test_inputs_count_distinct_utc_days_after_the_first_and_skip_what_does_not_c
     assert inputs.monetary == pytest.approx((3000 + 6000) / 2)
 
 
+def test_a_customer_with_orders_folded_out_of_the_window_keeps_every_order_day() -> None:
+    # 50 orders on distinct days (some two a day): more than the state's window of 32 records
+    events = [placed("c", f"o{n}", n * 2, total=1000 + n) for n in range(50)]
+    events += [placed("c", f"p{n}", n * 2 + 0.2, total=500) for n in range(0, 50, 10)]
+    state, _ = fold(sorted(events, key=lambda e: e["occurred_at"]))
+    assert state.earlier is not None  # orders were folded
+    inputs = bgnbd_inputs(state, at(200))
+    assert inputs is not None
+    assert (inputs.x, inputs.t_x) == (49, 98.0)  # 50 order days: 49 repeat days
+    assert inputs.T == 200.5
+    total = sum(1000 + n for n in range(50)) + 5 * 500
+    assert inputs.monetary == pytest.approx(total / 50)  # mean per order day (documented)
+
+
 def test_a_one_time_buyer_has_no_repeat_and_no_state_without_counted_orders() -> None:
     single, _ = fold([placed("c", "o1", 0, total=1000)])
     assert bgnbd_inputs(single, at(3)) == BgNbdInputs(
