@@ -199,7 +199,14 @@ async def test_withdrawn_consent_stops_marketing_and_clears_redis(
     client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
     keys = RedisCache(client, p)  # the key layout
     try:
-        assert await client.exists(keys.customer_key("default", "gina")) == 0
+        # Redis is cleared in the commit of the batch whose transitions were just read: after
+        # the broker acknowledged them, so a moment later
+        await wait_for(
+            lambda: client.exists(keys.customer_key("default", "gina")),
+            lambda exists: exists == 0,
+            30,
+            "gina gone from Redis",
+        )
         await _publish(settings, order("gina", "g3", 0, total=90_000))
         await _settled(settings, "marker")
         assert await client.exists(keys.customer_key("default", "gina")) == 0
