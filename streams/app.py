@@ -20,6 +20,7 @@ from streams.calibrations import follow_calibrations, recalibrate, recalibration
 from streams.clients import faust_broker_options
 from streams.dlq import SourceRecord
 from streams.framework import intake
+from streams.insights import agent as insights
 from streams.lag import LagProbe
 from streams.processor import Processor
 from streams.redis_cache import REDIS_FAILURES
@@ -99,6 +100,7 @@ def create_app(
         app, settings, rules, calibrations, (customers, erasures), partitions
     )
     _agent(app, settings, processor)
+    insights.register(app, settings, table)  # segment insights: streams/insights/
     orders = web.register(app, settings, processor)
 
     @customers.on_recover

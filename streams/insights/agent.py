@@ -1,0 +1,173 @@
+"""The insights agent: reads the activity topic, keeps each customer's insight state and each
+partition's totals per shop and day (and month) in two changelog-backed tables, and copies
+the changed totals to Redis (``streams.insights.store``) for the API.
+
+Records are applied with ``models.insights.apply_activity``; a record whose id the customer's
+state holds (a redelivery) adds nothing. A partition's totals are kept under keys that name the
+partition, so every worker writes only its own rows, and the API adds the partitions up. Redis
+gets whole rows (HSET of the row's JSON), so a write repeated after a crash changes nothing;
+after a rebalance or a restart every row of the worker's partitions is written again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import faust
+
+from config.settings import Settings
+from models.insights import CustomerInsight, Totals, add, apply_activity
+from streams.framework import intake
+from streams.framework.tables import partition_reader, partition_writer
+from streams.insights.records import ActivityDecodeError, decode_activity
+from streams.insights.store import row_field, write_rows
+from streams.redis_cache import REDIS_FAILURES
+from streams.redis_client import connect
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS: Final = 1.0
+BATCH_RECORDS: Final = 1000
+SEP: Final = "\x1f"
+
+
+def customer_key(shop_id: str, customer_id: str) -> bytes:
+    return f"{shop_id}{SEP}{customer_id}".encode()
+
+
+def totals_key(partition: int, shop_id: str, period: str) -> bytes:
+    return f"{partition}{SEP}{shop_id}{SEP}{period}".encode()
+
+
+def split_totals_key(key: bytes) -> tuple[int, str, str]:
+    partition, shop, period = key.decode().split(SEP, 2)
+    return int(partition), shop, period
+
+
+class Insights:
+    """The agent's state: its tables, and the totals rows not yet copied to Redis."""
+
+    def __init__(self, settings: Settings, customers: Any, totals: Any) -> None:
+        self.settings = settings
+        self.customers = customers
+        self.totals = totals
+        self.read_customer = partition_reader(customers)
+        self.read_totals = partition_reader(totals)
+        self.write_totals = partition_writer(totals)
+        self.write_customers = partition_writer(customers)
+        self.dirty: set[bytes] = set()
+        self.redis: Any = None
+
+    def apply(self, events: list[Any]) -> None:
+        """Apply a batch of activity records to the tables."""
+        customers: dict[bytes, tuple[int, CustomerInsight | None, Any]] = {}
+        totals: dict[bytes, tuple[int, Totals]] = {}
+        for event in events:
+            message = event.message
+            try:
+                record = decode_activity(message.value)
+            except ActivityDecodeError as exc:
+                log.warning(
+                    "activity record %s[%d]@%d skipped: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+                continue
+            partition = message.partition
+            ckey = customer_key(record.shop_id, record.customer_id)
+            held = customers.get(ckey)
+            if held is not None:
+                state = held[1]
+            else:
+                raw = self.read_customer(partition, ckey)
+                state = None if raw is None else CustomerInsight.model_validate_json(raw)
+            new, contribution = apply_activity(state, record)
+            customers[ckey] = (partition, new, event)
+            if contribution is None or contribution.empty:
+                continue
+            for period, monthly in (
+                (f"d:{contribution.day}", False),
+                (f"m:{contribution.month}", True),
+            ):
+                if monthly and not contribution.retained:
+                    continue
+                tkey = totals_key(partition, record.shop_id, period)
+                current = totals.get(tkey)
+                if current is None:
+                    raw = self.read_totals(partition, tkey)
+                    base = None if raw is None else Totals.model_validate_json(raw)
+                else:
+                    base = current[1]
+                totals[tkey] = (partition, add(base, contribution, monthly=monthly))
+        # The totals first: a crash between the two writes applies the records again, and the
+        # customers' states (which say what was applied) are written last.
+        self.write_totals([(p, k, t.model_dump_json().encode()) for k, (p, t) in totals.items()])
+        puts = []
+        for ckey, (partition, state, event) in customers.items():
+            if state is None:
+                intake.activate(event)  # a tombstone on the changelog, as of this record
+                self.customers.pop(ckey, None)
+            else:
+                puts.append((partition, ckey, state.model_dump_json().encode()))
+        intake.activate(None)
+        self.write_customers(puts)
+        self.dirty.update(totals)
+
+    def mark_all_dirty(self) -> None:
+        """Every totals row this worker holds goes to Redis again (after a rebalance)."""
+        for key in list(self.totals.keys()):
+            self.dirty.add(key)
+
+    async def flush(self) -> int:
+        """Copy the changed totals rows to Redis; returns how many."""
+        if not self.dirty:
+            return 0
+        if self.redis is None:
+            self.redis = connect(
+                self.settings.redis_url.get_secret_value(), self.settings.redis_cluster
+            )
+        keys, self.dirty = self.dirty, set()
+        rows: dict[str, dict[str, bytes]] = {}
+        for key in keys:
+            partition, shop, period = split_totals_key(key)
+            value = self.read_totals(partition, key)
+            if value is not None:
+                rows.setdefault(shop, {})[row_field(partition, period)] = value
+        try:
+            await write_rows(self.redis, self.settings.redis_prefix, rows)
+        except REDIS_FAILURES as exc:
+            self.dirty |= keys  # written at the next flush
+            log.warning("redis unavailable for the insights: %s", exc)
+            return 0
+        return len(keys)
+
+
+def register(app: faust.App, settings: Settings, table: Callable[[str], Any]) -> Insights:
+    """The insights agent, its tables (made by ``table``) and its Redis copy, on ``app``."""
+    insights = Insights(settings, table("insights-customers"), table("insights-totals"))
+    source = app.topic(settings.activity_topic, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="segmenter.insights")
+    async def add_up(stream: faust.StreamT) -> None:
+        async for events in intake.batches(app, stream, BATCH_RECORDS, 0.0):
+            try:
+                insights.apply(events)
+            except Exception:
+                intake.forget(app, events)
+                raise
+            for event in events:
+                intake.ack(app, event)
+
+    @insights.totals.on_recover
+    async def write_again() -> None:
+        insights.mark_all_dirty()
+
+    @app.timer(FLUSH_SECONDS)
+    async def copy_to_redis() -> None:
+        await insights.flush()
+
+    return insights

@@ -1,0 +1,161 @@
+"""The Redis copy of the segment insights, and the reads the API makes of Redis.
+
+Layout (``<p>`` is the configured prefix):
+
+- ``<p>{<shop>:insights}:totals``: hash, one field per partition and day or month of the
+  worker's totals (``<partition>:d:<YYYY-MM-DD>``, ``<partition>:m:<YYYY-MM>``), whose value is
+  the JSON of ``models.insights.Totals``; written whole (idempotent) by the worker holding
+  the partition;
+- ``<p>{<shop>:insights}:version``: a counter bumped at every write of the shop's totals (the
+  dashboard's live updates watch it);
+- ``<p>insights:shops``: set of the shops that have totals.
+
+The customers' hashes and segment sets are the cache's (``streams.redis_cache``): segment
+sizes, members and one customer are read from there, so an erased customer, whom the worker
+removed from the cache, is never found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from models.insights import Totals
+from streams.redis_cache import RedisCache
+from streams.redis_layout import BUCKETS
+
+SHOPS_KEY: Final = "insights:shops"
+
+
+def totals_key(prefix: str, shop_id: str) -> str:
+    return f"{prefix}{{{shop_id}:insights}}:totals"
+
+
+def version_key(prefix: str, shop_id: str) -> str:
+    return f"{prefix}{{{shop_id}:insights}}:version"
+
+
+def row_field(partition: int, period: str) -> str:
+    """``period``: ``d:<day>`` or ``m:<month>``."""
+    return f"{partition}:{period}"
+
+
+async def write_rows(client: Any, prefix: str, rows: dict[str, dict[str, bytes]]) -> None:
+    """Write totals rows: per shop, field -> the JSON of its totals (the whole row)."""
+    if not rows:
+        return
+    async with client.pipeline(transaction=False) as pipe:
+        for shop, fields in rows.items():
+            pipe.hset(totals_key(prefix, shop), mapping=fields)
+            pipe.incr(version_key(prefix, shop))
+            pipe.sadd(f"{prefix}{SHOPS_KEY}", shop)
+        await pipe.execute()
+
+
+@dataclass(frozen=True)
+class ShopTotals:
+    """A shop's totals over every partition: per day and per month."""
+
+    days: dict[str, Totals]
+    months: dict[str, Totals]
+    version: int
+
+
+@dataclass(frozen=True)
+class MemberPage:
+    """Members of a segment, and the cursor of the next page (None: the last page)."""
+
+    members: list[str]
+    cursor: str | None
+
+
+class InsightsReader:
+    """The API's reads of Redis."""
+
+    def __init__(self, cache: RedisCache, prefix: str) -> None:
+        self.cache = cache
+        self.client: Any = cache._client
+        self.prefix = prefix
+
+    async def shops(self) -> list[str]:
+        found = await self.client.smembers(f"{self.prefix}{SHOPS_KEY}")
+        return sorted(s.decode() for s in found)
+
+    async def version(self, shop_id: str) -> int:
+        value = await self.client.get(version_key(self.prefix, shop_id))
+        return int(value or 0)
+
+    async def totals(self, shop_id: str) -> ShopTotals:
+        from models.insights import merge
+
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(totals_key(self.prefix, shop_id))
+            pipe.get(version_key(self.prefix, shop_id))
+            raw, version = await pipe.execute()
+        days: dict[str, list[Totals]] = {}
+        months: dict[str, list[Totals]] = {}
+        for field, value in raw.items():
+            _partition, kind, period = field.decode().split(":", 2)
+            target = days if kind == "d" else months
+            target.setdefault(period, []).append(Totals.model_validate_json(value))
+        return ShopTotals(
+            days={d: merge(parts) for d, parts in days.items()},
+            months={m: merge(parts) for m, parts in months.items()},
+            version=int(version or 0),
+        )
+
+    async def sizes(self, shop_id: str, segments: Iterable[str]) -> dict[str, int]:
+        return await self.cache.segment_sizes(shop_id, segments)
+
+    async def members(
+        self, shop_id: str, segment: str, cursor: str | None, limit: int
+    ) -> MemberPage:
+        """Up to ``limit`` members, from ``cursor`` on (``<bucket>.<scan cursor>.<skip>``): the
+        segment's sets are scanned bucket by bucket (SSCAN), so a page costs about ``limit``
+        members' worth of work whatever the segment's size. Members that join or leave while
+        pages are read may be missed or seen twice, as with any SSCAN."""
+        b, scan, skip = _parse_cursor(cursor)
+        keys = self.cache.segment_keys(shop_id, segment)
+        out: list[str] = []
+        while b < BUCKETS and len(out) < limit:
+            next_scan, found = await self.client.sscan(keys[b], scan, count=limit)
+            batch = sorted(m.decode() for m in found)[skip:]
+            room = limit - len(out)
+            if len(batch) > room:  # the rest of this scan step starts the next page
+                out.extend(batch[:room])
+                return MemberPage(out, f"{b}.{scan}.{skip + room}")
+            out.extend(batch)
+            skip = 0
+            if int(next_scan) == 0:
+                b, scan = b + 1, 0
+            else:
+                scan = int(next_scan)
+        return MemberPage(out, None if b >= BUCKETS else f"{b}.{scan}.0")
+
+    async def customer(self, shop_id: str, customer_ref: str) -> dict[str, str]:
+        return await self.cache.read_customer(shop_id, customer_ref)
+
+    async def customers(self, shop_id: str, refs: list[str]) -> list[dict[str, str]]:
+        """Several customers' hashes (a member page's rows), in order; {} for one not found."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                pipe.hgetall(self.cache.customer_key(shop_id, ref))
+            found = await pipe.execute()
+        return [{k.decode(): v.decode() for k, v in row.items()} for row in found]
+
+
+class BadCursor(ValueError):
+    """A member page cursor that is not one this API gave."""
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int, int, int]:
+    if not cursor:
+        return 0, 0, 0
+    try:
+        b, scan, skip = (int(part) for part in cursor.split("."))
+    except ValueError as exc:
+        raise BadCursor(f"not a page cursor: {cursor!r}") from exc
+    if not (0 <= b <= BUCKETS and scan >= 0 and skip >= 0):
+        raise BadCursor(f"not a page cursor: {cursor!r}")
+    return b, scan, skip
