@@ -171,6 +171,15 @@ class Settings(BaseSettings):
         description="bearer token (at least 16 bytes) of POST /pause and /resume; unset: they "
         "are off",
     )
+    api_port: int = Field(
+        6070, ge=1, le=65535, description="port of the insights API and dashboard (segmenter api)"
+    )
+    api_host: str = Field("127.0.0.1", description="address the insights API binds")
+    api_token: SecretStr | None = Field(
+        None,
+        description="bearer token (at least 16 bytes) of the insights API; `segmenter api` "
+        "does not start without it",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field(
         "json", description="worker logs: one JSON object per line, or plain text"
@@ -217,6 +226,11 @@ class Settings(BaseSettings):
     @classmethod
     def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
         return _secret_long_enough(value, "SEGMENTER_ADMIN_TOKEN")
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _secret_long_enough(value, "SEGMENTER_API_TOKEN")
 
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:

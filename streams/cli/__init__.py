@@ -3,7 +3,12 @@ data, privacy requests): an entry point only; the work happens in the modules it
 
 ``main`` is the command group; importing the command modules adds their commands to it."""
 
-from streams.cli import administration, inspection, running  # noqa: F401 (adds the commands)
+from streams.cli import (  # noqa: F401 (adds the commands)
+    administration,
+    insights,
+    inspection,
+    running,
+)
 from streams.cli.group import main
 
 __all__ = ["main"]
