@@ -149,7 +149,7 @@ function drawHistory(history) {
         backgroundColor: COLORS[i % COLORS.length], pointRadius: 0, borderWidth: 2, stepped: true,
       })),
     },
-    options: { animation: false, interaction: { mode: "index", intersect: false },
+    options: { animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false },
       scales: { x: { ticks: { maxTicksLimit: 8 } }, y: { beginAtZero: true } },
       plugins: { legend: { labels: { boxWidth: 10 } } } },
   });
@@ -198,7 +198,7 @@ function drawPerformance(performance) {
         data: performance.segments.map((s) => (s.revenue[c] || 0) / 100),
       })),
     },
-    options: { animation: false, indexAxis: "y", plugins: { legend: { labels: { boxWidth: 10 } } } },
+    options: { animation: false, maintainAspectRatio: false, indexAxis: "y", plugins: { legend: { labels: { boxWidth: 10 } } } },
   });
 }
 
