@@ -22,7 +22,10 @@ ACL_COMMANDS: Final = (
     "srem",
     "scard",
     "smembers",
+    "sscan",  # the insights API's member pages
     "exists",
+    "get",  # the insights' version counter (incr, get)
+    "incr",
     "set",
     "evalsha",
     "script|load",
