@@ -17,15 +17,18 @@ removed from the cache, is never found.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from models.insights import Totals
+from models.insights import Totals, merge
 from streams.redis_cache import RedisCache
 from streams.redis_layout import BUCKETS
 
 SHOPS_KEY: Final = "insights:shops"
+# How old the segment sizes the API answers may be.
+SIZES_TTL_SECONDS: Final = 1.0
 
 
 def totals_key(prefix: str, shop_id: str) -> str:
@@ -73,10 +76,17 @@ class MemberPage:
 class InsightsReader:
     """The API's reads of Redis."""
 
-    def __init__(self, cache: RedisCache, prefix: str) -> None:
+    def __init__(
+        self, cache: RedisCache, prefix: str, sizes_ttl: float = SIZES_TTL_SECONDS
+    ) -> None:
         self.cache = cache
         self.client: Any = cache._client
         self.prefix = prefix
+        self.sizes_ttl = sizes_ttl
+        # A shop's totals as last read, with the version they were read at (reread when the
+        # version moves); its segment sizes with the time they were read.
+        self._totals: dict[str, ShopTotals] = {}
+        self._sizes: dict[str, tuple[float, dict[str, int]]] = {}
 
     async def shops(self) -> list[str]:
         found = await self.client.smembers(f"{self.prefix}{SHOPS_KEY}")
@@ -87,8 +97,15 @@ class InsightsReader:
         return int(value or 0)
 
     async def totals(self, shop_id: str) -> ShopTotals:
-        from models.insights import merge
+        """The shop's totals, read again only when its version moved."""
+        held = self._totals.get(shop_id)
+        if held is not None and held.version == await self.version(shop_id):
+            return held
+        read = await self._read_totals(shop_id)
+        self._totals[shop_id] = read
+        return read
 
+    async def _read_totals(self, shop_id: str) -> ShopTotals:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(totals_key(self.prefix, shop_id))
             pipe.get(version_key(self.prefix, shop_id))
@@ -106,7 +123,16 @@ class InsightsReader:
         )
 
     async def sizes(self, shop_id: str, segments: Iterable[str]) -> dict[str, int]:
-        return await self.cache.segment_sizes(shop_id, segments)
+        """Each segment's current size, at most ``sizes_ttl`` seconds old (counting a segment
+        takes one SCARD per bucket)."""
+        names = tuple(segments)
+        held = self._sizes.get(shop_id)
+        now = time.monotonic()
+        if held is not None and now - held[0] < self.sizes_ttl and tuple(held[1]) == names:
+            return held[1]
+        sizes = await self.cache.segment_sizes(shop_id, names)
+        self._sizes[shop_id] = (now, sizes)
+        return sizes
 
     async def members(
         self, shop_id: str, segment: str, cursor: str | None, limit: int
