@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import orjson
 import pytest
 
 from config.rules import load_rules
+from config.settings import Settings
 from models.routing import marketing_transitions
 from streams.changelog import read_topic
 from streams.cli.privacy_requests import request_erasure
@@ -127,6 +129,50 @@ def segment_at(moves: list[dict[str, Any]], instant: datetime) -> str | None:
     return segment
 
 
+@dataclass
+class Expected:
+    """What the insights must add up to, computed from the input orders and the transitions
+    the worker published (not from the insights)."""
+
+    moves: dict[str, list[dict[str, Any]]]
+    final: Counter[str]
+    flows: Counter[tuple[str, str]]
+    orders: Counter[str | None]
+    revenue: Counter[str | None]
+    placed: dict[str, dict[str, Any]]
+
+
+async def expected_insights(settings: Settings, events: list[dict[str, Any]]) -> Expected:
+    transitions = [
+        orjson.loads(r.value) async for r in read_topic(settings, settings.transitions_topic)
+    ]
+    moves: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in transitions:
+        if t["type"] == "segment_changed":
+            moves[t["customer_id"]].append(t)
+    for customer in moves.values():
+        customer.sort(key=lambda t: t["event_time"])
+    final = Counter(m[-1]["to_segment"] for m in moves.values() if m[-1]["to_segment"])
+    flows = Counter(
+        (t["from_segment"] or "-", t["to_segment"] or "-") for m in moves.values() for t in m
+    )
+    placed = {e["order_id"]: e for e in events if e["type"] == "order_placed"}
+    orders: Counter[str | None] = Counter()
+    revenue: Counter[str | None] = Counter()
+    for e in events:
+        instant = datetime.fromisoformat(e["occurred_at"])
+        history = moves[e["customer_id"]]
+        before = segment_at(history, instant)
+        if e["type"] == "order_placed":
+            caused = [t for t in history if t["cause"].get("order_id") == e["order_id"]]
+            segment = before or (caused[0]["to_segment"] if caused else None)
+            orders[segment] += 1
+            revenue[segment] += e["total"]
+        else:  # a cancellation: the order's total leaves the segment of that moment
+            revenue[before] -= placed[e["order_id"]]["total"]
+    return Expected(moves, final, flows, orders, revenue, placed)
+
+
 async def test_the_api_answers_what_the_orders_and_transitions_add_up_to(
     stack: tuple[dict[str, str], str],
 ) -> None:
@@ -141,37 +187,11 @@ async def test_the_api_answers_what_the_orders_and_transitions_add_up_to(
         120,
         "the worker to process the orders",
     )
-    transitions = [
-        orjson.loads(r.value) async for r in read_topic(settings, settings.transitions_topic)
-    ]
-    moves: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for t in transitions:
-        if t["type"] == "segment_changed":
-            moves[t["customer_id"]].append(t)
-    for customer in moves.values():
-        customer.sort(key=lambda t: t["event_time"])
+    expected = await expected_insights(settings, events)
+    moves, final, flows = expected.moves, expected.final, expected.flows
+    orders, revenue, placed = expected.orders, expected.revenue, expected.placed
     segments = list(load_rules().segment_names)
     shop = f"{base}/api/shops/shop-a"
-
-    # -- expected, from the input orders and the transitions -----------------------------------
-    final = Counter(m[-1]["to_segment"] for m in moves.values() if m[-1]["to_segment"])
-    flows = Counter(
-        (t["from_segment"] or "-", t["to_segment"] or "-") for m in moves.values() for t in m
-    )
-    placed = {e["order_id"]: e for e in events if e["type"] == "order_placed"}
-    orders: Counter[str] = Counter()
-    revenue: Counter[str] = Counter()
-    for e in events:
-        instant = datetime.fromisoformat(e["occurred_at"])
-        history = moves[e["customer_id"]]
-        before = segment_at(history, instant)
-        if e["type"] == "order_placed":
-            caused = [t for t in history if t["cause"].get("order_id") == e["order_id"]]
-            segment = before or (caused[0]["to_segment"] if caused else None)
-            orders[segment] += 1
-            revenue[segment] += e["total"]
-        else:  # a cancellation: the order's total leaves the segment of that moment
-            revenue[before] -= placed[e["order_id"]]["total"]
 
     # -- the API, once the insights agent has added everything up --------------------------------
     period = "start=2024-12-01&end=2026-12-31"
