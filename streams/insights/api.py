@@ -6,6 +6,7 @@ hold no data and are served without it (the page asks for the token). OpenAPI:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hmac
 import io
@@ -23,7 +24,7 @@ from config.settings import Settings
 from models.insights import NO_SEGMENT, in_period, retention, size_history, sizes_before
 from models.rules import SegmentRules
 from streams.insights.store import BadCursor, InsightsReader
-from streams.redis_cache import RedisCache
+from streams.redis_client import connect
 from streams.shop_models import Privacy
 
 STATIC = resources.files("streams.insights") / "static"
@@ -60,23 +61,24 @@ def _period(start: date | None, end: date | None) -> Period:
     return Period(start=first, end=last)
 
 
-def create_api(settings: Settings, rules: SegmentRules, cache: RedisCache | None = None) -> FastAPI:
-    """The API of ``settings``' Redis; ``cache``: an existing cache client (tests, benchmark)."""
+def create_api(settings: Settings, rules: SegmentRules) -> FastAPI:
+    """The API over ``settings``' Redis, for ``rules``' segments."""
     token = settings.api_token
     if token is None:
         raise ValueError("set SEGMENTER_API_TOKEN (at least 16 bytes): the API holds customer data")
-    client = cache or RedisCache.from_url(
-        settings.redis_url.get_secret_value(),
-        settings.redis_prefix,
-        cluster=settings.redis_cluster,
-        segments=rules.segment_names,
-    )
-    reader = InsightsReader(client, settings.redis_prefix)
+    client = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
+    reader = InsightsReader(client, settings.redis_prefix, rules.segment_names)
     privacy = Privacy(secret=settings.secret)
     segments = list(rules.segment_names)
     by_name = {rule.name: rule for rule in rules.segments}
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
+        yield
+        await reader.cache.close()
+
     api = FastAPI(
+        lifespan=lifespan,
         title="segmenter insights",
         summary="Segment sizes, flows, revenue, retention and members, per shop",
         version="1",
@@ -261,10 +263,6 @@ def create_api(settings: Settings, rules: SegmentRules, cache: RedisCache | None
             raise HTTPException(404, "no such file")
         kind = "text/css" if name.endswith(".css") else "text/javascript"
         return FileResponse(str(STATIC / name), media_type=kind)
-
-    @api.on_event("shutdown")
-    async def close() -> None:
-        await client.close()
 
     return api
 

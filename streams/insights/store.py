@@ -77,10 +77,16 @@ class InsightsReader:
     """The API's reads of Redis."""
 
     def __init__(
-        self, cache: RedisCache, prefix: str, sizes_ttl: float = SIZES_TTL_SECONDS
+        self,
+        client: Any,
+        prefix: str,
+        segments: Iterable[str] = (),
+        sizes_ttl: float = SIZES_TTL_SECONDS,
     ) -> None:
-        self.cache = cache
-        self.client: Any = cache._client
+        """``client``: a Redis client (``streams.redis_client.connect``); the customer cache's
+        reads go through a ``RedisCache`` on it."""
+        self.client = client
+        self.cache = RedisCache(client, prefix, segments=segments)
         self.prefix = prefix
         self.sizes_ttl = sizes_ttl
         # A shop's totals as last read, with the version they were read at (reread when the
