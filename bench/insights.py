@@ -81,7 +81,7 @@ def fill(client: redis.Redis, prefix: str, customers: int, segments: list[str]) 
             rows[row_field(partition, f"d:{day.isoformat()}")] = totals.model_dump_json().encode()
         day += timedelta(days=1)
     client.hset(totals_key(prefix, SHOP), mapping=rows)
-    client.set(version_key(prefix, SHOP), 1)
+    client.hset(version_key(prefix, SHOP), mapping={str(p): 1 for p in range(4)})
     client.sadd(f"{prefix}{SHOPS_KEY}", SHOP)
     click.echo(f"filled {customers} customers in {time.monotonic() - started:.0f} s")
 

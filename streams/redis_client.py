@@ -24,8 +24,6 @@ ACL_COMMANDS: Final = (
     "smembers",
     "sscan",  # the insights API's member pages
     "exists",
-    "get",  # the insights' version counter (incr, get)
-    "incr",
     "set",
     "evalsha",
     "script|load",

@@ -257,7 +257,7 @@ async def _insights_settled(settings: Settings) -> None:
         last, since = None, time.monotonic()
         deadline = since + DONE_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            version = await client.get(key)
+            version = await client.hgetall(key) or None
             if version != last:
                 last, since = version, time.monotonic()
             elif version is not None and time.monotonic() - since >= INSIGHTS_SETTLED_SECONDS:

@@ -6,8 +6,9 @@ Layout (``<p>`` is the configured prefix):
   worker's totals (``<partition>:d:<YYYY-MM-DD>``, ``<partition>:m:<YYYY-MM>``), whose value is
   the JSON of ``models.insights.Totals``; written whole (idempotent) by the worker holding
   the partition;
-- ``<p>{<shop>:insights}:version``: a counter bumped at every write of the shop's totals (the
-  dashboard's live updates watch it);
+- ``<p>{<shop>:insights}:version``: hash, per partition the number of records the partition's
+  totals of the shop add up (their sum changes whenever the totals do: the dashboard's live
+  updates watch it; written whole as well, so a Redis refilled from the tables has the same);
 - ``<p>insights:shops``: set of the shops that have totals.
 
 The customers' hashes and segment sets are the cache's (``streams.redis_cache``): segment
@@ -44,16 +45,29 @@ def row_field(partition: int, period: str) -> str:
     return f"{partition}:{period}"
 
 
-async def write_rows(client: Any, prefix: str, rows: dict[str, dict[str, bytes]]) -> None:
-    """Write totals rows: per shop, field -> the JSON of its totals (the whole row)."""
-    if not rows:
+async def write_rows(
+    client: Any,
+    prefix: str,
+    rows: dict[str, dict[str, bytes]],
+    counts: dict[str, dict[str, bytes]],
+) -> None:
+    """Write totals rows (per shop, field -> the JSON of its totals, the whole row) and record
+    counts (per shop, partition -> count)."""
+    if not rows and not counts:
         return
     async with client.pipeline(transaction=False) as pipe:
         for shop, fields in rows.items():
             pipe.hset(totals_key(prefix, shop), mapping=fields)
-            pipe.incr(version_key(prefix, shop))
+        for shop, fields in counts.items():
+            pipe.hset(version_key(prefix, shop), mapping=fields)
+        for shop in rows.keys() | counts.keys():
             pipe.sadd(f"{prefix}{SHOPS_KEY}", shop)
         await pipe.execute()
+
+
+async def shops_known(client: Any, prefix: str) -> bool:
+    """Whether Redis has the insights' shops (not: it lost its data, or nothing was written)."""
+    return bool(await client.exists(f"{prefix}{SHOPS_KEY}"))
 
 
 @dataclass(frozen=True)
@@ -99,8 +113,8 @@ class InsightsReader:
         return sorted(s.decode() for s in found)
 
     async def version(self, shop_id: str) -> int:
-        value = await self.client.get(version_key(self.prefix, shop_id))
-        return int(value or 0)
+        counts = await self.client.hgetall(version_key(self.prefix, shop_id))
+        return sum(int(n) for n in counts.values())
 
     async def totals(self, shop_id: str) -> ShopTotals:
         """The shop's totals, read again only when its version moved."""
@@ -114,8 +128,8 @@ class InsightsReader:
     async def _read_totals(self, shop_id: str) -> ShopTotals:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(totals_key(self.prefix, shop_id))
-            pipe.get(version_key(self.prefix, shop_id))
-            raw, version = await pipe.execute()
+            pipe.hgetall(version_key(self.prefix, shop_id))
+            raw, counts = await pipe.execute()
         days: dict[str, list[Totals]] = {}
         months: dict[str, list[Totals]] = {}
         for field, value in raw.items():
@@ -125,7 +139,7 @@ class InsightsReader:
         return ShopTotals(
             days={d: merge(parts) for d, parts in days.items()},
             months={m: merge(parts) for m, parts in months.items()},
-            version=int(version or 0),
+            version=sum(int(n) for n in counts.values()),
         )
 
     async def sizes(self, shop_id: str, segments: Iterable[str]) -> dict[str, int]:
