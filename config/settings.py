@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         description="bearer token (at least 16 bytes) of POST /pause and /resume; unset: they "
         "are off",
     )
+    insights: bool = Field(
+        True,
+        description="publish activity records and add them up for the segment insights "
+        "(segmenter api); off: neither",
+    )
     api_port: int = Field(
         6070, ge=1, le=65535, description="port of the insights API and dashboard (segmenter api)"
     )

@@ -100,7 +100,8 @@ def create_app(
         app, settings, rules, calibrations, (customers, erasures), partitions
     )
     _agent(app, settings, processor)
-    insights.register(app, settings, table)  # segment insights: streams/insights/
+    if settings.insights:
+        insights.register(app, settings, table)  # segment insights: streams/insights/
     orders = web.register(app, settings, processor)
 
     @customers.on_recover

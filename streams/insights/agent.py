@@ -1,12 +1,15 @@
 """The insights agent: reads the activity topic, keeps each customer's insight state and each
 partition's totals per shop and day (and month) in two changelog-backed tables, and copies
-the changed totals to Redis (``streams.insights.store``) for the API.
+the changed totals to Redis every second (``streams.insights.store``) for the API.
 
 Records are applied with ``models.insights.apply_activity``; a record whose id the customer's
-state holds (a redelivery) adds nothing. A partition's totals are kept under keys that name the
-partition, so every worker writes only its own rows, and the API adds the partitions up. Redis
-gets whole rows (HSET of the row's JSON), so a write repeated after a crash changes nothing;
-after a rebalance or a restart every row of the worker's partitions is written again.
+state holds (a redelivery) adds nothing. A batch's changelog records are sent and
+acknowledged before its offsets are (``ChangelogAcks``, as the worker's own tables). A
+partition's totals are kept under keys that name the partition, so every worker writes only
+its own rows, and the API adds the partitions up. Redis gets whole rows (HSET of the row's
+JSON, and the partition's count of records applied), so a write repeated after a crash
+changes nothing; after a rebalance or a restart, and when Redis lost the insights, every row
+of the worker's partitions is written again.
 """
 
 from __future__ import annotations
