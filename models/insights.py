@@ -149,7 +149,8 @@ def apply_activity(
     current = customer or CustomerInsight()
     if record.id in current.seen:
         return customer, None
-    day, month = day_of(record.at), month_of(record.at)
+    day = day_of(record.at)
+    month = day[:7]
     start = current.month_start_segment
     retained = current.retained
     if current.month != month:  # the first record of a month: the segment held at its start
@@ -181,7 +182,9 @@ def apply_activity(
             retained = True
             if start is not None:
                 retained_now[start] = 1
-    contribution = Contribution(
+    # Built without validation (the values are the fold's own, of the fields' types): the fold
+    # runs for every record a worker produces.
+    contribution = Contribution.model_construct(
         day=day,
         month=month,
         entered=entered,
@@ -193,7 +196,7 @@ def apply_activity(
     )
     if record.kind == "move" and record.to_segment is None and record.cause == "erasure":
         return None, contribution
-    new = CustomerInsight(
+    new = CustomerInsight.model_construct(
         segment=segment,
         month=month,
         month_start_segment=start,
@@ -207,8 +210,10 @@ def add(totals: Totals | None, contribution: Contribution, *, monthly: bool) -> 
     """The day's totals (``monthly``: the month's) with a contribution added."""
     base = totals or Totals()
     if monthly:
-        return base.model_copy(update={"retained": _sum(base.retained, contribution.retained)})
-    return Totals(
+        return Totals.model_construct(
+            **{**base.__dict__, "retained": _sum(base.retained, contribution.retained)}
+        )
+    return Totals.model_construct(
         entered=_sum(base.entered, contribution.entered),
         left=_sum(base.left, contribution.left),
         flows=_sum(base.flows, contribution.flows),
