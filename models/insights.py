@@ -29,8 +29,17 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ACTIVITY_NAMESPACE: Final = uuid.UUID("3b8f0e52-9c41-5d7a-8e16-2a4c7d9b0f63")
-# Ids of records already applied, per customer: a redelivery replays a recent stretch.
+# Ids of records already applied, per customer: a redelivery replays a recent stretch. Kept
+# as their first 48 bits (UUIDs: hashes), so a customer's insight state stays small.
 REMEMBERED_IDS: Final = 64
+ID_CHARS: Final = 12
+
+
+def short_id(record_id: str) -> str:
+    """What a customer's insight state keeps of a record id."""
+    return record_id.replace("-", "")[:ID_CHARS]
+
+
 OrderKind = Literal["order_placed", "order_cancelled", "order_refunded"]
 
 
@@ -147,7 +156,8 @@ def apply_activity(
     (None: nothing, as for a record applied before). A move out of every segment caused by an
     erasure leaves no state behind."""
     current = customer or CustomerInsight()
-    if record.id in current.seen:
+    rid = short_id(record.id)
+    if rid in current.seen:
         return customer, None
     day = day_of(record.at)
     month = day[:7]
@@ -201,7 +211,7 @@ def apply_activity(
         month=month,
         month_start_segment=start,
         retained=retained,
-        seen=(*current.seen, record.id)[-REMEMBERED_IDS:],
+        seen=(*current.seen, rid)[-REMEMBERED_IDS:],
     )
     return new, contribution
 
