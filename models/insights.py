@@ -2,8 +2,9 @@
 segment (customers entering and leaving, flows between segments, orders, revenue) and per
 calendar month (retention), as pure folds.
 
-The worker publishes one activity record per segment move and per applied order event (see
-``docs/insights.md``). Each customer's records arrive in the order the worker produced them;
+The worker publishes one activity record per applied order event (with the move it caused)
+and per segment move of another cause (see ``docs/insights.md``). Each customer's records
+arrive in the order the worker produced them;
 ``apply_activity`` takes a customer's insight state and one record and returns the new state
 and what the record adds to the totals. A record whose id the customer's state already holds
 adds nothing (records are delivered at least once).
@@ -44,9 +45,11 @@ OrderKind = Literal["order_placed", "order_cancelled", "order_refunded"]
 
 
 class Activity(BaseModel):
-    """One activity record: a segment move (``kind="move"``) or an applied order event
-    (``kind="order"``). ``at`` is the instant of the change (the customer's newest event time,
-    as a transition's ``event_time``)."""
+    """One activity record: an applied order event (``kind="order"``), with the segments before
+    and after it (the move it caused, if they differ), or a segment move of another cause
+    (``kind="move"``: time, a recalibration, a rule change, consent, an erasure). ``at`` is the
+    instant of the change (the customer's newest event time, as a transition's
+    ``event_time``)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -66,6 +69,8 @@ class Activity(BaseModel):
     segment_after: str | None = None
     amount: int = 0
     currency: str | None = None
+    # false for a placed order that does not count (cancelled or refunded before it arrived)
+    counted: bool = True
 
     @property
     def attributed_segment(self) -> str | None:
@@ -173,22 +178,25 @@ def apply_activity(
     revenue: dict[str, int] = {}
     retained_now: dict[str, int] = {}
     if record.kind == "move":
-        if record.from_segment != record.to_segment:
-            if record.from_segment is not None:
-                left[record.from_segment] = 1
-            if record.to_segment is not None:
-                entered[record.to_segment] = 1
-            flows[flow_key(record.from_segment, record.to_segment)] = 1
-        segment = record.to_segment
-    else:
+        moved_from, moved_to = record.from_segment, record.to_segment
+    else:  # an order event carries the move it caused, if any
+        moved_from, moved_to = record.segment_before, record.segment_after
+    if moved_from != moved_to:
+        if moved_from is not None:
+            left[moved_from] = 1
+        if moved_to is not None:
+            entered[moved_to] = 1
+        flows[flow_key(moved_from, moved_to)] = 1
+    segment = moved_to
+    if record.kind == "order":
         attributed = record.attributed_segment
         if attributed is not None:
-            if record.order_type == "order_placed":
+            if record.order_type == "order_placed" and record.counted:
                 orders[attributed] = 1
                 revenue[revenue_key(attributed, record.currency)] = record.amount
             elif record.amount:
                 revenue[revenue_key(attributed, record.currency)] = -record.amount
-        if record.order_type == "order_placed" and not retained:
+        if record.order_type == "order_placed" and record.counted and not retained:
             retained = True
             if start is not None:
                 retained_now[start] = 1

@@ -162,7 +162,7 @@ class Handlers:
             return
         if waits_for_its_order(state, new_state, order):
             self._unmatched(record, order.type, order.order_id)
-        elif state is None or new_state.revision != state.revision:  # applied: for the insights
+        if state is None or new_state.revision != state.revision:  # applied: for the insights
             self.outputs.sink.stage_order(order, state, new_state)
         await self._save(partition, new_state, transitions, previous=state)
 

@@ -89,14 +89,16 @@ class TransitionSink:
             if route.to_marketing(transition.transition, transition.cause.kind, force=force):
                 self.outbox.add(topics.marketing[transition.transition], key, value)
             if topics.activity and isinstance(transition, SegmentChanged):
-                self.outbox.add(topics.activity, key, encode_activity(move_activity(transition)))
+                move = move_activity(transition)  # None: its order event's record carries it
+                if move is not None:
+                    self.outbox.add(topics.activity, key, encode_activity(move))
         return emitted_at
 
     def stage_order(self, order: Order, before: CustomerState | None, after: CustomerState) -> None:
         """Hold the activity record of an applied order event (segment insights), sent with
         the batch's transitions."""
-        activity = order_activity(order, before, after) if self.topics.activity else None
-        if activity is not None and self.topics.activity:
+        if self.topics.activity:
+            activity = order_activity(order, before, after)
             self.outbox.add(
                 self.topics.activity, after.customer_id.encode(), encode_activity(activity)
             )

@@ -27,8 +27,14 @@ def decode_activity(value: bytes | None) -> Activity:
         raise ActivityDecodeError(str(exc)) from exc
 
 
-def move_activity(transition: SegmentChanged) -> Activity:
-    """The activity record of a segment move: its id is the transition's."""
+ORDER_CAUSES = frozenset({"order_placed", "order_cancelled", "order_refunded"})
+
+
+def move_activity(transition: SegmentChanged) -> Activity | None:
+    """The activity record of a segment move not caused by an order event (whose own record
+    carries it): its id is the transition's."""
+    if transition.cause.kind in ORDER_CAUSES:
+        return None
     return Activity(
         id=transition.event_id,
         kind="move",
@@ -41,24 +47,23 @@ def move_activity(transition: SegmentChanged) -> Activity:
     )
 
 
-def order_activity(
-    order: Order, before: CustomerState | None, after: CustomerState
-) -> Activity | None:
+def order_activity(order: Order, before: CustomerState | None, after: CustomerState) -> Activity:
     """The activity record of an order event the worker applied (``before``: the customer's
-    state it was applied to); None for a placed order that does not count (cancelled or
-    refunded before it arrived). The revenue it changes: a placed order's net total, a
-    refund's amount, a cancelled order's net total."""
+    state it was applied to), with the segments before and after it. The revenue it changes:
+    a placed order's net total (none, and not counted, for one cancelled or refunded before it
+    arrived), a refund's amount, a cancelled order's net total."""
+    counted = True
     if isinstance(order, OrderRefunded):
         amount, event_key = order.total, f"{order.order_id}/{order.refund_key}"
     elif isinstance(order, OrderPlaced):
         placed = after.orders.get(order.order_id)
-        if placed is None or not placed.counts:  # cancelled or refunded before it arrived
-            return None
-        amount, event_key = placed.net_total, order.order_id
+        counted = placed is not None and placed.counts  # not: cancelled before it arrived
+        amount = placed.net_total if placed is not None and counted else 0
+        event_key = order.order_id
     else:
         record = before.orders.get(order.order_id) if before is not None else None
-        counted = record is not None and record.placed_at is not None and not record.cancelled
-        amount, event_key = (record.net_total if counted and record else 0), order.order_id
+        was_counted = record is not None and record.placed_at is not None and not record.cancelled
+        amount, event_key = (record.net_total if was_counted and record else 0), order.order_id
     return Activity(
         id=order_activity_id(order.shop_id, order.customer_id, order.type, event_key),
         kind="order",
@@ -71,4 +76,5 @@ def order_activity(
         segment_after=after.segment,
         amount=amount,
         currency=after.currency,
+        counted=counted,
     )

@@ -32,23 +32,31 @@ def activity(worker: Worker) -> list[Any]:
     return [decode_activity(v) for topic, _k, v in worker.outbox.sent if topic == "activity"]
 
 
-async def test_an_order_and_the_move_it_causes() -> None:
+async def test_an_order_carries_the_move_it_causes() -> None:
     worker = await run([placed("c1", "o1", 0, total=4200)])
-    order, move = activity(worker)
+    (order,) = activity(worker)  # no record of its own for the move the order caused
     assert order.kind == "order" and order.order_type == "order_placed"
     assert order.id == order_activity_id("default", "c1", "order_placed", "o1")
     assert (order.segment_before, order.segment_after, order.amount, order.currency) == (
         None, "new", 4200, "EUR",
     )  # fmt: skip
-    assert order.attributed_segment == "new"
+    assert order.counted and order.attributed_segment == "new"
+    assert [k for t, k, _v in worker.outbox.sent if t == "activity"] == [b"c1"]
+
+
+async def test_a_move_that_time_causes_has_a_record_with_the_transition_s_id() -> None:
+    # c2's order, 200 days on, moves the event clock past c1's inactivity due time
+    worker = await run([placed("c1", "o1", 0), placed("c2", "o2", 200)])
+    moves = [r for r in activity(worker) if r.kind == "move"]
     transitions = [
         orjson.loads(v or b"")
         for topic, _k, v in worker.outbox.sent
-        if topic == "transitions" and b"segment_changed" in (v or b"")
+        if topic == "transitions" and b'"time"' in (v or b"") and b"segment_changed" in (v or b"")
     ]
-    assert move.kind == "move" and move.id == transitions[0]["event_id"]
-    assert (move.from_segment, move.to_segment, move.cause) == (None, "new", "order_placed")
-    assert [k for t, k, _v in worker.outbox.sent if t == "activity"] == [b"c1", b"c1"]
+    assert [(m.customer_id, m.from_segment, m.to_segment, m.cause) for m in moves] == [
+        ("c1", "new", "inactive", "time")
+    ]
+    assert moves[0].id == transitions[0]["event_id"]
 
 
 async def test_a_redelivered_order_publishes_nothing_more() -> None:
@@ -88,7 +96,10 @@ async def test_cancellations_and_refunds_take_back_what_the_order_brought() -> N
 
 async def test_an_order_cancelled_before_it_arrived_brings_nothing() -> None:
     records = activity(await run([cancelled("c1", "o1", 1), placed("c1", "o1", 0)]))
-    assert [r for r in records if r.kind == "order"] == []
+    assert [(r.order_type, r.amount, r.counted) for r in records] == [
+        ("order_cancelled", 0, True),
+        ("order_placed", 0, False),
+    ]
 
 
 async def test_without_an_activity_topic_nothing_is_published() -> None:

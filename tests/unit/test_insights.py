@@ -54,8 +54,7 @@ def fold(
 
 
 def test_a_first_order_counts_for_the_segment_it_puts_the_customer_in() -> None:
-    _, days, _ = fold([order("o1", at("2025-01-05"), None, "new", 1000),
-                       move("t1", at("2025-01-05"), None, "new")])  # fmt: skip
+    _, days, _ = fold([order("o1", at("2025-01-05"), None, "new", 1000)])
     day = days["2025-01-05"]
     assert day.orders == {"new": 1}
     assert day.revenue == {"new|EUR": 1000}
@@ -67,9 +66,7 @@ def test_a_first_order_counts_for_the_segment_it_puts_the_customer_in() -> None:
 def test_an_order_counts_for_the_segment_the_customer_was_in_when_ordering() -> None:
     _, days, _ = fold([
         order("o1", at("2025-01-05"), None, "new", 1000),
-        move("t1", at("2025-01-05"), None, "new"),
         order("o2", at("2025-01-20"), "new", "loyal", 2500),
-        move("t2", at("2025-01-20"), "new", "loyal"),
         order("o2c", at("2025-01-22"), "loyal", "loyal", 2500, kind="order_cancelled"),
     ])  # fmt: skip
     assert days["2025-01-20"].orders == {"new": 1}
@@ -82,7 +79,7 @@ def test_an_order_counts_for_the_segment_the_customer_was_in_when_ordering() -> 
 def test_a_redelivered_record_counts_once() -> None:
     first = [
         order("o1", at("2025-01-05"), None, "new", 1000),
-        move("t1", at("2025-01-05"), None, "new"),
+        move("t1", at("2025-03-05"), "new", "inactive", cause="time"),
     ]
     once = fold(first)
     twice = fold(first + first)
@@ -93,9 +90,7 @@ def test_retention_is_the_share_of_the_months_starting_members_who_ordered_in_it
     # c is "new" from January; orders twice in February: counts once for February's "new"
     state, days, months = fold([
         order("o1", at("2025-01-05"), None, "new", 1000),
-        move("t1", at("2025-01-05"), None, "new"),
         order("o2", at("2025-02-03"), "new", "loyal", 1000),
-        move("t2", at("2025-02-03"), "new", "loyal"),
         order("o3", at("2025-02-10"), "loyal", "loyal", 1000),
     ])  # fmt: skip
     assert months == {"2025-02": Totals(retained={"new": 1})}
@@ -110,7 +105,6 @@ def test_retention_is_the_share_of_the_months_starting_members_who_ordered_in_it
 def test_a_month_without_an_order_keeps_the_customer_in_the_cohort_unretained() -> None:
     _, days, months = fold([
         order("o1", at("2025-01-05"), None, "new", 1000),
-        move("t1", at("2025-01-05"), None, "new"),
         move("t2", at("2025-03-09"), "new", "inactive", cause="time"),
     ])  # fmt: skip
     feb = retention(days, months, "2025-02", ["new"])[0]
@@ -120,7 +114,6 @@ def test_a_month_without_an_order_keeps_the_customer_in_the_cohort_unretained() 
 def test_sizes_over_time_and_a_period_s_flows() -> None:
     _, days, _ = fold([
         order("o1", at("2025-01-05"), None, "new", 1000),
-        move("t1", at("2025-01-05"), None, "new"),
         move("t2", at("2025-03-09"), "new", "inactive", cause="time"),
     ])  # fmt: skip
     history = size_history(days, ["new", "inactive"])
@@ -134,7 +127,6 @@ def test_sizes_over_time_and_a_period_s_flows() -> None:
 def test_an_erasure_leaves_no_state_but_counts_the_exit() -> None:
     state, days, _ = fold([
         order("o1", at("2025-01-05"), None, "new", 1000),
-        move("t1", at("2025-01-05"), None, "new"),
         move("t2", at("2025-01-06"), "new", None, cause="erasure"),
     ])  # fmt: skip
     assert state is None
@@ -143,3 +135,11 @@ def test_an_erasure_leaves_no_state_but_counts_the_exit() -> None:
 
 def test_an_empty_contribution_says_so() -> None:
     assert Contribution(day="2025-01-01", month="2025-01").empty
+
+
+def test_a_placed_order_that_does_not_count_adds_no_order_but_its_move() -> None:
+    record = order("o1", at("2025-01-05"), None, "new", 0).model_copy(update={"counted": False})
+    _, days, months = fold([record])
+    assert days["2025-01-05"].orders == {}
+    assert days["2025-01-05"].entered == {"new": 1}
+    assert months == {}
