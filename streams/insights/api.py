@@ -233,7 +233,7 @@ def create_api(settings: Settings, rules: SegmentRules) -> FastAPI:
             page = await reader.members(shop, segment, cursor, limit)
         except BadCursor as exc:
             raise HTTPException(422, str(exc)) from None
-        rows = await reader.customers(shop, page.members)
+        rows = await reader.customers(shop, page.members, MEMBER_FIELDS)
         body = {
             "shop": shop,
             "segment": segment,
@@ -288,7 +288,7 @@ async def _csv(reader: InsightsReader, shop: str, segment: str, step: int) -> As
     cursor: str | None = None
     while True:
         page = await reader.members(shop, segment, cursor, step)
-        for row in await reader.customers(shop, page.members):
+        for row in await reader.customers(shop, page.members, MEMBER_FIELDS):
             if row:
                 member = _member(row)
                 member["tags"] = " ".join(member["tags"])
