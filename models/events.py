@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from models.currency import is_known_currency
+from models.frozen import build
 
 # One order of more than 100 million major units (10^10 minor units) is not a webshop order.
 MAX_AMOUNT: Final = 10**10
@@ -380,3 +381,132 @@ def transition_names(segments: tuple[str, ...]) -> list[str]:
 def order_event_json_schema() -> dict[str, Any]:
     """The published JSON Schema of the ``orders`` topic."""
     return ORDER_EVENT.json_schema()
+
+
+# -- the plain path of order events ---------------------------------------------------------------
+# Most order events are plain: ASCII ids without spaces, integer amounts in range, instants in
+# the RFC 3339 form webshops write. For those, ``plain_order`` gives the event validation
+# would give (equal fields, the same set fields) without pydantic's validators; anything else
+# (whitespace to strip, non-ASCII text, another instant format, a value out of range) is left
+# to validation, which accepts or refuses it with its reasons. A unit test feeds both the same
+# random events.
+_PLAIN_ID: Final = re.compile(r"[!-~]{1,128}")
+_PLAIN_SHOP: Final = re.compile(r"[!-.0-9;-~]{1,64}")
+_PLAIN_NAME: Final = re.compile(r"[!-~](?:[ -~]{0,126}[!-~])?")
+_PLAIN_CURRENCY: Final = re.compile(r"[A-Z]{3}")
+_PLAIN_INSTANT: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})"
+)
+
+
+def _plain_id(value: Any) -> bool:
+    return type(value) is str and _PLAIN_ID.fullmatch(value) is not None
+
+
+def _plain_name(value: Any) -> bool:
+    return type(value) is str and _PLAIN_NAME.fullmatch(value) is not None
+
+
+def _plain_amount(value: Any, low: int) -> bool:
+    return type(value) is int and low <= value <= MAX_AMOUNT
+
+
+def _plain_line(raw: Any) -> OrderLine | None:
+    if type(raw) is not dict:
+        return None
+    sku, category, quantity, price = (
+        raw.get("sku"),
+        raw.get("category"),
+        raw.get("quantity"),
+        raw.get("unit_price"),
+    )
+    if not (
+        _plain_name(sku)
+        and _plain_name(category)
+        and type(quantity) is int
+        and 0 < quantity <= MAX_QUANTITY
+        and _plain_amount(price, 0)
+    ):
+        return None
+    return build(OrderLine, sku=sku, category=category, quantity=quantity, unit_price=price)
+
+
+_PLAIN_KINDS: Final = {
+    "order_placed": OrderPlaced,
+    "order_cancelled": OrderCancelled,
+    "order_refunded": OrderRefunded,
+}
+
+
+def plain_order(raw: dict[str, Any], received_at: datetime | None) -> OrderEventT | None:
+    """The order event of a plain JSON object (see above), as ``ORDER_EVENT`` validates it
+    with ``received_at`` in the context; None: not plain, validate it."""
+    kind = raw.get("type")
+    cls = _PLAIN_KINDS.get(kind) if type(kind) is str else None
+    if cls is None:
+        return None
+    values: dict[str, Any] = {"type": kind}
+    customer_id, order_id, occurred = (
+        raw.get("customer_id"),
+        raw.get("order_id"),
+        raw.get("occurred_at"),
+    )
+    if not (_plain_id(customer_id) and _plain_id(order_id)):
+        return None
+    values["customer_id"], values["order_id"] = customer_id, order_id
+    if "shop_id" in raw:
+        shop = raw["shop_id"]
+        if type(shop) is not str or _PLAIN_SHOP.fullmatch(shop) is None:
+            return None
+        values["shop_id"] = shop
+    if type(occurred) is not str or _PLAIN_INSTANT.fullmatch(occurred) is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(occurred)
+    except ValueError:
+        return None
+    if instant < EARLIEST_EVENT or (
+        received_at is not None and instant > received_at + MAX_CLOCK_SKEW
+    ):
+        return None
+    values["occurred_at"] = instant.astimezone(UTC)
+    if cls is OrderCancelled:
+        return build(OrderCancelled, **values)
+    currency = raw.get("currency")
+    if (
+        type(currency) is not str
+        or _PLAIN_CURRENCY.fullmatch(currency) is None
+        or not is_known_currency(currency)
+    ):
+        return None
+    values["currency"] = currency
+    total = raw.get("total")
+    if cls is OrderRefunded:
+        if not _plain_amount(total, 1):
+            return None
+        values["total"] = total
+        if "refund_id" in raw:
+            refund_id = raw["refund_id"]
+            if refund_id is not None and not _plain_id(refund_id):
+                return None
+            values["refund_id"] = refund_id
+        return build(OrderRefunded, **values)
+    if not _plain_amount(total, 0):
+        return None
+    values["total"] = total
+    if "discount" in raw:
+        if not _plain_amount(raw["discount"], 0):
+            return None
+        values["discount"] = raw["discount"]
+    if "lines" in raw:
+        lines = raw["lines"]
+        if type(lines) is not list or len(lines) > MAX_LINES:
+            return None
+        plain = []
+        for line in lines:
+            item = _plain_line(line)
+            if item is None:
+                return None
+            plain.append(item)
+        values["lines"] = tuple(plain)
+    return build(OrderPlaced, **values)
