@@ -6,7 +6,6 @@ as the dead-letter header and metric label) and a human-readable message.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -25,7 +24,6 @@ from models.events import (
     ErasureRequested,
     OrderEventT,
     Transition,
-    plain_order,
 )
 from models.scoring import Calibration
 from models.state import SCHEMA_VERSION, CustomerState, state_key
@@ -54,7 +52,7 @@ class StoredState(NamedTuple):
 
 def decode_order(key: bytes | None, value: bytes | None, received_at: datetime) -> OrderEventT:
     """Parse and validate one record of the orders topic."""
-    return _decode(key, value, received_at, ORDER_EVENT, ORDER_TYPES, plain_order)
+    return _decode(key, value, received_at, ORDER_EVENT, ORDER_TYPES)
 
 
 def decode_consent(key: bytes | None, value: bytes | None, received_at: datetime) -> ConsentChanged:
@@ -75,7 +73,6 @@ def _decode(
     received_at: datetime,
     adapter: TypeAdapter[T],
     types: frozenset[str],
-    plain: Callable[[dict[str, Any], datetime], T | None] | None = None,
 ) -> T:
     if value is not None and len(value) > MAX_ORDER_BYTES:
         raise DecodeError(
@@ -88,13 +85,10 @@ def _decode(
             "unknown_event_type",
             f"unknown event type {kind!r}; expected one of {sorted(types)}",
         )
-    # a plain event (models.events.plain_order) as validation would give it, without it
-    event = plain(raw, received_at) if plain is not None else None
-    if event is None:
-        try:
-            event = adapter.validate_python(raw, context={"received_at": received_at})
-        except ValidationError as exc:
-            raise DecodeError(_reason(exc), _describe(exc)) from exc
+    try:
+        event = adapter.validate_python(raw, context={"received_at": received_at})
+    except ValidationError as exc:
+        raise DecodeError(_reason(exc), _describe(exc)) from exc
     _check_key(key, event.customer_id)  # type: ignore[attr-defined]
     return event
 
