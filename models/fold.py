@@ -39,7 +39,7 @@ from models.events import (
     tag_transition_name,
     transition_name,
 )
-from models.frozen import build, evolve
+from models.frozen import evolve
 from models.privacy import consented
 from models.rules import Cell, SegmentFacts, Tags, decide
 from models.scoring import Scores
@@ -118,7 +118,7 @@ def evaluate(
     if not consented(state, model.consent_required):
         return Evaluation(m, None, (), None)  # segmented only with consent
     if m.order_count and m.r_score and m.f_score and m.m_score:
-        scores = build(Scores, r=m.r_score, f=m.f_score, m=m.m_score)
+        scores = Scores(r=m.r_score, f=m.f_score, m=m.m_score)
         inactive = (
             m.recency_days is not None
             and m.inactive_after_days is not None
@@ -136,7 +136,7 @@ def apply_order(
 ) -> tuple[CustomerState, list[Transition]]:
     """Fold one order event into the state; returns the new state and the transitions."""
     if state is None:
-        state = build(CustomerState, shop_id=event.shop_id, customer_id=event.customer_id)
+        state = CustomerState(shop_id=event.shop_id, customer_id=event.customer_id)
     state, fired = due_transitions(state, event.occurred_at, model)
     recorded = _record(state, event, model.rules.tags)
     if recorded is None:  # already applied: a redelivery or a duplicate from the webshop
@@ -144,7 +144,7 @@ def apply_order(
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
     updated = evolve(recorded, as_of=at, revision=state.revision + 1)
     refund = event.refund_key if isinstance(event, OrderRefunded) else None
-    cause = build(Cause, kind=event.type, order_id=event.order_id, refund_id=refund)
+    cause = Cause(kind=event.type, order_id=event.order_id, refund_id=refund)
     new_state, changed = _resegment(state, updated, at, cause, model)
     return new_state, fired + changed
 
@@ -170,7 +170,7 @@ def apply_consent(
     late events change nothing; a withdrawal moves the customer out of every segment and tag,
     a grant segments them again."""
     if state is None:
-        state = build(CustomerState, shop_id=event.shop_id, customer_id=event.customer_id)
+        state = CustomerState(shop_id=event.shop_id, customer_id=event.customer_id)
     decision = "granted" if event.type == "consent_granted" else "withdrawn"
     if state.consent_at is not None and event.occurred_at <= state.consent_at:
         return state, []
@@ -182,7 +182,7 @@ def apply_consent(
         as_of=at,
         revision=state.revision + 1,
     )
-    return _resegment(state, updated, at, build(Cause, kind=event.type), model)
+    return _resegment(state, updated, at, Cause(kind=event.type), model)
 
 
 def erase(state: CustomerState, event: ErasureRequested, model: SegmentModel) -> list[Transition]:
@@ -190,7 +190,7 @@ def erase(state: CustomerState, event: ErasureRequested, model: SegmentModel) ->
     downstream copy learns to forget them. The state itself is deleted by the caller."""
     at = max(state.as_of, event.occurred_at) if state.as_of else event.occurred_at
     gone = evolve(state, orders={}, earlier=None, consent="withdrawn")
-    return _resegment(state, gone, at, build(Cause, kind="erasure"), model)[1]
+    return _resegment(state, gone, at, Cause(kind="erasure"), model)[1]
 
 
 def due_transitions(
@@ -216,7 +216,7 @@ def due_transitions(
             break
         at = max(due, state.as_of) if state.as_of else due
         updated = evolve(state, as_of=at, revision=state.revision + 1)
-        state, changed = _resegment(state, updated, at, build(Cause, kind=cause), model)
+        state, changed = _resegment(state, updated, at, Cause(kind=cause), model)
         if not changed:
             break
         fired += changed
@@ -236,7 +236,7 @@ def reevaluate(
         "rule_change" if state.rule_version != model.rules.version else "recalibration"
     )
     updated = evolve(state, revision=state.revision + 1)
-    state, moved = _resegment(state, updated, state.as_of, build(Cause, kind=kind), model)
+    state, moved = _resegment(state, updated, state.as_of, Cause(kind=kind), model)
     state, caught_up = due_transitions(state, now, model, cause=kind)
     return state, moved + caught_up
 
@@ -302,8 +302,7 @@ def _resegment(
     transitions: list[Transition] = []
     if segment != before.segment:
         transitions.append(
-            build(
-                SegmentChanged,
+            SegmentChanged(
                 event_id=transition_id(before, f"{before.segment}>{segment}", cause, at, model),
                 transition=transition_name(segment),
                 from_segment=before.segment,
@@ -324,8 +323,7 @@ def _resegment(
     for change, tags in tag_changes:
         for tag in tags:
             transitions.append(
-                build(
-                    TagChanged,
+                TagChanged(
                     event_id=transition_id(before, f"{change}:{tag}", cause, at, model),
                     transition=tag_transition_name(change),
                     tag=tag,
@@ -434,7 +432,7 @@ def _folded(
     at = record.placed_at
     assert at is not None
     if earlier is None:
-        earlier = build(EarlierOrders, until=at, until_id=order_id)
+        earlier = EarlierOrders(until=at, until_id=order_id)
     if not record.counts:
         return evolve(earlier, until=at, until_id=order_id)
     count = earlier.orders + 1

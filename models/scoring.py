@@ -18,8 +18,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.frozen import build
-
 Cuts = Annotated[tuple[float, float, float, float], Field()]
 
 
@@ -104,15 +102,13 @@ def compute_scores(
     more than ``margin`` (relative) past the boundary, so customers near one do not flap."""
     r_cuts, f_cuts, m_cuts = cutoffs.recency_days, cutoffs.frequency, cutoffs.monetary
     if previous is None:  # nothing to stick to: the raw scores
-        return build(
-            Scores,
+        return Scores(
             r=score_recency(recency_days, r_cuts),
             f=score_higher_is_better(frequency, f_cuts),
             m=score_higher_is_better(monetary, m_cuts),
         )
     hi, lo = 1 + margin, 1 - margin
-    return build(
-        Scores,
+    return Scores(
         r=_sticky(
             score_recency(recency_days, scaled_cutoffs(r_cuts, lo)),
             score_recency(recency_days, scaled_cutoffs(r_cuts, hi)),

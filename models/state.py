@@ -19,7 +19,7 @@ from typing import Final, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import Metrics
-from models.frozen import build, evolve
+from models.frozen import evolve
 from models.memo import IdentityMemo
 from models.rules import SegmentRules
 from models.scoring import Calibration, Scores, compute_scores
@@ -298,7 +298,7 @@ def elapsed_days(elapsed: timedelta) -> float:
 def _rounded(days: float | None) -> float | None:
     # Same precision as days_since_last_order, so that at the due time the comparison of the
     # two is exact (an unrounded threshold could stay a hair above the rounded elapsed days).
-    return None if days is None else float(round(days, 4))  # a float, as validated
+    return None if days is None else round(days, 4)
 
 
 ScoreMode = Literal["fresh", "time", "sticky"]
@@ -336,8 +336,7 @@ def compute_metrics(
         )
         if scoring == "time" and state.scores is not None:
             scores = evolve(scores, f=state.scores.f, m=state.scores.m)
-    return build(
-        Metrics,
+    return Metrics(
         currency=state.currency,
         order_count=count,
         total_spend=spend,

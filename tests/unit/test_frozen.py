@@ -1,5 +1,4 @@
-"""``evolve`` copies a frozen model exactly as ``model_copy(update=...)`` does, ``build`` makes
-one as validation does."""
+"""``evolve`` copies a frozen model exactly as ``model_copy(update=...)`` does."""
 
 from __future__ import annotations
 
@@ -8,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import BaseModel
 
-from models.events import Cause, Metrics
-from models.frozen import build, evolve
+from models.events import Metrics
+from models.frozen import evolve
 from models.memo import IdentityMemo
 from models.scoring import Scores
 from models.state import CustomerState, OrderRecord
@@ -94,50 +93,3 @@ def test_the_models_copied_by_evolve_have_no_extra_fields_or_private_attributes(
     """What ``evolve`` leaves out of the copy: a model that gains either needs model_copy."""
     assert cls.__private_attributes__ == {}
     assert cls.model_config.get("extra") != "allow"
-
-
-@pytest.mark.parametrize(
-    ("cls", "values"),
-    [
-        (CustomerState, {"shop_id": "s", "customer_id": "c"}),
-        (CustomerState, {"shop_id": "s", "customer_id": "c", "segment": "new", "revision": 3}),
-        (OrderRecord, {"placed_at": AT, "total": 100, "categories": {"shoes": 100}}),
-        (OrderRecord, {}),
-        (Scores, {"r": 1, "f": 2, "m": 3}),
-        (Cause, {"kind": "order_placed", "order_id": "o1", "refund_id": None}),
-        (
-            Metrics,
-            {
-                "currency": "EUR",
-                "order_count": 1,
-                "total_spend": 900,
-                "average_order_value": 900,
-                "discount_share": 0.0,
-                "first_order_at": AT,
-                "last_order_at": AT,
-                "recency_days": 0.0,
-                "typical_gap_days": None,
-                "inactive_after_days": 90.0,
-            },
-        ),
-    ],
-)
-def test_build_equals_validation(cls: type[BaseModel], values: dict[str, object]) -> None:
-    mine, pydantics = build(cls, **values), cls(**values)
-    assert type(mine) is cls
-    assert mine == pydantics
-    assert list(mine.__dict__) == list(pydantics.__dict__)  # the serialised field order
-    assert mine.model_fields_set == pydantics.model_fields_set
-    assert mine.model_dump_json() == pydantics.model_dump_json()
-    with pytest.raises(Exception, match="frozen"):
-        mine.revision = 3  # type: ignore[attr-defined]
-
-
-def test_build_gives_each_model_its_own_default_containers() -> None:
-    a, b = build(OrderRecord), build(OrderRecord)
-    assert a.categories == {} and a.categories is not b.categories
-
-
-def test_build_refuses_a_missing_required_field() -> None:
-    with pytest.raises(TypeError, match="Scores needs m"):
-        build(Scores, r=1, f=2)
