@@ -129,12 +129,18 @@ def encode_stored(partition: int, state: CustomerState, due: datetime | None = N
     was written (``d``: lets a restart rebuild the due index without decoding every state;
     ``dv``: the version of ``next_due`` that computed it) and the state, without the fields
     that hold their default (compact on disk)."""
-    body = state.model_dump_json(exclude_defaults=True)  # never "{}": the ids have no default
-    stamp = orjson.dumps(due.isoformat()).decode() if due else "null"
-    return (
-        f'{{"p":{partition:d},"d":{stamp},"dv":{DUE_VERSION:d},'
-        f'"s":{{"schema_version":{SCHEMA_VERSION:d},{body[1:]}}}'
-    ).encode()
+    # bytes throughout (pydantic serialises straight to bytes): the state, often kilobytes, is
+    # neither decoded to text nor encoded again; never "{}": the ids have no default
+    body = state.__pydantic_serializer__.to_json(state, exclude_defaults=True)
+    # an ISO 8601 instant has nothing to escape in JSON
+    stamp = b'"%s"' % due.isoformat().encode() if due else b"null"
+    return b'{"p":%d,"d":%s,"dv":%d,"s":{"schema_version":%d,%s}' % (
+        partition,
+        stamp,
+        DUE_VERSION,
+        SCHEMA_VERSION,
+        body[1:],
+    )
 
 
 class StoredHeader(NamedTuple):
