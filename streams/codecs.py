@@ -6,6 +6,7 @@ as the dead-letter header and metric label) and a human-readable message.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -130,12 +131,18 @@ def encode_stored(partition: int, state: CustomerState, due: datetime | None = N
     was written (``d``: lets a restart rebuild the due index without decoding every state;
     ``dv``: the version of ``next_due`` that computed it) and the state, without the fields
     that hold their default (compact on disk)."""
-    body = state.model_dump_json(exclude_defaults=True)  # never "{}": the ids have no default
-    stamp = orjson.dumps(due.isoformat()).decode() if due else "null"
-    return (
-        f'{{"p":{partition:d},"d":{stamp},"dv":{DUE_VERSION:d},'
-        f'"s":{{"schema_version":{SCHEMA_VERSION:d},{body[1:]}}}'
-    ).encode()
+    # bytes throughout (pydantic serialises straight to bytes): the state, often kilobytes, is
+    # neither decoded to text nor encoded again; never "{}": the ids have no default
+    body = state.__pydantic_serializer__.to_json(state, exclude_defaults=True)
+    # an ISO 8601 instant has nothing to escape in JSON
+    stamp = b'"%s"' % due.isoformat().encode() if due else b"null"
+    return b'{"p":%d,"d":%s,"dv":%d,"s":{"schema_version":%d,%s}' % (
+        partition,
+        stamp,
+        DUE_VERSION,
+        SCHEMA_VERSION,
+        body[1:],
+    )
 
 
 class StoredHeader(NamedTuple):
@@ -187,8 +194,33 @@ class StoredDue(NamedTuple):
     due_known: bool  # False: written before the due time was stored, or by another next_due
 
 
+# The head of a table value as ``encode_stored`` writes it: partition, due time, its version and
+# the start of the state (its schema version first).
+_STORED_HEAD: Final = re.compile(
+    rb'\{"p":(0|[1-9]\d*),"d":(null|"[^"\\]*"),"dv":(0|[1-9]\d*),"s":'
+    rb'(?=\{"schema_version":%d,)' % SCHEMA_VERSION
+)
+
+
 def decode_stored_due(value: bytes) -> StoredDue:
     """``decode_stored`` and the due time stored with the state."""
+    head = _STORED_HEAD.match(value)
+    if head is not None and value.endswith(b"}"):
+        # as encode_stored writes it: the state validated straight from its own bytes (no
+        # dictionary of it first); anything else is read and refused as below
+        try:
+            state = CustomerState.model_validate_json(value[head.end() : -1])
+        except ValidationError:
+            pass
+        else:
+            partition, due, version = head.groups()
+            instant = "" if due == b"null" else due[1:-1].decode()
+            return StoredDue(
+                int(partition),
+                state,
+                datetime.fromisoformat(instant) if instant else None,
+                int(version) == DUE_VERSION,
+            )
     raw = orjson.loads(value)
     state = raw["s"]
     if state.get("schema_version") != SCHEMA_VERSION:

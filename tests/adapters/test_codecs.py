@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
@@ -179,6 +180,23 @@ def test_values_written_before_the_header_are_still_read() -> None:
     other["dv"] += 1  # computed by another version of next_due: computed again, not taken
     assert decode_stored_due(orjson.dumps(other)) == (1, state, state.as_of, False)
     assert len(encode_stored(1, state, None)) < len(old)  # the compact form is smaller
+
+
+def test_a_value_as_written_reads_as_the_same_value_in_another_layout() -> None:
+    """A value as ``encode_stored`` writes it is read straight from its bytes; the same value
+    laid out otherwise (spaces, keys in another order) the general way: the same result."""
+    state = _real_state()
+    for partition, due in ((0, None), (7, state.as_of), (12, datetime(2025, 3, 1, tzinfo=UTC))):
+        value = encode_stored(partition, state, due)
+        raw = orjson.loads(value)
+        other = json.dumps({"s": raw["s"], "dv": raw["dv"], "d": raw["d"], "p": raw["p"]})
+        mine, general = decode_stored_due(value), decode_stored_due(other.encode())
+        assert mine == general == (partition, state, due, True)
+        assert mine.state.model_dump_json() == general.state.model_dump_json()
+        assert encode_stored(partition, mine.state, mine.due) == value
+    broken = encode_stored(0, state)[:-2] + b"}"  # the state cut short: refused as before
+    with pytest.raises(ValueError):
+        decode_stored_due(broken)
 
 
 @pytest.mark.parametrize("backfill", [False, True])
