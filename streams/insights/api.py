@@ -361,5 +361,19 @@ def _why(
         if fields.get("top_categories")
         else [],
         "next_due": due,
-        "predictions": None,
+        "predictions": _predictions(fields),
+    }
+
+
+def _predictions(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The customer's predictions as the worker cached them (None: the shop has no prediction
+    model, see docs/predictions.md)."""
+    if not fields.get("p_alive"):
+        return None
+    clv = fields.get("predicted_clv")
+    return {
+        "p_alive": float(fields["p_alive"]),
+        "expected_orders_90d": float(fields.get("expected_orders_90d") or 0.0),
+        "predicted_clv": float(clv) if clv else None,
+        "model": fields.get("prediction_model") or None,
     }

@@ -283,6 +283,8 @@ async function showCustomer(id) {
   add("monetary", `${money({ [c.figures.currency]: r.monetary })} · M ${r.m_score}`, "monetary");
   add("tags", c.tags.join(", ") || "none", "tags");
   add("next change", c.next_due ? `${c.next_due.at.slice(0, 16)} → ${c.next_due.to_segment} (${c.next_due.why})` : "none due", "next_due");
+  const p = c.predictions;
+  add("predictions", p ? `P(alive) ${p.p_alive.toFixed(2)} · ${p.expected_orders_90d.toFixed(2)} orders in 90 days · CLV ${p.predicted_clv === null ? "–" : money({ [c.figures.currency]: p.predicted_clv })} (model ${p.model})` : "no model for this shop", "predictions");
   add("versions", c.rule ? `${c.rule.rule_version} / ${c.rule.calibration_version}` : null);
   target.replaceChildren(dl);
 }
