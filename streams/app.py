@@ -269,14 +269,15 @@ def _prediction_tasks(
     app: faust.App, settings: Settings, processor: Processor, orders: web.OrderPartitions
 ) -> None:
     """Every worker follows the predictions topic; the leader refits on schedule (wall clock).
-    A newer model of a shop is written to Redis with each of the shop's customers of this
-    worker (outside recovery and rebalances; then at their next change)."""
+    A newer model of a shop re-evaluates the shop's customers of this worker (churn risk,
+    cause ``model_refit``; Redis written with each); one read again at start-up is written to
+    Redis with them (outside recovery and rebalances; then at their next change)."""
     predictions = processor.predictions
 
-    async def adopt(model: Any) -> bool:
-        if not predictions.adopt(model):
+    async def adopt(model: Any, replayed: bool) -> bool:
+        if not await processor.set_prediction_model(model, replayed):
             return False
-        if app.tables.recovery.in_recovery or app.rebalancing:
+        if not replayed or app.tables.recovery.in_recovery or app.rebalancing:
             return True
         owned = {tp.partition for tp in orders.assigned()}
         written = await processor.resync_cache(owned, shop=model.shop_id)

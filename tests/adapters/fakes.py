@@ -61,6 +61,7 @@ class Outbox:
         self.held: list[tuple[str, bytes, bytes | None]] = []
         self.pending: list[asyncio.Future[None]] = []
         self.flushes = 0
+        self.records: list[dict[str, Any]] = []  # the values sent, decoded
 
     def add(self, topic: str, key: bytes, value: bytes | None) -> None:
         self.held.append((topic, key, value))
@@ -75,7 +76,8 @@ class Outbox:
         self.held = []
 
     def _sent(self, value: bytes | None) -> asyncio.Future[None]:
-        self.log.append(("send", orjson.loads(value or b"{}")["event_id"]))
+        self.records.append(orjson.loads(value or b"{}"))
+        self.log.append(("send", self.records[-1]["event_id"]))
         return _delivery(self.manual, self.pending)
 
     def ack_all(self) -> None:
