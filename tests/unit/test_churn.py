@@ -26,7 +26,7 @@ from models.events import Cause
 from models.fold import time_passes_to
 from models.frozen import evolve
 from models.predictions import BgNbdParams, PredictionModel, bgnbd_inputs, p_alive
-from models.rules import PredictionRules
+from models.rules import PredictionRules, SegmentRule
 from tests.factories import at, placed
 from tests.unit.core import MODEL as SEGMENTS
 from tests.unit.core import fold
@@ -161,3 +161,9 @@ def test_time_passes_to_an_instant_where_the_fold_has_nothing_due() -> None:
     assert next_due(stepped, SEGMENTS) == due  # the fold's own due time stays
     assert time_passes_to(stepped, instant, SEGMENTS) == (stepped, [])
     assert time_passes_to(STATE, STATE.as_of, SEGMENTS) == (STATE, [])
+
+
+def test_a_segment_cannot_take_the_churn_risk_moves_name() -> None:
+    with pytest.raises(ValidationError, match="reserved for the churn-risk transition"):
+        SegmentRule(name="likely_churned")
+    assert SegmentRule(name="likely_to_churn").name == "likely_to_churn"
