@@ -194,6 +194,20 @@ class Settings(BaseSettings):
         description="bearer token (at least 16 bytes) of POST /pause and /resume; unset: they "
         "are off",
     )
+    insights: bool = Field(
+        True,
+        description="publish activity records and add them up for the segment insights "
+        "(segmenter api); off: neither",
+    )
+    api_port: int = Field(
+        6070, ge=1, le=65535, description="port of the insights API and dashboard (segmenter api)"
+    )
+    api_host: str = Field("127.0.0.1", description="address the insights API binds")
+    api_token: SecretStr | None = Field(
+        None,
+        description="bearer token (at least 16 bytes) of the insights API; `segmenter api` "
+        "does not start without it",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field(
         "json", description="worker logs: one JSON object per line, or plain text"
@@ -241,6 +255,11 @@ class Settings(BaseSettings):
     def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
         return _secret_long_enough(value, "SEGMENTER_ADMIN_TOKEN")
 
+    @field_validator("api_token")
+    @classmethod
+    def _api_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _secret_long_enough(value, "SEGMENTER_API_TOKEN")
+
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:
         """Combinations of the Kafka security settings that cannot work are refused at start,
@@ -260,6 +279,11 @@ class Settings(BaseSettings):
     def clock_topic(self) -> str:
         """Internal topic through which the wall clock hands due customers to their partition."""
         return f"{self.app_id}-clock"
+
+    @property
+    def activity_topic(self) -> str:
+        """Internal: the worker's activity records, which the segment insights add up."""
+        return f"{self.app_id}-activity"
 
     @property
     def calibrations_topic(self) -> str:

@@ -21,6 +21,7 @@ from streams.clients import faust_broker_options
 from streams.dlq import SourceRecord
 from streams.framework import intake
 from streams.framework.store_age import discard_stale_stores
+from streams.insights import agent as insights
 from streams.lag import LagProbe
 from streams.predictions import fit_and_publish, fit_due, follow_models
 from streams.processor import Processor
@@ -105,6 +106,8 @@ def create_app(
         app, settings, rules, calibrations, (customers, erasures), partitions
     )
     _agent(app, settings, processor)
+    if settings.insights:
+        insights.register(app, settings, table)  # segment insights: streams/insights/
     orders = web.register(app, settings, processor)
 
     @customers.on_recover

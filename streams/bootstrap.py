@@ -101,6 +101,7 @@ def topics(settings: Settings, rules: SegmentRules) -> Topics:
     return Topics(
         transitions=settings.transitions_topic,
         marketing={name: settings.marketing_topic(name) for name in marketing_transitions(rules)},
+        activity=settings.activity_topic if settings.insights else None,
     )
 
 

@@ -191,6 +191,8 @@ class Handlers:
         except RecordTooLarge as exc:  # the customer goes on without this order
             await self._dead_letter(record, "state_too_large", str(exc))
             return
+        if state is None or new_state.revision != state.revision:  # applied: for the insights
+            self.outputs.sink.stage_order(order, state, new_state)
         if waits_for_its_order(state, new_state, order):
             self._unmatched(record, order.type, order.order_id)
 

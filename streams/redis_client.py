@@ -22,6 +22,7 @@ ACL_COMMANDS: Final = (
     "srem",
     "scard",
     "smembers",
+    "sscan",  # the insights API's member pages
     "exists",
     "set",
     "evalsha",

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from models.events import Transition
+from models.events import SegmentChanged, Transition
 from models.routing import Routing
+from models.state import CustomerState
 from streams.codecs import encode_transition
+from streams.insights.records import Order, encode_activity, move_activity, order_activity
 from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,12 @@ class Outbox(Protocol):
 
 @dataclass(frozen=True)
 class Topics:
-    """The transitions topic, and the marketing topic of each transition name that has one."""
+    """The transitions topic, and the marketing topic of each transition name that has one;
+    the activity topic the segment insights are computed from (None: none)."""
 
     transitions: str
     marketing: Mapping[str, str]
+    activity: str | None = None
 
 
 class TransitionSink:
@@ -113,7 +117,20 @@ class TransitionSink:
                 )
             if route.to_marketing(transition.transition, transition.cause.kind, force=force):
                 self.outbox.add(topics.marketing[transition.transition], key, value)
+            if topics.activity and isinstance(transition, SegmentChanged):
+                move = move_activity(transition)  # None: its order event's record carries it
+                if move is not None:
+                    self.outbox.add(topics.activity, key, encode_activity(move))
         return emitted_at
+
+    def stage_order(self, order: Order, before: CustomerState | None, after: CustomerState) -> None:
+        """Hold the activity record of an applied order event (segment insights), sent with
+        the batch's transitions."""
+        if self.topics.activity:
+            activity = order_activity(order, before, after)
+            self.outbox.add(
+                self.topics.activity, after.customer_id.encode(), encode_activity(activity)
+            )
 
     async def flush(self) -> list[asyncio.Future[Any]]:
         """Send everything staged; the futures resolve once the broker has acknowledged it."""

@@ -64,6 +64,7 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
         wanted = {
             settings.orders_topic: partitions,
             settings.clock_topic: partitions,
+            settings.activity_topic: partitions,  # keyed by customer, read with its table
             # consent and erasure are co-partitioned with orders: keyed by customer as well
             settings.consent_topic: partitions,
             settings.erasure_topic: partitions,
@@ -90,7 +91,12 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
             response = await admin.create_topics(missing)
             _raise_for_topic_errors(response.topic_errors)
             log.info("created topics %s", ", ".join(t.name for t in missing))
-        for name in (settings.clock_topic, settings.consent_topic, settings.erasure_topic):
+        for name in (
+            settings.clock_topic,
+            settings.consent_topic,
+            settings.erasure_topic,
+            settings.activity_topic,
+        ):
             count = current.get(name, partitions)
             if count != partitions:
                 raise TopicsError(

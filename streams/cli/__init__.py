@@ -3,7 +3,13 @@ data, privacy requests): an entry point only; the work happens in the modules it
 
 ``main`` is the command group; importing the command modules adds their commands to it."""
 
-from streams.cli import administration, inspection, predictions, running  # noqa: F401 (adds the commands)
+from streams.cli import (  # noqa: F401 (adds the commands)
+    administration,
+    insights,
+    inspection,
+    predictions,
+    running,
+)
 from streams.cli.group import main
 
 __all__ = ["main"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -21,9 +24,11 @@ from models.routing import marketing_transitions
 from streams.calibrations import recalibrate
 from streams.changelog import count_records, read_table, read_topic
 from streams.cli.devstack import Devstack
+from streams.cli.processes import DevstackError, port_open, stop_recorded, wait_until
 from streams.cli.replay import publish
 from streams.cli.sample_data import sample_events, sample_records
 from streams.clients import kafka_options, started
+from streams.insights.store import version_key
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
 from streams.redis_client import connect
@@ -48,6 +53,8 @@ DEMO = {
     "prediction_min_repeat_buyers": "10",
 }
 DONE_TIMEOUT_SECONDS = 180.0
+# The insights agent copies its totals to Redis every second: settled once unchanged this long.
+INSIGHTS_SETTLED_SECONDS = 2.5
 FEATURED_CUSTOMER = "c008-lapsing"  # the customer the README follows
 
 
@@ -77,6 +84,12 @@ def run_demo(customers: int, keep_running: bool) -> None:
         if featured:
             look = customer_command(featured, program)
             console.print(f"look at a customer:  {look}", markup=False, soft_wrap=True)
+        asyncio.run(_insights_settled(settings))
+        url = _start_dashboard(base.devstack_dir, data_dir)
+        if url:
+            console.print(
+                f"the dashboard, with the demo's data:  {url}", markup=False, soft_wrap=True
+            )
     finally:
         if keep_running:
             console.print(f"worker left running (pid {worker.pid})")
@@ -126,6 +139,9 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
             settings.erasure_topic,
             settings.erasure_receipts_topic,
             f"{settings.app_id}-erasures-changelog",
+            settings.activity_topic,
+            f"{settings.app_id}-insights-customers-changelog",
+            f"{settings.app_id}-insights-totals-changelog",
             *(settings.marketing_topic(name) for name in marketing),
         ],
     )
@@ -313,3 +329,55 @@ async def _summary(settings: Settings, bootstrap: dict[str, int]) -> None:
     console.print(table)
     dlq = await count_records(settings, settings.dlq_topic)
     console.print(f"dead-lettered records on {settings.dlq_topic}: {dlq}")
+
+
+async def _insights_settled(settings: Settings) -> None:
+    """Wait until the insights agent's totals in Redis stop changing (after the worker caught
+    up, its last records are still being added up)."""
+    client = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
+    key = version_key(settings.redis_prefix, "default")
+    try:
+        last, since = None, time.monotonic()
+        deadline = since + DONE_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            version = await client.hgetall(key) or None
+            if version != last:
+                last, since = version, time.monotonic()
+            elif version is not None and time.monotonic() - since >= INSIGHTS_SETTLED_SECONDS:
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await client.aclose()
+
+
+def _start_dashboard(devstack_dir: Path, data_dir: Path) -> str | None:
+    """Start ``segmenter api`` on the demo's data (a new token each time; the previous demo's
+    API stopped first) and leave it running; its address with the token, or None."""
+    pid_file = devstack_dir / "demo-api.pid"
+    marker = b"streams.cli\x00api"
+    stop_recorded(pid_file, marker, "the previous demo's dashboard", console.print, 10.0, 0.2)
+    port = Settings().api_port
+    if port_open(port):
+        console.print(f"port {port} is taken: no dashboard (set SEGMENTER_API_PORT)")
+        return None
+    token = secrets.token_urlsafe(24)
+    overrides = {**DEMO, "data_dir": str(data_dir), "api_token": token, "api_port": str(port)}
+    env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    log = devstack_dir / "demo-api.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "api"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    pid_file.write_text(str(process.pid))
+    try:
+        wait_until(lambda: port_open(port), process.pid, 30.0, "the insights API", [log])
+    except DevstackError as exc:
+        console.print(str(exc), markup=False)
+        return None
+    console.print(f"dashboard running (pid {process.pid}; log: {log}); it stays up after the demo")
+    return f"http://127.0.0.1:{port}/#token={token}"

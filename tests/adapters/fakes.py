@@ -59,15 +59,16 @@ class Outbox:
         self.log = log
         self.manual = manual
         self.held: list[tuple[str, bytes, bytes | None]] = []
+        self.sent: list[tuple[str, bytes, bytes | None]] = []  # every record sent, in order
         self.pending: list[asyncio.Future[None]] = []
         self.flushes = 0
-        self.records: list[dict[str, Any]] = []  # the values sent, decoded
 
     def add(self, topic: str, key: bytes, value: bytes | None) -> None:
         self.held.append((topic, key, value))
 
     async def send(self) -> list[asyncio.Future[None]]:
         held, self.held = self.held, []
+        self.sent += held
         self.flushes += 1
         self.log.append(("flush", len(held)))
         return [self._sent(value) for _topic, _key, value in held]
@@ -76,8 +77,8 @@ class Outbox:
         self.held = []
 
     def _sent(self, value: bytes | None) -> asyncio.Future[None]:
-        self.records.append(orjson.loads(value or b"{}"))
-        self.log.append(("send", self.records[-1]["event_id"]))
+        body = orjson.loads(value or b"{}")
+        self.log.append(("send", body.get("event_id") or body["id"]))  # a transition, an activity
         return _delivery(self.manual, self.pending)
 
     def ack_all(self) -> None:
@@ -184,6 +185,7 @@ class Worker:
         rules: SegmentRules | None = None,
         partitions: int | None = None,
         backfill: bool = True,
+        activity: str | None = None,
     ) -> None:
         self.log = Log()
         self.outbox = Outbox(self.log, manual)
@@ -195,7 +197,10 @@ class Worker:
         self.failures: list[BaseException] = []
         metrics = WorkerMetrics()
         sink = TransitionSink(
-            self.outbox, Topics("transitions", {}), Routing(frozenset(), backfill), metrics
+            self.outbox,
+            Topics("transitions", {}, activity),
+            Routing(frozenset(), backfill),
+            metrics,
         )
         checkpoint = Checkpoint(self.table, self.cache, sink, self.failures.append)
         handlers = Handlers(

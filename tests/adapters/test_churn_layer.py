@@ -73,7 +73,8 @@ class Feed:
 
 
 def _churn(worker: Worker) -> list[dict[str, Any]]:
-    return [r for r in worker.outbox.records if r["type"] == "churn_risk_changed"]
+    sent = [orjson.loads(value or b"{}") for _topic, _key, value in worker.outbox.sent]
+    return [r for r in sent if r.get("type") == "churn_risk_changed"]
 
 
 def _history() -> list[Any]:

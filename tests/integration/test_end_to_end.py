@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from streams.changelog import read_table, read_topic
 from streams.cli.replay import publish
+from streams.insights.store import SHOPS_KEY, totals_key, version_key
 from streams.lag import group_lag
 from streams.redis_cache import RedisCache
 from streams.redis_layout import bucket
@@ -228,6 +229,8 @@ async def _assert_redis(settings) -> None:  # type: ignore[no-untyped-def]
                 }
             )
             + [keys.marker_key(settings.app_id, 0)]  # partition 0's customers are all in Redis
+            # the segment insights' totals (streams/insights/store.py)
+            + [totals_key(p, "default"), version_key(p, "default"), f"{p}{SHOPS_KEY}"]
         )
 
         # Redis loses everything (a flush, a restart without persistence): the worker notices

@@ -1,0 +1,333 @@
+"""Segment insights: what the worker's activity records add up to per shop, per UTC day and per
+segment (customers entering and leaving, flows between segments, orders, revenue) and per
+calendar month (retention), as pure folds.
+
+The worker publishes one activity record per applied order event (with the move it caused)
+and per segment move of another cause (see ``docs/insights.md``). Each customer's records
+arrive in the order the worker produced them;
+``apply_activity`` takes a customer's insight state and one record and returns the new state
+and what the record adds to the totals. A record whose id the customer's state already holds
+adds nothing (records are delivered at least once).
+
+Definitions:
+- an order is attributed to the segment the customer was in when ordering (``segment_before``);
+  a customer's first order, made in no segment, to the segment it put them in;
+- revenue is net: placed totals minus refunds and the totals of cancelled orders, each on its
+  own day and in the segment of that moment; ``orders`` counts placed orders;
+- retention of segment S in month M: of the customers in S at the start of M (00:00 UTC of its
+  first day), the share who placed an order during M. The cohort is the segment's size at the
+  start of the month (from the daily entries and exits), the retained count is kept per
+  customer: the first order of the month of a customer whose segment at the month's start
+  was S counts once for S.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ACTIVITY_NAMESPACE: Final = uuid.UUID("3b8f0e52-9c41-5d7a-8e16-2a4c7d9b0f63")
+# Ids of records already applied, per customer: a redelivery replays a recent stretch. Kept
+# as their first 48 bits (UUIDs: hashes), so a customer's insight state stays small.
+REMEMBERED_IDS: Final = 64
+ID_CHARS: Final = 12
+
+
+def short_id(record_id: str) -> str:
+    """What a customer's insight state keeps of a record id."""
+    return record_id.replace("-", "")[:ID_CHARS]
+
+
+OrderKind = Literal["order_placed", "order_cancelled", "order_refunded"]
+
+
+class Activity(BaseModel):
+    """One activity record: an applied order event (``kind="order"``), with the segments before
+    and after it (the move it caused, if they differ), or a segment move of another cause
+    (``kind="move"``: time, a recalibration, a rule change, consent, an erasure). ``at`` is the
+    instant of the change (the customer's newest event time, as a transition's
+    ``event_time``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: Literal["move", "order"]
+    shop_id: str
+    customer_id: str
+    at: datetime
+    # moves
+    from_segment: str | None = None
+    to_segment: str | None = None
+    cause: str | None = None
+    # orders
+    order_type: OrderKind | None = None
+    order_id: str | None = None
+    segment_before: str | None = None
+    segment_after: str | None = None
+    amount: int = 0
+    currency: str | None = None
+    # false for a placed order that does not count (cancelled or refunded before it arrived)
+    counted: bool = True
+
+    @property
+    def attributed_segment(self) -> str | None:
+        """The segment an order counts for: the one the customer was in when ordering."""
+        return self.segment_before if self.segment_before is not None else self.segment_after
+
+
+def order_activity_id(shop_id: str, customer_id: str, kind: str, event_key: str) -> str:
+    """The id of an order event's activity record: the same whenever it is produced again."""
+    return str(uuid.uuid5(ACTIVITY_NAMESPACE, "\x1f".join((shop_id, customer_id, kind, event_key))))
+
+
+class CustomerInsight(BaseModel):
+    """What the insights keep of one customer: the current segment, the month of the latest
+    record with the segment held at its start and whether an order of it was counted, and the
+    ids of the latest records applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    segment: str | None = None
+    month: str | None = None
+    month_start_segment: str | None = None
+    retained: bool = False
+    seen: tuple[str, ...] = ()
+
+
+class Contribution(BaseModel):
+    """What one record adds to the totals: to day ``day`` (entries, exits, flows, orders,
+    revenue) and to month ``month`` (retained customers)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    day: str
+    month: str
+    entered: dict[str, int] = Field(default_factory=dict)
+    left: dict[str, int] = Field(default_factory=dict)
+    flows: dict[str, int] = Field(default_factory=dict)
+    orders: dict[str, int] = Field(default_factory=dict)
+    revenue: dict[str, int] = Field(default_factory=dict)
+    retained: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.entered or self.left or self.flows or self.orders or self.revenue or self.retained
+        )
+
+
+class Totals(BaseModel):
+    """A shop's totals of one day (or, for ``retained``, one month): counts per segment,
+    flows per ``from>to`` (``-`` for no segment), revenue per ``segment|currency``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entered: dict[str, int] = Field(default_factory=dict)
+    left: dict[str, int] = Field(default_factory=dict)
+    flows: dict[str, int] = Field(default_factory=dict)
+    orders: dict[str, int] = Field(default_factory=dict)
+    revenue: dict[str, int] = Field(default_factory=dict)
+    retained: dict[str, int] = Field(default_factory=dict)
+
+
+NO_SEGMENT: Final = "-"
+
+
+def day_of(at: datetime) -> str:
+    """The UTC day of an instant, ``YYYY-MM-DD``."""
+    return at.astimezone(UTC).date().isoformat()
+
+
+def month_of(at: datetime) -> str:
+    """The UTC calendar month of an instant, ``YYYY-MM``."""
+    return at.astimezone(UTC).strftime("%Y-%m")
+
+
+def flow_key(from_segment: str | None, to_segment: str | None) -> str:
+    return f"{from_segment or NO_SEGMENT}>{to_segment or NO_SEGMENT}"
+
+
+def revenue_key(segment: str, currency: str | None) -> str:
+    return f"{segment}|{currency or ''}"
+
+
+def apply_activity(
+    customer: CustomerInsight | None, record: Activity
+) -> tuple[CustomerInsight | None, Contribution | None]:
+    """The customer's insight state after ``record`` and what the record adds to the totals
+    (None: nothing, as for a record applied before). A move out of every segment caused by an
+    erasure leaves no state behind."""
+    current = customer or CustomerInsight()
+    rid = short_id(record.id)
+    if rid in current.seen:
+        return customer, None
+    day = day_of(record.at)
+    month = day[:7]
+    start = current.month_start_segment
+    retained = current.retained
+    if current.month != month:  # the first record of a month: the segment held at its start
+        start, retained = current.segment, False
+    segment = current.segment
+    entered: dict[str, int] = {}
+    left: dict[str, int] = {}
+    flows: dict[str, int] = {}
+    orders: dict[str, int] = {}
+    revenue: dict[str, int] = {}
+    retained_now: dict[str, int] = {}
+    if record.kind == "move":
+        moved_from, moved_to = record.from_segment, record.to_segment
+    else:  # an order event carries the move it caused, if any
+        moved_from, moved_to = record.segment_before, record.segment_after
+    if moved_from != moved_to:
+        if moved_from is not None:
+            left[moved_from] = 1
+        if moved_to is not None:
+            entered[moved_to] = 1
+        flows[flow_key(moved_from, moved_to)] = 1
+    segment = moved_to
+    if record.kind == "order":
+        attributed = record.attributed_segment
+        if attributed is not None:
+            if record.order_type == "order_placed" and record.counted:
+                orders[attributed] = 1
+                revenue[revenue_key(attributed, record.currency)] = record.amount
+            elif record.amount:
+                revenue[revenue_key(attributed, record.currency)] = -record.amount
+        if record.order_type == "order_placed" and record.counted and not retained:
+            retained = True
+            if start is not None:
+                retained_now[start] = 1
+    # Built without validation (the values are the fold's own, of the fields' types): the fold
+    # runs for every record a worker produces.
+    contribution = Contribution.model_construct(
+        day=day,
+        month=month,
+        entered=entered,
+        left=left,
+        flows=flows,
+        orders=orders,
+        revenue=revenue,
+        retained=retained_now,
+    )
+    if record.kind == "move" and record.to_segment is None and record.cause == "erasure":
+        return None, contribution
+    new = CustomerInsight.model_construct(
+        segment=segment,
+        month=month,
+        month_start_segment=start,
+        retained=retained,
+        seen=(*current.seen, rid)[-REMEMBERED_IDS:],
+    )
+    return new, contribution
+
+
+def add(totals: Totals | None, contribution: Contribution, *, monthly: bool) -> Totals:
+    """The day's totals (``monthly``: the month's) with a contribution added."""
+    base = totals or Totals()
+    if monthly:
+        return Totals.model_construct(
+            **{**base.__dict__, "retained": _sum(base.retained, contribution.retained)}
+        )
+    return Totals.model_construct(
+        entered=_sum(base.entered, contribution.entered),
+        left=_sum(base.left, contribution.left),
+        flows=_sum(base.flows, contribution.flows),
+        orders=_sum(base.orders, contribution.orders),
+        revenue=_sum(base.revenue, contribution.revenue),
+        retained=base.retained,
+    )
+
+
+def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    if not b:
+        return a
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+def merge(parts: list[Totals]) -> Totals:
+    """Totals of several partitions added up."""
+    out = Totals()
+    for part in parts:
+        out = Totals(
+            entered=_sum(out.entered, part.entered),
+            left=_sum(out.left, part.left),
+            flows=_sum(out.flows, part.flows),
+            orders=_sum(out.orders, part.orders),
+            revenue=_sum(out.revenue, part.revenue),
+            retained=_sum(out.retained, part.retained),
+        )
+    return out
+
+
+# -- reading the totals -------------------------------------------------------------------------
+
+
+class SegmentHistory(BaseModel):
+    """A segment's size at the end of each day, from the daily entries and exits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    days: list[str]
+    sizes: dict[str, list[int]]
+
+
+def size_history(days: dict[str, Totals], segments: list[str]) -> SegmentHistory:
+    """Each segment's size at the end of every day that has totals, in day order."""
+    ordered = sorted(days)
+    sizes: dict[str, list[int]] = {s: [] for s in segments}
+    running = dict.fromkeys(segments, 0)
+    for day in ordered:
+        totals = days[day]
+        for segment in segments:
+            running[segment] += totals.entered.get(segment, 0) - totals.left.get(segment, 0)
+            sizes[segment].append(running[segment])
+    return SegmentHistory(days=ordered, sizes=sizes)
+
+
+def sizes_before(days: dict[str, Totals], day: str, segments: list[str]) -> dict[str, int]:
+    """Each segment's size at the start of ``day`` (``YYYY-MM-DD``)."""
+    sizes = dict.fromkeys(segments, 0)
+    for d, totals in days.items():
+        if d < day:
+            for segment in segments:
+                sizes[segment] += totals.entered.get(segment, 0) - totals.left.get(segment, 0)
+    return sizes
+
+
+def in_period(days: dict[str, Totals], start: date, end: date) -> Totals:
+    """The totals of the days from ``start`` to ``end``, both included."""
+    first, last = start.isoformat(), end.isoformat()
+    return merge([t for d, t in days.items() if first <= d <= last])
+
+
+class Retention(BaseModel):
+    """Retention of one segment in one month."""
+
+    model_config = ConfigDict(frozen=True)
+
+    month: str
+    segment: str
+    customers_at_start: int
+    ordered_again: int
+    rate: float | None
+
+
+def retention(
+    days: dict[str, Totals], months: dict[str, Totals], month: str, segments: list[str]
+) -> list[Retention]:
+    """Each segment's retention in ``month`` (``YYYY-MM``): see the module's definition."""
+    cohort = sizes_before(days, f"{month}-01", segments)
+    retained = months.get(month, Totals()).retained
+    out = []
+    for segment in segments:
+        start, again = cohort[segment], retained.get(segment, 0)
+        rate = round(again / start, 4) if start else None
+        out.append(Retention(month=month, segment=segment, customers_at_start=start,
+                             ordered_again=again, rate=rate))  # fmt: skip
+    return out
