@@ -271,21 +271,21 @@ def _timers(
 def _prediction_tasks(
     app: faust.App, settings: Settings, processor: Processor, orders: web.OrderPartitions
 ) -> None:
-    """Every worker follows the predictions topic; the leader refits on schedule (wall clock).
-    A newer model of a shop re-evaluates the shop's customers of this worker (churn risk,
-    cause ``model_refit``; Redis written with each); one read again at start-up is written to
-    Redis with them (outside recovery and rebalances; then at their next change)."""
+    """Every worker follows the predictions topic (the models on it at start-up are adopted
+    before processing starts: ``streams.worker``); the leader refits on schedule (wall clock).
+    A shop's newer model re-evaluates the shop's customers of this worker (churn risk, cause
+    ``model_refit``; each written to Redis with the new predictions)."""
     predictions = processor.predictions
 
-    async def adopt(model: Any, replayed: bool) -> bool:
-        if not await processor.set_prediction_model(model, replayed):
-            return False
-        if not replayed or app.tables.recovery.in_recovery or app.rebalancing:
-            return True
-        owned = {tp.partition for tp in orders.assigned()}
-        written = await processor.resync_cache(owned, shop=model.shop_id)
-        log.info("prediction model %s: %d customers written to redis", model.version, written)
-        return True
+    async def adopt(model: Any) -> bool:
+        adopted = await processor.set_prediction_model(model)
+        if adopted:
+            log.info(
+                "prediction model %s: %d customers to re-evaluate",
+                model.version,
+                len(processor.clock.pending_reevaluation),
+            )
+        return adopted
 
     @app.task
     async def adopt_prediction_models() -> None:

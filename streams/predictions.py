@@ -227,11 +227,10 @@ class ShopPredictions:
 
 
 async def follow_models(
-    settings: Settings, on_model: Callable[[PredictionModel, bool], Awaitable[object]]
+    settings: Settings, on_model: Callable[[PredictionModel], Awaitable[object]]
 ) -> None:
     """Call ``on_model`` for every model on the topic, then for each new one (runs until
-    cancelled); its second argument says whether the model was on the topic when the worker
-    started following it (replayed). The topic is compacted and small: one record per shop."""
+    cancelled). The topic is compacted and small: one record per shop."""
     consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
     await started(consumer)
     try:
@@ -242,16 +241,14 @@ async def follow_models(
         tps = [TopicPartition(settings.predictions_topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        started_at = await consumer.end_offsets(tps)
         while True:
             batches = await consumer.getmany(timeout_ms=1000)
-            for tp, records in batches.items():
+            for records in batches.values():
                 for record in records:
                     if record.value is None:
                         continue
-                    replayed = record.offset < started_at.get(tp, 0)
                     try:
-                        await on_model(decode_prediction_model(record.value), replayed)
+                        await on_model(decode_prediction_model(record.value))
                     except Exception:
                         log.exception("cannot adopt prediction model at offset %d", record.offset)
     finally:

@@ -26,6 +26,7 @@ from streams import framework
 from streams.app import create_app
 from streams.calibrations import read_calibrations
 from streams.local_store import lock_data_dir, trust_local_store
+from streams.predictions import read_models
 from streams.refusals import refusal
 from streams.topics import ensure_tombstone_retention, ensure_topics
 
@@ -43,6 +44,10 @@ def run_worker(settings: Settings) -> None:
         asyncio.set_event_loop(loop)
         partitions, calibrations = loop.run_until_complete(_prepare(settings, rules))
         segmenter = create_app(settings, rules, partitions, calibrations)
+        # The shops' prediction models in force, before any record is processed: a customer's
+        # churn-risk crossing is then scheduled from their first write on.
+        for model in loop.run_until_complete(read_models(settings)).values():
+            loop.run_until_complete(segmenter.processor.set_prediction_model(model, replayed=True))
         tune_collector()
         logging.getLogger(__name__).info(
             "worker for %s: %d partitions, rules %s, %s clock",
