@@ -122,7 +122,7 @@ def create_app(
             log.info("redis: %d stored customer removals pending", restored)
 
     _timers(app, settings, rules, processor, orders, partitions)
-    _prediction_tasks(app, settings, processor, orders)
+    _prediction_tasks(app, settings, processor)
     return Segmenter(app=app, processor=processor)
 
 
@@ -268,9 +268,7 @@ def _timers(
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
 
 
-def _prediction_tasks(
-    app: faust.App, settings: Settings, processor: Processor, orders: web.OrderPartitions
-) -> None:
+def _prediction_tasks(app: faust.App, settings: Settings, processor: Processor) -> None:
     """Every worker follows the predictions topic (the models on it at start-up are adopted
     before processing starts: ``streams.worker``); the leader refits on schedule (wall clock).
     A shop's newer model re-evaluates the shop's customers of this worker (churn risk, cause
