@@ -12,12 +12,19 @@ evaluation at or after the crossing instant, however the instants in between are
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 from models.events import Cause, ChurnRiskChanged
-from models.predictions import PredictionModel, bgnbd_inputs, likely_churned_at, p_alive
-from models.state import CustomerState
+from models.memo import IdentityMemo
+from models.predictions import (
+    BgNbdInputs,
+    PredictionModel,
+    bgnbd_inputs,
+    likely_churned_at,
+    p_alive,
+)
+from models.state import CustomerState, order_days
 
 BECAME: Final = "became_likely_churned"
 NO_LONGER: Final = "no_longer_likely_churned"
@@ -27,16 +34,38 @@ DEFAULT_THRESHOLD: Final = 0.3
 CHURN_NAMESPACE: Final = uuid.UUID("6f1c2a4e-3b7d-5c9e-8a10-2d4f6b8c0e13")
 
 
+# The crossings of the states seen last: one evaluation asks for the same state's more than
+# once (its status, its due time, its move), and the next one for the state before it.
+_CROSSINGS: Final[IdentityMemo[CustomerState, tuple[PredictionModel, float, datetime | None]]] = (
+    IdentityMemo()
+)
+
+
 def crossing(
     state: CustomerState | None, model: PredictionModel | None, threshold: float
 ) -> datetime | None:
     """The instant the customer's P(alive) reaches ``threshold`` if no order comes first;
-    None without a model, a counted order or a repeat order day (P(alive) stays 1)."""
+    None without a model, a counted order or a repeat order day (P(alive) stays 1).
+    Remembered per state object (it depends on the counted order days only, not on the
+    state's latest instant)."""
     if state is None or model is None or state.as_of is None:
         return None
-    inputs = bgnbd_inputs(state, state.as_of)
-    if inputs is None:
+    known = _CROSSINGS.get(state, lambda s: (model, threshold, _crossing(s, model, threshold)))
+    if known[0] is model and known[1] == threshold:
+        return known[2]
+    instant = _crossing(state, model, threshold)
+    _CROSSINGS.put(state, (model, threshold, instant))
+    return instant
+
+
+def _crossing(state: CustomerState, model: PredictionModel, threshold: float) -> datetime | None:
+    """``likely_churned_at`` from the order days alone (x, t_x and the first day: what
+    ``bgnbd_inputs`` gives, without the spend, which the crossing does not need)."""
+    days = order_days(state)
+    if days is None or days.repeat_days == 0:
         return None
+    origin = datetime(days.first.year, days.first.month, days.first.day, tzinfo=UTC)
+    inputs = BgNbdInputs(days.repeat_days, float((days.last - days.first).days), 0.0, 0.0, origin)
     return likely_churned_at(model.bgnbd, inputs, threshold)
 
 

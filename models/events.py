@@ -367,7 +367,14 @@ class ChurnRiskChanged(_Transition):
     model_version: str
 
 
-Transition = SegmentChanged | TagChanged
+Transition = SegmentChanged | TagChanged | ChurnRiskChanged
+
+
+# The transition names of churn-risk moves (``ChurnRiskChanged``): a marketing topic each.
+CHURN_TRANSITIONS: tuple[str, ...] = (
+    "customer.became_likely_churned",
+    "customer.no_longer_likely_churned",
+)
 
 
 def transition_name(to_segment: str | None) -> str:
@@ -387,6 +394,7 @@ def transition_names(segments: tuple[str, ...]) -> list[str]:
         transition_name(None),
         tag_transition_name("added"),
         tag_transition_name("removed"),
+        *CHURN_TRANSITIONS,
     ]
 
 

@@ -223,6 +223,20 @@ def due_transitions(
     return state, fired
 
 
+def time_passes_to(
+    state: CustomerState, at: datetime, model: SegmentModel
+) -> tuple[CustomerState, list[Transition]]:
+    """The state as of ``at``, an instant another layer around the fold schedules (the
+    churn-risk crossing, ``models.churn``), re-decided there as time decides (the next
+    revision). For an instant before which the fold has nothing due, as at a due time that
+    changes nothing; unchanged if ``at`` is not after the state's latest instant or the state
+    waits for a re-evaluation."""
+    if state.as_of is None or at <= state.as_of or needs_reevaluation(state, model):
+        return state, []
+    updated = evolve(state, as_of=at, revision=state.revision + 1)
+    return _resegment(state, updated, at, Cause(kind="time"), model)
+
+
 def reevaluate(
     state: CustomerState, model: SegmentModel, now: datetime
 ) -> tuple[CustomerState, list[Transition]]:

@@ -214,7 +214,9 @@ def fit_bgnbd(
     total = float(w.sum())
 
     def objective(theta: Array) -> float:
-        r, alpha, a, b = np.exp(theta)
+        r, alpha, a, b = params = np.exp(theta)
+        if not (np.all(np.isfinite(params)) and np.all(params > 0)):
+            return math.inf  # a parameter ran off to 0 or infinity: no optimum there
         ll = _log_likelihood(r, alpha, a, b, xs, txs, Ts)
         return -float(np.dot(w, ll)) / total
 

@@ -186,6 +186,11 @@ class SegmentRule(_Rule):
     def _name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError(f"segment name {value!r} must be lower_snake_case")
+        if value == "likely_churned":  # customer.became_likely_churned is a churn-risk move
+            raise ValueError(
+                "segment name 'likely_churned' is reserved for the churn-risk transition "
+                "customer.became_likely_churned"
+            )
         return value
 
 

@@ -122,7 +122,7 @@ def create_app(
             log.info("redis: %d stored customer removals pending", restored)
 
     _timers(app, settings, rules, processor, orders, partitions)
-    _prediction_tasks(app, settings, processor, orders)
+    _prediction_tasks(app, settings, processor)
     return Segmenter(app=app, processor=processor)
 
 
@@ -268,23 +268,22 @@ def _timers(
             metrics.lag_seconds.labels(*labels).set(lag.age_seconds or 0.0)
 
 
-def _prediction_tasks(
-    app: faust.App, settings: Settings, processor: Processor, orders: web.OrderPartitions
-) -> None:
-    """Every worker follows the predictions topic; the leader refits on schedule (wall clock).
-    A newer model of a shop is written to Redis with each of the shop's customers of this
-    worker (outside recovery and rebalances; then at their next change)."""
+def _prediction_tasks(app: faust.App, settings: Settings, processor: Processor) -> None:
+    """Every worker follows the predictions topic (the models on it at start-up are adopted
+    before processing starts: ``streams.worker``); the leader refits on schedule (wall clock).
+    A shop's newer model re-evaluates the shop's customers of this worker (churn risk, cause
+    ``model_refit``; each written to Redis with the new predictions)."""
     predictions = processor.predictions
 
     async def adopt(model: Any) -> bool:
-        if not predictions.adopt(model):
-            return False
-        if app.tables.recovery.in_recovery or app.rebalancing:
-            return True
-        owned = {tp.partition for tp in orders.assigned()}
-        written = await processor.resync_cache(owned, shop=model.shop_id)
-        log.info("prediction model %s: %d customers written to redis", model.version, written)
-        return True
+        adopted = await processor.set_prediction_model(model)
+        if adopted:
+            log.info(
+                "prediction model %s: %d customers to re-evaluate",
+                model.version,
+                len(processor.clock.pending_reevaluation),
+            )
+        return adopted
 
     @app.task
     async def adopt_prediction_models() -> None:

@@ -91,12 +91,14 @@ class Change:
     # the customer), computed with the state: the evaluation that decided it has them at hand.
     figures: Metrics | None
     emitted_at: datetime | None = None
+    # The churn-risk crossing still ahead (``streams.churn_layer``), stored beside ``due``.
+    churn: datetime | None = None
     _stored: bytes | None = field(default=None, repr=False)
 
     def stored(self) -> bytes:
         """The table value (encoded once)."""
         if self._stored is None:
-            self._stored = encode_stored(self.partition, self.state, self.due)
+            self._stored = encode_stored(self.partition, self.state, self.due, self.churn)
         return self._stored
 
 

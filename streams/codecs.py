@@ -126,27 +126,36 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def encode_stored(partition: int, state: CustomerState, due: datetime | None = None) -> bytes:
+def encode_stored(
+    partition: int,
+    state: CustomerState,
+    due: datetime | None = None,
+    churn: datetime | None = None,
+) -> bytes:
     """A table value: the partition, the customer's next due time as computed when the state
     was written (``d``: lets a restart rebuild the due index without decoding every state;
-    ``dv``: the version of ``next_due`` that computed it) and the state, without the fields
-    that hold their default (compact on disk)."""
+    ``dv``: the version of ``next_due`` that computed it), the churn-risk crossing still ahead
+    (``c``, only with one: ``models.churn``; kept apart from ``d``, which is the fold's own)
+    and the state, without the fields that hold their default (compact on disk)."""
     # bytes throughout (pydantic serialises straight to bytes): the state, often kilobytes, is
     # neither decoded to text nor encoded again; never "{}": the ids have no default
     body = state.__pydantic_serializer__.to_json(state, exclude_defaults=True)
     # an ISO 8601 instant has nothing to escape in JSON
     stamp = b'"%s"' % due.isoformat().encode() if due else b"null"
-    return b'{"p":%d,"d":%s,"dv":%d,"s":{"schema_version":%d,%s}' % (
+    crossing = b',"c":"%s"' % churn.isoformat().encode() if churn else b""
+    return b'{"p":%d,"d":%s,"dv":%d%s,"s":{"schema_version":%d,%s}' % (
         partition,
         stamp,
         DUE_VERSION,
+        crossing,
         SCHEMA_VERSION,
         body[1:],
     )
 
 
 class StoredHeader(NamedTuple):
-    """What the due index needs of a table value, read without validating the whole state."""
+    """What the due index needs of a table value, read without validating the whole state
+    (``due``: the earlier of the fold's due time and the churn-risk crossing)."""
 
     partition: int
     key: str
@@ -166,13 +175,14 @@ def decode_header(value: bytes) -> StoredHeader | None:
     state = raw["s"]
     if state.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"unsupported state schema_version {state.get('schema_version')!r}")
-    due, as_of = raw["d"], state.get("as_of")
+    due, churn, as_of = raw["d"], raw.get("c"), state.get("as_of")
     shop_id = state["shop_id"]
+    stamps = [datetime.fromisoformat(d) for d in (due, churn) if d]
     return StoredHeader(
         partition=raw["p"],
         key=state_key(shop_id, state["customer_id"]),
         shop_id=shop_id,
-        due=datetime.fromisoformat(due) if due else None,
+        due=min(stamps) if stamps else None,
         as_of=datetime.fromisoformat(as_of) if as_of else None,
         rule_version=state.get("rule_version"),
         calibration_version=state.get("calibration_version"),

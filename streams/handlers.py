@@ -18,8 +18,9 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from models.churn import merged_due
 from models.due import next_due, remember_due
-from models.events import Transition, erasure_receipt
+from models.events import Cause, Transition, erasure_receipt
 from models.fold import (
     OrderRejected,
     apply_consent,
@@ -33,6 +34,7 @@ from models.privacy import consented, skipped_after_erasure
 from models.segment_model import SegmentModel, current_metrics
 from models.state import CustomerState, compute_metrics, state_key
 from streams.checkpoint import Cache, Change, Checkpoint, Store
+from streams.churn_layer import ChurnLayer, order_cause
 from streams.clock import Clock
 from streams.codecs import (
     DecodeError,
@@ -47,6 +49,7 @@ from streams.codecs import (
 from streams.dlq import DeadLetters, SourceRecord
 from streams.failures import dependency_failure
 from streams.metrics import WorkerMetrics
+from streams.predictions import ShopPredictions
 from streams.shop_models import ShopModels
 from streams.sink import RecordTooLarge, TransitionSink, check_size
 
@@ -129,6 +132,8 @@ class Handlers:
         # The dead letters sent for the batch being processed, by input position.
         self._dead_lettered: dict[tuple[str, int, int], Any] = {}
         self._misrouted_logged = float("-inf")
+        # Churn risk around the fold (the processor hands it the adopted prediction models).
+        self.churn = ChurnLayer(ShopPredictions(), models)
 
     # -- orders ---------------------------------------------------------------------------------
 
@@ -180,7 +185,9 @@ class Handlers:
             await self._dead_letter(record, "processing_error", repr(exc))
             return
         try:
-            await self._save(partition, new_state, transitions, previous=state)
+            await self._save(
+                partition, new_state, transitions, previous=state, cause=order_cause(order)
+            )
         except RecordTooLarge as exc:  # the customer goes on without this order
             await self._dead_letter(record, "state_too_large", str(exc))
             return
@@ -246,7 +253,9 @@ class Handlers:
         if skipped_after_erasure(state, erased, event.type):
             return  # erased: nothing to withdraw from, and nothing to store
         new_state, transitions = apply_consent(state, event, self.models.model_for(event.shop_id))
-        await self._save(record.partition, new_state, transitions, previous=state)
+        await self._save(
+            record.partition, new_state, transitions, previous=state, cause=Cause(kind=event.type)
+        )
 
     async def on_erasure(self, record: SourceRecord) -> None:
         """One record of the erasure topic: delete every copy this partition holds, then send a
@@ -339,17 +348,31 @@ class Handlers:
             return
         model = self.models.model_for(state.shop_id)
         new_state, transitions = due_transitions(state, now, model)
-        await self._save(partition, new_state, transitions, previous=state)
+        new_state, crossed = self.churn.at_crossing(new_state, now, model)  # churn risk's instant
+        await self._save(
+            partition, new_state, transitions + crossed, previous=state, cause=Cause(kind="time")
+        )
 
     async def _reevaluate_key(self, partition: int, key: str) -> None:
         state = self._load(key, partition)
         if state is None:
             return
         now = self.clock.reevaluation_time(partition, state.as_of)
-        new_state, transitions = reevaluate(state, self.models.model_for(state.shop_id), now)
+        model = self.models.model_for(state.shop_id)
+        new_state, transitions = reevaluate(state, model, now)
+        # caught up with time like the fold: to a crossing passed by then
+        new_state, crossed = self.churn.at_crossing(new_state, now, model)
+        transitions += crossed
+        refit = self.churn.refit_pending(key)  # a newer prediction model of the shop
         # Saved even when nothing changed (then Redis only): a tick replayed after a crash
         # finds its effect in the table, while the crash may have lost its Redis write.
-        await self._save(partition, new_state, transitions, previous=state)
+        await self._save(
+            partition,
+            new_state,
+            transitions,
+            previous=state,
+            cause=Cause(kind="model_refit" if refit else "time"),
+        )
 
     # -- load and save --------------------------------------------------------------------------
 
@@ -367,27 +390,35 @@ class Handlers:
         transitions: list[Transition],
         *,
         previous: CustomerState | None,
+        cause: Cause | None = None,
     ) -> None:
         """Stage the customer's state in the running batch, after its transitions.
 
         ``previous`` is the state it was decided from (None: a new customer). An unchanged
         state goes to Redis again but not to the table: a record processed again after a crash
         can find its effect already in the table while the crash lost the Redis write (or left
-        it pending)."""
+        it pending). ``cause``: what a churn-risk move between the two is attributed to."""
         changed = previous is None or state.revision != previous.revision
         model = self.models.model_for(state.shop_id)
         consenting = consented(state, model.consent_required)
         # The next due time, scheduled (below) at once: later records of the batch may reach
         # it; and stored with the state.
         due = next_due(state, model) if consenting else None
-        change = Change(partition, state, due, changed, None)
+        # -- churn risk (streams.churn_layer): its move, and its crossing beside the due time
+        churn = self.churn.due(state, consenting)
+        if cause is not None:
+            moved, refit = self.churn.transition(previous, state, cause, consenting)
+            transitions = [*transitions, moved] if moved is not None else transitions
+            changed = changed or refit  # the stored crossing was the old model's
+        # --
+        change = Change(partition, state, due, changed, None, churn=churn)
         if changed:  # too large to write: refused before anything of it is staged
             key = state.key
             check_size(f"the state of customer {key}", key.encode(), change.stored())
         emitted_at = self.outputs.sink.stage(transitions)
         if previous is None:
             self.customers += 1
-        self.clock.index.schedule(partition, state.key, due)
+        self.clock.index.schedule(partition, state.key, merged_due(due, churn))
         earlier = self.checkpoint.earlier_emission(state.key)
         change.emitted_at = emitted_at if transitions or earlier is None else earlier
         change.figures = cache_figures(state, model, change.emitted_at) if consenting else None

@@ -9,12 +9,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from models.churn import merged_due
 from models.due import next_due
+from models.predictions import PredictionModel
 from models.privacy import consented
 from models.scoring import Calibration
 from models.segment_model import needs_reevaluation
 from models.state import CustomerState
 from streams.checkpoint import Checkpoint, Handler
+from streams.churn_layer import ChurnLayer
 from streams.clock import Clock
 from streams.codecs import decode_header, decode_stored
 from streams.dlq import SourceRecord
@@ -40,8 +43,10 @@ class Processor:
         self.on_consent = handlers.on_consent
         self.on_erasure = handlers.on_erasure
         self.on_tick = handlers.on_tick
-        # The shops' prediction models (adopted from the predictions topic).
+        # The shops' prediction models (adopted from the predictions topic), which the
+        # handlers' churn-risk layer evaluates customers under.
         self.predictions = predictions or ShopPredictions()
+        handlers.churn = ChurnLayer(self.predictions, self.models)
         metrics = self.metrics
         self.retries = Retries(
             handlers.dead_letter,
@@ -105,6 +110,46 @@ class Processor:
         self.clock.pending_reevaluation += await self._stale_customers(calibration.shop_id)
         return True
 
+    async def set_prediction_model(self, model: PredictionModel, replayed: bool = False) -> bool:
+        """Adopt a shop's newer prediction model; True if adopted. Unless ``replayed`` (read
+        again from the topic at start-up: already in force when the stored states were
+        written), the shop's customers are re-evaluated under it (cause ``model_refit``: their
+        churn-risk moves, their crossing instants scheduled again)."""
+        before = self.predictions.model_for(model.shop_id)
+        if not self.predictions.adopt(model):
+            return False
+        if not replayed:
+            customers = await self._shop_customers(model.shop_id)
+            self.handlers.churn.refitted([key for _, key in customers], before)
+            self.clock.pending_reevaluation += customers
+        return True
+
+    async def _shop_customers(self, shop_id: str) -> list[tuple[int, str]]:
+        """(partition, key) of every customer of the shop, in the table or only in a batch
+        not written yet; yields to the event loop now and then, skips (and logs) values it
+        cannot read."""
+        found = [
+            (change.partition, change.state.key)
+            for change in self.checkpoint.staged_changes()
+            if change.state.shop_id == shop_id
+        ]
+        prefix = f"{shop_id}/".encode()
+        for count, (key, value) in enumerate(self.handlers.stores.customers.items(), start=1):
+            if count % 1000 == 0:
+                await asyncio.sleep(0)
+            if not key.startswith(prefix):
+                continue
+            try:
+                header = decode_header(value)
+                if header is None:
+                    partition, state = decode_stored(value)
+                    found.append((partition, state.key))
+                else:
+                    found.append((header.partition, header.key))
+            except Exception:
+                log.exception("cannot read the stored state of %r", key)
+        return list(dict.fromkeys(found))
+
     async def _stale_customers(self, shop_id: str) -> list[tuple[int, str]]:
         """Customers of the shop evaluated under another calibration, in the table or only in
         a batch not written yet; yields to the event loop now and then, skips (and logs)
@@ -151,6 +196,7 @@ class Processor:
         heartbeats; a value that cannot be decoded is logged and skipped, never fatal.
         """
         self.clock.reset()
+        self.handlers.churn.reset()
         failed = 0
         count = 0
         for count, value in enumerate(self.handlers.stores.customers.values(), start=1):
@@ -186,7 +232,8 @@ class Processor:
         model = self.models.model_for(state.shop_id)
         if needs_reevaluation(state, model):
             self.clock.pending_reevaluation.append((partition, state.key))
-        self.clock.index.schedule(partition, state.key, next_due(state, model))
+        churn = self.handlers.churn.due(state, consented(state, model.consent_required))
+        self.clock.index.schedule(partition, state.key, merged_due(next_due(state, model), churn))
 
     async def resync_cache(
         self, partitions: set[int], batch: int = 500, shop: str | None = None

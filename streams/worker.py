@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from config.rules import load_checked_rules
 from config.settings import Settings
+from models.predictions import PredictionModel
 from models.routing import marketing_transitions
 from models.rules import SegmentRules
 from models.scoring import Calibration
@@ -26,6 +27,7 @@ from streams import framework
 from streams.app import create_app
 from streams.calibrations import read_calibrations
 from streams.local_store import lock_data_dir, trust_local_store
+from streams.predictions import read_models
 from streams.refusals import refusal
 from streams.topics import ensure_tombstone_retention, ensure_topics
 
@@ -41,8 +43,12 @@ def run_worker(settings: Settings) -> None:
             logging.getLogger(__name__).warning("rule set %s: %s", rules.version, note)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        partitions, calibrations = loop.run_until_complete(_prepare(settings, rules))
+        partitions, calibrations, models = loop.run_until_complete(_prepare(settings, rules))
         segmenter = create_app(settings, rules, partitions, calibrations)
+        # The shops' prediction models in force, before any record is processed: a customer's
+        # churn-risk crossing is then scheduled from their first write on.
+        for model in models.values():
+            loop.run_until_complete(segmenter.processor.set_prediction_model(model, replayed=True))
         tune_collector()
         logging.getLogger(__name__).info(
             "worker for %s: %d partitions, rules %s, %s clock",
@@ -116,16 +122,19 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def _prepare(settings: Settings, rules: SegmentRules) -> tuple[int, dict[str, Calibration]]:
-    """Create missing topics and read the calibrations, waiting for the broker if it is not
-    up yet (a worker starting before, or during a restart of, the broker)."""
+async def _prepare(
+    settings: Settings, rules: SegmentRules
+) -> tuple[int, dict[str, Calibration], dict[str, PredictionModel]]:
+    """Create missing topics and read the calibrations and prediction models, waiting for the
+    broker if it is not up yet (a worker starting before, or during a restart of, the
+    broker)."""
     log = logging.getLogger(__name__)
     deadline = time.monotonic() + settings.startup_timeout_seconds
     while True:
         try:
             partitions = await ensure_topics(settings, marketing_transitions(rules))
             await ensure_tombstone_retention(settings)
-            return partitions, await read_calibrations(settings)
+            return partitions, await read_calibrations(settings), await read_models(settings)
         except (ConnectionError, KafkaError) as exc:
             refused = await refusal(settings, exc)
             if refused is not None:  # waiting cannot help

@@ -22,7 +22,7 @@ from config.rules import load_rules
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from models.routing import marketing_transitions
 from streams.calibrations import recalibrate
-from streams.changelog import count_records, read_table
+from streams.changelog import count_records, read_table, read_topic
 from streams.cli.devstack import Devstack
 from streams.cli.processes import DevstackError, port_open, stop_recorded, wait_until
 from streams.cli.replay import publish
@@ -190,6 +190,10 @@ def _print_transition(t: dict) -> None:  # type: ignore[type-arg]
     if t["type"] == "tag_changed":
         sign = "+" if t["change"] == "added" else "-"
         change = f"{'':>23}    {sign} {t['tag']:<21}"
+    elif t["type"] == "churn_risk_changed":
+        sign = "!" if t["move"] == "became_likely_churned" else "~"
+        label = f"{t['move']} ({t['p_alive']:.2f})"
+        change = f"{'':>23}    {sign} {label:<21}"
     else:
         change = f"{t['from_segment'] or '-':>23} -> {t['to_segment'] or '-':<23}"
     console.print(
@@ -271,6 +275,12 @@ async def _predict(settings: Settings, shown: int = 8) -> None:
     finally:
         await cache.close()
     console.print(f"the worker wrote the predictions of {len(fields)} customers to Redis")
+    # The refit's churn-risk moves: sent before the Redis writes of the re-evaluation.
+    async for record in read_topic(settings, settings.transitions_topic):
+        if record.value is not None:
+            transition = orjson.loads(record.value)
+            if transition["type"] == "churn_risk_changed":
+                _print_transition(transition)
     # As of the end of the sample (the shop's event clock), from the table and the model.
     states = [s.state for s in table.values() if s.state.shop_id == model.shop_id]
     now = max(s.as_of for s in states if s.as_of is not None)

@@ -169,6 +169,23 @@ def test_stored_header_gives_the_due_index_what_it_needs_without_the_state() -> 
     assert decode_header(encode_stored(0, state, None)).due is None  # type: ignore[union-attr]
 
 
+def test_the_churn_crossing_is_stored_apart_from_the_folds_due_time() -> None:
+    state = _real_state()
+    due = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    earlier, later = due - timedelta(days=3), due + timedelta(days=3)
+    # without a crossing: the value of a worker without prediction models, byte for byte
+    assert encode_stored(3, state, due, None) == encode_stored(3, state, due)
+    assert b'"c"' not in encode_stored(3, state, due)
+    for churn, indexed in ((earlier, earlier), (later, due)):
+        value = encode_stored(3, state, due, churn)
+        assert orjson.loads(value)["c"] == churn.isoformat()
+        assert decode_header(value).due == indexed  # type: ignore[union-attr]
+        assert decode_stored_due(value) == (3, state, due, True)  # the fold's own, known
+    only = encode_stored(3, state, None, later)
+    assert decode_header(only).due == later  # type: ignore[union-attr]
+    assert decode_stored_due(only) == (3, state, None, True)
+
+
 def test_values_written_before_the_header_are_still_read() -> None:
     state = _real_state()
     old = orjson.dumps({"p": 1, "s": state.model_dump(mode="json")})

@@ -4,8 +4,9 @@ the compacted topic, refused shops named; the leader's scheduled fit, adopted by
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -14,9 +15,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from config.rules import load_rules
+from models.churn import crossing
 from models.predictions import bgnbd_inputs, fit_shop
 from models.state import CustomerState
-from streams.changelog import read_table
+from streams.changelog import read_table, read_topic
 from streams.cli import demo
 from streams.cli.replay import publish
 from streams.cli.sample_data import sample_events, sample_records
@@ -27,7 +30,7 @@ from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import cli_result, free_port, settings_from, wait_for
-from tests.factories import placed
+from tests.factories import at, placed
 from tests.unit.core import fold
 
 pytestmark = pytest.mark.integration
@@ -248,4 +251,150 @@ async def test_the_demo_fits_a_model_and_shows_predictions(
     model = (await read_models(settings))["default"]
     assert f"model {model.version} of shop default" in text
     assert "p_alive" in text
+    # the refit's churn-risk moves, each at its customer's crossing instant
+    table = await read_table(settings)
+    threshold = load_rules().predictions.churn_threshold_for("default")
+    churned = sorted(
+        (instant.date().isoformat(), s.state.customer_id)
+        for s in table.values()
+        if (instant := crossing(s.state, model, threshold)) is not None
+        and s.state.as_of is not None
+        and instant <= s.state.as_of
+    )
+    assert churned
+    for day, customer in churned:
+        assert any(
+            line.startswith(f"{day} {customer} ") and "became_likely_churned" in line
+            for line in text.splitlines()
+        ), (day, customer, text)
     print(text)
+
+
+async def test_became_likely_churned_is_emitted_at_the_crossing_instant_in_event_time(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    """Streaming equals batch for churn risk: replay a generated history in event-time mode,
+    refit, then let event time pass: each customer's `became_likely_churned` carries the
+    instant P(alive) reaches the threshold, solved here from the BG/NBD formula; the next
+    order moves the customer back."""
+    overrides = {**isolated, "prediction_min_repeat_buyers": "20"}
+    settings = settings_from(overrides)
+    await ensure_topics(settings)
+    rng = np.random.default_rng(5)
+    events = []
+    first: dict[str, datetime] = {}  # 00:00 UTC of each customer's first order day
+    for i in range(CUSTOMERS):
+        # Bursts of orders at a customer's own pace, then silence, over 200 days more than two
+        # years ago (event time can pass the crossings without orders from the future).
+        start, gap = float(rng.integers(0, 100)) - 800, float(rng.integers(3, 15))
+        days = [start + k * gap for k in range(int(rng.integers(1, 9)))]
+        first[f"c{i}"] = datetime.combine(at(days[0]).date(), time(), tzinfo=UTC)
+        events += [
+            placed(f"c{i}", f"c{i}-o{k}", day, total=1500 + 10 * i) for k, day in enumerate(days)
+        ]
+    events.sort(key=lambda e: e["occurred_at"])
+    await publish(settings, iter((e["customer_id"].encode(), orjson.dumps(e)) for e in events))
+    cache = RedisCache.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    process = spawn_worker(overrides, tmp_path / "worker.log")
+    try:
+
+        async def hashes() -> dict[str, dict[str, str]]:
+            return {
+                f"c{i}": await cache.read_customer("default", f"c{i}") for i in range(CUSTOMERS)
+            }
+
+        await wait_for(hashes, lambda h: all(h.values()), 120, "every customer in redis")
+        newest = max(datetime.fromisoformat(e["occurred_at"]) for e in events)
+        before = await wait_for(
+            lambda: read_table(settings),
+            lambda t: max(s.state.as_of or newest - DAY for s in t.values()) == newest,
+            60,
+            "the whole history",
+        )
+        result = cli_result(overrides, "predict", "fit")
+        assert result.returncode == 0, result.stderr
+        model = (await read_models(settings))["default"]
+        await wait_for(
+            hashes,
+            lambda h: all(f.get("prediction_model") == model.version for f in h.values()),
+            60,
+            "the refit's re-evaluation",
+        )
+        table = await read_table(settings)
+        threshold = load_rules().predictions.churn_threshold_for("default")
+        bg = model.bgnbd
+        expected, refitted = {}, {}
+        latest = max(s.state.as_of for s in table.values() if s.state.as_of is not None)
+        # orders may not lie in the future: event time passes up to yesterday at most
+        bound = datetime.now(UTC) - timedelta(days=1)
+        for i in range(CUSTOMERS):
+            state = table[f"default/c{i}"].state
+            inputs = bgnbd_inputs(state, latest)
+            assert inputs is not None
+            if inputs.x == 0:
+                continue  # a one-time buyer: P(alive) stays 1
+            # 1 / (1 + a/(b+x-1) ((alpha+T)/(alpha+t_x))^(r+x)) = p, solved for T
+            odds = (1 - threshold) / threshold * (bg.b + inputs.x - 1) / bg.a
+            T = (bg.alpha + inputs.t_x) * odds ** (1 / (bg.r + inputs.x)) - bg.alpha
+            instant = first[f"c{i}"] + timedelta(days=max(T, inputs.t_x))
+            if instant <= latest:  # stamped as of the instant the refit judged them at
+                as_of = before[f"default/c{i}"].state.as_of
+                assert as_of is not None
+                refitted[f"c{i}"] = max(instant, as_of)
+            elif instant < bound - timedelta(days=2):
+                expected[f"c{i}"] = instant
+        assert expected, f"no customer crosses after the history: {latest} {refitted}"
+        # Already at risk when the model came: the refit's move, at the crossing instant if
+        # event time passed it since the customer's latest instant (the re-evaluation catches
+        # up with the partition's event time), else at that latest instant.
+        moves = await _churn_moves(settings)
+        got = {c: (e["cause"]["kind"], e["event_time"]) for c, _, e in moves}
+        assert set(got) == set(refitted)
+        for customer, (kind, when) in got.items():
+            assert kind == "model_refit"
+            assert abs(datetime.fromisoformat(when) - refitted[customer]) <= timedelta(
+                microseconds=1
+            ), customer
+        assert any(refitted[c] > before[f"default/{c}"].state.as_of for c in refitted)  # type: ignore[operator]
+        # Event time passes: one order of a new customer, after those crossings.
+        day = (max(expected.values()) - at(0)) / timedelta(days=1) + 1
+        await publish(settings, iter([(b"later", orjson.dumps(placed("later", "l1", day)))]))
+        moves = await wait_for(
+            lambda: _churn_moves(settings),
+            lambda m: {c for c, mv, _ in m if mv == "became_likely_churned"} >= set(expected),
+            60,
+            "the crossings",
+        )
+        for customer, move, event in moves:
+            if customer in expected and move == "became_likely_churned":
+                assert event["cause"]["kind"] == "time"
+                when = datetime.fromisoformat(event["event_time"])
+                assert abs(when - expected[customer]) <= timedelta(microseconds=1), customer
+        # The next order of one of them moves them back.
+        back = sorted(expected)[0]
+        order = placed(back, f"{back}-back", day + 1)
+        await publish(settings, iter([(back.encode(), orjson.dumps(order))]))
+        await wait_for(
+            lambda: _churn_moves(settings),
+            lambda m: (back, "no_longer_likely_churned", True) in {(c, mv, True) for c, mv, _ in m},
+            60,
+            "the move back",
+        )
+    finally:
+        await cache.close()
+        assert stop_worker(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+CUSTOMERS = 80
+DAY = timedelta(days=1)
+
+
+async def _churn_moves(settings: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    moves = []
+    async for record in read_topic(settings, settings.transitions_topic):
+        if record.value is None:
+            continue
+        event = orjson.loads(record.value)
+        if event["type"] == "churn_risk_changed":
+            moves.append((event["customer_id"], event["move"], event))
+    return moves

@@ -13,9 +13,11 @@ import orjson
 import pytest
 
 from config.rules import load_rules
+from models.predictions import BgNbdParams, PredictionModel
 from streams.calibrations import read_calibrations
 from streams.changelog import read_topic
 from streams.cli.replay import publish
+from streams.predictions import publish_models
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, settings_from, wait_for
@@ -199,3 +201,58 @@ async def test_the_leader_recalibrates_on_schedule(
         assert gap >= timedelta(hours=interval_hours)
     finally:
         assert stop_worker(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+async def test_a_repeat_buyer_becomes_likely_churned_at_the_crossing_by_the_wall_clock(
+    wall_worker: dict[str, str],
+) -> None:
+    """A shop's prediction model under which a repeat buyer's P(alive) reaches the churn
+    threshold LEAD from now (its parameter b solved for that instant): the worker emits
+    `became_likely_churned` stamped with that instant, at the clock tick after it."""
+    settings = settings_from(wall_worker)
+    now = datetime.now(UTC)
+    first_day = (now - timedelta(days=30)).date()
+    origin = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
+    target = now + LEAD
+    r, alpha, a, t_x, threshold = 1.0, 10.0, 1.0, 10.0, RULES.predictions.churn_threshold
+    T = (target - origin) / timedelta(days=1)
+    # 1 / (1 + a/b ((alpha+T)/(alpha+t_x))^(r+1)) = threshold, solved for b (x = 1)
+    b = a * ((alpha + T) / (alpha + t_x)) ** (r + 1) * threshold / (1 - threshold)
+    model = PredictionModel(
+        shop_id="default",
+        version="p-wall",
+        fitted_at=now,
+        customers=100,
+        repeat_buyers=50,
+        bgnbd=BgNbdParams(r=r, alpha=alpha, a=a, b=b),
+        log_likelihood=-4.0,
+    )
+    await publish_models(settings, [model])
+    orders = [
+        {
+            "type": "order_placed",
+            "order_id": f"cw-o{k}",
+            "customer_id": "chloe",
+            "occurred_at": (origin + timedelta(days=day, hours=12)).isoformat(),
+            "currency": "EUR",
+            "total": 2500,
+        }
+        for k, day in enumerate((0, t_x))
+    ]
+    await publish(settings, iter((b"chloe", orjson.dumps(o)) for o in orders))
+
+    async def churn() -> list[dict]:  # type: ignore[type-arg]
+        topic = settings.transitions_topic
+        found = [orjson.loads(r.value) async for r in read_topic(settings, topic)]
+        return [t for t in found if t["type"] == "churn_risk_changed"]
+
+    moves = await wait_for(churn, bool, LEAD.total_seconds() + 60, "the churn-risk move")
+    assert [(t["move"], t["cause"]["kind"], t["model_version"]) for t in moves] == [
+        ("became_likely_churned", "time", "p-wall")
+    ]
+    when = datetime.fromisoformat(moves[0]["event_time"])
+    assert timedelta(0) <= when - target <= timedelta(microseconds=1)  # up to the microsecond
+    lateness = datetime.fromisoformat(moves[0]["emitted_at"]) - when
+    assert timedelta(0) <= lateness < timedelta(seconds=5), lateness
+    assert moves[0]["p_alive"] == pytest.approx(threshold, abs=1e-6)
+    print(f"churn-risk move emitted {lateness.total_seconds():.3f} s after the crossing")

@@ -21,11 +21,14 @@ from models.churn import (
     likely_churned,
     merged_due,
 )
+from models.due import next_due
 from models.events import Cause
+from models.fold import time_passes_to
 from models.frozen import evolve
 from models.predictions import BgNbdParams, PredictionModel, bgnbd_inputs, p_alive
-from models.rules import PredictionRules
+from models.rules import PredictionRules, SegmentRule
 from tests.factories import at, placed
+from tests.unit.core import MODEL as SEGMENTS
 from tests.unit.core import fold
 
 CDNOW = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
@@ -144,3 +147,23 @@ def test_the_threshold_comes_from_the_rule_file_per_shop() -> None:
     assert hash(rules) == hash(PredictionRules.model_validate(rules.model_dump()))
     with pytest.raises(ValidationError):
         PredictionRules.model_validate({"churn_threshold": 1.0})
+
+
+def test_time_passes_to_an_instant_where_the_fold_has_nothing_due() -> None:
+    """The churn layer's step to the crossing: the state as of that instant, the next
+    revision, the segment the fold would keep there; nothing for an instant already passed."""
+    assert CROSSING is not None and STATE.as_of is not None
+    due = next_due(STATE, SEGMENTS)
+    instant = min(CROSSING, due - timedelta(days=1)) if due else CROSSING
+    stepped, moves = time_passes_to(STATE, instant, SEGMENTS)
+    assert stepped.as_of == instant and stepped.revision == STATE.revision + 1
+    assert (stepped.segment, stepped.tags, moves) == (STATE.segment, STATE.tags, [])
+    assert next_due(stepped, SEGMENTS) == due  # the fold's own due time stays
+    assert time_passes_to(stepped, instant, SEGMENTS) == (stepped, [])
+    assert time_passes_to(STATE, STATE.as_of, SEGMENTS) == (STATE, [])
+
+
+def test_a_segment_cannot_take_the_churn_risk_moves_name() -> None:
+    with pytest.raises(ValidationError, match="reserved for the churn-risk transition"):
+        SegmentRule(name="likely_churned")
+    assert SegmentRule(name="likely_to_churn").name == "likely_to_churn"

@@ -352,3 +352,20 @@ def test_clv_discounting() -> None:
     )
     assert 0 < discounted < undiscounted
     assert float(clv(CDNOW, gg, 2, 30.0, 39.0, 20.0, 0, 0.01)) == 0.0
+
+
+def test_a_fit_whose_parameter_runs_off_to_zero_is_refused_with_the_reason() -> None:
+    """Customers who buy in short bursts and then stop, 80 of them: the likelihood's optimum
+    drives a parameter to 0 (its exponent underflows), refused as a FitError, not a crash."""
+    rng = np.random.default_rng(5)
+    states = []
+    for i in range(80):
+        start = float(rng.integers(0, 300)) - 800
+        gap = float(rng.integers(3, 15))
+        days = [start + k * gap for k in range(int(rng.integers(1, 9)))]
+        state, _ = fold([placed(f"c{i}", f"c{i}-o{k}", day) for k, day in enumerate(days)])
+        states.append(state)
+    latest = max(s.as_of for s in states if s.as_of is not None)
+    inputs = [i for s in states if (i := bgnbd_inputs(s, latest)) is not None]
+    with pytest.raises(FitError, match="no interior optimum"):
+        fit_shop("default", inputs, latest, 20)

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from config.settings import Settings
 from models.routing import Routing, marketing_transitions
 from tests.unit.core import RULES
 
@@ -36,7 +37,22 @@ def test_every_transition_name_of_the_rule_set_has_a_marketing_topic_by_default(
         LEFT,
         TAG_ADDED,
         "customer.tag_removed",
+        "customer.became_likely_churned",
+        "customer.no_longer_likely_churned",
     ]
+
+
+def test_churn_risk_moves_reach_marketing_unless_a_refit_caused_them() -> None:
+    """The default settings keep ``model_refit`` off the marketing topics, like rule changes:
+    a refit re-judges every customer at once, which is not something the customer did."""
+    routing = Routing(
+        frozenset(marketing_transitions(RULES)),
+        skip_causes=frozenset(Settings.model_fields["marketing_skip_causes"].default),
+    )
+    became = "customer.became_likely_churned"
+    assert routing.to_marketing(became, "time")
+    assert routing.to_marketing("customer.no_longer_likely_churned", "order_placed")
+    assert not routing.to_marketing(became, "model_refit")
 
 
 def test_a_segment_that_opts_out_has_no_marketing_topic() -> None:
