@@ -10,9 +10,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
     if not RESULTS:
         return
-    columns = list(RESULTS[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in RESULTS)) for c in columns}
+    columns = list(dict.fromkeys(c for row in RESULTS for c in row))
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in RESULTS)) for c in columns}
     terminalreporter.section("fault injection")
     terminalreporter.write_line("  ".join(c.ljust(widths[c]) for c in columns))
     for row in RESULTS:
-        terminalreporter.write_line("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+        terminalreporter.write_line(
+            "  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns)
+        )
