@@ -15,17 +15,14 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from config.settings import Settings
 from models.rules import SegmentRules
 from models.scoring import Calibration, calibrate
 from models.segment_model import bootstrap_calibration
 from models.state import CustomerState, compute_metrics
-from streams.changelog import read_latest, read_topic
-from streams.clients import kafka_options, started
+from streams import shop_topics
+from streams.changelog import read_latest
 from streams.codecs import decode_calibration, decode_stored, encode_calibration
-from streams.framework.consumer import refresh_metadata
 
 log = logging.getLogger(__name__)
 
@@ -116,55 +113,25 @@ def recalibration_due(
 
 
 async def publish_calibrations(settings: Settings, calibrations: list[Calibration]) -> None:
-    producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
-    await started(producer)
-    try:
-        for calibration in calibrations:
-            await producer.send_and_wait(
-                settings.calibrations_topic,
-                key=calibration.shop_id.encode(),
-                value=encode_calibration(calibration),
-            )
-    finally:
-        await producer.stop()
+    await shop_topics.publish(
+        settings,
+        settings.calibrations_topic,
+        [(c.shop_id, encode_calibration(c)) for c in calibrations],
+    )
 
 
 async def read_calibrations(settings: Settings) -> dict[str, Calibration]:
     """The latest calibration of every shop."""
-    latest: dict[str, Calibration] = {}
-    async for record in read_topic(settings, settings.calibrations_topic):
-        if record.value is not None and record.key is not None:
-            calibration = decode_calibration(record.value)
-            latest[calibration.shop_id] = calibration
-    return latest
+    return await shop_topics.read_latest(
+        settings, settings.calibrations_topic, decode_calibration, lambda c: c.shop_id
+    )
 
 
 async def follow_calibrations(
     settings: Settings, on_calibration: Callable[[Calibration], Awaitable[object]]
 ) -> None:
     """Call ``on_calibration`` for every calibration on the topic, then for each new one (runs
-    until cancelled). The topic is compacted and small: one record per shop."""
-    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
-    await started(consumer)
-    try:
-        partitions = consumer.partitions_for_topic(settings.calibrations_topic)
-        if not partitions:
-            await refresh_metadata(consumer)
-            partitions = consumer.partitions_for_topic(settings.calibrations_topic) or set()
-        tps = [TopicPartition(settings.calibrations_topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000)
-            for records in batches.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        await on_calibration(decode_calibration(record.value))
-                    except Exception:
-                        log.exception("cannot adopt calibration at offset %d", record.offset)
-    except asyncio.CancelledError:
-        raise
-    finally:
-        await consumer.stop()
+    until cancelled)."""
+    await shop_topics.follow(
+        settings, settings.calibrations_topic, decode_calibration, on_calibration, "calibration"
+    )

@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from config.settings import Settings
 from models.predictions import (
     BgNbdInputs,
@@ -31,11 +29,10 @@ from models.predictions import (
     predictions_for,
 )
 from models.state import CustomerState
+from streams import shop_topics
 from streams.calibrations import YIELD_EVERY, event_time_clock
-from streams.changelog import read_latest, read_topic
-from streams.clients import kafka_options, started
+from streams.changelog import read_latest
 from streams.codecs import decode_prediction_model, decode_stored, encode_prediction_model
-from streams.framework.consumer import refresh_metadata
 
 log = logging.getLogger(__name__)
 
@@ -125,29 +122,18 @@ def fit_due(
 
 
 async def publish_models(settings: Settings, models: list[PredictionModel]) -> None:
-    if not models:
-        return
-    producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
-    await started(producer)
-    try:
-        for model in models:
-            await producer.send_and_wait(
-                settings.predictions_topic,
-                key=model.shop_id.encode(),
-                value=encode_prediction_model(model),
-            )
-    finally:
-        await producer.stop()
+    await shop_topics.publish(
+        settings,
+        settings.predictions_topic,
+        [(m.shop_id, encode_prediction_model(m)) for m in models],
+    )
 
 
 async def read_models(settings: Settings) -> dict[str, PredictionModel]:
     """The latest prediction model of every shop."""
-    latest: dict[str, PredictionModel] = {}
-    async for record in read_topic(settings, settings.predictions_topic):
-        if record.value is not None and record.key is not None:
-            model = decode_prediction_model(record.value)
-            latest[model.shop_id] = model
-    return latest
+    return await shop_topics.read_latest(
+        settings, settings.predictions_topic, decode_prediction_model, lambda m: m.shop_id
+    )
 
 
 class ShopPredictions:
@@ -230,26 +216,7 @@ async def follow_models(
     settings: Settings, on_model: Callable[[PredictionModel], Awaitable[object]]
 ) -> None:
     """Call ``on_model`` for every model on the topic, then for each new one (runs until
-    cancelled). The topic is compacted and small: one record per shop."""
-    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
-    await started(consumer)
-    try:
-        partitions = consumer.partitions_for_topic(settings.predictions_topic)
-        if not partitions:
-            await refresh_metadata(consumer)
-            partitions = consumer.partitions_for_topic(settings.predictions_topic) or set()
-        tps = [TopicPartition(settings.predictions_topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000)
-            for records in batches.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        await on_model(decode_prediction_model(record.value))
-                    except Exception:
-                        log.exception("cannot adopt prediction model at offset %d", record.offset)
-    finally:
-        await consumer.stop()
+    cancelled)."""
+    await shop_topics.follow(
+        settings, settings.predictions_topic, decode_prediction_model, on_model, "prediction model"
+    )
