@@ -107,9 +107,7 @@ def recalibration_due(
     is neither, now. Judged from what the topic holds, not from when this worker started: a
     worker restarted more often than the interval recalibrates all the same."""
     computed = [c.computed_at for c in calibrations if c.computed_at is not None]
-    oldest = min(computed, default=None)
-    since = max([t for t in (oldest, last_attempt) if t is not None], default=None)
-    return since is None or now - since >= interval
+    return shop_topics.schedule_due(computed, last_attempt, now, interval)
 
 
 async def publish_calibrations(settings: Settings, calibrations: list[Calibration]) -> None:

@@ -19,6 +19,16 @@ from streams.framework.consumer import refresh_metadata
 Progress = Callable[[int, int], None]
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, asking the broker again if the consumer's metadata does not
+    list the topic yet (none: the topic does not exist)."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await refresh_metadata(consumer)
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
 async def read_topic(
     settings: Settings, topic: str, progress: Progress | None = None
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
@@ -26,11 +36,7 @@ async def read_topic(
     consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
     await started(consumer)
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await refresh_metadata(consumer)
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return
         consumer.assign(tps)

@@ -116,9 +116,7 @@ def fit_due(
 ) -> bool:
     """Whether a scheduled fit is due: ``interval`` after the oldest model adopted or after the
     last attempt, whichever is later; now when there is neither (as ``recalibration_due``)."""
-    oldest = min((m.fitted_at for m in models), default=None)
-    since = max([t for t in (oldest, last_attempt) if t is not None], default=None)
-    return since is None or now - since >= interval
+    return shop_topics.schedule_due((m.fitted_at for m in models), last_attempt, now, interval)
 
 
 async def publish_models(settings: Settings, models: list[PredictionModel]) -> None:

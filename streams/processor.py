@@ -125,13 +125,36 @@ class Processor:
         return True
 
     async def _shop_customers(self, shop_id: str) -> list[tuple[int, str]]:
-        """(partition, key) of every customer of the shop, in the table or only in a batch
-        not written yet; yields to the event loop now and then, skips (and logs) values it
-        cannot read."""
+        """(partition, key) of every customer of the shop (see ``_scan_shop``)."""
+        return await self._scan_shop(shop_id, lambda _state: True, lambda _header: True)
+
+    async def _stale_customers(self, shop_id: str) -> list[tuple[int, str]]:
+        """Customers of the shop evaluated under another rule set or calibration (see
+        ``_scan_shop``)."""
+        model = self.models.model_for(shop_id)
+        versions = (model.rules.version, model.calibration.version)
+        return await self._scan_shop(
+            shop_id,
+            lambda state: needs_reevaluation(state, model),
+            lambda header: (header.rule_version, header.calibration_version) != versions,
+        )
+
+    async def _scan_shop(
+        self,
+        shop_id: str,
+        state_wanted: Callable[[CustomerState], bool],
+        header_wanted: Callable[[Any], bool],
+    ) -> list[tuple[int, str]]:
+        """(partition, key) of the shop's customers that are wanted, in the table or only in a
+        batch not written yet, once each; yields to the event loop now and then, skips (and
+        logs) values it cannot read. A stored value is judged by its header where it has one
+        (no state decoded), else by its state."""
+        # States of the running batch and of the one being committed: they reach the table only
+        # after this scan has passed them, or never if no later record touches the customer.
         found = [
             (change.partition, change.state.key)
             for change in self.checkpoint.staged_changes()
-            if change.state.shop_id == shop_id
+            if change.state.shop_id == shop_id and state_wanted(change.state)
         ]
         prefix = f"{shop_id}/".encode()
         for count, (key, value) in enumerate(self.handlers.stores.customers.items(), start=1):
@@ -143,44 +166,13 @@ class Processor:
                 header = decode_header(value)
                 if header is None:
                     partition, state = decode_stored(value)
-                    found.append((partition, state.key))
-                else:
+                    if state_wanted(state):
+                        found.append((partition, state.key))
+                elif header_wanted(header):
                     found.append((header.partition, header.key))
             except Exception:
                 log.exception("cannot read the stored state of %r", key)
-        return list(dict.fromkeys(found))
-
-    async def _stale_customers(self, shop_id: str) -> list[tuple[int, str]]:
-        """Customers of the shop evaluated under another calibration, in the table or only in
-        a batch not written yet; yields to the event loop now and then, skips (and logs)
-        values it cannot read."""
-        stale = []
-        prefix = f"{shop_id}/".encode()
-        model = self.models.model_for(shop_id)
-        # States of the running batch and of the one being committed: they reach the table only
-        # after this scan has passed them, or never if no later record touches the customer.
-        for change in self.checkpoint.staged_changes():
-            if change.state.shop_id == shop_id and needs_reevaluation(change.state, model):
-                stale.append((change.partition, change.state.key))
-        for count, (key, value) in enumerate(self.handlers.stores.customers.items(), start=1):
-            if count % 1000 == 0:
-                await asyncio.sleep(0)
-            if not key.startswith(prefix):
-                continue
-            try:
-                header = decode_header(value)
-                if header is None:
-                    partition, state = decode_stored(value)
-                    if needs_reevaluation(state, model):
-                        stale.append((partition, state.key))
-                elif (header.rule_version, header.calibration_version) != (
-                    model.rules.version,
-                    model.calibration.version,
-                ):
-                    stale.append((header.partition, header.key))
-            except Exception:
-                log.exception("cannot read the stored state of %r", key)
-        return list(dict.fromkeys(stale))  # once each, in the table too or not
+        return list(dict.fromkeys(found))  # once each, in the table too or not
 
     async def rebuild_index(self) -> None:
         """After recovery or a rebalance: due times and the customers evaluated under another

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from config.settings import Settings
-from streams.changelog import read_topic
+from streams.changelog import read_topic, topic_partitions
 from streams.clients import kafka_options, started
-from streams.framework.consumer import refresh_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,11 +57,7 @@ async def follow(
     consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
     await started(consumer)
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await refresh_metadata(consumer)
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         while True:
@@ -78,3 +74,14 @@ async def follow(
         raise
     finally:
         await consumer.stop()
+
+
+def schedule_due(
+    stamps: Iterable[datetime], last_attempt: datetime | None, now: datetime, interval: timedelta
+) -> bool:
+    """Whether a scheduled recomputation of the shops' records is due: ``interval`` after the
+    oldest record's time (``stamps``) or after the last attempt, whichever is later; now when
+    there is neither."""
+    oldest = min(stamps, default=None)
+    since = max([t for t in (oldest, last_attempt) if t is not None], default=None)
+    return since is None or now - since >= interval
