@@ -50,17 +50,22 @@ def crossing(
     state's latest instant)."""
     if state is None or model is None or state.as_of is None:
         return None
-    known = _CROSSINGS.get(state, lambda s: (model, threshold, _crossing(s, model, threshold)))
+    known = _CROSSINGS.get(
+        state, lambda s: (model, threshold, crossing_instant(s, model, threshold))
+    )
     if known[0] is model and known[1] == threshold:
         return known[2]
-    instant = _crossing(state, model, threshold)
+    instant = crossing_instant(state, model, threshold)
     _CROSSINGS.put(state, (model, threshold, instant))
     return instant
 
 
-def _crossing(state: CustomerState, model: PredictionModel, threshold: float) -> datetime | None:
-    """``likely_churned_at`` from the order days alone (x, t_x and the first day: what
-    ``bgnbd_inputs`` gives, without the spend, which the crossing does not need)."""
+def crossing_instant(
+    state: CustomerState, model: PredictionModel, threshold: float
+) -> datetime | None:
+    """``crossing`` computed (no memo): ``likely_churned_at`` from the order days alone
+    (x, t_x and the first day: what ``bgnbd_inputs`` gives, without the spend, which the
+    crossing does not need)."""
     days = order_days(state)
     if days is None or days.repeat_days == 0:
         return None

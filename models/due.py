@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Final
 
+from models.events import Metrics
+from models.predictive import Predictive, due_instants
 from models.privacy import consented
-from models.rules import Cell, bounds_matched, decide_matched
+from models.rules import Cell, SegmentFacts, bounds_matched, decide, decide_matched
 from models.scoring import recency_drops, score_recency
 from models.segment_model import SegmentModel, current_metrics, needs_reevaluation
 from models.state import CustomerState, elapsed_days
@@ -26,7 +28,8 @@ def next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     """The instant the customer changes segment if no further order arrives (None: never).
 
     Candidates are the instants the recency score can drop, the personal inactivity threshold
-    and the end of the minimum dwell; the first candidate at which the segment differs wins.
+    and the end of the minimum dwell (and, for rules that ask predictions, the instants their
+    prediction bounds flip); the first candidate at which the segment differs wins.
     """
     return model._due.get(state, lambda s: _next_due(s, model))
 
@@ -59,6 +62,8 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     dwell_end = dwell_ends_at(state, model)
     if dwell_end is not None and dwell_end <= state.as_of:
         dwell_end = None  # over: it neither is a candidate nor holds one back (fewer shapes)
+    if model.prediction is not None and model.rules.uses_predictions:
+        return _predictive_due(state, model, m, dwell_end)
     # What the search for the instant depends on, every instant as an offset from the last
     # order: customers of the same shape change segment at the same offset (most customers
     # share a few thousand shapes; a new customer's is their segment, inactivity threshold, F
@@ -113,4 +118,37 @@ def _due_offset(shape: _Shape, model: SegmentModel) -> timedelta | None:
         cell = Cell(recency >= inactive_after, single, score_recency(recency, cuts), f, m)
         if decide_matched(cell, matched, model.rules) != segment:
             return offset
+    return None
+
+
+def _predictive_due(
+    state: CustomerState, model: SegmentModel, m: Metrics, dwell_end: datetime | None
+) -> datetime | None:
+    """``_due_offset`` for rules that ask predictions, per customer (no shapes: the instants
+    their bounds flip are the customer's own), over absolute instants."""
+    last, inactive_after = m.last_order_at, m.inactive_after_days
+    assert last is not None and inactive_after is not None and state.as_of is not None
+    cuts = model.calibration.cutoffs.recency_days
+    candidates = {last + offset for offset in recency_drops(cuts)}
+    candidates.add(last + timedelta(days=inactive_after))
+    candidates.update(due_instants(state, model.prediction, model.rules))
+    if dwell_end is not None:
+        candidates.add(dwell_end)
+    for instant in sorted(candidates):
+        if instant <= state.as_of or (dwell_end is not None and instant < dwell_end):
+            continue
+        if not (m.f_score and m.m_score):
+            return instant  # without scores no segment: not the customer's
+        recency = elapsed_days(instant - last)
+        cell = Cell(
+            recency >= inactive_after,
+            m.order_count == 1,
+            score_recency(recency, cuts),
+            m.f_score,
+            m.m_score,
+        )
+        predicted = Predictive(state, model.prediction, instant)
+        facts = SegmentFacts(cell, m.discount_share, m.average_order_value, predicted)
+        if decide(facts, model.rules) != state.segment:
+            return instant
     return None

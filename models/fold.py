@@ -40,6 +40,7 @@ from models.events import (
     transition_name,
 )
 from models.frozen import evolve
+from models.predictive import Predictive
 from models.privacy import consented
 from models.rules import Cell, SegmentFacts, Tags, decide
 from models.scoring import Scores
@@ -65,7 +66,7 @@ TRANSITION_NAMESPACE: Final = uuid.UUID("6f1c2d8e-4b0a-5a51-9d7e-3c2f1a0b9e47")
 # Causes that are not the customer's own doing, and could make a customer near a boundary
 # flap: they respect the minimum dwell time. (A rule change is a deliberate act: it applies at
 # once.)
-_DEFERRABLE: Final = frozenset({"time", "recalibration"})
+_DEFERRABLE: Final = frozenset({"time", "recalibration", "model_refit"})
 _MAX_TIME_STEPS: Final = 16
 # How each cause scores: an order rescores everything from the customer's own values; time can
 # only move recency; a re-evaluation keeps scores within the hysteresis margin.
@@ -76,6 +77,7 @@ _SCORING: Final[dict[str, ScoreMode]] = {
     "time": "time",
     "recalibration": "sticky",
     "rule_change": "sticky",
+    "model_refit": "sticky",
     "consent_granted": "fresh",
     "consent_withdrawn": "fresh",
     "erasure": "fresh",
@@ -125,7 +127,10 @@ def evaluate(
             and m.recency_days >= m.inactive_after_days
         )
         cell = Cell(inactive, m.order_count == 1, scores.r, scores.f, scores.m)
-        facts = SegmentFacts(cell, m.discount_share, m.average_order_value)
+        predicted = None
+        if model.prediction is not None and rules.uses_predictions:
+            predicted = Predictive(state, model.prediction, at)
+        facts = SegmentFacts(cell, m.discount_share, m.average_order_value, predicted)
     return Evaluation(
         m, decide(facts, rules), compute_tags(state, rules.tags) if tags else (), scores
     )
@@ -246,9 +251,11 @@ def reevaluate(
     transition ids, do not depend on when the worker gets to it."""
     if not needs_reevaluation(state, model) or state.as_of is None:
         return state, []
-    kind: CauseKind = (
-        "rule_change" if state.rule_version != model.rules.version else "recalibration"
-    )
+    kind: CauseKind = "model_refit"
+    if state.rule_version != model.rules.version:
+        kind = "rule_change"
+    elif state.calibration_version != model.calibration.version:
+        kind = "recalibration"
     updated = evolve(state, revision=state.revision + 1)
     state, moved = _resegment(state, updated, state.as_of, Cause(kind=kind), model)
     state, caught_up = due_transitions(state, now, model, cause=kind)
@@ -259,7 +266,7 @@ def transition_id(
     state: CustomerState, change: str, cause: Cause, at: datetime, model: SegmentModel
 ) -> str:
     """A stable id: the same customer, change, cause, instant and versions give the same id."""
-    parts = (
+    parts: tuple[str, ...] = (
         state.shop_id,
         state.customer_id,
         change,
@@ -270,6 +277,8 @@ def transition_id(
         model.rules.version,
         model.calibration.version,
     )
+    if model.prediction_version is not None:  # rules that ask predictions
+        parts += (model.prediction_version,)
     return uuid5_text("\x1f".join(parts))
 
 
@@ -351,6 +360,7 @@ def _resegment(
         "tags": result.tags,
         "rule_version": model.rules.version,
         "calibration_version": model.calibration.version,
+        "prediction_version": model.prediction_version,
     }
     if segment != before.segment:
         update["segment_since"] = at

@@ -75,6 +75,12 @@ class PredictionModel(BaseModel):
     # finite mean): no CLV then.
     gamma_gamma: GammaGammaParams | None = None
     fit_seconds: float = 0.0
+    # The CLV definition of the fit (horizon in months, annual discount rate), and the CLV of
+    # the shop's customers at the fit's instant at every percentile (1 to 99; empty without a
+    # spend model): segment conditions on CLV rank compare with them (``models.predictive``).
+    clv_months: int = 12
+    annual_discount_rate: float = 0.1
+    clv_percentiles: tuple[float, ...] = ()
 
 
 class BgNbdInputs(NamedTuple):
@@ -314,10 +320,28 @@ def _expected_orders(params: BgNbdParams, t: Array, x: Array, t_x: Array, T: Arr
     c = a + b + x - 1.0
     z = t / (alpha + T + t)
     # 2F1(r+x, b+x; c; z) (1-z)^(r+x) = 2F1(c-r-x, c-b-x; c; z) (1-z)^(a-1)   (Euler)
-    hyp = _hyp2f1(a + b - 1.0 - r, a - 1.0, c, z) * np.exp((a - 1.0) * np.log1p(-z))
+    # The transformed form keeps the series small for large x; for large a and b (a shop whose
+    # customers all drop out at about the same rate) its 2F1 overflows where the product is
+    # finite, and the untransformed form is the one that stays small there.
+    with np.errstate(invalid="ignore", over="ignore"):
+        hyp = _hyp2f1(a + b - 1.0 - r, a - 1.0, c, z) * np.exp((a - 1.0) * np.log1p(-z))
+        failed = ~np.isfinite(hyp)
+        if np.any(failed):
+            hyp = np.array(hyp, copy=True)
+            xs, zs = np.broadcast_arrays(x, z)
+            xf, zf = xs[failed], zs[failed]
+            hyp[failed] = _hyp2f1_direct(r, b, a + b + xf - 1.0, xf, zf)
     first = c / (a - 1.0)
     result: Array = first * (1.0 - hyp) * p_alive(params, x, t_x, T)
     return result
+
+
+def _hyp2f1_direct(r: float, b: float, c: Array, x: Array, z: Array) -> Array:
+    """(1-z)^(r+x) 2F1(r+x, b+x; c; z), the untransformed product (see ``_expected_orders``)."""
+    value: Array = np.asarray(hyp2f1(r + x, b + x, c, z), dtype=np.float64) * np.exp(
+        (r + x) * np.log1p(-z)
+    )
+    return value
 
 
 def _hyp2f1(p: float, q: float, c: Array, z: Array) -> Array:
@@ -473,9 +497,13 @@ def fit_shop(
     inputs: Sequence[BgNbdInputs],
     fitted_at: datetime,
     min_repeat_buyers: int,
+    clv_months: int = 12,
+    annual_discount_rate: float = 0.1,
 ) -> PredictionModel:
     """Fit a shop's models over its customers' inputs; FitError (saying why) when the shop has
-    fewer than ``min_repeat_buyers`` repeat buyers or the likelihood has no optimum."""
+    fewer than ``min_repeat_buyers`` repeat buyers or the likelihood has no optimum. With a
+    spend model, the CLV percentiles of the customers (``clv_months``, ``annual_discount_rate``)
+    are kept with it."""
     started = time.perf_counter()
     repeat = sum(1 for i in inputs if i.x > 0)
     if repeat < max(min_repeat_buyers, 1):
@@ -495,6 +523,19 @@ def fit_shop(
             gamma_gamma = fit_gamma_gamma(spend[:, 0], spend[:, 1])
         except FitError:
             gamma_gamma = None
+    percentiles: tuple[float, ...] = ()
+    if gamma_gamma is not None:
+        values = clv(
+            fit.params,
+            gamma_gamma,
+            [i.x for i in inputs],
+            [i.t_x for i in inputs],
+            [i.T for i in inputs],
+            [i.monetary for i in inputs],
+            clv_months,
+            monthly_rate(annual_discount_rate),
+        )
+        percentiles = tuple(float(v) for v in np.percentile(values, np.arange(1, 100)))
     return PredictionModel(
         shop_id=shop_id,
         version=prediction_version(fitted_at),
@@ -505,6 +546,9 @@ def fit_shop(
         log_likelihood=fit.log_likelihood,
         gamma_gamma=gamma_gamma,
         fit_seconds=round(time.perf_counter() - started, 3),
+        clv_months=clv_months,
+        annual_discount_rate=annual_discount_rate,
+        clv_percentiles=percentiles,
     )
 
 
@@ -556,7 +600,9 @@ def _expected_orders_scalar(params: BgNbdParams, t: float, x: int, T: float, ali
     hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c, z))
     if not math.isfinite(hyp):  # see _hyp2f1
         hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c * (1.0 + 1e-9), z))
-    hyp *= math.exp((a - 1.0) * math.log1p(-z))
+    hyp = hyp * math.exp((a - 1.0) * math.log1p(-z)) if math.isfinite(hyp) else math.inf
+    if not math.isfinite(hyp):  # large a and b: the untransformed form (see _expected_orders)
+        hyp = float(hyp2f1(r + x, b + x, c, z)) * math.exp((r + x) * math.log1p(-z))
     return c / (a - 1.0) * (1.0 - hyp) * alive
 
 

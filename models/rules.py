@@ -9,7 +9,8 @@ map is sound (no dead rules, no uncovered scores) is ``models.rule_check``'s que
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final, Literal, NamedTuple
+from functools import cached_property
+from typing import Annotated, Final, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,6 +18,7 @@ from models.memo import IdentityMemo
 from models.scoring import Cutoffs
 
 INACTIVE: Final = "inactive"
+Probability = Annotated[float, Field(gt=0, lt=1)]
 PositiveDays = Annotated[float, Field(gt=0, le=3650)]
 Score = Annotated[int, Field(ge=1, le=5)]
 _NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -96,6 +98,12 @@ class Condition(_Rule):
     ``r``, ``f``, ``m`` are inclusive score ranges; ``inactive`` and ``single_order`` are the two
     flags. The money and share bounds are *partial*: the checker cannot know which customers of
     a score cell they match, so it never counts them as covering the cell.
+
+    The prediction bounds (partial too) ask the shop's prediction model (``models.predictive``):
+    ``max_p_alive``, P(alive) at or below it; ``min_p_alive``, P(alive) above it;
+    ``clv_top_share``, predicted CLV within the shop's top share (at or above the CLV the
+    share's best customers reached when the model was fitted). A customer whose shop has no
+    model matches none of them.
     """
 
     r: tuple[Score, Score] | None = None
@@ -107,6 +115,9 @@ class Condition(_Rule):
     min_discount_share: Annotated[float, Field(ge=0, le=1)] | None = None
     max_average_order_value: Annotated[int, Field(ge=0)] | None = None
     min_average_order_value: Annotated[int, Field(ge=0)] | None = None
+    max_p_alive: Probability | None = None
+    min_p_alive: Probability | None = None
+    clv_top_share: Probability | None = None
 
     @field_validator("r", "f", "m")
     @classmethod
@@ -123,11 +134,26 @@ class Condition(_Rule):
         ):
             if low is not None and high is not None and low > high:
                 raise ValueError(f"min_{what} ({low}) is above max_{what} ({high}): never matches")
+        if (
+            self.min_p_alive is not None
+            and self.max_p_alive is not None
+            and self.min_p_alive >= self.max_p_alive
+        ):
+            raise ValueError(
+                f"min_p_alive ({self.min_p_alive}) is not below max_p_alive "
+                f"({self.max_p_alive}): never matches"
+            )
+        share = self.clv_top_share
+        if share is not None and abs(share * 100 - round(share * 100)) > 1e-9:
+            raise ValueError(
+                f"clv_top_share ({share}) must be a whole percentage (0.01 to 0.99): the "
+                "prediction model keeps the CLV of every percentile"
+            )
         return self
 
     @property
     def partial(self) -> bool:
-        return any(
+        return self.predictive or any(
             v is not None
             for v in (
                 self.max_discount_share,
@@ -136,6 +162,11 @@ class Condition(_Rule):
                 self.min_average_order_value,
             )
         )
+
+    @property
+    def predictive(self) -> bool:
+        """Whether the condition asks the shop's prediction model."""
+        return any(v is not None for v in (self.max_p_alive, self.min_p_alive, self.clv_top_share))
 
     def matches_cell(self, cell: Cell) -> bool:
         """Whether the flag and score parts match (the partial bounds are not looked at)."""
@@ -148,9 +179,23 @@ class Condition(_Rule):
         )
 
     def matches(self, facts: SegmentFacts) -> bool:
-        return self.matches_cell(facts.cell) and self.matches_bounds(
-            facts.discount_share, facts.average_order_value
+        return self.matches_cell(facts.cell) and self.matches_partial(facts)
+
+    def matches_partial(self, facts: SegmentFacts) -> bool:
+        """Whether the partial bounds (money and share, predictions) match."""
+        return self.matches_bounds(facts.discount_share, facts.average_order_value) and (
+            not self.predictive or self.matches_predictions(facts.predictions)
         )
+
+    def matches_predictions(self, view: PredictionView | None) -> bool:
+        """Whether the prediction bounds match (none does without a prediction model)."""
+        if view is None:
+            return not self.predictive
+        if self.max_p_alive is not None and view.p_alive_at_most(self.max_p_alive) is not True:
+            return False
+        if self.min_p_alive is not None and view.p_alive_at_most(self.min_p_alive) is not False:
+            return False
+        return self.clv_top_share is None or view.clv_in_top(self.clv_top_share) is True
 
     def matches_bounds(self, discount_share: float, average_order_value: int) -> bool:
         """Whether the partial (money and share) bounds match."""
@@ -192,9 +237,6 @@ class SegmentRule(_Rule):
                 "customer.became_likely_churned"
             )
         return value
-
-
-Probability = Annotated[float, Field(gt=0, lt=1)]
 
 
 class PredictionRules(_Rule):
@@ -239,6 +281,20 @@ class SegmentRules(_Rule):
     def segment_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.segments)
 
+    @cached_property
+    def uses_predictions(self) -> bool:
+        """Whether a segment condition asks the shops' prediction models: then a customer's
+        segment also depends on their shop's model and moves when P(alive) or CLV crosses a
+        bound (``models.predictive``)."""
+        return any(s.when.predictive for s in self.segments)
+
+    @cached_property
+    def prediction_bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The P(alive) thresholds and the CLV top shares the conditions use, sorted."""
+        alive = {v for s in self.segments for v in (s.when.max_p_alive, s.when.min_p_alive) if v}
+        shares = {s.when.clv_top_share for s in self.segments if s.when.clv_top_share}
+        return tuple(sorted(alive)), tuple(sorted(shares))
+
 
 class Cell(NamedTuple):
     """One combination the checker walks: the two flags and the three scores (a tuple: made
@@ -257,12 +313,23 @@ class Cell(NamedTuple):
         return f"r={self.r} f={self.f} m={self.m} ({flags})"
 
 
+class PredictionView(Protocol):
+    """A customer's predictions at one instant, as the prediction bounds ask about them (None:
+    not known, the shop having no model or no spend model)."""
+
+    def p_alive_at_most(self, threshold: float) -> bool | None: ...
+
+    def clv_in_top(self, share: float) -> bool | None: ...
+
+
 class SegmentFacts(NamedTuple):
     """What a segment decision needs about a customer at one instant."""
 
     cell: Cell
     discount_share: float
     average_order_value: int
+    # Only for a rule set that uses predictions (``SegmentRules.uses_predictions``).
+    predictions: PredictionView | None = None
 
 
 def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
@@ -273,9 +340,8 @@ def decide(facts: SegmentFacts | None, rules: SegmentRules) -> str | None:
     partial bounds are looked at per customer."""
     if facts is None:
         return None
-    share, value = facts.discount_share, facts.average_order_value
     for name, bounds in _cell_candidates(rules, facts.cell):
-        if bounds is None or bounds.matches_bounds(share, value):
+        if bounds is None or bounds.matches_partial(facts):
             return name
     return None
 
@@ -306,8 +372,13 @@ def _segment_bits(rules: SegmentRules) -> dict[str, int]:
 
 
 def _partial_bounds(rules: SegmentRules) -> tuple[tuple[int, Condition], ...]:
+    """The segments with partial bounds a customer can be within by money and share alone: a
+    condition on predictions is met by no customer here (``bounds_matched`` serves customers
+    whose shop has no prediction model; the others are decided with ``decide``)."""
     bits = _BITS.get(rules, _segment_bits)
-    return tuple((bits[s.name], s.when) for s in rules.segments if s.when.partial)
+    return tuple(
+        (bits[s.name], s.when) for s in rules.segments if s.when.partial and not s.when.predictive
+    )
 
 
 _BITS: IdentityMemo[SegmentRules, dict[str, int]] = IdentityMemo(64)

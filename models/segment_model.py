@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from models.events import Metrics
 from models.frozen import evolve
 from models.memo import IdentityMemo
+from models.predictions import PredictionModel
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics
@@ -22,12 +23,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SegmentModel:
-    """The rule set and the calibration of the customer's shop, and the consent policy."""
+    """The rule set and the calibration of the customer's shop, and the consent policy; and
+    the shop's prediction model if the rules ask it (``SegmentRules.uses_predictions``)."""
 
     rules: SegmentRules
     calibration: Calibration
     # True: a customer without a consent record is not segmented.
     consent_required: bool = False
+    prediction: PredictionModel | None = None
     # next_due of the states seen last (next_due is asked of the same state more than once,
     # within the processing of one event)
     _due: IdentityMemo[CustomerState, datetime | None] = field(
@@ -42,6 +45,14 @@ class SegmentModel:
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
+    @property
+    def prediction_version(self) -> str | None:
+        """The version of the prediction model segments are decided with (None: the rules ask
+        no prediction, or the shop has no model)."""
+        if self.prediction is None or not self.rules.uses_predictions:
+            return None
+        return self.prediction.version
+
 
 def bootstrap_calibration(rules: SegmentRules, shop_id: str) -> Calibration:
     """The calibration of a shop that has none yet: the rule file's fixed cut-offs."""
@@ -52,10 +63,12 @@ def bootstrap_calibration(rules: SegmentRules, shop_id: str) -> Calibration:
 
 
 def needs_reevaluation(state: CustomerState, model: SegmentModel) -> bool:
-    """Whether the state was last evaluated under another rule set or calibration."""
+    """Whether the state was last evaluated under another rule set, calibration or (for rules
+    that ask predictions) prediction model."""
     return (
         state.rule_version != model.rules.version
         or state.calibration_version != model.calibration.version
+        or state.prediction_version != model.prediction_version
     )
 
 

@@ -144,6 +144,8 @@ class CustomerState(BaseModel):
     tags: tuple[str, ...] = ()
     rule_version: str | None = None
     calibration_version: str | None = None
+    # The prediction model the segment was decided with, for rules that ask predictions.
+    prediction_version: str | None = None
     # The customer's latest consent decision and when it was made (None: no record).
     consent: Literal["granted", "withdrawn"] | None = None
     consent_at: datetime | None = None

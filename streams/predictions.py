@@ -75,12 +75,22 @@ async def fit_models(
     inputs: dict[str, list[BgNbdInputs]],
     at: Callable[[str], datetime],
     min_repeat_buyers: int,
+    clv_months: int = 12,
+    annual_discount_rate: float = 0.1,
 ) -> FitReport:
     """One model per shop that has enough repeat buyers (each fit in a thread)."""
     report = FitReport(published=[])
     for shop_id, rows in sorted(inputs.items()):
         try:
-            model = await asyncio.to_thread(fit_shop, shop_id, rows, at(shop_id), min_repeat_buyers)
+            model = await asyncio.to_thread(
+                fit_shop,
+                shop_id,
+                rows,
+                at(shop_id),
+                min_repeat_buyers,
+                clv_months,
+                annual_discount_rate,
+            )
         except FitError as exc:
             report.refused[shop_id] = str(exc)
             continue
@@ -101,7 +111,13 @@ async def fit_and_publish(settings: Settings, now: datetime, shop: str | None = 
 
     clock = await event_time_clock(_decoded(stored)) if settings.clock == "event" else wall_clock
     inputs = await collect_inputs(_decoded(stored), clock, shop)
-    report = await fit_models(inputs, clock, settings.prediction_min_repeat_buyers)
+    report = await fit_models(
+        inputs,
+        clock,
+        settings.prediction_min_repeat_buyers,
+        settings.prediction_clv_months,
+        settings.prediction_discount_rate,
+    )
     if shop is not None and shop not in inputs:
         report.refused[shop] = f"shop {shop!r} has no customer with a counted order"
     await publish_models(settings, report.published)

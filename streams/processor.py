@@ -46,6 +46,7 @@ class Processor:
         # The shops' prediction models (adopted from the predictions topic), which the
         # handlers' churn-risk layer evaluates customers under.
         self.predictions = predictions or ShopPredictions()
+        self.models.follow_predictions(self.predictions.models)  # rules may ask them
         handlers.churn = ChurnLayer(self.predictions, self.models)
         metrics = self.metrics
         self.retries = Retries(
@@ -118,6 +119,7 @@ class Processor:
         before = self.predictions.model_for(model.shop_id)
         if not self.predictions.adopt(model):
             return False
+        self.models.prediction_adopted(model.shop_id)
         if not replayed:
             customers = await self._shop_customers(model.shop_id)
             self.handlers.churn.refitted([key for _, key in customers], before)
@@ -211,7 +213,7 @@ class Processor:
         """Schedule one stored customer: from the stored due time when the state was evaluated
         under the current rules and calibration (no decoding of the state), else in full."""
         header = decode_header(value)
-        if header is not None:
+        if header is not None and not self.models.rules.uses_predictions:
             model = self.models.model_for(header.shop_id)
             if (header.rule_version, header.calibration_version) == (
                 model.rules.version,

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from models.predictions import PredictionModel
 from models.privacy import erasure_marker, pseudonym
 from models.rules import SegmentRules
 from models.scoring import Calibration
@@ -42,7 +43,8 @@ class Privacy:
 
 class ShopModels:
     """Segment models by shop, built on first use from the rules and the shop's calibration
-    (quantile mode) or the rule file's cut-offs (fixed mode)."""
+    (quantile mode) or the rule file's cut-offs (fixed mode), with the shop's prediction model
+    when the rules ask predictions."""
 
     def __init__(
         self,
@@ -53,7 +55,21 @@ class ShopModels:
         self.rules = rules
         self.calibrations = dict(calibrations)
         self.privacy = privacy
+        # The shops' adopted prediction models (``follow_predictions``).
+        self.predictions: Mapping[str, PredictionModel] = {}
         self._models: dict[str, SegmentModel] = {}
+
+    def follow_predictions(self, predictions: Mapping[str, PredictionModel]) -> None:
+        """Build models with the shops' prediction models in ``predictions`` (a mapping its
+        owner keeps up to date; ``prediction_adopted`` tells of each change)."""
+        self.predictions = predictions
+        self._models.clear()
+
+    def prediction_adopted(self, shop_id: str) -> None:
+        """The shop's prediction model changed: its segment model is built again if the rules
+        ask predictions (its customers are then re-evaluated, cause ``model_refit``)."""
+        if self.rules.uses_predictions:
+            self._models.pop(shop_id, None)
 
     def model_for(self, shop_id: str) -> SegmentModel:
         model = self._models.get(shop_id)
@@ -62,8 +78,12 @@ class ShopModels:
             calibration = (self.calibrations.get(shop_id) if quantile else None) or (
                 bootstrap_calibration(self.rules, shop_id)
             )
+            prediction = self.predictions.get(shop_id) if self.rules.uses_predictions else None
             model = self._models[shop_id] = SegmentModel(
-                self.rules, calibration, consent_required=self.privacy.consent_required
+                self.rules,
+                calibration,
+                consent_required=self.privacy.consent_required,
+                prediction=prediction,
             )
         return model
 

@@ -307,6 +307,14 @@ def test_a_shop_model_predicts_like_the_formulas() -> None:
         )
         manual += spend * step / (1 + monthly) ** i
     assert got.predicted_clv == pytest.approx(manual, rel=1e-12)
+    # the CLV of every percentile of the shop's customers at the fit, for rank conditions
+    values = sorted(predict(model, i, 90.0, 12, 0.1).predicted_clv or 0.0 for i in inputs)
+    assert (model.clv_months, model.annual_discount_rate) == (12, 0.1)
+    assert len(model.clv_percentiles) == 99
+    assert list(model.clv_percentiles) == sorted(model.clv_percentiles)
+    top_fifth = model.clv_percentiles[79]
+    assert sum(v >= top_fifth for v in values) == pytest.approx(300, abs=1)
+    assert top_fifth == pytest.approx(float(np.percentile(values, 80)), rel=1e-9)
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,6 +5,8 @@ lifetimes' own per-customer values, Gamma-Gamma fit and CLV."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import lifetimes
 import numpy as np
 import pandas as pd
@@ -12,14 +14,17 @@ import pytest
 from lifetimes import datasets
 
 from models.predictions import (
+    BgNbdInputs,
     BgNbdParams,
     GammaGammaParams,
+    PredictionModel,
     clv,
     expected_orders,
     expected_spend,
     fit_bgnbd,
     fit_gamma_gamma,
     p_alive,
+    predict,
 )
 
 # Fader, Hardie and Lee (2005), "Counting your customers the easy way", section 5.
@@ -98,4 +103,34 @@ def test_gamma_gamma_and_clv_equal_lifetimes(cdnow, reference) -> None:  # type:
     bg = BgNbdParams(**{k: float(v) for k, v in reference.params_.items()})
     np.testing.assert_allclose(
         clv(bg, same, x, t_x, T, monetary, 12, 0.01, month=4.345), expected, rtol=1e-9
+    )
+
+
+def test_expected_orders_stay_finite_when_a_and_b_are_large() -> None:
+    """A shop whose customers all drop out at about the same rate fits large a and b (these
+    are such a fit): the transformed 2F1 overflows there, the value must not."""
+    params = BgNbdParams(r=2.1681, alpha=19.380, a=723.73, b=2393.2)
+    fitter = lifetimes.BetaGeoFitter()
+    fitter.params_ = pd.Series(params.model_dump())
+    for x, t_x, T, t in ((5, 50.0, 75.5, 30.0), (2, 24.0, 80.5, 360.0), (50, 700.0, 720.0, 90.0)):
+        ours = float(expected_orders(params, t, x, t_x, T))
+        theirs = fitter.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T)
+        assert ours == pytest.approx(theirs, rel=1e-9)
+        inputs = BgNbdInputs(x, t_x, T, 0.0, datetime(2026, 1, 1, tzinfo=UTC))
+        one = predict(_model(params), inputs, t, 0, 0.1)  # the per-customer path
+        assert one.expected_orders == pytest.approx(theirs, rel=1e-9)
+    xs = np.arange(0, 60, dtype=float)
+    values = expected_orders(params, 360.0, xs, xs * 10.0, xs * 10.0 + 30.0)
+    assert np.isfinite(values).all() and (values >= 0).all()
+
+
+def _model(params: BgNbdParams) -> PredictionModel:
+    return PredictionModel(
+        shop_id="s",
+        version="p1",
+        fitted_at=datetime(2026, 1, 1, tzinfo=UTC),
+        customers=1,
+        repeat_buyers=1,
+        bgnbd=params,
+        log_likelihood=0.0,
     )
