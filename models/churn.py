@@ -113,11 +113,15 @@ def churn_move(
     after: CustomerState | None,
     after_model: PredictionModel | None,
     threshold: float,
+    was: bool | None = None,
 ) -> ChurnMove | None:
     """The move between two evaluations of one customer, each judged at its state's latest
     instant and under its model: after an order (the same model), after a due time (the same
-    model, a later instant), after a refit (the same state, another model)."""
-    was = _at_latest(before, before_model, threshold)
+    model, a later instant), after a refit (the same state, another model). ``was``: the
+    status before, as judged and stored when it was written (then ``before_model`` is not
+    needed: a worker that starts after a refit no longer has the model it replaced)."""
+    if was is None:
+        was = _at_latest(before, before_model, threshold)
     now = _at_latest(after, after_model, threshold)
     if now and not was:
         return BECAME
@@ -146,11 +150,12 @@ def churn_transition(
     after_model: PredictionModel | None,
     threshold: float,
     cause: Cause,
+    was: bool | None = None,
 ) -> ChurnRiskChanged | None:
     """The churn-risk transition between two evaluations of one customer (see ``churn_move``),
     stamped with the instant it happened: the crossing instant for a move caused by time (the
     exact instant, whatever instant the evaluation ran at), else the new state's instant."""
-    move = churn_move(before, before_model, after, after_model, threshold)
+    move = churn_move(before, before_model, after, after_model, threshold, was)
     if move is None or after.as_of is None:
         return None
     model = after_model if move == BECAME else (after_model or before_model)

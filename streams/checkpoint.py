@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from models.events import Metrics
 from models.state import CustomerState
-from streams.codecs import encode_stored
+from streams.codecs import Judged, encode_stored
 from streams.dlq import SourceRecord
 from streams.failures import RecordFailed, backoff, disk_full
 from streams.sink import TransitionSink
@@ -91,14 +91,18 @@ class Change:
     # the customer), computed with the state: the evaluation that decided it has them at hand.
     figures: Metrics | None
     emitted_at: datetime | None = None
-    # The churn-risk crossing still ahead (``streams.churn_layer``), stored beside ``due``.
+    # The churn-risk crossing still ahead (``streams.churn_layer``), stored beside ``due``,
+    # and the model and verdict the churn risk was judged with.
     churn: datetime | None = None
+    judged: Judged | None = None
     _stored: bytes | None = field(default=None, repr=False)
 
     def stored(self) -> bytes:
         """The table value (encoded once)."""
         if self._stored is None:
-            self._stored = encode_stored(self.partition, self.state, self.due, self.churn)
+            self._stored = encode_stored(
+                self.partition, self.state, self.due, self.churn, self.judged
+            )
         return self._stored
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from models.churn import churn_due, churn_transition
+from models.churn import churn_due, churn_transition, likely_churned
 from models.due import next_due
 from models.events import Cause, ChurnRiskChanged, OrderEventT, Transition
 from models.fold import time_passes_to
@@ -21,6 +21,7 @@ from models.predictions import PredictionModel
 from models.privacy import consented
 from models.segment_model import SegmentModel
 from models.state import CustomerState
+from streams.codecs import Judged
 from streams.predictions import ShopPredictions
 from streams.shop_models import ShopModels
 
@@ -39,10 +40,12 @@ class ChurnLayer:
         self.predictions = predictions
         self.models = models
         # Customers whose re-evaluation after a refit is pending: state key -> the prediction
-        # model they were last evaluated under (None: their shop had none). Their next
-        # evaluation, whatever causes it, compares the customer before under that model with
-        # the customer after under the new one, so a move is reported once.
-        self.refits: dict[str, PredictionModel | None] = {}
+        # model they were last evaluated under (None: their shop had none), or the verdict
+        # stored with them (found at start-up: the model they were judged under is gone).
+        # Their next evaluation, whatever causes it, compares the customer before (under that
+        # model, or by that verdict) with the customer after under the new one, so a move is
+        # reported once.
+        self.refits: dict[str, PredictionModel | bool | None] = {}
 
     def threshold(self, shop_id: str) -> float:
         """The shop's churn threshold (the rule file's ``predictions``)."""
@@ -85,13 +88,39 @@ class ChurnLayer:
         written again: its stored crossing was the old model's)."""
         model = self.predictions.model_for(state.shop_id)
         refit = state.key in self.refits
-        before_model = self.refits.pop(state.key) if refit else model
-        if not consenting or (model is None and before_model is None):
+        before = self.refits.pop(state.key) if refit else model
+        was = before if isinstance(before, bool) else None
+        before_model = None if isinstance(before, bool) else before
+        if not consenting or (model is None and before_model is None and not was):
             return None, refit
         event = churn_transition(
-            previous, before_model, state, model, self.threshold(state.shop_id), cause
+            previous, before_model, state, model, self.threshold(state.shop_id), cause, was
         )
         return event, refit
+
+    def judged(self, state: CustomerState, consenting: bool) -> Judged | None:
+        """The verdict stored with the state: the shop's model and whether the customer is
+        likely churned at the state's latest instant (never without consent); None without a
+        model."""
+        model = self.predictions.model_for(state.shop_id)
+        if model is None or state.as_of is None:
+            return None
+        churned = consenting and likely_churned(
+            state, model, self.threshold(state.shop_id), state.as_of
+        )
+        return Judged(model.version, churned)
+
+    def stale(self, shop_id: str, judged: Judged | None) -> bool:
+        """Whether a stored customer was judged under another model than the shop's (or none
+        while the shop has one): a refit the worker did not get to before it stopped, or a
+        model published while no worker ran."""
+        model = self.predictions.model_for(shop_id)
+        return model is not None and (judged is None or judged.model_version != model.version)
+
+    def restored(self, key: str, judged: Judged | None) -> None:
+        """A stale stored customer (``stale``): re-evaluated like after a refit, judged before
+        by its stored verdict."""
+        self.refits.setdefault(key, judged is not None and judged.likely_churned)
 
     def refit_pending(self, key: str) -> bool:
         return key in self.refits

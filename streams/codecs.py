@@ -131,18 +131,26 @@ def encode_stored(
     state: CustomerState,
     due: datetime | None = None,
     churn: datetime | None = None,
+    judged: Judged | None = None,
 ) -> bytes:
     """A table value: the partition, the customer's next due time as computed when the state
     was written (``d``: lets a restart rebuild the due index without decoding every state;
     ``dv``: the version of ``next_due`` that computed it), the churn-risk crossing still ahead
-    (``c``, only with one: ``models.churn``; kept apart from ``d``, which is the fold's own)
-    and the state, without the fields that hold their default (compact on disk)."""
+    (``c``, only with one: ``models.churn``; kept apart from ``d``, which is the fold's own),
+    the prediction model the churn risk was judged under and the verdict (``m`` and ``lc``,
+    only for a shop with a model: a refit the worker did not get to is found from them) and the
+    state, without the fields that hold their default (compact on disk)."""
     # bytes throughout (pydantic serialises straight to bytes): the state, often kilobytes, is
     # neither decoded to text nor encoded again; never "{}": the ids have no default
     body = state.__pydantic_serializer__.to_json(state, exclude_defaults=True)
     # an ISO 8601 instant has nothing to escape in JSON
     stamp = b'"%s"' % due.isoformat().encode() if due else b"null"
     crossing = b',"c":"%s"' % churn.isoformat().encode() if churn else b""
+    if judged is not None:
+        crossing += b',"m":%s,"lc":%s' % (
+            orjson.dumps(judged.model_version),
+            b"true" if judged.likely_churned else b"false",
+        )
     return b'{"p":%d,"d":%s,"dv":%d%s,"s":{"schema_version":%d,%s}' % (
         partition,
         stamp,
@@ -151,6 +159,14 @@ def encode_stored(
         SCHEMA_VERSION,
         body[1:],
     )
+
+
+class Judged(NamedTuple):
+    """The churn risk of a stored state as judged when it was written: under which prediction
+    model, and whether the customer was likely churned at the state's latest instant."""
+
+    model_version: str
+    likely_churned: bool
 
 
 class StoredHeader(NamedTuple):
@@ -164,6 +180,7 @@ class StoredHeader(NamedTuple):
     as_of: datetime | None
     rule_version: str | None
     calibration_version: str | None
+    judged: Judged | None = None
 
 
 def decode_header(value: bytes) -> StoredHeader | None:
@@ -186,6 +203,7 @@ def decode_header(value: bytes) -> StoredHeader | None:
         as_of=datetime.fromisoformat(as_of) if as_of else None,
         rule_version=state.get("rule_version"),
         calibration_version=state.get("calibration_version"),
+        judged=Judged(raw["m"], bool(raw.get("lc"))) if isinstance(raw.get("m"), str) else None,
     )
 
 

@@ -411,7 +411,8 @@ class Handlers:
             transitions = [*transitions, moved] if moved is not None else transitions
             changed = changed or refit  # the stored crossing was the old model's
         # --
-        change = Change(partition, state, due, changed, None, churn=churn)
+        judged = self.churn.judged(state, consenting)
+        change = Change(partition, state, due, changed, None, churn=churn, judged=judged)
         if changed:  # too large to write: refused before anything of it is staged
             key = state.key
             check_size(f"the state of customer {key}", key.encode(), change.stored())

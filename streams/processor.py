@@ -211,8 +211,16 @@ class Processor:
 
     def _index_value(self, value: bytes) -> None:
         """Schedule one stored customer: from the stored due time when the state was evaluated
-        under the current rules and calibration (no decoding of the state), else in full."""
+        under the current rules and calibration (no decoding of the state), else in full. A
+        customer whose churn risk was judged under another prediction model than the shop's
+        (a refit not yet applied when the worker stopped, a model published while none ran)
+        is re-evaluated too (cause ``model_refit``)."""
         header = decode_header(value)
+        queued = False
+        if header is not None and self.handlers.churn.stale(header.shop_id, header.judged):
+            self.handlers.churn.restored(header.key, header.judged)
+            self.clock.pending_reevaluation.append((header.partition, header.key))
+            queued = True
         if header is not None and not self.models.rules.uses_predictions:
             model = self.models.model_for(header.shop_id)
             if (header.rule_version, header.calibration_version) == (
@@ -224,7 +232,7 @@ class Processor:
         # No header, or decided under other rules or cut-offs: decode, re-evaluate soon.
         partition, state = decode_stored(value)
         model = self.models.model_for(state.shop_id)
-        if needs_reevaluation(state, model):
+        if needs_reevaluation(state, model) and not queued:
             self.clock.pending_reevaluation.append((partition, state.key))
         churn = self.handlers.churn.due(state, consented(state, model.consent_required))
         self.clock.index.schedule(partition, state.key, merged_due(next_due(state, model), churn))

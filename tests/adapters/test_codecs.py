@@ -14,6 +14,7 @@ from models.state import CustomerState
 from streams.codecs import (
     MAX_ORDER_BYTES,
     DecodeError,
+    Judged,
     decode_header,
     decode_order,
     decode_stored,
@@ -164,6 +165,7 @@ def test_stored_header_gives_the_due_index_what_it_needs_without_the_state() -> 
         state.as_of,
         state.rule_version,
         state.calibration_version,
+        None,  # no prediction model judged it
     )
     assert decode_stored(value).state == state  # defaults left out on disk, restored on read
     assert decode_header(encode_stored(0, state, None)).due is None  # type: ignore[union-attr]
@@ -184,6 +186,16 @@ def test_the_churn_crossing_is_stored_apart_from_the_folds_due_time() -> None:
     only = encode_stored(3, state, None, later)
     assert decode_header(only).due == later  # type: ignore[union-attr]
     assert decode_stored_due(only) == (3, state, None, True)
+
+
+def test_the_churn_verdict_is_stored_with_the_model_it_was_judged_under() -> None:
+    state = _real_state()
+    due = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    for verdict in (Judged("p20260101T000000Z", True), Judged('odd "version"\n', False)):
+        value = encode_stored(3, state, due, due, verdict)
+        assert decode_header(value).judged == verdict  # type: ignore[union-attr]
+        assert decode_stored_due(value) == (3, state, due, True)
+    assert decode_header(encode_stored(3, state, due)).judged is None  # type: ignore[union-attr]
 
 
 def test_values_written_before_the_header_are_still_read() -> None:

@@ -3,7 +3,6 @@ the compacted topic, refused shops named; the leader's scheduled fit, adopted by
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,12 @@ from config.rules import load_rules
 from models.churn import crossing
 from models.predictions import bgnbd_inputs, fit_shop
 from models.state import CustomerState
-from streams.changelog import read_table, read_topic
+from streams.changelog import read_latest, read_table, read_topic
 from streams.cli import demo
 from streams.cli.replay import publish
 from streams.cli.sample_data import sample_events, sample_records
 from streams.clients import kafka_options
-from streams.codecs import encode_stored
+from streams.codecs import decode_header, encode_stored
 from streams.predictions import ShopPredictions, read_models
 from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
@@ -233,16 +232,20 @@ async def test_the_demo_fits_a_model_and_shows_predictions(
     await ensure_topics(settings)
     records = list(sample_records(40))
     await publish(settings, iter(records))
-    customers = {e["customer_id"] for e in sample_events(40)}
+    sample = list(sample_events(40))
+    customers = {e["customer_id"] for e in sample}
+    newest = max(datetime.fromisoformat(e["occurred_at"]) for e in sample)
     process = spawn_worker(overrides, tmp_path / "worker.log")
     try:
-        await wait_for(
+        await wait_for(  # every customer, up to the sample's last record
             lambda: read_table(settings),
-            lambda t: {k.split("/", 1)[1] for k in t} >= customers,
+            lambda t: (
+                {k.split("/", 1)[1] for k in t} >= customers
+                and max(s.state.as_of or newest - DAY for s in t.values()) >= newest
+            ),
             120,
             "the sample's customers",
         )
-        await asyncio.sleep(3)  # the rest of the year's records
         with demo.console.capture() as captured:
             await demo._predict(settings)
         text = captured.get()
@@ -398,3 +401,88 @@ async def _churn_moves(settings: Any) -> list[tuple[str, str, dict[str, Any]]]:
         if event["type"] == "churn_risk_changed":
             moves.append((event["customer_id"], event["move"], event))
     return moves
+
+
+async def test_a_model_published_while_no_worker_ran_is_applied_as_a_refit_at_start_up(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    """The churn verdict is stored with the model it was judged under: a worker that starts
+    under a newer model (published while it was stopped, or adopted but not yet applied when it
+    stopped) re-evaluates the customers judged under the older one, and reports their moves
+    with cause `model_refit`, as a running worker would have."""
+    overrides = {**isolated, "prediction_min_repeat_buyers": "20"}
+    settings = settings_from(overrides)
+    await ensure_topics(settings)
+    rng = np.random.default_rng(9)
+    events = []
+    for i in range(CUSTOMERS):
+        start, gap = float(rng.integers(0, 100)) - 800, float(rng.integers(3, 15))
+        days = [start + k * gap for k in range(int(rng.integers(1, 9)))]
+        events += [
+            placed(f"c{i}", f"c{i}-o{k}", day, total=1500 + 10 * i) for k, day in enumerate(days)
+        ]
+    events.sort(key=lambda e: e["occurred_at"])
+    await publish(settings, iter((e["customer_id"].encode(), orjson.dumps(e)) for e in events))
+    newest = max(datetime.fromisoformat(e["occurred_at"]) for e in events)
+    log = tmp_path / "worker.log"
+    process = spawn_worker(overrides, log)
+    try:
+        before = await wait_for(
+            lambda: read_table(settings),
+            lambda t: (
+                len(t) == CUSTOMERS
+                and max(s.state.as_of or newest - DAY for s in t.values()) == newest
+            ),
+            120,
+            "the whole history",
+        )
+    finally:
+        assert stop_worker(process) == 0, log.read_text()[-3000:]
+    result = cli_result(overrides, "predict", "fit")  # no worker runs
+    assert result.returncode == 0, result.stderr
+    model = (await read_models(settings))["default"]
+    threshold = load_rules().predictions.churn_threshold_for("default")
+    # At risk at their latest instant under the new model: the refit's move, stamped with that
+    # instant (a worker that has just started knows no partition's event time yet: crossings
+    # after it wait in the due index for event time to pass them, as any crossing does).
+    expected = {}
+    for stored in before.values():
+        state = stored.state
+        instant = crossing(state, model, threshold)
+        assert state.as_of is not None
+        if instant is not None and instant <= state.as_of:
+            expected[state.customer_id] = state.as_of
+    assert expected and len(expected) < CUSTOMERS
+    assert await _churn_moves(settings) == []
+    process = spawn_worker(overrides, tmp_path / "again.log")
+    try:
+        moves = await wait_for(
+            lambda: _churn_moves(settings),
+            lambda m: len(m) >= len(expected),
+            90,
+            "the refit's moves at start-up",
+        )
+        assert {c for c, _, _ in moves} == set(expected)
+        for customer, move, event in moves:
+            assert (move, event["cause"]["kind"]) == ("became_likely_churned", "model_refit")
+            when = datetime.fromisoformat(event["event_time"])
+            assert abs(when - expected[customer]) <= timedelta(microseconds=1), customer
+        # every customer is stored with the verdict under the new model: not stale any more
+        judged = await wait_for(
+            lambda: _verdicts(settings),
+            lambda v: len(v) == CUSTOMERS and {m for m, _ in v.values()} == {model.version},
+            60,
+            "the verdicts stored",
+        )
+        assert {c for c, (_, churned) in judged.items() if churned} == set(expected)
+    finally:
+        assert stop_worker(process) == 0, (tmp_path / "again.log").read_text()[-3000:]
+
+
+async def _verdicts(settings: Any) -> dict[str, tuple[str, bool]]:
+    found = {}
+    for key, value in (await read_latest(settings)).items():
+        header = decode_header(value)
+        if header is not None and header.judged is not None:
+            found[key.decode().split("/", 1)[1]] = tuple(header.judged)
+    return found  # type: ignore[return-value]
