@@ -310,13 +310,51 @@ _A_NEAR_ONE: Final = 1e-4
 
 
 def _expected_orders(params: BgNbdParams, t: Array, x: Array, t_x: Array, T: Array) -> Array:
+    c = params.a + params.b + x - 1.0
+    hyp = _decay(params, t, x, T)
+    first = c / (params.a - 1.0)
+    result: Array = first * (1.0 - hyp) * p_alive(params, x, t_x, T)
+    return result
+
+
+def _decay(params: BgNbdParams, t: Array, x: Array, T: Array) -> Array:
+    """2F1(r+x, b+x; c; z) (1-z)^(r+x) with c = a+b+x-1 and z = t / (alpha+T+t), the term of
+    the expected orders. First in its Euler form 2F1(c-r-x, c-b-x; c; z) (1-z)^(a-1), then,
+    where that is not usable (with large a and b the function overflows while the power
+    underflows: inf * 0), in its Pfaff form 2F1(r+x, a-1; c; z/(z-1)), then as written. A
+    value is usable when finite and the expected orders it gives are not negative."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     c = a + b + x - 1.0
     z = t / (alpha + T + t)
-    # 2F1(r+x, b+x; c; z) (1-z)^(r+x) = 2F1(c-r-x, c-b-x; c; z) (1-z)^(a-1)   (Euler)
-    hyp = _hyp2f1(a + b - 1.0 - r, a - 1.0, c, z) * np.exp((a - 1.0) * np.log1p(-z))
-    first = c / (a - 1.0)
-    result: Array = first * (1.0 - hyp) * p_alive(params, x, t_x, T)
+    with np.errstate(all="ignore"):
+        value = np.asarray(
+            _hyp2f1(a + b - 1.0 - r, a - 1.0, c, z) * np.exp((a - 1.0) * np.log1p(-z)),
+            dtype=np.float64,
+        )
+        value, c_b, z_b, x_b = (
+            np.array(v, dtype=np.float64) for v in np.broadcast_arrays(value, c, z, x)
+        )
+        for form in (_pfaff, _as_written):
+            bad = ~_usable(value, c_b, a)
+            if not np.any(bad):
+                break
+            value[bad] = form(params, x_b[bad], c_b[bad], z_b[bad])
+    return value
+
+
+def _usable(value: Array, c: Array, a: float) -> npt.NDArray[np.bool_]:
+    ok: npt.NDArray[np.bool_] = np.isfinite(value) & (c * (1.0 - value) / (a - 1.0) >= -1e-12)
+    return ok
+
+
+def _pfaff(params: BgNbdParams, x: Array, c: Array, z: Array) -> Array:
+    result: Array = np.asarray(hyp2f1(params.r + x, params.a - 1.0, c, z / (z - 1.0)))
+    return result
+
+
+def _as_written(params: BgNbdParams, x: Array, c: Array, z: Array) -> Array:
+    hyp = np.asarray(hyp2f1(params.r + x, params.b + x, c, z))
+    result: Array = hyp * np.exp((params.r + x) * np.log1p(-z))
     return result
 
 
@@ -556,7 +594,10 @@ def _expected_orders_scalar(params: BgNbdParams, t: float, x: int, T: float, ali
     hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c, z))
     if not math.isfinite(hyp):  # see _hyp2f1
         hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c * (1.0 + 1e-9), z))
-    hyp *= math.exp((a - 1.0) * math.log1p(-z))
+    if math.isfinite(hyp):
+        hyp *= math.exp((a - 1.0) * math.log1p(-z))
+    if not (math.isfinite(hyp) and c * (1.0 - hyp) / (a - 1.0) >= -1e-12):
+        hyp = float(_decay(params, *_arrays(t, x, T))[()])  # see _decay
     return c / (a - 1.0) * (1.0 - hyp) * alive
 
 
