@@ -375,7 +375,7 @@ def crossing_T(params: BgNbdParams, x: int, t_x: float, threshold: float) -> flo
     """The T at which P(alive) falls to ``threshold`` (0 < threshold < 1): solves
     1 / (1 + a/(b+x-1) ((alpha+T)/(alpha+t_x))^(r+x)) = threshold for T. ``t_x`` when P(alive)
     is already at or below it right after the last order; None for a customer without repeat
-    order (P(alive) stays 1)."""
+    order (P(alive) stays 1); ``math.inf`` when it lies beyond what a float holds."""
     if not 0.0 < threshold < 1.0:
         raise ValueError("the threshold must lie strictly between 0 and 1")
     if x <= 0:
@@ -386,19 +386,33 @@ def crossing_T(params: BgNbdParams, x: int, t_x: float, threshold: float) -> flo
         return t_x
     # (alpha + T) = (alpha + t_x) exp(log_ratio / (r + x)); expm1 keeps T - t_x exact for
     # small ratios.
-    return t_x + (alpha + t_x) * math.expm1(log_ratio / (r + x))
+    exponent = log_ratio / (r + x)
+    if exponent > _MAX_EXPONENT:
+        return math.inf
+    return t_x + (alpha + t_x) * math.expm1(exponent)
+
+
+# math.expm1 raises OverflowError above about 709.78.
+_MAX_EXPONENT: Final = 700.0
 
 
 def likely_churned_at(
     params: BgNbdParams, inputs: BgNbdInputs, threshold: float
 ) -> datetime | None:
     """The first instant (to the microsecond) at which the customer's P(alive) is at or below
-    ``threshold``, if no order comes first; None for a customer without repeat order."""
-    T = crossing_T(params, inputs.x, inputs.t_x, threshold)
-    if T is None:
+    ``threshold``, if no order comes first; None for a customer without repeat order, and when
+    the instant lies beyond the last one a datetime holds (9999-12-31: never, in practice)."""
+    crossing = crossing_T(params, inputs.x, inputs.t_x, threshold)
+    if crossing is None:
         return None
-    micros = math.ceil(T * 86_400_000_000 - 1e-3)  # up to the microsecond, never before
-    return inputs.origin + timedelta(microseconds=micros)
+    last = (datetime.max.replace(tzinfo=UTC) - inputs.origin) / DAY
+    if not math.isfinite(crossing) or crossing >= last:
+        return None
+    micros = math.ceil(crossing * 86_400_000_000 - 1e-3)  # up to the microsecond, never before
+    try:
+        return inputs.origin + timedelta(microseconds=micros)
+    except OverflowError:  # within a microsecond of datetime.max
+        return None
 
 
 # --- Gamma-Gamma --------------------------------------------------------------------------

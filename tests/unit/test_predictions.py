@@ -249,6 +249,23 @@ def test_the_churn_instant_is_exact_to_the_microsecond() -> None:
     assert (instant - inputs.origin) / timedelta(days=1) == pytest.approx(expected_T, abs=1e-10)
 
 
+def test_a_crossing_beyond_the_year_9999_is_no_crossing() -> None:
+    # Rare drop-outs (a / b small) and a slow purchase rate (alpha large): P(alive) takes
+    # millions of years to fall to the threshold. This raised OverflowError, which failed every
+    # evaluation of the shop's repeat buyers (their orders were dead-lettered).
+    slow = BgNbdParams(r=0.5, alpha=1e6, a=0.5, b=100.0)
+    one = BgNbdInputs(1, 10.0, 20.0, 0.0, T0)
+    T = crossing_T(slow, 1, 10.0, 0.3)
+    assert T is not None and T > 3e6
+    assert likely_churned_at(slow, one, 0.3) is None
+    # An exponent beyond what exp can hold: an infinite T, no instant.
+    slower = slow.model_copy(update={"r": 0.01})
+    assert crossing_T(slower, 1, 10.0, 1e-320) == math.inf
+    assert likely_churned_at(slower, one, 1e-320) is None
+    # A crossing before 9999 still has its instant.
+    assert likely_churned_at(slow, BgNbdInputs(5, 10.0, 20.0, 0.0, T0), 0.3) is not None
+
+
 def test_one_time_buyers_never_cross_and_the_threshold_is_checked() -> None:
     assert crossing_T(CDNOW, 0, 0.0, 0.3) is None
     assert likely_churned_at(CDNOW, BgNbdInputs(0, 0.0, 5.0, 0.0, T0), 0.3) is None
