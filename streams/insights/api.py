@@ -55,7 +55,10 @@ class Period(BaseModel):
 def _period(start: date | None, end: date | None) -> Period:
     """Default: the 30 days up to today (UTC)."""
     last = end or datetime.now(UTC).date()
-    first = start or last - timedelta(days=29)
+    try:
+        first = start or last - timedelta(days=29)
+    except OverflowError:  # an end within 29 days of 0001-01-01
+        first = date.min
     if first > last:
         raise HTTPException(422, f"the period starts after it ends ({first} > {last})")
     return Period(start=first, end=last)
