@@ -29,6 +29,8 @@ from streams.shop_models import Privacy
 
 STATIC = resources.files("streams.insights") / "static"
 MAX_PAGE = 1000
+# A month of the retention view: YYYY-MM, months 01 to 12.
+MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
 # The member fields in a page and in the CSV export, in this order.
 MEMBER_FIELDS = (
     "customer_id",
@@ -199,7 +201,7 @@ def create_api(settings: Settings, rules: SegmentRules) -> FastAPI:
     async def retention_view(
         shop: str,
         month: Annotated[
-            list[Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}$")]] | None, Query()
+            list[Annotated[str, StringConstraints(pattern=MONTH)]] | None, Query()
         ] = None,
     ) -> dict[str, Any]:
         """Per month and segment: the customers in the segment at the month's start, how many
