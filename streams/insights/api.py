@@ -10,10 +10,12 @@ import contextlib
 import csv
 import hmac
 import io
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -232,7 +234,7 @@ def create_api(settings: Settings, rules: SegmentRules) -> FastAPI:
             return StreamingResponse(
                 _csv(reader, shop, segment, limit),
                 media_type="text/csv",
-                headers={"Content-Disposition": f'attachment; filename="{shop}-{segment}.csv"'},
+                headers={"Content-Disposition": _attachment(f"{shop}-{segment}.csv")},
             )
         try:
             page = await reader.members(shop, segment, cursor, limit)
@@ -278,6 +280,14 @@ def _bearer_matches(authorization: str | None, token: SecretStr) -> bool:
         given.strip().encode("utf-8", "surrogateescape"), token.get_secret_value().encode()
     )
     return scheme.lower() == "bearer" and same
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition header value for ``filename``, whatever characters the shop id
+    holds (RFC 6266: a plain ASCII name, and the name itself percent-encoded in UTF-8); a
+    quote, a line break or a character outside Latin-1 would break the header."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _member(row: dict[str, str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from config.rules import load_rules
 from config.settings import Settings
-from streams.insights.api import _period, create_api
+from streams.insights.api import _attachment, _period, create_api
 from tests.conftest import free_port
 
 TOKEN = "params-test-token-0123456789"
@@ -87,3 +87,26 @@ def test_retention_refuses_a_month_that_is_none(api: FastAPI, month: str) -> Non
     status, _, body = _get(api, "/api/shops/s/retention", f"month={month}")
     assert status == 422
     assert body["detail"][0]["loc"] == ["query", "month", 0]
+
+
+@pytest.mark.parametrize(
+    ("shop", "plain"),
+    [
+        ("web", "web-loyal.csv"),
+        ("caf%C3%A9%F0%9F%99%82", "caf__-loyal.csv"),
+        ("a%22b", "a_b-loyal.csv"),
+        ("a%0D%0ASet-Cookie%3A%20x%3D1", "a__Set-Cookie__x_1-loyal.csv"),
+    ],
+)
+def test_the_csv_download_names_a_file_whatever_the_shop_id(
+    api: FastAPI, shop: str, plain: str
+) -> None:
+    # A shop id outside Latin-1 made a 500; a line break in it broke the response.
+    status, headers, _ = _get(
+        api, f"/api/shops/{shop}/segments/loyal/members", "format=csv&limit=10"
+    )
+    assert status == 200
+    value = headers["content-disposition"]
+    assert value == f"attachment; filename=\"{plain}\"; filename*=UTF-8''{shop}-loyal.csv"
+    assert "\r" not in value and "\n" not in value
+    assert _attachment("a b.csv") == "attachment; filename=\"a_b.csv\"; filename*=UTF-8''a%20b.csv"
