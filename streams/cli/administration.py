@@ -58,8 +58,11 @@ def forget(customer_id: str, shop: str, wait: bool, timeout: float) -> None:
     The request goes to every partition of the erasure topic; the receipt combines theirs.
     Exits 3 when no partition held a state of the customer (nothing stored, a wrong id or
     shop, or erased before)."""
-    from streams.cli.privacy_requests import request_erasure
+    from streams.cli.privacy_requests import check_request, request_erasure
 
+    problem = check_request(shop, customer_id)
+    if problem:
+        raise click.UsageError(f"no worker could take this erasure request ({problem}): not sent")
     settings = load_settings()
     try:
         receipt = asyncio.run(request_erasure(settings, shop, customer_id, wait, timeout))
