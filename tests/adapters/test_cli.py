@@ -212,3 +212,17 @@ def test_forget_refuses_ids_no_worker_could_take_before_sending(args: list[str],
     assert why in result.output
     assert "not sent" in result.output
     assert "\x1b" not in result.output
+
+
+@pytest.mark.parametrize("timeout", ["-5", "0", "nan", "inf"])
+def test_forget_refuses_a_timeout_that_is_no_wait(timeout: str) -> None:
+    # A negative or NaN timeout sent the request, then said at once that no receipt came.
+    port = free_port()  # nothing listens there: the command must not get as far as Kafka
+    result = CliRunner().invoke(
+        main,
+        ["forget", "c1", "--timeout", timeout],
+        env={"SEGMENTER_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--timeout'" in result.output
+    assert "is not a number of seconds above 0" in result.output
