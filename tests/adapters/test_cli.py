@@ -226,3 +226,15 @@ def test_forget_refuses_a_timeout_that_is_no_wait(timeout: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--timeout'" in result.output
     assert "is not a number of seconds above 0" in result.output
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65536", "99999"])
+def test_api_refuses_a_port_that_is_none(port: str) -> None:
+    # --port 99999 or -1 went to the server as it was (SEGMENTER_API_PORT is checked for
+    # 1..65535); --port 0 quietly meant SEGMENTER_API_PORT.
+    result = CliRunner().invoke(
+        main, ["api", "--port", port], env={"SEGMENTER_API_TOKEN": "a-token-of-16-bytes-or-more"}
+    )
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port'" in result.output
+    assert "1<=x<=65535" in result.output
