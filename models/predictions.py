@@ -316,32 +316,52 @@ _A_NEAR_ONE: Final = 1e-4
 
 
 def _expected_orders(params: BgNbdParams, t: Array, x: Array, t_x: Array, T: Array) -> Array:
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    c = a + b + x - 1.0
-    z = t / (alpha + T + t)
-    # 2F1(r+x, b+x; c; z) (1-z)^(r+x) = 2F1(c-r-x, c-b-x; c; z) (1-z)^(a-1)   (Euler)
-    # The transformed form keeps the series small for large x; for large a and b (a shop whose
-    # customers all drop out at about the same rate) its 2F1 overflows where the product is
-    # finite, and the untransformed form is the one that stays small there.
-    with np.errstate(invalid="ignore", over="ignore"):
-        hyp = _hyp2f1(a + b - 1.0 - r, a - 1.0, c, z) * np.exp((a - 1.0) * np.log1p(-z))
-        failed = ~np.isfinite(hyp)
-        if np.any(failed):
-            hyp = np.array(hyp, copy=True)
-            xs, zs = np.broadcast_arrays(x, z)
-            xf, zf = xs[failed], zs[failed]
-            hyp[failed] = _hyp2f1_direct(r, b, a + b + xf - 1.0, xf, zf)
-    first = c / (a - 1.0)
+    c = params.a + params.b + x - 1.0
+    hyp = _decay(params, t, x, T)
+    first = c / (params.a - 1.0)
     result: Array = first * (1.0 - hyp) * p_alive(params, x, t_x, T)
     return result
 
 
-def _hyp2f1_direct(r: float, b: float, c: Array, x: Array, z: Array) -> Array:
-    """(1-z)^(r+x) 2F1(r+x, b+x; c; z), the untransformed product (see ``_expected_orders``)."""
-    value: Array = np.asarray(hyp2f1(r + x, b + x, c, z), dtype=np.float64) * np.exp(
-        (r + x) * np.log1p(-z)
-    )
+def _decay(params: BgNbdParams, t: Array, x: Array, T: Array) -> Array:
+    """2F1(r+x, b+x; c; z) (1-z)^(r+x) with c = a+b+x-1 and z = t / (alpha+T+t), the term of
+    the expected orders. First in its Euler form 2F1(c-r-x, c-b-x; c; z) (1-z)^(a-1), then,
+    where that is not usable (with large a and b the function overflows while the power
+    underflows: inf * 0), in its Pfaff form 2F1(r+x, a-1; c; z/(z-1)), then as written. A
+    value is usable when finite and the expected orders it gives are not negative."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    c = a + b + x - 1.0
+    z = t / (alpha + T + t)
+    with np.errstate(all="ignore"):
+        value = np.asarray(
+            _hyp2f1(a + b - 1.0 - r, a - 1.0, c, z) * np.exp((a - 1.0) * np.log1p(-z)),
+            dtype=np.float64,
+        )
+        value, c_b, z_b, x_b = (
+            np.array(v, dtype=np.float64) for v in np.broadcast_arrays(value, c, z, x)
+        )
+        for form in (_pfaff, _as_written):
+            bad = ~_usable(value, c_b, a)
+            if not np.any(bad):
+                break
+            value[bad] = form(params, x_b[bad], c_b[bad], z_b[bad])
     return value
+
+
+def _usable(value: Array, c: Array, a: float) -> npt.NDArray[np.bool_]:
+    ok: npt.NDArray[np.bool_] = np.isfinite(value) & (c * (1.0 - value) / (a - 1.0) >= -1e-12)
+    return ok
+
+
+def _pfaff(params: BgNbdParams, x: Array, c: Array, z: Array) -> Array:
+    result: Array = np.asarray(hyp2f1(params.r + x, params.a - 1.0, c, z / (z - 1.0)))
+    return result
+
+
+def _as_written(params: BgNbdParams, x: Array, c: Array, z: Array) -> Array:
+    hyp = np.asarray(hyp2f1(params.r + x, params.b + x, c, z))
+    result: Array = hyp * np.exp((params.r + x) * np.log1p(-z))
+    return result
 
 
 def _hyp2f1(p: float, q: float, c: Array, z: Array) -> Array:
@@ -361,7 +381,7 @@ def crossing_T(params: BgNbdParams, x: int, t_x: float, threshold: float) -> flo
     """The T at which P(alive) falls to ``threshold`` (0 < threshold < 1): solves
     1 / (1 + a/(b+x-1) ((alpha+T)/(alpha+t_x))^(r+x)) = threshold for T. ``t_x`` when P(alive)
     is already at or below it right after the last order; None for a customer without repeat
-    order (P(alive) stays 1)."""
+    order (P(alive) stays 1); ``math.inf`` when it lies beyond what a float holds."""
     if not 0.0 < threshold < 1.0:
         raise ValueError("the threshold must lie strictly between 0 and 1")
     if x <= 0:
@@ -372,19 +392,33 @@ def crossing_T(params: BgNbdParams, x: int, t_x: float, threshold: float) -> flo
         return t_x
     # (alpha + T) = (alpha + t_x) exp(log_ratio / (r + x)); expm1 keeps T - t_x exact for
     # small ratios.
-    return t_x + (alpha + t_x) * math.expm1(log_ratio / (r + x))
+    exponent = log_ratio / (r + x)
+    if exponent > _MAX_EXPONENT:
+        return math.inf
+    return t_x + (alpha + t_x) * math.expm1(exponent)
+
+
+# math.expm1 raises OverflowError above about 709.78.
+_MAX_EXPONENT: Final = 700.0
 
 
 def likely_churned_at(
     params: BgNbdParams, inputs: BgNbdInputs, threshold: float
 ) -> datetime | None:
     """The first instant (to the microsecond) at which the customer's P(alive) is at or below
-    ``threshold``, if no order comes first; None for a customer without repeat order."""
-    T = crossing_T(params, inputs.x, inputs.t_x, threshold)
-    if T is None:
+    ``threshold``, if no order comes first; None for a customer without repeat order, and when
+    the instant lies beyond the last one a datetime holds (9999-12-31: never, in practice)."""
+    crossing = crossing_T(params, inputs.x, inputs.t_x, threshold)
+    if crossing is None:
         return None
-    micros = math.ceil(T * 86_400_000_000 - 1e-3)  # up to the microsecond, never before
-    return inputs.origin + timedelta(microseconds=micros)
+    last = (datetime.max.replace(tzinfo=UTC) - inputs.origin) / DAY
+    if not math.isfinite(crossing) or crossing >= last:
+        return None
+    micros = math.ceil(crossing * 86_400_000_000 - 1e-3)  # up to the microsecond, never before
+    try:
+        return inputs.origin + timedelta(microseconds=micros)
+    except OverflowError:  # within a microsecond of datetime.max
+        return None
 
 
 # --- Gamma-Gamma --------------------------------------------------------------------------
@@ -600,9 +634,10 @@ def _expected_orders_scalar(params: BgNbdParams, t: float, x: int, T: float, ali
     hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c, z))
     if not math.isfinite(hyp):  # see _hyp2f1
         hyp = float(hyp2f1(a + b - 1.0 - r, a - 1.0, c * (1.0 + 1e-9), z))
-    hyp = hyp * math.exp((a - 1.0) * math.log1p(-z)) if math.isfinite(hyp) else math.inf
-    if not math.isfinite(hyp):  # large a and b: the untransformed form (see _expected_orders)
-        hyp = float(hyp2f1(r + x, b + x, c, z)) * math.exp((r + x) * math.log1p(-z))
+    if math.isfinite(hyp):
+        hyp *= math.exp((a - 1.0) * math.log1p(-z))
+    if not (math.isfinite(hyp) and c * (1.0 - hyp) / (a - 1.0) >= -1e-12):
+        hyp = float(_decay(params, *_arrays(t, x, T))[()])  # see _decay
     return c / (a - 1.0) * (1.0 - hyp) * alive
 
 

@@ -4,6 +4,7 @@ checking the rule set, recalibrating the scores."""
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,19 +48,32 @@ def replay(file: Path) -> None:
 NOTHING_FOUND_EXIT = 3
 
 
+def _seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """A positive, finite number of seconds (a negative or NaN timeout sent the request, then
+    reported at once that no receipt came)."""
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a number of seconds above 0")
+    return value
+
+
 @main.command()
 @click.argument("customer_id")
 @click.option("--shop", default="default", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipts")
-@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait")
+@click.option(
+    "--timeout", default=60.0, show_default=True, help="seconds to wait", callback=_seconds
+)
 def forget(customer_id: str, shop: str, wait: bool, timeout: float) -> None:
     """Erase everything stored about a customer (right to erasure); prints the receipt.
 
     The request goes to every partition of the erasure topic; the receipt combines theirs.
     Exits 3 when no partition held a state of the customer (nothing stored, a wrong id or
     shop, or erased before)."""
-    from streams.cli.privacy_requests import request_erasure
+    from streams.cli.privacy_requests import check_request, request_erasure
 
+    problem = check_request(shop, customer_id)
+    if problem:
+        raise click.UsageError(f"no worker could take this erasure request ({problem}): not sent")
     settings = load_settings()
     try:
         receipt = asyncio.run(request_erasure(settings, shop, customer_id, wait, timeout))

@@ -9,7 +9,9 @@ from streams.cli.group import console, load_settings, main
 
 
 @main.command()
-@click.option("--port", type=int, default=None, help="override SEGMENTER_API_PORT")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="override SEGMENTER_API_PORT"
+)
 def api(port: int | None) -> None:
     """Serve the insights API and the dashboard (reads Redis; needs SEGMENTER_API_TOKEN)."""
     import uvicorn
@@ -25,7 +27,7 @@ def api(port: int | None) -> None:
         rules = load_rules(settings.rules_file)
     except RulesError as exc:
         raise click.ClickException(str(exc)) from None
-    port = port or settings.api_port
+    port = settings.api_port if port is None else port
     console.print(f"insights API and dashboard on http://{settings.api_host}:{port}/")
     uvicorn.run(
         create_api(settings, rules),

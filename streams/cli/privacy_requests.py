@@ -11,10 +11,33 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
 
 from config.settings import Settings
+from models.events import ERASURE_EVENT
 from streams.clients import kafka_options, started
 from streams.framework.consumer import current_partitions
+
+
+def check_request(shop_id: str, customer_id: str) -> str | None:
+    """Why a worker would dead-letter an erasure request for these ids (an empty id, a control
+    character, a ``/`` in the shop id, ...), or None: checked before it is sent, so the command
+    does not wait for receipts that never come."""
+    try:
+        ERASURE_EVENT.validate_python(
+            {
+                "type": "erasure_requested",
+                "request_id": str(uuid.uuid4()),
+                "shop_id": shop_id,
+                "customer_id": customer_id,
+                "occurred_at": datetime.now(UTC),
+            }
+        )
+    except ValidationError as exc:
+        return "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+        )
+    return None
 
 
 async def request_erasure(

@@ -10,10 +10,12 @@ import contextlib
 import csv
 import hmac
 import io
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -29,6 +31,8 @@ from streams.shop_models import Privacy
 
 STATIC = resources.files("streams.insights") / "static"
 MAX_PAGE = 1000
+# A month of the retention view: YYYY-MM, months 01 to 12.
+MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
 # The member fields in a page and in the CSV export, in this order.
 MEMBER_FIELDS = (
     "customer_id",
@@ -55,7 +59,10 @@ class Period(BaseModel):
 def _period(start: date | None, end: date | None) -> Period:
     """Default: the 30 days up to today (UTC)."""
     last = end or datetime.now(UTC).date()
-    first = start or last - timedelta(days=29)
+    try:
+        first = start or last - timedelta(days=29)
+    except OverflowError:  # an end within 29 days of 0001-01-01
+        first = date.min
     if first > last:
         raise HTTPException(422, f"the period starts after it ends ({first} > {last})")
     return Period(start=first, end=last)
@@ -196,7 +203,7 @@ def create_api(settings: Settings, rules: SegmentRules) -> FastAPI:
     async def retention_view(
         shop: str,
         month: Annotated[
-            list[Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}$")]] | None, Query()
+            list[Annotated[str, StringConstraints(pattern=MONTH)]] | None, Query()
         ] = None,
     ) -> dict[str, Any]:
         """Per month and segment: the customers in the segment at the month's start, how many
@@ -227,7 +234,7 @@ def create_api(settings: Settings, rules: SegmentRules) -> FastAPI:
             return StreamingResponse(
                 _csv(reader, shop, segment, limit),
                 media_type="text/csv",
-                headers={"Content-Disposition": f'attachment; filename="{shop}-{segment}.csv"'},
+                headers={"Content-Disposition": _attachment(f"{shop}-{segment}.csv")},
             )
         try:
             page = await reader.members(shop, segment, cursor, limit)
@@ -273,6 +280,14 @@ def _bearer_matches(authorization: str | None, token: SecretStr) -> bool:
         given.strip().encode("utf-8", "surrogateescape"), token.get_secret_value().encode()
     )
     return scheme.lower() == "bearer" and same
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition header value for ``filename``, whatever characters the shop id
+    holds (RFC 6266: a plain ASCII name, and the name itself percent-encoded in UTF-8); a
+    quote, a line break or a character outside Latin-1 would break the header."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _member(row: dict[str, str]) -> dict[str, Any]:

@@ -190,3 +190,51 @@ def test_customer_json_scores_with_the_calibration_the_worker_uses() -> None:
     assert compute_metrics(state, state.as_of, rules, base) != compute_metrics(
         state, state.as_of, rules, published
     )  # the two calibrations do score this customer differently
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["forget", ""], "customer_id: String should have at least 1 character"),
+        (["forget", "a\x1b[2Jb"], "customer_id: contains the control character U+001B"),
+        (["forget", "c1", "--shop", "a/b"], "shop_id: String should match pattern"),
+    ],
+)
+def test_forget_refuses_ids_no_worker_could_take_before_sending(args: list[str], why: str) -> None:
+    # Sent, such a request was dead-lettered by every worker, and the command waited a minute
+    # for receipts before asking whether a worker was running.
+    port = free_port()  # nothing listens there: the command must not get as far as Kafka
+    result = CliRunner().invoke(
+        main, args, env={"SEGMENTER_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+    )
+    assert result.exit_code == 2, result.output
+    assert "no worker could take this erasure request (" in result.output
+    assert why in result.output
+    assert "not sent" in result.output
+    assert "\x1b" not in result.output
+
+
+@pytest.mark.parametrize("timeout", ["-5", "0", "nan", "inf"])
+def test_forget_refuses_a_timeout_that_is_no_wait(timeout: str) -> None:
+    # A negative or NaN timeout sent the request, then said at once that no receipt came.
+    port = free_port()  # nothing listens there: the command must not get as far as Kafka
+    result = CliRunner().invoke(
+        main,
+        ["forget", "c1", "--timeout", timeout],
+        env={"SEGMENTER_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--timeout'" in result.output
+    assert "is not a number of seconds above 0" in result.output
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65536", "99999"])
+def test_api_refuses_a_port_that_is_none(port: str) -> None:
+    # --port 99999 or -1 went to the server as it was (SEGMENTER_API_PORT is checked for
+    # 1..65535); --port 0 quietly meant SEGMENTER_API_PORT.
+    result = CliRunner().invoke(
+        main, ["api", "--port", port], env={"SEGMENTER_API_TOKEN": "a-token-of-16-bytes-or-more"}
+    )
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port'" in result.output
+    assert "1<=x<=65535" in result.output

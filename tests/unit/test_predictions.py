@@ -174,6 +174,37 @@ def test_expected_orders_are_continuous_across_a_equal_to_one() -> None:
     assert values[2] == pytest.approx((values[0] + values[4]) / 2, rel=1e-5)
 
 
+def test_expected_orders_and_clv_stay_finite_when_a_and_b_are_large() -> None:
+    # A shop's fit over 200 customers gave these (dropping out is well known: a and b in the
+    # thousands). In the Euler form 2F1 overflows while (1-z)^(a-1) underflows: the CLV of
+    # recent customers came out as -inf or NaN.
+    bg = BgNbdParams(r=1.405, alpha=93.44, a=674.6, b=11_550.0)
+    gg = GammaGammaParams(p=3.288, q=28_920.0, v=9.156e7)
+    model = PredictionModel(
+        shop_id="s",
+        version="v",
+        fitted_at=T0,
+        customers=200,
+        repeat_buyers=177,
+        bgnbd=bg,
+        log_likelihood=0.0,
+        gamma_gamma=gg,
+    )
+    for x, t_x, T in ((0, 0.0, 1.0), (0, 0.0, 10.0), (2, 5.0, 10.0), (5, 25.0, 30.0)):
+        orders = expected_orders(bg, [30.0, 90.0, 360.0, 3650.0], x, t_x, T)
+        assert np.all(np.isfinite(orders))
+        assert np.all(np.diff(orders) > 0)  # more orders the longer the horizon
+        got = predict(model, BgNbdInputs(x, t_x, T, 3000.0, T0), 90.0, 12, 0.1)
+        assert got.predicted_clv is not None
+        assert math.isfinite(got.predicted_clv)
+        assert got.predicted_clv > 0
+        assert got.expected_orders == pytest.approx(float(orders[1]), rel=1e-9)
+    # Where the Euler form is finite, the other forms agree with it.
+    assert float(expected_orders(bg, 90.0, 0, 0.0, 200.0)) == pytest.approx(
+        (bg.a + bg.b - 1) / (bg.a - 1) * (1 - 0.9767275231192812), rel=1e-9
+    )
+
+
 # --- the crossing instant ---------------------------------------------------------------------
 
 
@@ -216,6 +247,23 @@ def test_the_churn_instant_is_exact_to_the_microsecond() -> None:
     r, alpha, a, b = CDNOW.r, CDNOW.alpha, CDNOW.a, CDNOW.b
     expected_T = (alpha + 30) * ((0.7 / 0.3) * (b + 1) / a) ** (1 / (r + 2)) - alpha
     assert (instant - inputs.origin) / timedelta(days=1) == pytest.approx(expected_T, abs=1e-10)
+
+
+def test_a_crossing_beyond_the_year_9999_is_no_crossing() -> None:
+    # Rare drop-outs (a / b small) and a slow purchase rate (alpha large): P(alive) takes
+    # millions of years to fall to the threshold. This raised OverflowError, which failed every
+    # evaluation of the shop's repeat buyers (their orders were dead-lettered).
+    slow = BgNbdParams(r=0.5, alpha=1e6, a=0.5, b=100.0)
+    one = BgNbdInputs(1, 10.0, 20.0, 0.0, T0)
+    T = crossing_T(slow, 1, 10.0, 0.3)
+    assert T is not None and T > 3e6
+    assert likely_churned_at(slow, one, 0.3) is None
+    # An exponent beyond what exp can hold: an infinite T, no instant.
+    slower = slow.model_copy(update={"r": 0.01})
+    assert crossing_T(slower, 1, 10.0, 1e-320) == math.inf
+    assert likely_churned_at(slower, one, 1e-320) is None
+    # A crossing before 9999 still has its instant.
+    assert likely_churned_at(slow, BgNbdInputs(5, 10.0, 20.0, 0.0, T0), 0.3) is not None
 
 
 def test_one_time_buyers_never_cross_and_the_threshold_is_checked() -> None:
