@@ -26,11 +26,11 @@ identical results, across each of these boundaries.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import models.fold as reference
-from models.due import next_due
+from models.due import SHAPES_SIZE, _due_offset, _Shape, next_due
 from models.events import (
     Cause,
     Metrics,
@@ -39,9 +39,11 @@ from models.events import (
     SegmentChanged,
     TagChanged,
     Transition,
+    tag_transition_name,
+    transition_name,
 )
 from models.memo import IdentityMemo
-from models.rules import Cell, SegmentFacts, SegmentRules, decide
+from models.rules import Cell, SegmentFacts, SegmentRules, bounds_matched, decide
 from models.scoring import Scores
 from models.segment_model import SegmentModel
 from models.state import (
@@ -310,15 +312,18 @@ def apply_placed(
     cause: Cause | None = None
     rule_version = rules.version
     calibration_version = calibration.version
-    stamp = at.isoformat()
     if segment != before_segment or tags != before_tags:
+        stamp = at.isoformat()
         cause = _build(
             Cause,
             {"kind": "order_placed", "order_id": order_id, "refund_id": None},
             set(_CAUSE_SET),
         )
         head = f"{shop_id}\x1f{customer_id}\x1f"
-        tail = f"\x1forder_placed\x1f{order_id}\x1f\x1f{stamp}\x1f{rule_version}\x1f{calibration_version}"
+        # the parts of ``models.fold.transition_id`` after the change, joined the same way
+        tail = "\x1f".join(
+            ("", "order_placed", order_id, "", stamp, rule_version, calibration_version)
+        )
         if segment != before_segment:
             metrics_before = None
             if before_segment and state is not None:
@@ -327,14 +332,10 @@ def apply_placed(
                 _build(
                     SegmentChanged,
                     {
-                        "event_id": reference.uuid5_text(
-                            f"{head}{before_segment}>{segment}{tail}"
-                        ),
+                        "event_id": reference.uuid5_text(f"{head}{before_segment}>{segment}{tail}"),
                         "shop_id": shop_id,
                         "customer_id": customer_id,
-                        "transition": (
-                            f"customer.became_{segment}" if segment else "customer.left_all_segments"
-                        ),
+                        "transition": transition_name(segment),
                         "cause": cause,
                         "event_time": at,
                         "rule_version": rule_version,
@@ -361,7 +362,7 @@ def apply_placed(
                                 "event_id": reference.uuid5_text(f"{head}{change}:{tag}{tail}"),
                                 "shop_id": shop_id,
                                 "customer_id": customer_id,
-                                "transition": f"customer.tag_{change}",
+                                "transition": tag_transition_name(change),
                                 "cause": cause,
                                 "event_time": at,
                                 "rule_version": rule_version,
@@ -394,4 +395,60 @@ def apply_placed(
         fields_set = fields_set | {"segment_since"}
     decided: CustomerState = _build(CustomerState, values, set(fields_set))
     model._current.put(decided, metrics)
+    due = None
+    if segment is not None and inactive_after is not None:
+        due = _due(
+            model,
+            segment,
+            at,
+            values["segment_since"],
+            last,
+            inactive_after,
+            count == 1,
+            f_score,
+            m_score,
+            bounds_matched(rules, share, average),
+        )
+    model._due.put(decided, due)
     return decided, transitions
+
+
+def _due(
+    model: SegmentModel,
+    segment: str,
+    as_of: datetime,
+    segment_since: datetime | None,
+    last: datetime,
+    inactive_after: float,
+    single: bool,
+    f: int,
+    m: int,
+    matched: int,
+) -> datetime | None:
+    """``models.due.next_due`` of a state the fast path decided, from its figures: the same
+    shape, the same remembered offsets."""
+    dwell = model.rules.scoring.min_dwell_days
+    dwell_end = None
+    if dwell and segment_since is not None:
+        dwell_end = segment_since + timedelta(days=dwell)
+        if dwell_end <= as_of:
+            dwell_end = None
+    shape: _Shape = (
+        segment,
+        as_of - last,
+        None if dwell_end is None else dwell_end - last,
+        inactive_after,
+        single,
+        f,
+        m,
+        matched,
+    )
+    shapes = model._shapes
+    try:
+        offset = shapes[shape]
+    except KeyError:
+        offset = _due_offset(shape, model)
+        if len(shapes) >= SHAPES_SIZE:
+            shapes.clear()
+        shapes[shape] = offset
+    return None if offset is None else last + offset
