@@ -44,7 +44,7 @@ from models.events import (
 )
 from models.memo import IdentityMemo
 from models.rules import Cell, SegmentFacts, SegmentRules, bounds_matched, decide
-from models.scoring import Scores
+from models.scoring import Cutoffs, Scores
 from models.segment_model import SegmentModel
 from models.state import (
     MAX_ORDER_CATEGORIES,
@@ -52,7 +52,6 @@ from models.state import (
     WINDOW_ORDERS,
     CustomerState,
     OrderRecord,
-    compute_metrics,
     typical_gap_days,
 )
 from models.tags import tags_of
@@ -95,13 +94,17 @@ def covers(rules: SegmentRules) -> bool:
 
 
 def _covers(rules: SegmentRules) -> bool:
+    # an unknown field counts as used when the rule file gives it, or when it holds anything
+    # but its default
     for segment in rules.segments:
         when = segment.when
-        for name in type(when).model_fields:
-            if name not in KNOWN_CONDITION_FIELDS and getattr(when, name) is not None:
+        for name, info in type(when).model_fields.items():
+            if name in KNOWN_CONDITION_FIELDS:
+                continue
+            if name in when.model_fields_set or getattr(when, name) != info.get_default(
+                call_default_factory=True
+            ):
                 return False
-        if not when.model_fields_set <= KNOWN_CONDITION_FIELDS:
-            return False
     return True
 
 
@@ -239,73 +242,22 @@ def apply_placed(
     orders = {**old_orders, order_id: record}
     at = placed_at if as_of is None or placed_at > as_of else as_of
 
-    # the orders that count, oldest first, and what they add up to (``order_facts``)
-    counted: list[tuple[datetime, str, OrderRecord]] = []
-    for oid, r in orders.items():
-        values = r.__dict__
-        when = values["placed_at"]
-        if when is None or values["cancelled"]:
-            continue
-        refunds = values["refunds"]
-        if refunds and values["total"] and sum(refunds.values()) >= values["total"]:
-            continue
-        counted.append((when, oid, r))
-    counted.sort()
-    count = len(counted)
-    spend_total = gross = discounts = 0
-    gaps: list[float] = []
-    previous: datetime | None = None
-    for when, _, r in counted:
-        values = r.__dict__
-        order_total = values["total"]
-        refunds = values["refunds"]
-        if refunds:
-            spend_total += max(order_total - sum(refunds.values()), 0)
-        else:
-            spend_total += order_total
-        gross += order_total + values["discount"]
-        discounts += values["discount"]
-        if previous is not None:
-            gaps.append((when - previous).total_seconds())
-        previous = when
-    gaps.sort()
-    first = counted[0][0]
-    last = counted[-1][0]
-    typical_gap = typical_gap_days(tuple(gaps), rules.inactivity.min_gap_days)
-    recency = round((at - last).total_seconds() / SECONDS_PER_DAY, 4)
-    cutoffs = calibration.cutoffs
-    r_score = 5 - bisect_right(cutoffs.recency_days, recency)
-    f_score = 1 + bisect_left(cutoffs.frequency, count)
-    m_score = 1 + bisect_left(cutoffs.monetary, spend_total)
-    threshold = rules.inactivity.threshold_days(count, typical_gap)
-    inactive_after = None if threshold is None else round(threshold, 4)
-    average = spend_total // count
-    share = round(discounts / gross, 4) if gross else 0.0
     currency = event.currency
-    metrics: Metrics = _build(
-        Metrics,
-        {
-            "currency": currency,
-            "order_count": count,
-            "total_spend": spend_total,
-            "average_order_value": average,
-            "discount_share": share,
-            "first_order_at": first,
-            "last_order_at": last,
-            "recency_days": recency,
-            "typical_gap_days": typical_gap,
-            "inactive_after_days": inactive_after,
-            "r_score": r_score,
-            "f_score": f_score,
-            "m_score": m_score,
-        },
-        set(_METRICS_SET),
-    )
+    cutoffs = calibration.cutoffs
+    metrics, counted = _figures(orders, currency, at, rules, cutoffs)
+    values = metrics.__dict__
+    recency = values["recency_days"]
+    inactive_after = values["inactive_after_days"]
+    count = values["order_count"]
+    share = values["discount_share"]
+    average = values["average_order_value"]
+    r_score, f_score, m_score = values["r_score"], values["f_score"], values["m_score"]
+    last = values["last_order_at"]
     scores = _build(Scores, {"r": r_score, "f": f_score, "m": m_score}, set(_SCORES_SET))
     inactive = inactive_after is not None and recency >= inactive_after
     cell = Cell(inactive, count == 1, r_score, f_score, m_score)
     segment = decide(SegmentFacts(cell, share, average), rules)
-    tags = tags_of(None, [r for _, _, r in counted], rules.tags)
+    tags = tags_of(None, counted, rules.tags)
 
     # the transitions, as ``_resegment`` makes them
     transitions: list[Transition] = []
@@ -326,8 +278,8 @@ def apply_placed(
         )
         if segment != before_segment:
             metrics_before = None
-            if before_segment and state is not None:
-                metrics_before = compute_metrics(state, at, rules, calibration)
+            if before_segment:
+                metrics_before = _figures(old_orders, before["currency"], at, rules, cutoffs)[0]
             transitions.append(
                 _build(
                     SegmentChanged,
@@ -452,3 +404,70 @@ def _due(
             shapes.clear()
         shapes[shape] = offset
     return None if offset is None else last + offset
+
+
+def _figures(
+    orders: dict[str, OrderRecord],
+    currency: str | None,
+    at: datetime,
+    rules: SegmentRules,
+    cutoffs: Cutoffs,
+) -> tuple[Metrics, list[OrderRecord]]:
+    """``compute_metrics`` (scored fresh) of a state with these orders and no folded ones, as of
+    ``at``; and the orders that count, oldest first (``counted_orders``)."""
+    items: list[tuple[datetime, str, OrderRecord]] = []
+    for oid, r in orders.items():
+        values = r.__dict__
+        when = values["placed_at"]
+        if when is None or values["cancelled"]:
+            continue
+        refunds = values["refunds"]
+        if refunds and values["total"] and sum(refunds.values()) >= values["total"]:
+            continue
+        items.append((when, oid, r))
+    items.sort()
+    count = len(items)
+    spend = gross = discount = 0
+    gaps: list[float] = []
+    previous: datetime | None = None
+    for when, _, r in items:
+        values = r.__dict__
+        total = values["total"]
+        refunds = values["refunds"]
+        spend += max(total - sum(refunds.values()), 0) if refunds else total
+        gross += total + values["discount"]
+        discount += values["discount"]
+        if previous is not None:
+            gaps.append((when - previous).total_seconds())
+        previous = when
+    gaps.sort()
+    typical_gap = typical_gap_days(tuple(gaps), rules.inactivity.min_gap_days)
+    threshold = rules.inactivity.threshold_days(count, typical_gap)
+    first = last = recency = r_score = f_score = m_score = None
+    if count:
+        first = items[0][0]
+        last = items[-1][0]
+        recency = round((at - last).total_seconds() / SECONDS_PER_DAY, 4)
+        r_score = 5 - bisect_right(cutoffs.recency_days, recency)
+        f_score = 1 + bisect_left(cutoffs.frequency, count)
+        m_score = 1 + bisect_left(cutoffs.monetary, spend)
+    metrics: Metrics = _build(
+        Metrics,
+        {
+            "currency": currency,
+            "order_count": count,
+            "total_spend": spend,
+            "average_order_value": spend // count if count else 0,
+            "discount_share": round(discount / gross, 4) if gross else 0.0,
+            "first_order_at": first,
+            "last_order_at": last,
+            "recency_days": recency,
+            "typical_gap_days": typical_gap,
+            "inactive_after_days": None if threshold is None else round(threshold, 4),
+            "r_score": r_score,
+            "f_score": f_score,
+            "m_score": m_score,
+        },
+        set(_METRICS_SET),
+    )
+    return metrics, [r for _, _, r in items]
