@@ -13,11 +13,13 @@ field outside ``KNOWN_CONDITION_FIELDS`` (a field added later falls back until t
 it), for a customer without a state or with a state that
 
 - was decided under the model's rule set and calibration (no re-evaluation pending),
-- has nothing due at or before the order (time would move the customer first),
 - may be segmented (consent),
 - holds no orders folded out of the window, and has room for one more order record,
 - holds no record of this order id (no duplicate, no cancellation or refund waiting for it),
 - buys in the order's currency (or has none yet).
+
+What time does to the customer before the order (a due time at or before it) is the reference's
+``due_transitions``, as in ``apply_order``; the order is then decided here.
 
 The differential tests (``tests/unit/test_fastfold.py``) feed random streams to both and require
 identical results, across each of these boundaries.
@@ -178,6 +180,7 @@ def apply_placed(
         return None
     placed_at = event.occurred_at
     order_id = event.order_id
+    fired: list[Transition] = []
     if state is None:
         if model.consent_required:
             return None
@@ -209,7 +212,11 @@ def apply_placed(
             return None  # the reference rejects it
         due = next_due(state, model)
         if due is not None and due <= placed_at:
-            return None  # time moves the customer first
+            # time moves the customer first, as the reference's fold does (it changes none of
+            # what was checked above: only the segment, the scores, the tags, the instant and
+            # the revision)
+            state, fired = reference.due_transitions(state, placed_at, model)
+            before = state.__dict__
         before_set = state.__pydantic_fields_set__
         shop_id = before["shop_id"]
         customer_id = before["customer_id"]
@@ -362,7 +369,7 @@ def apply_placed(
             bounds_matched(rules, share, average),
         )
     model._due.put(decided, due)
-    return decided, transitions
+    return decided, fired + transitions
 
 
 def _due(

@@ -371,7 +371,6 @@ def test_the_fast_path_covers_a_first_order_and_a_repeat_order() -> None:
         pytest.param((PLAIN,), PLAIN, id="duplicate"),
         pytest.param((cancelled("c", "o1", 9),), PLAIN, id="its cancellation waits"),
         pytest.param((PLAIN,), placed("c", "o2", 11, currency="USD"), id="other currency"),
-        pytest.param((PLAIN,), placed("c", "o2", 200), id="time moves the customer first"),
     ],
 )
 def test_what_the_fast_path_leaves_to_the_reference(
@@ -468,13 +467,23 @@ def test_the_due_time_it_remembers_is_the_reference_s() -> None:
         assert isinstance(due, datetime) and due > state.as_of + timedelta(0)
 
 
-def test_an_order_at_the_due_time_is_left_to_the_reference() -> None:
-    state = _state(PLAIN)
+@pytest.mark.parametrize("offset", [timedelta(0), -timedelta(microseconds=1), timedelta(days=300)])
+def test_an_order_near_or_after_the_due_time_is_decided_after_time_as_the_reference_does(
+    offset: timedelta,
+) -> None:
+    state = _state(PLAIN, placed("c", "o2", 12, total=20_000))
     due = next_due(state, MODEL)
     assert due is not None
-    event = placed("c", "o2", (due - at(0)) / timedelta(days=1))
-    assert model(event).occurred_at == due
-    assert fastfold.apply_placed(state, model(event), MODEL) is None
-    just_before = placed("c", "o2", (due - at(0) - timedelta(microseconds=1)) / timedelta(days=1))
-    assert model(just_before).occurred_at < due
-    assert fastfold.apply_placed(state, model(just_before), MODEL) is not None
+    event = model(placed("c", "o3", ((due + offset) - at(0)) / timedelta(days=1)))
+    assert event.occurred_at == due + offset
+    reference = SegmentModel(RULES, MODEL.calibration)
+    fast = SegmentModel(RULES, MODEL.calibration)
+    expected, moves = apply_order_reference(state, event, reference)
+    got = fastfold.apply_placed(state, event, fast)
+    assert got is not None
+    assert_same_step(tuple(got[1]), tuple(moves))
+    timed = [t for t in moves if t.cause.kind == "time"]
+    assert bool(timed) == (offset >= timedelta(0))
+    assert got[0] == expected
+    assert got[0].model_fields_set == expected.model_fields_set
+    assert next_due(got[0], fast) == next_due(expected, reference)
