@@ -45,7 +45,7 @@ from models.events import (
     transition_name,
 )
 from models.memo import IdentityMemo
-from models.rules import Cell, SegmentFacts, SegmentRules, bounds_matched, decide
+from models.rules import Cell, SegmentFacts, SegmentRules, decide
 from models.scoring import Cutoffs, Scores
 from models.segment_model import SegmentModel
 from models.state import (
@@ -92,10 +92,21 @@ def _build(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any:
 
 def covers(rules: SegmentRules) -> bool:
     """Whether the fast path may decide under ``rules`` (memoised per rule set)."""
-    return _COVERED.get(rules, _covers)
+    return _plan(rules) is not None
 
 
-def _covers(rules: SegmentRules) -> bool:
+# Per rule set: None if the fast path does not cover it, else its partial (money and share)
+# bounds as ``models.rules.bounds_matched`` walks them: (segment bit, max and min discount
+# share, max and min average order value).
+_Bounds = tuple[int, float | None, float | None, int | None, int | None]
+_PLANS: IdentityMemo[SegmentRules, tuple[_Bounds, ...] | None] = IdentityMemo(64)
+
+
+def _plan(rules: SegmentRules) -> tuple[_Bounds, ...] | None:
+    return _PLANS.get(rules, _make_plan)
+
+
+def _make_plan(rules: SegmentRules) -> tuple[_Bounds, ...] | None:
     # an unknown field counts as used when the rule file gives it, or when it holds anything
     # but its default
     for segment in rules.segments:
@@ -106,11 +117,33 @@ def _covers(rules: SegmentRules) -> bool:
             if name in when.model_fields_set or getattr(when, name) != info.get_default(
                 call_default_factory=True
             ):
-                return False
-    return True
+                return None
+    return tuple(
+        (
+            1 << i,
+            s.when.max_discount_share,
+            s.when.min_discount_share,
+            s.when.max_average_order_value,
+            s.when.min_average_order_value,
+        )
+        for i, s in enumerate(rules.segments)
+        if s.when.partial
+    )
 
 
-_COVERED: IdentityMemo[SegmentRules, bool] = IdentityMemo(64)
+def _bounds_matched(bounds: tuple[_Bounds, ...], share: float, average: int) -> int:
+    """``models.rules.bounds_matched`` with the rule set's bounds at hand."""
+    matched = 0
+    for bit, max_share, min_share, max_average, min_average in bounds:
+        if (
+            (max_share is None or share <= max_share)
+            and (min_share is None or share >= min_share)
+            and (max_average is None or average <= max_average)
+            and (min_average is None or average >= min_average)
+        ):
+            matched |= bit
+    return matched
+
 
 # A new customer's state before its first order, as ``CustomerState(shop_id=, customer_id=)``
 # makes it (field order and defaults).
@@ -176,7 +209,8 @@ def apply_placed(
         return None
     rules = model.rules
     calibration = model.calibration
-    if not covers(rules):
+    bounds = _plan(rules)
+    if bounds is None:
         return None
     placed_at = event.occurred_at
     order_id = event.order_id
@@ -366,7 +400,7 @@ def apply_placed(
             count == 1,
             f_score,
             m_score,
-            bounds_matched(rules, share, average),
+            _bounds_matched(bounds, share, average),
         )
     model._due.put(decided, due)
     return decided, fired + transitions

@@ -35,7 +35,7 @@ from models.fold import (
     erase,
     reevaluate,
 )
-from models.rules import Condition, SegmentRule, SegmentRules, Tags
+from models.rules import Condition, SegmentRule, SegmentRules, Tags, bounds_matched
 from models.scoring import Calibration, Cutoffs
 from models.segment_model import SegmentModel, current_metrics
 from models.state import WINDOW_ORDERS, CustomerState
@@ -487,3 +487,17 @@ def test_an_order_near_or_after_the_due_time_is_decided_after_time_as_the_refere
     assert got[0] == expected
     assert got[0].model_fields_set == expected.model_fields_set
     assert next_due(got[0], fast) == next_due(expected, reference)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(RULE_SETS),
+    st.sampled_from((0.0, 0.05, 0.1, 0.3, 1.0)) | st.floats(0, 1).map(lambda s: round(s, 4)),
+    st.sampled_from((0, 2500, 3000)) | st.integers(min_value=0, max_value=100_000),
+)
+def test_the_bounds_it_matches_are_the_rule_sets(
+    rules: SegmentRules, share: float, average: int
+) -> None:
+    plan = fastfold._plan(rules)
+    assert plan is not None
+    assert fastfold._bounds_matched(plan, share, average) == bounds_matched(rules, share, average)
