@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from models import fastfold
 from models.due import dwell_ends_at, next_due
 from models.events import (
     Cause,
@@ -139,7 +140,20 @@ def evaluate(
 def apply_order(
     state: CustomerState | None, event: OrderEventT, model: SegmentModel
 ) -> tuple[CustomerState, list[Transition]]:
-    """Fold one order event into the state; returns the new state and the transitions."""
+    """Fold one order event into the state; returns the new state and the transitions.
+
+    The common case takes the fast path (``models.fastfold``), which gives exactly what
+    ``apply_order_reference`` gives; everything else is the reference's."""
+    fast = fastfold.apply_placed(state, event, model)
+    if fast is not None:
+        return fast
+    return apply_order_reference(state, event, model)
+
+
+def apply_order_reference(
+    state: CustomerState | None, event: OrderEventT, model: SegmentModel
+) -> tuple[CustomerState, list[Transition]]:
+    """``apply_order`` as specified: every case, step by step."""
     if state is None:
         state = CustomerState(shop_id=event.shop_id, customer_id=event.customer_id)
     state, fired = due_transitions(state, event.occurred_at, model)

@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 
 from models.rules import Tags
-from models.state import OTHER_CATEGORIES, CustomerState, OrderRecord
+from models.state import OTHER_CATEGORIES, CustomerState, EarlierOrders, OrderRecord
 
 DISCOUNT_SEEKER = "discount_seeker"
 FULL_PRICE_BUYER = "full_price_buyer"
@@ -29,7 +29,14 @@ def preference_tag(category: str) -> str:
 
 def compute_tags(state: CustomerState, rules: Tags) -> tuple[str, ...]:
     """The customer's tags after their orders so far, sorted."""
-    earlier = state.earlier
+    return tags_of(state.earlier, state.counted_orders(), rules)
+
+
+def tags_of(
+    earlier: EarlierOrders | None, counted: list[OrderRecord], rules: Tags
+) -> tuple[str, ...]:
+    """The tags after the folded orders ``earlier`` and then the orders that count in the
+    window (``counted``, oldest first), sorted."""
     tags: set[str] = set()
     spend: dict[str, int] = {}
     count = gross = discount = 0
@@ -37,7 +44,7 @@ def compute_tags(state: CustomerState, rules: Tags) -> tuple[str, ...]:
         tags.update(earlier.tags)
         spend.update(earlier.categories)
         count, gross, discount = earlier.orders, earlier.gross, earlier.discount
-    for record in state.counted_orders():
+    for record in counted:
         count += 1
         gross += record.total + record.discount
         discount += record.discount
