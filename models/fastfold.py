@@ -162,6 +162,7 @@ _DECIDED_SET: Final = frozenset(
         "tags",
         "rule_version",
         "calibration_version",
+        "prediction_version",
     }
 )
 _RECORD_SET: Final = frozenset({"placed_at", "total", "discount", "categories"})
@@ -232,6 +233,7 @@ def apply_placed(
         if (
             before["rule_version"] != rules.version
             or before["calibration_version"] != calibration.version
+            or before["prediction_version"] is not None
             or before["earlier"] is not None
         ):
             return None
@@ -381,6 +383,7 @@ def apply_placed(
         "tags": tags,
         "rule_version": rule_version,
         "calibration_version": calibration_version,
+        "prediction_version": None,  # rules that ask predictions are not covered here
     }
     fields_set = before_set | _DECIDED_SET
     if segment != before_segment:

@@ -422,7 +422,7 @@ def test_an_order_of_many_categories_is_left_to_the_reference() -> None:
 class FutureCondition(Condition):
     """A condition with a field the fast path does not know (as a later rule set may have)."""
 
-    min_p_alive: float | None = None
+    max_days_to_next_order: float | None = None
 
 
 def _with_segment(when: Condition) -> SegmentRules:
@@ -432,14 +432,21 @@ def _with_segment(when: Condition) -> SegmentRules:
 
 def test_a_rule_set_with_a_condition_field_the_fast_path_does_not_know_falls_back() -> None:
     assert fastfold.covers(RULES)
-    unknown = _with_segment(FutureCondition(min_p_alive=0.5))
+    unknown = _with_segment(FutureCondition(max_days_to_next_order=30.0))
     assert not fastfold.covers(unknown)
     future = SegmentModel(unknown, MODEL.calibration)
     assert fastfold.apply_placed(None, model(PLAIN), future) is None
     # the field given its default: used as well
-    assert not fastfold.covers(_with_segment(FutureCondition(min_p_alive=None)))
+    assert not fastfold.covers(_with_segment(FutureCondition(max_days_to_next_order=None)))
     # the field left out: nothing the fast path does not know
     assert fastfold.covers(_with_segment(FutureCondition()))
+
+
+def test_a_rule_set_on_predictions_is_left_to_the_reference() -> None:
+    from tests.unit.test_predictive import PREDICTIVE, SHOP
+
+    assert not fastfold.covers(PREDICTIVE)
+    assert fastfold.apply_placed(None, model(PLAIN), SHOP) is None
 
 
 def test_the_known_condition_fields_are_fields_of_a_condition() -> None:
