@@ -522,6 +522,22 @@ def clv(
 # --- per shop, per customer ---------------------------------------------------------------
 
 
+def _check_finite(shop_id: str, params: BgNbdParams, rows: Array, horizon: float) -> None:
+    """FitError unless the fitted model predicts finite expected orders for every customer:
+    data too regular to fit (every customer ordering at the same pace up to the fit, say) can
+    give parameters at which the formulas lose every digit."""
+    with np.errstate(all="ignore"):
+        orders = expected_orders(params, horizon, rows[:, 0], rows[:, 1], rows[:, 2])
+    bad = int(np.count_nonzero(~np.isfinite(orders)))
+    if bad:
+        raise FitError(
+            f"shop {shop_id!r}: the fitted model (r={params.r:.4g}, alpha={params.alpha:.4g}, "
+            f"a={params.a:.4g}, b={params.b:.4g}) predicts no finite number of orders for "
+            f"{bad} of {len(rows)} customer histories: no model (the customers' orders may "
+            "be too regular to fit)"
+        )
+
+
 def prediction_version(fitted_at: datetime) -> str:
     return f"p{_utc(fitted_at).strftime('%Y%m%dT%H%M%SZ')}"
 
@@ -549,6 +565,7 @@ def fit_shop(
     rows = np.array([(i.x, i.t_x, i.T) for i in inputs], dtype=np.float64)
     unique, counts = np.unique(rows, axis=0, return_counts=True)
     fit = fit_bgnbd(unique[:, 0], unique[:, 1], unique[:, 2], counts)
+    _check_finite(shop_id, fit.params, unique, clv_months * MONTH_DAYS)
     spenders = [(i.x, i.monetary) for i in inputs if i.x > 0 and i.monetary > 0]
     gamma_gamma: GammaGammaParams | None = None
     if len(spenders) >= max(min_repeat_buyers, 1):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -196,11 +197,10 @@ class ShopPredictions:
         found = self.predictions(state, state.as_of) if state.as_of is not None else None
         if found is None:
             return [item for name in self.FIELDS for item in (name, "")]
-        clv = "" if found.predicted_clv is None else f"{found.predicted_clv:.0f}"
         return [
-            "p_alive", f"{found.p_alive:.6f}",
-            "expected_orders_90d", f"{found.expected_orders:.4f}",
-            "predicted_clv", clv,
+            "p_alive", _figure(found.p_alive, ".6f"),
+            "expected_orders_90d", _figure(found.expected_orders, ".4f"),
+            "predicted_clv", _figure(found.predicted_clv, ".0f"),
             "prediction_model", found.model_version,
         ]  # fmt: skip
 
@@ -224,6 +224,14 @@ class ShopPredictions:
             model.repeat_buyers,
         )
         return True
+
+
+def _figure(value: float | None, spec: str) -> str:
+    """A prediction as Redis shows it: empty when there is none or it is not a finite number
+    (a model at the edge of what the formulas compute), never "nan" or "inf"."""
+    if value is None or not math.isfinite(value):
+        return ""
+    return format(value, spec)
 
 
 async def follow_models(

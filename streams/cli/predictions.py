@@ -19,10 +19,13 @@ def predict() -> None:
 @predict.command("fit")
 @click.option("--shop", default=None, help="only this shop (default: every shop)")
 def predict_fit(shop: str | None) -> None:
-    """Fit BG/NBD and Gamma-Gamma per shop over every customer and publish them."""
+    """Fit BG/NBD and Gamma-Gamma per shop over every customer and publish them. Exits 3
+    when no model could be fitted (the reasons are printed)."""
     from streams.predictions import fit_and_publish
     from streams.topics import ensure_topics
 
+    if shop is not None and not shop.strip():
+        raise click.BadParameter("must not be empty", param_hint="--shop")
     settings = load_settings()
 
     async def run():  # type: ignore[no-untyped-def]
@@ -34,8 +37,8 @@ def predict_fit(shop: str | None) -> None:
         console.print(literal(f"no model: {reason}"), soft_wrap=True)
     if not report.published:
         which = f"shop {shop!r}" if shop else "any shop"
-        console.print(f"nothing published: no model could be fitted for {which}")
-        return
+        console.print(literal(f"nothing published: no model could be fitted for {which}"))
+        raise SystemExit(3)
     _print(report.published)
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from models.predictions import PredictionModel, bgnbd_inputs, fit_shop, predict
+from models.predictions import BgNbdParams, PredictionModel, bgnbd_inputs, fit_shop, predict
 from streams.calibrations import YIELD_EVERY
 from streams.codecs import decode_prediction_model, encode_prediction_model
 from streams.predictions import ShopPredictions, collect_inputs, fit_due, fit_models
@@ -20,11 +20,18 @@ NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def _states(customers: int, shop: str = "default", seed: int = 1):  # type: ignore[no-untyped-def]
-    """Customers with 1 to 6 orders at random days of a year."""
+    """Customers who order at their own pace from a random day of a year and drop out after
+    any order with probability 0.5 (the story BG/NBD tells), at most 6 orders."""
     rng = np.random.default_rng(seed)
     states = []
     for i in range(customers):
-        days = sorted(rng.choice(365, size=int(rng.integers(1, 7)), replace=False))
+        day, days = float(rng.integers(0, 200)), []
+        pace = float(rng.gamma(1.0, 30.0))  # mean days between orders
+        while day < 365 and len(days) < 6:
+            days.append(day)
+            if rng.random() < 0.5:
+                break
+            day += float(np.ceil(rng.exponential(pace)))
         events = [
             placed(f"c{i}", f"c{i}-o{k}", float(day), total=1000 + 10 * i, shop=shop)
             for k, day in enumerate(days)
@@ -140,3 +147,10 @@ def test_the_redis_fields_are_the_predictions_at_the_states_instant() -> None:
     # another shop's customer has no model
     other, _ = fold([placed("d", "o1", 0, shop="other"), placed("d", "o2", 3, shop="other")])
     assert predictions.fields(other)[1::2] == ["", "", "", ""]
+    # a model at the edge of what the formulas compute: empty, never "nan" or "inf"
+    edge = model.model_copy(
+        update={"bgnbd": BgNbdParams(r=1.156e4, alpha=8.185e4, a=1.368e-6, b=396.9)}
+    )
+    shown = ShopPredictions({"default": edge}, 90.0, 12, 0.1).fields(state)
+    assert "nan" not in shown and "inf" not in shown and "-inf" not in shown
+    assert shown[-1] == edge.version

@@ -324,6 +324,18 @@ def test_a_shop_with_too_few_repeat_buyers_keeps_no_model() -> None:
         fit_shop("web", inputs, at(30), min_repeat_buyers=30)
 
 
+def test_a_shop_whose_customers_order_too_regularly_to_fit_keeps_no_model() -> None:
+    """Every customer ordering weekly up to the fit (a subscription): the likelihood runs off
+    to parameters at which no expected number of orders is finite; refused, saying why."""
+    rng = np.random.default_rng(1)
+    inputs = []
+    for _ in range(60):
+        weeks = int(rng.integers(2, 40))
+        inputs.append(BgNbdInputs(weeks, 7.0 * weeks, 7.0 * weeks + rng.uniform(0, 3), 5e3, T0))
+    with pytest.raises(FitError, match=r"predicts no finite number of orders for 60 of 60"):
+        fit_shop("subs", inputs, at(300), min_repeat_buyers=20)
+
+
 def test_a_shop_model_predicts_like_the_formulas() -> None:
     data = _simulate(BgNbdParams(r=0.5, alpha=20.0, a=0.8, b=3.0), 1500, 365.0, seed=3)
     rng = np.random.default_rng(5)
