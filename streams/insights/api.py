@@ -138,7 +138,9 @@ def create_api(settings: Settings, rules: SegmentRules) -> FastAPI:
         shop: str, start: date | None = None, end: date | None = None
     ) -> dict[str, Any]:
         """Each segment's size at the end of every day with activity in the period (sizes
-        from the daily entries and exits)."""
+        from the daily entries and exits); without ``start`` and ``end``, every such day."""
+        if start is not None and end is not None and start > end:
+            raise HTTPException(422, f"the period starts after it ends ({start} > {end})")
         totals = await reader.totals(shop)
         full = size_history(totals.days, segments)
         first, last = (start or date.min).isoformat(), (end or date.max).isoformat()

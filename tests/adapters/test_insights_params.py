@@ -81,6 +81,13 @@ def test_a_period_ending_in_the_first_days_of_year_one_starts_on_its_first_day()
     assert _period(date(1, 1, 2), date(1, 1, 3)).start == date(1, 1, 2)
 
 
+@pytest.mark.parametrize("path", ["history", "flows", "performance"])
+def test_a_period_that_starts_after_it_ends_is_refused(api: FastAPI, path: str) -> None:
+    status, _, body = _get(api, f"/api/shops/s/{path}", "start=2025-03-02&end=2025-03-01")
+    assert status == 422
+    assert body["detail"] == "the period starts after it ends (2025-03-02 > 2025-03-01)"
+
+
 @pytest.mark.parametrize("month", ["2025-13", "2025-00", "2025-1", "25-01", "2025-01x"])
 def test_retention_refuses_a_month_that_is_none(api: FastAPI, month: str) -> None:
     # 2025-13 passed the pattern and was answered with figures of a month that does not exist.
