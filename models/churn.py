@@ -15,15 +15,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Final, Literal
 
+from models.bgnbd import p_alive
 from models.events import Cause, ChurnRiskChanged
 from models.memo import IdentityMemo
-from models.predictions import (
-    BgNbdInputs,
-    PredictionModel,
-    bgnbd_inputs,
-    likely_churned_at,
-    p_alive,
-)
+from models.predictions import BgNbdInputs, PredictionModel, bgnbd_inputs, likely_churned_at
 from models.state import CustomerState, order_days
 
 BECAME: Final = "became_likely_churned"

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from config.settings import Settings
+from models.bgnbd import FitError
 from models.predictions import (
     BgNbdInputs,
     CustomerPredictions,
-    FitError,
     PredictionModel,
     bgnbd_inputs,
     fit_shop,

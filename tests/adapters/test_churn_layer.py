@@ -11,9 +11,10 @@ from typing import Any
 import orjson
 
 from config.rules import load_rules
+from models.bgnbd import BgNbdParams
 from models.churn import crossing
 from models.due import next_due
-from models.predictions import BgNbdParams, PredictionModel
+from models.predictions import PredictionModel
 from streams.clock import tick
 from streams.codecs import decode_header, decode_stored_due
 from streams.dlq import SourceRecord

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from models.predictions import BgNbdParams, PredictionModel, bgnbd_inputs, fit_shop, predict
+from models.bgnbd import BgNbdParams
+from models.predictions import PredictionModel, bgnbd_inputs, fit_shop, predict
 from streams.calibrations import YIELD_EVERY
 from streams.codecs import decode_prediction_model, encode_prediction_model
 from streams.predictions import ShopPredictions, collect_inputs, fit_due, fit_models

@@ -14,7 +14,8 @@ import orjson
 import pytest
 import yaml
 
-from models.predictions import PredictionModel, bgnbd_inputs, p_alive, predict
+from models.bgnbd import p_alive
+from models.predictions import PredictionModel, bgnbd_inputs, predict
 from models.state import CustomerState
 from streams.changelog import read_table, read_topic
 from streams.cli.replay import publish

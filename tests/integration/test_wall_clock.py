@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from config.rules import load_rules
-from models.predictions import BgNbdParams, PredictionModel
+from models.bgnbd import BgNbdParams
+from models.predictions import PredictionModel
 from streams.calibrations import read_calibrations
 from streams.changelog import read_topic
 from streams.cli.replay import publish

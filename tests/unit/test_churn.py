@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from models.bgnbd import BgNbdParams, p_alive
 from models.churn import (
     BECAME,
     NO_LONGER,
@@ -25,7 +26,7 @@ from models.due import next_due
 from models.events import Cause
 from models.fold import time_passes_to
 from models.frozen import evolve
-from models.predictions import BgNbdParams, PredictionModel, bgnbd_inputs, p_alive
+from models.predictions import PredictionModel, bgnbd_inputs
 from models.rules import PredictionRules, SegmentRule
 from tests.factories import at, placed
 from tests.unit.core import MODEL as SEGMENTS

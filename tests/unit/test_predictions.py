@@ -11,25 +11,24 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from models.predictions import (
-    BgNbdInputs,
+from models.bgnbd import (
     BgNbdParams,
     FitError,
-    GammaGammaParams,
-    PredictionModel,
-    bgnbd_inputs,
     bgnbd_log_likelihood,
-    clv,
     crossing_T,
     expected_orders,
-    expected_spend,
     fit_bgnbd,
+    p_alive,
+)
+from models.predictions import (
+    BgNbdInputs,
+    PredictionModel,
+    bgnbd_inputs,
     fit_shop,
     likely_churned_at,
-    monthly_rate,
-    p_alive,
     predict,
 )
+from models.spend import GammaGammaParams, clv, expected_spend, monthly_rate
 from tests.factories import T0, at, cancelled, placed, refunded
 from tests.unit.core import fold
 

@@ -13,19 +13,9 @@ import pandas as pd
 import pytest
 from lifetimes import datasets
 
-from models.predictions import (
-    BgNbdInputs,
-    BgNbdParams,
-    GammaGammaParams,
-    PredictionModel,
-    clv,
-    expected_orders,
-    expected_spend,
-    fit_bgnbd,
-    fit_gamma_gamma,
-    p_alive,
-    predict,
-)
+from models.bgnbd import BgNbdParams, expected_orders, fit_bgnbd, p_alive
+from models.predictions import BgNbdInputs, PredictionModel, predict
+from models.spend import GammaGammaParams, clv, expected_spend, fit_gamma_gamma
 
 # Fader, Hardie and Lee (2005), "Counting your customers the easy way", section 5.
 PUBLISHED = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}

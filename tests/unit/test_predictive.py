@@ -11,21 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from models.bgnbd import BgNbdParams, p_alive
 from models.due import next_due
 from models.events import Cause
 from models.fold import apply_order, due_transitions, evaluate, reevaluate, transition_id
 from models.frozen import evolve
-from models.predictions import (
-    BgNbdParams,
-    GammaGammaParams,
-    PredictionModel,
-    bgnbd_inputs,
-    p_alive,
-    predict,
-)
+from models.predictions import PredictionModel, bgnbd_inputs, predict
 from models.predictive import Predictive, clv_crossing, clv_cutoff
 from models.rules import Condition, SegmentRule
 from models.segment_model import SegmentModel, bootstrap_calibration, needs_reevaluation
+from models.spend import GammaGammaParams
 from tests.factories import at, model, placed
 from tests.unit.core import RULES, fold
 
