@@ -39,6 +39,7 @@ from streams.changelog import read_table, read_topic
 from streams.cli.devstack import Devstack
 from streams.clients import kafka_options
 from streams.lag import group_lag
+from streams.local_store import LOCK_FILE
 from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
@@ -647,6 +648,14 @@ async def test_a_second_worker_on_the_same_data_directory_refuses_to_start(
         h.start("w1")
 
         async def second() -> None:
+            # once the first worker holds the directory (a second started earlier would win it)
+            lock = tmp_path / "w1" / LOCK_FILE
+            pid = str(h.workers["w1"].pid)
+
+            async def holder() -> str:
+                return lock.read_text().strip() if lock.exists() else ""
+
+            await wait_for(holder, lambda held: held == pid, 60, "the first worker's lock")
             h.start("w2", data_dir="w1")
             status = await asyncio.to_thread(h.workers["w2"].wait, 60)
             h.workers.pop("w2")
