@@ -68,7 +68,7 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
     # order: customers of the same shape change segment at the same offset (most customers
     # share a few thousand shapes; a new customer's is their segment, inactivity threshold, F
     # and M scores and which money bounds they are within).
-    shape: _Shape = (
+    shape: Shape = (
         state.segment,
         state.as_of - last,
         None if dwell_end is None else dwell_end - last,
@@ -78,6 +78,12 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
         m.m_score,
         bounds_matched(model.rules, m.discount_share, m.average_order_value),
     )
+    return due_of_shape(model, last, shape)
+
+
+def due_of_shape(model: SegmentModel, last: datetime, shape: Shape) -> datetime | None:
+    """The due time of a customer of this shape whose last order was at ``last``: the offset
+    remembered per shape and model, found by ``_due_offset`` the first time."""
     shapes = model._shapes
     try:
         offset = shapes[shape]
@@ -91,14 +97,14 @@ def _next_due(state: CustomerState, model: SegmentModel) -> datetime | None:
 
 # (segment, as_of, end of the minimum dwell or None, inactivity threshold in days, single
 # order, F score, M score, money bounds matched): the instants relative to the last order.
-_Shape = tuple[str, timedelta, timedelta | None, float, bool, int | None, int | None, int]
+Shape = tuple[str, timedelta, timedelta | None, float, bool, int | None, int | None, int]
 # Shapes remembered per shop model (about 300 bytes each): a few hundred shapes cover most
 # customers (new customers' above all); a repeat customer's personal inactivity threshold
 # often makes a shape of its own.
 SHAPES_SIZE: Final = 4_096
 
 
-def _due_offset(shape: _Shape, model: SegmentModel) -> timedelta | None:
+def _due_offset(shape: Shape, model: SegmentModel) -> timedelta | None:
     """How long after the last order a customer of this shape first changes segment if no
     further order arrives (None: never). Candidates are the offsets at which the recency score
     can drop, the inactivity threshold and the end of the minimum dwell; the first candidate

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import models.fold as reference
-from models.due import SHAPES_SIZE, _due_offset, _Shape, next_due
+from models.due import Shape, due_of_shape, next_due
 from models.events import (
     Cause,
     Metrics,
@@ -429,7 +429,7 @@ def _due(
         dwell_end = segment_since + timedelta(days=dwell)
         if dwell_end <= as_of:
             dwell_end = None
-    shape: _Shape = (
+    shape: Shape = (
         segment,
         as_of - last,
         None if dwell_end is None else dwell_end - last,
@@ -439,15 +439,7 @@ def _due(
         m,
         matched,
     )
-    shapes = model._shapes
-    try:
-        offset = shapes[shape]
-    except KeyError:
-        offset = _due_offset(shape, model)
-        if len(shapes) >= SHAPES_SIZE:
-            shapes.clear()
-        shapes[shape] = offset
-    return None if offset is None else last + offset
+    return due_of_shape(model, last, shape)
 
 
 def _figures(

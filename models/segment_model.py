@@ -18,7 +18,7 @@ from models.scoring import Calibration
 from models.state import CustomerState, compute_metrics
 
 if TYPE_CHECKING:
-    from models.due import _Shape
+    from models.due import Shape
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class SegmentModel:
         default_factory=IdentityMemo, init=False, repr=False, compare=False, hash=False
     )
     # next_due's answers by shape (see models.due), as offsets from the last order
-    _shapes: dict[_Shape, timedelta | None] = field(
+    _shapes: dict[Shape, timedelta | None] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
