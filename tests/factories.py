@@ -90,3 +90,16 @@ def model(event: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 def at(day: float) -> datetime:
     return T0 + timedelta(days=day)
+
+
+def burst_days(rng: Any) -> list[float]:
+    """One customer's order days (``at``'s days): 1 to 8 orders at the customer's own pace (3
+    to 14 days apart), then silence, starting 700 to 800 days before ``T0`` (event time can
+    pass their churn-risk crossings without orders from the future). ``rng``: numpy's."""
+    start, gap = float(rng.integers(0, 100)) - 800, float(rng.integers(3, 15))
+    return [start + k * gap for k in range(int(rng.integers(1, 9)))]
+
+
+def first_day(day: float) -> datetime:
+    """00:00 UTC of the day of ``at(day)`` (the origin of a customer's BG/NBD T)."""
+    return datetime.combine(at(day).date(), datetime.min.time(), tzinfo=UTC)

@@ -3,7 +3,7 @@ the compacted topic, refused shops named; the leader's scheduled fit, adopted by
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import cli_result, free_port, settings_from, wait_for
-from tests.factories import at, placed
+from tests.factories import at, burst_days, first_day, placed
 from tests.unit.core import fold
 
 pytestmark = pytest.mark.integration
@@ -287,11 +287,8 @@ async def test_became_likely_churned_is_emitted_at_the_crossing_instant_in_event
     events = []
     first: dict[str, datetime] = {}  # 00:00 UTC of each customer's first order day
     for i in range(CUSTOMERS):
-        # Bursts of orders at a customer's own pace, then silence, over 200 days more than two
-        # years ago (event time can pass the crossings without orders from the future).
-        start, gap = float(rng.integers(0, 100)) - 800, float(rng.integers(3, 15))
-        days = [start + k * gap for k in range(int(rng.integers(1, 9)))]
-        first[f"c{i}"] = datetime.combine(at(days[0]).date(), time(), tzinfo=UTC)
+        days = burst_days(rng)
+        first[f"c{i}"] = first_day(days[0])
         events += [
             placed(f"c{i}", f"c{i}-o{k}", day, total=1500 + 10 * i) for k, day in enumerate(days)
         ]
@@ -416,8 +413,7 @@ async def test_a_model_published_while_no_worker_ran_is_applied_as_a_refit_at_st
     rng = np.random.default_rng(9)
     events = []
     for i in range(CUSTOMERS):
-        start, gap = float(rng.integers(0, 100)) - 800, float(rng.integers(3, 15))
-        days = [start + k * gap for k in range(int(rng.integers(1, 9)))]
+        days = burst_days(rng)
         events += [
             placed(f"c{i}", f"c{i}-o{k}", day, total=1500 + 10 * i) for k, day in enumerate(days)
         ]

@@ -5,7 +5,7 @@ out at the instant the CLV falls below the shop's top fifth, both solved in this
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from streams.redis_cache import RedisCache
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import cli_result, settings_from, wait_for
-from tests.factories import at, placed
+from tests.factories import at, burst_days, first_day, placed
 
 pytestmark = pytest.mark.integration
 
@@ -96,10 +96,8 @@ async def test_high_value_at_risk_moves_at_the_instants_the_predictions_cross(
     events = []
     first: dict[str, datetime] = {}  # 00:00 UTC of each customer's first order day
     for i in range(CUSTOMERS):
-        # bursts at each customer's own pace and spend, more than two years ago
-        start, gap = float(rng.integers(0, 100)) - 800, float(rng.integers(3, 15))
-        days = [start + k * gap for k in range(int(rng.integers(1, 9)))]
-        first[f"c{i}"] = datetime.combine(at(days[0]).date(), time(), tzinfo=UTC)
+        days = burst_days(rng)
+        first[f"c{i}"] = first_day(days[0])
         spend = float(rng.gamma(4.0, 1000.0))  # the customer's own mean order value
         events += [
             placed(f"c{i}", f"c{i}-o{k}", day, total=int(spend * rng.uniform(0.5, 1.5)))
