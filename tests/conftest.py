@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from config.settings import DEVSTACK_KAFKA_PORT, DEVSTACK_REDIS_PORT, Settings
 from streams.cli.devstack import Devstack
+from streams.cli.processes import unused_port
 from streams.cli.secure_kafka import SecureKafka
 from streams.cli.secure_redis import SecureRedis
 
@@ -129,10 +129,9 @@ async def wait_for(
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 nothing holds right now, outside the range the kernel gives
+    outgoing connections (so none of them takes it before the server binds it)."""
+    return unused_port()
 
 
 def cli_result(overrides: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Final
 
 START_TIMEOUT_SECONDS: Final = 90.0
+# Ports picked for trial servers start above the devstack's fixed ones (16379-19193).
+PICKED_PORTS_FROM: Final = 20_000
 
 
 class DevstackError(RuntimeError):
@@ -23,6 +26,48 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (Linux; the IANA range
+    elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49_152, 65_535
+
+
+def _bindable(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def unused_port(*offsets: int, taken: tuple[int, ...] = ()) -> int:
+    """A port on 127.0.0.1 that nothing holds right now, nor ``port + offset`` for each
+    offset (a Redis cluster node's bus port is its port + 10,000). It lies outside the
+    kernel's range for outgoing connections, so no client socket can take it between now
+    and the server's bind, as happened with ports the kernel picked ("Address already in
+    use" at start-up)."""
+    low, high = _ephemeral_range()
+    spread = max((0, *offsets))
+    candidates = [
+        port
+        for first, last in ((PICKED_PORTS_FROM, low - 1 - spread), (high + 1, 65_535 - spread))
+        for port in range(first, last + 1)
+    ]
+    if not candidates:
+        raise DevstackError(f"no port outside the outgoing range {low}-{high} to start on")
+    for _ in range(1_000):
+        port = random.choice(candidates)
+        wanted = [port + offset for offset in (0, *offsets)]
+        if not set(wanted) & set(taken) and all(_bindable(each) for each in wanted):
+            return port
+    raise DevstackError(f"no free port found outside the outgoing range {low}-{high}")
 
 
 def start_detached(command: list[str], out: Path, pid_file: Path | None = None) -> int:

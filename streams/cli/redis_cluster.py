@@ -8,7 +8,6 @@ Set up through plain commands (``CLUSTER ADDSLOTSRANGE``, ``MEET``, ``REPLICATE`
 
 from __future__ import annotations
 
-import random
 import shutil
 import signal
 import time
@@ -22,24 +21,24 @@ from streams.cli.devstack import redis_options
 from streams.cli.processes import (
     DevstackError,
     await_exit,
-    port_open,
     signal_group,
     start_detached,
+    unused_port,
     wait_until,
 )
 
 SLOTS: Final = 16384
 TIMEOUT_SECONDS: Final = 60.0
+BUS_OFFSET: Final = 10_000  # a node's cluster bus listens on its port + 10,000
 
 
 def cluster_ports(count: int) -> list[int]:
     """``count`` ports for cluster nodes: each free, as is its cluster bus port (the port +
-    10,000, which the server requires to be a port: the node's port is at most 55,535)."""
+    10,000)."""
     ports: list[int] = []
     while len(ports) < count:
-        port = random.randrange(20_000, 45_000)
-        if port not in ports and not port_open(port) and not port_open(port + 10_000):
-            ports.append(port)
+        held = tuple(each for port in ports for each in (port, port + BUS_OFFSET))
+        ports.append(unused_port(BUS_OFFSET, taken=held))
     return ports
 
 
