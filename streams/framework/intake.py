@@ -233,7 +233,15 @@ class Buffer:
         self._room = asyncio.Event()
         self._room.set()
         self._active: Delivered | None = None
-        app._segmenter_buffer = self  # what the conductor's handler builder looks for
+        # What the conductor's handler builder looks for: the buffer of each topic (one per
+        # agent: the worker's inputs, the insights' activity records).
+        buffers: dict[str, Buffer] | None = getattr(app, "_segmenter_buffers", None)
+        if buffers is None:
+            buffers = app._segmenter_buffers = {}
+        for topic in self.topics:
+            if topic in buffers:
+                raise ValueError(f"topic {topic!r} already has a buffer")
+            buffers[topic] = self
 
     async def deliver(self, message: Any) -> None:
         """The conductor's callback for a record of one of the topics."""
@@ -333,7 +341,6 @@ def _arrived_messages(app: Any, batch: list[Any]) -> None:
 def buffered_handler(conductor: Any, tp: Any) -> Any:
     """The callback for ``tp`` when a ``Buffer`` of the conductor's app takes its topic, else
     None (Faust's own)."""
-    buffer: Buffer | None = getattr(conductor.app, "_segmenter_buffer", None)
-    if buffer is not None and tp.topic in buffer.topics:
-        return buffer.deliver
-    return None
+    buffers: dict[str, Buffer] = getattr(conductor.app, "_segmenter_buffers", {})
+    buffer = buffers.get(tp.topic)
+    return None if buffer is None else buffer.deliver

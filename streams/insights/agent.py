@@ -64,13 +64,13 @@ class Insights:
         self.dirty: set[bytes] = set()
         self.redis: Any = None
 
-    def apply(self, events: list[Any]) -> None:
-        """Apply a batch of activity records to the tables."""
+    def apply(self, messages: list[Any], activate: Callable[[Any], None]) -> None:
+        """Apply a batch of activity records (the consumer's messages) to the tables;
+        ``activate`` makes a message the one a table write is made as of (None: none)."""
         customers: dict[bytes, tuple[int, CustomerInsight | None, Any]] = {}
         totals: dict[bytes, tuple[int, Totals]] = {}
         counts: dict[bytes, tuple[int, int]] = {}  # records applied, per partition and shop
-        for event in events:
-            message = event.message
+        for message in messages:
             try:
                 record = decode_activity(message.value)
             except ActivityDecodeError as exc:
@@ -91,7 +91,7 @@ class Insights:
                 raw = self.customers.get(partition, ckey)
                 state = None if raw is None else CustomerInsight.model_validate_json(raw)
             new, contribution = apply_activity(state, record)
-            customers[ckey] = (partition, new, event)
+            customers[ckey] = (partition, new, message)
             if contribution is None:
                 continue
             nkey = totals_key(partition, record.shop_id, COUNT)
@@ -121,13 +121,13 @@ class Insights:
         self.totals.put_many([(p, k, t.model_dump_json().encode()) for k, (p, t) in totals.items()])
         self.totals.put_many([(p, k, str(n).encode()) for k, (p, n) in counts.items()])
         puts = []
-        for ckey, (partition, state, event) in customers.items():
+        for ckey, (partition, state, message) in customers.items():
             if state is None:
-                intake.activate(event)  # a tombstone on the changelog, as of this record
+                activate(message)  # a tombstone on the changelog, as of this record
                 self.customers.pop(ckey)
             else:
                 puts.append((partition, ckey, state.model_dump_json().encode()))
-        intake.activate(None)
+        activate(None)
         self.customers.put_many(puts)
         self.dirty.update(totals)
         self.dirty.update(counts)
@@ -179,18 +179,20 @@ def register(app: faust.App, settings: Settings, table: Callable[[str], Any]) ->
     """The insights agent, its tables (made by ``table``) and its Redis copy, on ``app``."""
     insights = Insights(settings, app, table("insights-customers"), table("insights-totals"))
     source = app.topic(settings.activity_topic, key_serializer="raw", value_serializer="raw")
+    # The records reach the agent through a buffer, without Faust's per-record events (as
+    # the worker's inputs do: ``streams.app``).
+    buffer = intake.Buffer(app, [settings.activity_topic], 4 * BATCH_RECORDS)
 
     @app.agent(source, name="segmenter.insights")
     async def add_up(stream: faust.StreamT) -> None:
-        async for events in intake.batches(app, stream, BATCH_RECORDS, 0.0):
+        async for messages in buffer.batches(BATCH_RECORDS, 0.0):
             try:
-                insights.apply(events)
+                insights.apply(messages, buffer.activate)
                 await insights.written()
-            except Exception:
-                intake.forget(app, events)  # nothing of it acknowledged: read again
+            except BaseException:
+                buffer.forget(messages)  # nothing of it acknowledged: read again
                 raise
-            for event in events:
-                intake.ack(app, event)
+            buffer.ack(messages)
 
     @insights.totals.table.on_recover
     async def write_again() -> None:

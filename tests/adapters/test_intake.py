@@ -454,3 +454,18 @@ def test_the_conductor_hands_the_buffer_s_topics_to_it_and_the_rest_to_faust() -
     assert intake.buffered_handler(conductor, TP("orders", 0)) == buffer.deliver
     assert intake.buffered_handler(conductor, TP("app-customers-changelog", 0)) is None
     assert intake.buffered_handler(SimpleNamespace(app=App()), TP("orders", 0)) is None
+
+
+def test_each_agent_s_buffer_takes_its_own_topics_and_a_topic_has_one_buffer() -> None:
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    app = BufferedApp()
+    inputs = intake.Buffer(app, ["orders", "consent"], limit=10)
+    activity = intake.Buffer(app, ["activity"], limit=10)
+    conductor = SimpleNamespace(app=app)
+    assert intake.buffered_handler(conductor, TP("consent", 1)) == inputs.deliver
+    assert intake.buffered_handler(conductor, TP("activity", 0)) == activity.deliver
+    with pytest.raises(ValueError, match="topic 'activity' already has a buffer"):
+        intake.Buffer(app, ["activity"], limit=10)
