@@ -16,13 +16,12 @@ The shop's model is in ``models.segment_model``, due times in ``models.due``.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-from models import fastfold
+from models import fastfold, ids
 from models.due import dwell_ends_at, next_due
 from models.events import (
     Cause,
@@ -300,13 +299,8 @@ _NAMESPACE_BYTES: Final = TRANSITION_NAMESPACE.bytes
 
 
 def uuid5_text(name: str) -> str:
-    """``str(uuid.uuid5(TRANSITION_NAMESPACE, name))``, without the UUID objects (a few
-    transitions per order make them count)."""
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """``str(uuid.uuid5(TRANSITION_NAMESPACE, name))`` (``models.ids``)."""
+    return ids.uuid5_text(_NAMESPACE_BYTES, name)
 
 
 def _resegment(

@@ -29,7 +29,10 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.ids import uuid5_text
+
 ACTIVITY_NAMESPACE: Final = uuid.UUID("3b8f0e52-9c41-5d7a-8e16-2a4c7d9b0f63")
+_ACTIVITY_NAMESPACE_BYTES: Final = ACTIVITY_NAMESPACE.bytes
 # Ids of records already applied, per customer: a redelivery replays a recent stretch. Kept
 # as their first 48 bits (UUIDs: hashes), so a customer's insight state stays small.
 REMEMBERED_IDS: Final = 64
@@ -80,7 +83,8 @@ class Activity(BaseModel):
 
 def order_activity_id(shop_id: str, customer_id: str, kind: str, event_key: str) -> str:
     """The id of an order event's activity record: the same whenever it is produced again."""
-    return str(uuid.uuid5(ACTIVITY_NAMESPACE, "\x1f".join((shop_id, customer_id, kind, event_key))))
+    name = "\x1f".join((shop_id, customer_id, kind, event_key))
+    return uuid5_text(_ACTIVITY_NAMESPACE_BYTES, name)
 
 
 class CustomerInsight(BaseModel):

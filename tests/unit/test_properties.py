@@ -205,7 +205,11 @@ def test_the_due_time_stored_with_a_state_is_taken_only_where_it_is_next_due(spe
 def test_transition_ids_are_the_uuid5_of_their_parts(name: str) -> None:
     import uuid
 
+    from models.insights import ACTIVITY_NAMESPACE, order_activity_id
+
     assert uuid5_text(name) == str(uuid.uuid5(TRANSITION_NAMESPACE, name))
+    parts = (name, "c", "order_placed", name[::-1])
+    assert order_activity_id(*parts) == str(uuid.uuid5(ACTIVITY_NAMESPACE, "\x1f".join(parts)))
 
 
 def _dwell_model(days: int):  # type: ignore[no-untyped-def]
