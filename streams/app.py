@@ -15,7 +15,7 @@ from config.settings import Settings
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams import framework, web
-from streams.bootstrap import build_processor
+from streams.bootstrap import build_processor, stop_after_failed_write
 from streams.calibrations import follow_calibrations, recalibrate, recalibration_due
 from streams.clients import faust_broker_options
 from streams.dlq import SourceRecord
@@ -107,7 +107,7 @@ def create_app(
     )
     _agent(app, settings, processor)
     if settings.insights:
-        insights.register(app, settings, table)  # segment insights: streams/insights/
+        insights.register(app, settings, table, stop_after_failed_write)  # streams/insights/
     orders = web.register(app, settings, processor)
 
     @customers.on_recover

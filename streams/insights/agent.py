@@ -15,8 +15,8 @@ of the worker's partitions is written again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
 
 import faust
 
@@ -82,40 +82,20 @@ class Insights:
                     exc,
                 )
                 continue
-            partition = message.partition
-            ckey = customer_key(record.shop_id, record.customer_id)
-            held = customers.get(ckey)
-            if held is not None:
-                state = held[1]
-            else:
-                raw = self.customers.get(partition, ckey)
-                state = None if raw is None else CustomerInsight.model_validate_json(raw)
-            new, contribution = apply_activity(state, record)
-            customers[ckey] = (partition, new, message)
-            if contribution is None:
+            try:  # everything the record changes, read first: nothing of it held on failure
+                step = self._step(message.partition, record, customers, totals, counts)
+            except Exception:  # a stored row that cannot be read: loud, and the rest goes on
+                log.exception(
+                    "activity record %s[%d]@%d skipped: its stored insights cannot be read",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                )
                 continue
-            nkey = totals_key(partition, record.shop_id, COUNT)
-            held_count = counts.get(nkey)
-            if held_count is None:
-                raw = self.totals.get(partition, nkey)
-                held_count = (partition, int(raw or 0))
-            counts[nkey] = (partition, held_count[1] + 1)
-            if contribution.empty:
-                continue
-            for period, monthly in (
-                (f"d:{contribution.day}", False),
-                (f"m:{contribution.month}", True),
-            ):
-                if monthly and not contribution.retained:
-                    continue
-                tkey = totals_key(partition, record.shop_id, period)
-                current = totals.get(tkey)
-                if current is None:
-                    raw = self.totals.get(partition, tkey)
-                    base = None if raw is None else Totals.model_validate_json(raw)
-                else:
-                    base = current[1]
-                totals[tkey] = (partition, add(base, contribution, monthly=monthly))
+            ckey, new, changes = step
+            customers[ckey] = (message.partition, new, message)
+            for held, key, value in changes:
+                held[key] = (message.partition, value)
         # The totals first: a crash between the two writes applies the records again, and the
         # customers' states (which say what was applied) are written last.
         self.totals.put_many([(p, k, t.model_dump_json().encode()) for k, (p, t) in totals.items()])
@@ -131,6 +111,47 @@ class Insights:
         self.customers.put_many(puts)
         self.dirty.update(totals)
         self.dirty.update(counts)
+
+    def _step(
+        self,
+        partition: int,
+        record: Any,
+        customers: dict[bytes, tuple[int, CustomerInsight | None, Any]],
+        totals: dict[bytes, tuple[int, Totals]],
+        counts: dict[bytes, tuple[int, int]],
+    ) -> tuple[bytes, CustomerInsight | None, list[tuple[dict[bytes, Any], bytes, Any]]]:
+        """The customer's insight state after ``record``, and the batch's totals and counts
+        it changes (their dict, key and new value), from the batch's rows or the tables."""
+        ckey = customer_key(record.shop_id, record.customer_id)
+        held = customers.get(ckey)
+        if held is not None:
+            state = held[1]
+        else:
+            raw = self.customers.get(partition, ckey)
+            state = None if raw is None else CustomerInsight.model_validate_json(raw)
+        new, contribution = apply_activity(state, record)
+        changes: list[tuple[dict[bytes, Any], bytes, Any]] = []
+        if contribution is None:
+            return ckey, new, changes
+        nkey = totals_key(partition, record.shop_id, COUNT)
+        held_count = counts.get(nkey)
+        count = int(self.totals.get(partition, nkey) or 0) if held_count is None else held_count[1]
+        changes.append((counts, nkey, count + 1))
+        if contribution.empty:
+            return ckey, new, changes
+        periods = ((f"d:{contribution.day}", False), (f"m:{contribution.month}", True))
+        for period, monthly in periods:
+            if monthly and not contribution.retained:
+                continue
+            tkey = totals_key(partition, record.shop_id, period)
+            current = totals.get(tkey)
+            if current is None:
+                raw = self.totals.get(partition, tkey)
+                base = None if raw is None else Totals.model_validate_json(raw)
+            else:
+                base = current[1]
+            changes.append((totals, tkey, add(base, contribution, monthly=monthly)))
+        return ckey, new, changes
 
     async def written(self) -> None:
         """Every changelog record of the batches applied so far is acknowledged."""
@@ -175,8 +196,49 @@ class Insights:
         return len(keys)
 
 
-def register(app: faust.App, settings: Settings, table: Callable[[str], Any]) -> Insights:
-    """The insights agent, its tables (made by ``table``) and its Redis copy, on ``app``."""
+class Batches(Protocol):
+    """Where the agent's batches come from (``streams.framework.intake.Buffer``)."""
+
+    def activate(self, message: Any | None) -> None: ...
+
+    def ack(self, messages: Iterable[Any]) -> None: ...
+
+    def forget(self, messages: Iterable[Any]) -> None: ...
+
+
+async def add_batch(
+    insights: Any, source: Batches, messages: list[Any], stop: Callable[[BaseException], None]
+) -> None:
+    """Apply a batch and acknowledge it once its changelog records are. A batch whose
+    changelog records the broker refused stops the worker (``stop``), as the worker's own
+    batches do: the local tables then hold writes the changelog lacks, and an agent restarted
+    in place would go on past the batch, whose offsets could never be committed. A restart
+    rebuilds the tables from the changelog and reads the batch again."""
+    try:
+        insights.apply(messages, source.activate)
+    except BaseException:
+        source.forget(messages)  # nothing of it acknowledged: read again
+        raise
+    try:
+        await insights.written()
+    except Exception as exc:
+        source.forget(messages)
+        stop(exc)
+        raise
+    except BaseException:
+        source.forget(messages)
+        raise
+    source.ack(messages)
+
+
+def register(
+    app: faust.App,
+    settings: Settings,
+    table: Callable[[str], Any],
+    stop: Callable[[BaseException], None],
+) -> Insights:
+    """The insights agent, its tables (made by ``table``) and its Redis copy, on ``app``;
+    ``stop`` ends the worker after a batch the broker refused to take."""
     insights = Insights(settings, app, table("insights-customers"), table("insights-totals"))
     source = app.topic(settings.activity_topic, key_serializer="raw", value_serializer="raw")
     # The records reach the agent through a buffer, without Faust's per-record events (as
@@ -186,13 +248,7 @@ def register(app: faust.App, settings: Settings, table: Callable[[str], Any]) ->
     @app.agent(source, name="segmenter.insights")
     async def add_up(stream: faust.StreamT) -> None:
         async for messages in buffer.batches(BATCH_RECORDS, 0.0):
-            try:
-                insights.apply(messages, buffer.activate)
-                await insights.written()
-            except BaseException:
-                buffer.forget(messages)  # nothing of it acknowledged: read again
-                raise
-            buffer.ack(messages)
+            await add_batch(insights, buffer, messages, stop)
 
     @insights.totals.table.on_recover
     async def write_again() -> None:
