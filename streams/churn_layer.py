@@ -15,7 +15,7 @@ from datetime import datetime
 
 from models.churn import churn_due, churn_transition, likely_churned
 from models.due import next_due
-from models.events import Cause, ChurnRiskChanged, OrderEventT, Transition
+from models.events import Cause, ChurnRiskChanged, OrderEventT, OrderRefunded, Transition
 from models.fold import time_passes_to
 from models.predictions import PredictionModel
 from models.privacy import consented
@@ -28,9 +28,10 @@ from streams.shop_models import ShopModels
 
 def order_cause(order: OrderEventT) -> Cause:
     """The cause of a churn-risk move an order event brings about."""
-    return Cause(
-        kind=order.type, order_id=order.order_id, refund_id=getattr(order, "refund_id", None)
-    )
+    # not getattr(order, "refund_id", None): a missing attribute of a pydantic model costs an
+    # exception raised through its __getattr__, several microseconds per order
+    refund_id = order.refund_id if isinstance(order, OrderRefunded) else None
+    return Cause(kind=order.type, order_id=order.order_id, refund_id=refund_id)
 
 
 class ChurnLayer:

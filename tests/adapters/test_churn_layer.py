@@ -198,3 +198,17 @@ async def test_a_refit_rejudges_the_shops_customers_with_cause_model_refit() -> 
     assert [
         (m["customer_id"], m["move"], m["cause"]["kind"], m["model_version"]) for m in moves[1:]
     ] == [("ann", "no_longer_likely_churned", "model_refit", "p2")]
+
+
+def test_an_order_event_s_cause_names_its_order_and_only_a_refund_its_refund() -> None:
+    from models.events import Cause
+    from streams.churn_layer import order_cause
+    from tests.factories import cancelled, model, refunded
+
+    assert order_cause(model(placed("c", "o1", 1))) == Cause(kind="order_placed", order_id="o1")
+    assert order_cause(model(cancelled("c", "o1", 2))) == Cause(
+        kind="order_cancelled", order_id="o1"
+    )
+    assert order_cause(model(refunded("c", "o1", 3, 500, "r9"))) == Cause(
+        kind="order_refunded", order_id="o1", refund_id="r9"
+    )
