@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.events import ORDER_EVENT
+
+if TYPE_CHECKING:
+    from models.bgnbd import BgNbdParams
+    from models.predictions import PredictionModel
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -103,3 +107,20 @@ def burst_days(rng: Any) -> list[float]:
 def first_day(day: float) -> datetime:
     """00:00 UTC of the day of ``at(day)`` (the origin of a customer's BG/NBD T)."""
     return datetime.combine(at(day).date(), datetime.min.time(), tzinfo=UTC)
+
+
+def prediction_model(bgnbd: BgNbdParams, **fields: Any) -> PredictionModel:
+    """A shop's prediction model with ``bgnbd`` (``models.bgnbd.BgNbdParams``): the default
+    shop's, version ``p1``, fitted on 2026-01-01 on 100 customers (50 repeat buyers), unless
+    ``fields`` say otherwise (``gamma_gamma``, ``clv_percentiles`` ...)."""
+    from models.predictions import PredictionModel  # numpy and scipy: only when asked
+
+    defaults: dict[str, Any] = {
+        "shop_id": "default",
+        "version": "p1",
+        "fitted_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "customers": 100,
+        "repeat_buyers": 50,
+        "log_likelihood": -4.0,
+    }
+    return PredictionModel(**{**defaults, **fields, "bgnbd": bgnbd})

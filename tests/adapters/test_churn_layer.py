@@ -20,7 +20,7 @@ from streams.codecs import decode_header, decode_stored_due
 from streams.dlq import SourceRecord
 from streams.processor import Processor
 from tests.adapters.fakes import Worker
-from tests.factories import at, placed
+from tests.factories import at, placed, prediction_model
 
 RULES = load_rules()
 THRESHOLD = RULES.predictions.churn_threshold_for("default")
@@ -30,14 +30,10 @@ KEY = "default/ann"
 def _model(
     version: str = "p1", fitted: int = 1, a: float = 0.793, b: float = 2.426
 ) -> PredictionModel:
-    return PredictionModel(
-        shop_id="default",
+    return prediction_model(
+        BgNbdParams(r=0.243, alpha=4.414, a=a, b=b),
         version=version,
         fitted_at=datetime(2026, 1, fitted, tzinfo=UTC),
-        customers=100,
-        repeat_buyers=50,
-        bgnbd=BgNbdParams(r=0.243, alpha=4.414, a=a, b=b),
-        log_likelihood=-4.0,
     )
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from config.rules import load_rules
 from models.bgnbd import BgNbdParams
-from models.predictions import PredictionModel
 from streams.calibrations import read_calibrations
 from streams.changelog import read_topic
 from streams.cli.replay import publish
@@ -22,6 +21,7 @@ from streams.predictions import publish_models
 from streams.topics import ensure_topics
 from streams.worker import spawn_worker, stop_worker
 from tests.conftest import free_port, settings_from, wait_for
+from tests.factories import prediction_model
 
 pytestmark = pytest.mark.integration
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -219,14 +219,8 @@ async def test_a_repeat_buyer_becomes_likely_churned_at_the_crossing_by_the_wall
     T = (target - origin) / timedelta(days=1)
     # 1 / (1 + a/b ((alpha+T)/(alpha+t_x))^(r+1)) = threshold, solved for b (x = 1)
     b = a * ((alpha + T) / (alpha + t_x)) ** (r + 1) * threshold / (1 - threshold)
-    model = PredictionModel(
-        shop_id="default",
-        version="p-wall",
-        fitted_at=now,
-        customers=100,
-        repeat_buyers=50,
-        bgnbd=BgNbdParams(r=r, alpha=alpha, a=a, b=b),
-        log_likelihood=-4.0,
+    model = prediction_model(
+        BgNbdParams(r=r, alpha=alpha, a=a, b=b), version="p-wall", fitted_at=now
     )
     await publish_models(settings, [model])
     orders = [

@@ -3,7 +3,7 @@ whatever the steps of time, moved back by an order, re-judged by a refit."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -28,7 +28,7 @@ from models.fold import time_passes_to
 from models.frozen import evolve
 from models.predictions import PredictionModel, bgnbd_inputs
 from models.rules import PredictionRules, SegmentRule
-from tests.factories import at, placed
+from tests.factories import at, placed, prediction_model
 from tests.unit.core import MODEL as SEGMENTS
 from tests.unit.core import fold
 
@@ -36,15 +36,7 @@ CDNOW = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
 
 
 def _model(params: BgNbdParams = CDNOW, version: str = "p1") -> PredictionModel:
-    return PredictionModel(
-        shop_id="default",
-        version=version,
-        fitted_at=datetime(2026, 1, 1, tzinfo=UTC),
-        customers=100,
-        repeat_buyers=50,
-        bgnbd=params,
-        log_likelihood=-4.0,
-    )
+    return prediction_model(params, version=version)
 
 
 MODEL = _model()

@@ -22,14 +22,13 @@ from models.bgnbd import (
 )
 from models.predictions import (
     BgNbdInputs,
-    PredictionModel,
     bgnbd_inputs,
     fit_shop,
     likely_churned_at,
     predict,
 )
 from models.spend import GammaGammaParams, clv, expected_spend, monthly_rate
-from tests.factories import T0, at, cancelled, placed, refunded
+from tests.factories import T0, at, cancelled, placed, prediction_model, refunded
 from tests.unit.core import fold
 
 CDNOW = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
@@ -179,16 +178,10 @@ def test_expected_orders_and_clv_stay_finite_when_a_and_b_are_large() -> None:
     # recent customers came out as -inf or NaN.
     bg = BgNbdParams(r=1.405, alpha=93.44, a=674.6, b=11_550.0)
     gg = GammaGammaParams(p=3.288, q=28_920.0, v=9.156e7)
-    model = PredictionModel(
-        shop_id="s",
-        version="v",
-        fitted_at=T0,
-        customers=200,
-        repeat_buyers=177,
-        bgnbd=bg,
-        log_likelihood=0.0,
-        gamma_gamma=gg,
-    )
+    model = prediction_model(
+        bg, shop_id="s", version="v", fitted_at=T0, customers=200, repeat_buyers=177,
+        log_likelihood=0.0, gamma_gamma=gg,
+    )  # fmt: skip
     for x, t_x, T in ((0, 0.0, 1.0), (0, 0.0, 10.0), (2, 5.0, 10.0), (5, 25.0, 30.0)):
         orders = expected_orders(bg, [30.0, 90.0, 360.0, 3650.0], x, t_x, T)
         assert np.all(np.isfinite(orders))
@@ -388,16 +381,10 @@ def test_one_customers_predictions_equal_the_array_formulas(
 ) -> None:
     x, t_x, T = history
     gg = GammaGammaParams(p=6.25, q=3.74, v=15.44)
-    model = PredictionModel(
-        shop_id="s",
-        version="v",
-        fitted_at=T0,
-        customers=1,
-        repeat_buyers=1,
-        bgnbd=p,
-        log_likelihood=0.0,
-        gamma_gamma=gg,
-    )
+    model = prediction_model(
+        p, shop_id="s", version="v", fitted_at=T0, customers=1, repeat_buyers=1,
+        log_likelihood=0.0, gamma_gamma=gg,
+    )  # fmt: skip
     got = predict(model, BgNbdInputs(x, t_x, T, monetary, T0), horizon, 12, 0.1)
     assert got.p_alive == pytest.approx(float(p_alive(p, x, t_x, T)), rel=1e-9, abs=1e-300)
     assert got.expected_orders == pytest.approx(

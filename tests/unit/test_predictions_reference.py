@@ -16,6 +16,7 @@ from lifetimes import datasets
 from models.bgnbd import BgNbdParams, expected_orders, fit_bgnbd, p_alive
 from models.predictions import BgNbdInputs, PredictionModel, predict
 from models.spend import GammaGammaParams, clv, expected_spend, fit_gamma_gamma
+from tests.factories import prediction_model
 
 # Fader, Hardie and Lee (2005), "Counting your customers the easy way", section 5.
 PUBLISHED = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
@@ -115,12 +116,4 @@ def test_expected_orders_stay_finite_when_a_and_b_are_large() -> None:
 
 
 def _model(params: BgNbdParams) -> PredictionModel:
-    return PredictionModel(
-        shop_id="s",
-        version="p1",
-        fitted_at=datetime(2026, 1, 1, tzinfo=UTC),
-        customers=1,
-        repeat_buyers=1,
-        bgnbd=params,
-        log_likelihood=0.0,
-    )
+    return prediction_model(params, shop_id="s", customers=1, repeat_buyers=1, log_likelihood=0.0)

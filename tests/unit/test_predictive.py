@@ -4,7 +4,7 @@ a bound flips, and a refit re-decides with cause ``model_refit``."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +21,7 @@ from models.predictive import Predictive, clv_crossing, clv_cutoff
 from models.rules import Condition, SegmentRule
 from models.segment_model import SegmentModel, bootstrap_calibration, needs_reevaluation
 from models.spend import GammaGammaParams
-from tests.factories import at, model, placed
+from tests.factories import at, model, placed, prediction_model
 from tests.unit.core import RULES, fold
 
 HIGH_VALUE_AT_RISK = SegmentRule(
@@ -35,14 +35,9 @@ CUTOFF = 5000.0  # the shop's top fifth starts at this CLV
 
 
 def _prediction(version: str = "p1", b: float = 2.426) -> PredictionModel:
-    return PredictionModel(
-        shop_id="default",
+    return prediction_model(
+        BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=b),
         version=version,
-        fitted_at=datetime(2026, 1, 1, tzinfo=UTC),
-        customers=100,
-        repeat_buyers=50,
-        bgnbd=BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=b),
-        log_likelihood=-4.0,
         gamma_gamma=GammaGammaParams(p=6.25, q=3.74, v=15.44),
         # percentiles 1 to 99: the 80th is CUTOFF
         clv_percentiles=tuple(CUTOFF * (i / 80) for i in range(1, 100)),
