@@ -281,11 +281,6 @@ class Settings(BaseSettings):
         return f"{self.app_id}-clock"
 
     @property
-    def activity_topic(self) -> str:
-        """Internal: the worker's activity records, which the segment insights add up."""
-        return f"{self.app_id}-activity"
-
-    @property
     def calibrations_topic(self) -> str:
         """Compacted topic with the latest calibration of every shop (key: shop id)."""
         return f"{self.app_id}-calibrations"

@@ -15,13 +15,13 @@ from config.settings import Settings
 from models.rules import SegmentRules
 from models.scoring import Calibration
 from streams import framework, web
-from streams.bootstrap import build_processor, stop_after_failed_write
+from streams.bootstrap import build_processor
 from streams.calibrations import follow_calibrations, recalibrate, recalibration_due
 from streams.clients import faust_broker_options
 from streams.dlq import SourceRecord
 from streams.framework import intake
 from streams.framework.store_age import discard_stale_stores
-from streams.insights import agent as insights
+from streams.insights import tables as insights
 from streams.lag import LagProbe
 from streams.predictions import fit_and_publish, fit_due, follow_models
 from streams.processor import Processor
@@ -102,12 +102,12 @@ def create_app(
     customers = table(settings.table_name)
     # Erased customers, by a hash of their id: their orders start nothing until new consent.
     erasures = table("erasures")
+    # The segment insights' tables, written in the worker's batches (streams/insights/).
+    kept = insights.register(app, settings, table) if settings.insights else None
     processor = build_processor(
-        app, settings, rules, calibrations, (customers, erasures), partitions
+        app, settings, rules, calibrations, (customers, erasures), partitions, kept
     )
     _agent(app, settings, processor)
-    if settings.insights:
-        insights.register(app, settings, table, stop_after_failed_write)  # streams/insights/
     orders = web.register(app, settings, processor)
 
     @customers.on_recover

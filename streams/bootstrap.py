@@ -14,7 +14,7 @@ from config.settings import Settings
 from models.routing import Routing, marketing_transitions
 from models.rules import SegmentRules
 from models.scoring import Calibration
-from streams.checkpoint import Checkpoint
+from streams.checkpoint import Checkpoint, Insights
 from streams.clock import Clock
 from streams.dlq import DeadLetters
 from streams.framework.consumer import input_end
@@ -42,8 +42,10 @@ def build_processor(
     calibrations: dict[str, Calibration],
     tables: tuple[Any, Any],
     partitions: int,
+    insights: Insights | None = None,
 ) -> Processor:
-    """The processing of a worker of ``app``, over its customers and erasures ``tables``."""
+    """The processing of a worker of ``app``, over its customers and erasures ``tables``; with
+    the segment insights' tables if given."""
     customers, erasures = tables
     metrics = WorkerMetrics()
 
@@ -89,7 +91,7 @@ def build_processor(
         settings.clock,
         input_end(app, settings.orders_topic) if settings.clock == "wall" else None,
     )
-    checkpoint = Checkpoint(stores.customers, cache, sink, stop_after_failed_write)
+    checkpoint = Checkpoint(stores.customers, cache, sink, stop_after_failed_write, insights)
     # The predictions are written with each state (computed from it, outside the fold).
     predictions = ShopPredictions.from_settings(settings)
     cache.extra_fields = predictions.fields
@@ -101,7 +103,7 @@ def topics(settings: Settings, rules: SegmentRules) -> Topics:
     return Topics(
         transitions=settings.transitions_topic,
         marketing={name: settings.marketing_topic(name) for name in marketing_transitions(rules)},
-        activity=settings.activity_topic if settings.insights else None,
+        insights=settings.insights,
     )
 
 

@@ -15,6 +15,11 @@ batch is committed (``commit``), in four steps:
 A crash anywhere before step 4 leaves the offsets uncommitted: the records are processed again
 and, being idempotent, give the same state and the same transition ids.
 
+With the segment insights on, step 2 first adds up the batch's activity records
+(``streams.insights``) and waits for their changelog records: the customers' states, which
+say an order was applied, come after what the insights counted of it (a record added up again
+after a crash counts once: the insights keep the ids they applied).
+
 A batch's commit goes on while the next batch is processed (one batch is committed at a time,
 in order; the processing gives the event loop a turn every ``RECORDS_PER_TURN`` records): the
 next batch reads the states of the batch being committed from its overlay until they are in
@@ -32,6 +37,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from models.events import Metrics
+from models.insights import Activity
 from models.state import CustomerState
 from streams.codecs import Judged, encode_stored
 from streams.dlq import SourceRecord
@@ -69,6 +75,17 @@ class Cache(Protocol):
     async def remove(
         self, shop_id: str, customer_id: str, partition: int | None = None
     ) -> bool: ...
+
+
+class Insights(Protocol):
+    """The segment insights (``streams.insights.tables.Insights``): ``rows`` computes what a
+    batch's activity records change, ``write`` writes it (the same rows if tried again)."""
+
+    def rows(self, activity: Sequence[tuple[int, Activity]]) -> Any: ...
+
+    def write(self, rows: Any) -> None: ...
+
+    async def durable(self) -> None: ...
 
 
 class Status(enum.Enum):
@@ -113,6 +130,8 @@ class Batch:
     status: Status = Status.PROCESSING
     changes: dict[str, Change] = field(default_factory=dict)
     deliveries: list[Any] = field(default_factory=list)
+    # the activity records of its records (with their partitions), for the insights
+    activity: list[tuple[int, Activity]] = field(default_factory=list)
 
 
 class Checkpoint:
@@ -124,8 +143,10 @@ class Checkpoint:
         cache: Cache,
         sink: TransitionSink,
         on_write_failed: Callable[[BaseException], None] = lambda _exc: None,
+        insights: Insights | None = None,
     ) -> None:
         self.store = store
+        self.insights = insights
         self.cache = cache
         self.sink = sink
         # Told at once when a commit fails (the broker refused its transitions or its
@@ -176,6 +197,7 @@ class Checkpoint:
             # broker refuses one, none that follows it for the customer goes out before it.
             await asyncio.gather(*self._committing.deliveries)
         batch.deliveries += await self.sink.flush()  # the batch's transitions
+        batch.activity += self.sink.take_activity()
         await self.drain()  # one batch's commit at a time, in order
         self._committing = batch
         self._committer = committer = asyncio.create_task(self.commit(batch, written))
@@ -204,11 +226,18 @@ class Checkpoint:
         batch.status = Status.COMMITTED
 
     async def _write(self, batch: Batch) -> None:
-        if not (batch.changes or batch.deliveries):
+        if not (batch.changes or batch.deliveries or batch.activity):
             return
         changes = batch.changes
         # 1. Transitions, dead letters and receipts acknowledged: never a state without them.
         await asyncio.gather(*batch.deliveries)
+        # 2a. The insights: what the batch's records add up to, in their changelogs first.
+        if batch.activity and self.insights is not None:
+            insights = self.insights
+            rows = insights.rows(batch.activity)
+            await self._retrying(lambda: insights.write(rows))
+            await insights.durable()
+        batch.activity = []
         # 2. The table: each changed customer once (an unchanged one goes to Redis only: a
         # record processed again after a crash finds its effect in the table while the crash
         # may have lost its Redis write).
@@ -221,9 +250,8 @@ class Checkpoint:
                 await self.cache.remove(state.shop_id, state.customer_id, change.partition)
             else:
                 writes.append((state, change.figures))
-        await self._put(
-            [(c.partition, key.encode(), c.stored()) for key, c in changes.items() if c.changed]
-        )
+        rows = [(c.partition, key.encode(), c.stored()) for key, c in changes.items() if c.changed]
+        await self._retrying(lambda: self.store.put_many(rows))
         # In the table now: later batches read the states from there. (Not emptied before:
         # until now the next batch, processed meanwhile, reads them from ``changes``.)
         batch.changes, batch.deliveries = {}, []
@@ -233,14 +261,15 @@ class Checkpoint:
         # so the states must not be only in the local store.
         await asyncio.gather(self.cache.write(writes), self.store.durable())
 
-    async def _put(self, rows: list[Row]) -> None:
-        """Step 2; on a full disk, tried again with a backoff until there is room (a worker
-        that exits instead deletes its store at the restart and fills the disk again with its
-        rebuild). The rows are the same at every attempt: written twice, nothing changes."""
+    async def _retrying(self, write: Callable[[], None]) -> None:
+        """A write of step 2; on a full disk, tried again with a backoff until there is room
+        (a worker that exits instead deletes its store at the restart and fills the disk again
+        with its rebuild). The rows are the same at every attempt: written twice, nothing
+        changes."""
         attempt = 1
         while True:
             try:
-                self.store.put_many(rows)
+                write()
             except Exception as exc:
                 if not disk_full(exc):
                     raise
@@ -281,6 +310,7 @@ class Checkpoint:
         batch = self._running
         if batch is not None:
             batch.deliveries += await self.sink.flush()
+            batch.activity += self.sink.take_activity()
             await self._write(batch)
 
     # -- the overlay ----------------------------------------------------------------------------

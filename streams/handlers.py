@@ -192,7 +192,7 @@ class Handlers:
             await self._dead_letter(record, "state_too_large", str(exc))
             return
         if state is None or new_state.revision != state.revision:  # applied: for the insights
-            self.outputs.sink.stage_order(order, state, new_state)
+            self.outputs.sink.stage_order(order, state, new_state, partition)
         if waits_for_its_order(state, new_state, order):
             self._unmatched(record, order.type, order.order_id)
 
@@ -279,7 +279,10 @@ class Handlers:
         state = self._load_in(key, partition)
         if state is not None:
             model = self.models.model_for(event.shop_id)
-            await self.outputs.sink.send(erase(state, event, model), force=True)
+            # its transitions acknowledged, and what they change in the insights written,
+            # before anything is deleted: a replayed request finds nothing to erase
+            self.outputs.sink.stage(erase(state, event, model), partition, force=True)
+            await self.checkpoint.write_running()
             self.customers -= 1
         # a tombstone on this partition of the compacted changelog, found or not
         self.stores.customers.delete_in(partition, key.encode(), stored=state is not None)
@@ -416,7 +419,7 @@ class Handlers:
         if changed:  # too large to write: refused before anything of it is staged
             key = state.key
             check_size(f"the state of customer {key}", key.encode(), change.stored())
-        emitted_at = self.outputs.sink.stage(transitions)
+        emitted_at = self.outputs.sink.stage(transitions, partition)
         if previous is None:
             self.customers += 1
         self.clock.index.schedule(partition, state.key, merged_due(due, churn))

@@ -2,7 +2,10 @@
 together when it ends (``flush``), or dropped when the batch is processed again (``discard``).
 
 Every transition goes to the transitions topic; to the marketing topic of its type when the
-routing (``models.routing``) says so.
+routing (``models.routing``) says so. With the segment insights on, the activity records of
+the batch (an applied order event, a segment move of another cause: ``models.insights``) are
+held beside them, with their partitions, for the batch's commit to add up
+(``take_activity``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from models.events import SegmentChanged, Transition
+from models.insights import Activity
 from models.routing import Routing
 from models.state import CustomerState
 from streams.codecs import encode_transition
-from streams.insights.records import Order, encode_activity, move_activity, order_activity
+from streams.insights.records import Order, move_activity, order_activity
 from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -61,11 +65,11 @@ class Outbox(Protocol):
 @dataclass(frozen=True)
 class Topics:
     """The transitions topic, and the marketing topic of each transition name that has one;
-    the activity topic the segment insights are computed from (None: none)."""
+    whether the segment insights are kept (the activity records held for them)."""
 
     transitions: str
     marketing: Mapping[str, str]
-    activity: str | None = None
+    insights: bool = False
 
 
 class TransitionSink:
@@ -78,12 +82,14 @@ class TransitionSink:
         self.topics = topics
         self.routing = routing
         self.metrics = metrics
+        # The activity records of what is staged, with the partition of their customer.
+        self.activity: list[tuple[int, Activity]] = []
 
-    def stage(self, transitions: list[Transition], force: bool = False) -> datetime:
+    def stage(self, transitions: list[Transition], partition: int, force: bool = False) -> datetime:
         """Hold transitions for the transitions topic and the marketing topics (``force``: to
         marketing whatever the backfill setting: an erasure must reach downstream); returns
-        the emission time. Raises ``RecordTooLarge`` (and stages nothing) if one of them
-        would be too large to send."""
+        the emission time. ``partition``: their customer's. Raises ``RecordTooLarge`` (and
+        stages nothing) if one of them would be too large to send."""
         emitted_at = datetime.now(UTC)
         debug = log.isEnabledFor(logging.DEBUG)
         route, topics = self.routing, self.topics
@@ -117,20 +123,23 @@ class TransitionSink:
                 )
             if route.to_marketing(transition.transition, transition.cause.kind, force=force):
                 self.outbox.add(topics.marketing[transition.transition], key, value)
-            if topics.activity and isinstance(transition, SegmentChanged):
+            if topics.insights and isinstance(transition, SegmentChanged):
                 move = move_activity(transition)  # None: its order event's record carries it
                 if move is not None:
-                    self.outbox.add(topics.activity, key, encode_activity(move))
+                    self.activity.append((partition, move))
         return emitted_at
 
-    def stage_order(self, order: Order, before: CustomerState | None, after: CustomerState) -> None:
-        """Hold the activity record of an applied order event (segment insights), sent with
-        the batch's transitions."""
-        if self.topics.activity:
-            activity = order_activity(order, before, after)
-            self.outbox.add(
-                self.topics.activity, after.customer_id.encode(), encode_activity(activity)
-            )
+    def stage_order(
+        self, order: Order, before: CustomerState | None, after: CustomerState, partition: int
+    ) -> None:
+        """Hold the activity record of an applied order event (segment insights)."""
+        if self.topics.insights:
+            self.activity.append((partition, order_activity(order, before, after)))
+
+    def take_activity(self) -> list[tuple[int, Activity]]:
+        """The activity records held so far, in the order staged; held no more."""
+        activity, self.activity = self.activity, []
+        return activity
 
     async def flush(self) -> list[asyncio.Future[Any]]:
         """Send everything staged; the futures resolve once the broker has acknowledged it."""
@@ -139,9 +148,4 @@ class TransitionSink:
     def discard(self) -> None:
         """Drop everything staged (its batch is processed again)."""
         self.outbox.clear()
-
-    async def send(self, transitions: list[Transition], force: bool = False) -> datetime:
-        """Stage, send and wait until the broker has acknowledged everything staged."""
-        emitted_at = self.stage(transitions, force)
-        await asyncio.gather(*await self.flush())
-        return emitted_at
+        self.activity = []

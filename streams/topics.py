@@ -64,7 +64,6 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
         wanted = {
             settings.orders_topic: partitions,
             settings.clock_topic: partitions,
-            settings.activity_topic: partitions,  # keyed by customer, read with its table
             # consent and erasure are co-partitioned with orders: keyed by customer as well
             settings.consent_topic: partitions,
             settings.erasure_topic: partitions,
@@ -95,7 +94,6 @@ async def ensure_topics(settings: Settings, marketing: Iterable[str] = ()) -> in
             settings.clock_topic,
             settings.consent_topic,
             settings.erasure_topic,
-            settings.activity_topic,
         ):
             count = current.get(name, partitions)
             if count != partitions:

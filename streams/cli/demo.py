@@ -53,7 +53,7 @@ DEMO = {
     "prediction_min_repeat_buyers": "10",
 }
 DONE_TIMEOUT_SECONDS = 180.0
-# The insights agent copies its totals to Redis every second: settled once unchanged this long.
+# The workers copy their insight totals to Redis every second: settled once unchanged this long.
 INSIGHTS_SETTLED_SECONDS = 2.5
 FEATURED_CUSTOMER = "c008-lapsing"  # the customer the README follows
 
@@ -139,7 +139,6 @@ async def _reset(settings: Settings, marketing: list[str]) -> None:
             settings.erasure_topic,
             settings.erasure_receipts_topic,
             f"{settings.app_id}-erasures-changelog",
-            settings.activity_topic,
             f"{settings.app_id}-insights-customers-changelog",
             f"{settings.app_id}-insights-totals-changelog",
             *(settings.marketing_topic(name) for name in marketing),
@@ -332,7 +331,7 @@ async def _summary(settings: Settings, bootstrap: dict[str, int]) -> None:
 
 
 async def _insights_settled(settings: Settings) -> None:
-    """Wait until the insights agent's totals in Redis stop changing (after the worker caught
+    """Wait until the insight totals in Redis stop changing (after the worker caught
     up, its last records are still being added up)."""
     client = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
     key = version_key(settings.redis_prefix, "default")

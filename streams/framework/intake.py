@@ -233,8 +233,8 @@ class Buffer:
         self._room = asyncio.Event()
         self._room.set()
         self._active: Delivered | None = None
-        # What the conductor's handler builder looks for: the buffer of each topic (one per
-        # agent: the worker's inputs, the insights' activity records).
+        # What the conductor's handler builder looks for: the buffer of each topic (an agent's
+        # buffer takes its topics; a topic has one buffer at most).
         buffers: dict[str, Buffer] | None = getattr(app, "_segmenter_buffers", None)
         if buffers is None:
             buffers = app._segmenter_buffers = {}

@@ -1,2 +1,2 @@
-"""Segment insights: the worker's activity records, the agent that adds them up, their Redis
-copy, and the marketers' HTTP API and dashboard (``segmenter api``)."""
+"""Segment insights: the tables the worker adds its activity records up in, their Redis copy,
+and the marketers' HTTP API and dashboard (``segmenter api``)."""

@@ -1,5 +1,5 @@
-"""Activity records (``models.insights.Activity``) <-> bytes, and the records of a worker's
-order events and segment moves."""
+"""The activity records (``models.insights.Activity``) of a worker's order events and segment
+moves."""
 
 from __future__ import annotations
 
@@ -8,23 +8,6 @@ from models.insights import Activity, order_activity_id
 from models.state import CustomerState
 
 Order = OrderPlaced | OrderCancelled | OrderRefunded
-
-
-class ActivityDecodeError(ValueError):
-    """An activity record that is not one."""
-
-
-def encode_activity(activity: Activity) -> bytes:
-    return activity.__pydantic_serializer__.to_json(activity, exclude_defaults=True)
-
-
-def decode_activity(value: bytes | None) -> Activity:
-    if not value:
-        raise ActivityDecodeError("an empty activity record")
-    try:
-        return Activity.model_validate_json(value)
-    except ValueError as exc:
-        raise ActivityDecodeError(str(exc)) from exc
 
 
 ORDER_CAUSES = frozenset({"order_placed", "order_cancelled", "order_refunded"})

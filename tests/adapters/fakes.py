@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 
 from config.rules import load_rules
+from models.insights import Activity
 from models.routing import Routing
 from models.rules import SegmentRules
 from streams.checkpoint import Checkpoint
 from streams.clock import Clock, ClockMode, InputEnd
 from streams.dlq import DeadLetters
 from streams.handlers import Handlers, Outputs, Stores
+from streams.insights.tables import Insights
 from streams.metrics import WorkerMetrics
 from streams.processor import Processor
 from streams.shop_models import ShopModels
@@ -78,7 +80,7 @@ class Outbox:
 
     def _sent(self, value: bytes | None) -> asyncio.Future[None]:
         body = orjson.loads(value or b"{}")
-        self.log.append(("send", body.get("event_id") or body["id"]))  # a transition, an activity
+        self.log.append(("send", body.get("event_id") or body["id"]))  # a transition
         return _delivery(self.manual, self.pending)
 
     def ack_all(self) -> None:
@@ -149,6 +151,26 @@ class Store(dict[bytes, bytes]):
             await self.gate.wait()
 
 
+class InsightTables(Insights):
+    """The segment insights' tables over in-memory stores: ``added`` holds every activity
+    record added up, in order; ``rows`` and ``durable`` are logged to the worker's log."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+        self.customers = Store(Log())  # type: ignore[assignment]
+        self.totals = Store(Log())  # type: ignore[assignment]
+        self.dirty: set[bytes] = set()
+        self.added: list[tuple[int, Activity]] = []
+
+    def rows(self, activity: Sequence[tuple[int, Activity]]) -> Any:
+        self.log.append(("insights", len(activity)))
+        self.added += activity
+        return super().rows(activity)
+
+    async def durable(self) -> None:
+        self.log.append(("insights durable", len(self.added)))
+
+
 class Cache:
     pending = 0
     errors = 0
@@ -185,7 +207,7 @@ class Worker:
         rules: SegmentRules | None = None,
         partitions: int | None = None,
         backfill: bool = True,
-        activity: str | None = None,
+        insights: bool = False,
     ) -> None:
         self.log = Log()
         self.outbox = Outbox(self.log, manual)
@@ -198,11 +220,12 @@ class Worker:
         metrics = WorkerMetrics()
         sink = TransitionSink(
             self.outbox,
-            Topics("transitions", {}, activity),
+            Topics("transitions", {}, insights),
             Routing(frozenset(), backfill),
             metrics,
         )
-        checkpoint = Checkpoint(self.table, self.cache, sink, self.failures.append)
+        self.insights = InsightTables(self.log) if insights else None
+        checkpoint = Checkpoint(self.table, self.cache, sink, self.failures.append, self.insights)
         handlers = Handlers(
             ShopModels(rules or load_rules(), {}),
             Stores(self.table, self.erasures, self.cache, partitions),

@@ -169,6 +169,27 @@ async def test_a_full_disk_holds_the_commit_until_there_is_room() -> None:
     assert worker.failures == []  # the worker did not stop
 
 
+async def test_a_full_disk_holds_the_insights_write_and_counts_nothing_twice() -> None:
+    worker = Worker(insights=True)
+    assert worker.insights is not None
+    totals = worker.insights.totals
+    put = totals.put_many
+    calls = [0]
+
+    def put_many(rows: Any) -> None:  # the second write of the totals finds the disk full
+        calls[0] += 1
+        put(rows)
+        if calls[0] in (1, 2):
+            raise OSError(28, "No space left on device")
+
+    totals.put_many = put_many  # type: ignore[method-assign]
+    _, acked = await _run(worker, worker.processor.on_order, [_order(0), _order(1, "c2")])
+    assert acked == [0, 1] and worker.failures == []
+    assert len(worker.waits) == 2 and calls[0] == 3  # tried again until it went through
+    assert totals[b"0\x1fshop\x1fn"] == b"2"  # written three times, counted once
+    assert b"shop/c1" in worker.table and b"shop/c2" in worker.table
+
+
 @pytest.mark.parametrize(
     ("error", "dependency", "full"),
     [

@@ -1,5 +1,5 @@
 """The insights API on the real devstack: a worker replays a half year of orders in event-time
-mode, ``segmenter api`` serves what its insights agent added up, and the sizes, flows, revenue,
+mode, ``segmenter api`` serves what its workers added up, and the sizes, flows, revenue,
 orders and retention it answers equal those computed here from the input orders and the
 transitions the worker published; members come in pages and as CSV; an erased customer is
 never returned."""
@@ -193,7 +193,7 @@ async def test_the_api_answers_what_the_orders_and_transitions_add_up_to(
     segments = list(load_rules().segment_names)
     shop = f"{base}/api/shops/shop-a"
 
-    # -- the API, once the insights agent has added everything up --------------------------------
+    # -- the API, once the workers have added everything up ---------------------------------------
     period = "start=2024-12-01&end=2026-12-31"
     performance = await wait_for(
         lambda: api_get(f"{shop}/performance?{period}"),
