@@ -164,6 +164,9 @@ def apply_activity(
     """The customer's insight state after ``record`` and what the record adds to the totals
     (None: nothing, as for a record applied before). A move out of every segment caused by an
     erasure leaves no state behind."""
+    erasure = record.kind == "move" and record.to_segment is None and record.cause == "erasure"
+    if customer is None and erasure:  # erased already (a replay), or never counted in
+        return None, None
     current = customer or CustomerInsight()
     rid = short_id(record.id)
     if rid in current.seen:
@@ -216,7 +219,7 @@ def apply_activity(
         revenue=revenue,
         retained=retained_now,
     )
-    if record.kind == "move" and record.to_segment is None and record.cause == "erasure":
+    if erasure:
         return None, contribution
     new = CustomerInsight.model_construct(
         segment=segment,

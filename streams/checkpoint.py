@@ -305,13 +305,21 @@ class Checkpoint:
 
     async def write_running(self) -> None:
         """Steps 1 to 3 for the running batch so far, after the batch being committed (what
-        follows, an erasure, must come after every earlier change of the customer)."""
+        follows, an erasure, must come after every earlier change of the customer).
+
+        A failure stops the worker (``on_write_failed``), as a failed commit does: the local
+        tables may then hold rows whose changelog records never arrived, and the batch
+        processed again in place would find its effects there and send them no more."""
         await self.drain()
         batch = self._running
         if batch is not None:
-            batch.deliveries += await self.sink.flush()
-            batch.activity += self.sink.take_activity()
-            await self._write(batch)
+            try:
+                batch.deliveries += await self.sink.flush()
+                batch.activity += self.sink.take_activity()
+                await self._write(batch)
+            except Exception as exc:
+                self.on_write_failed(exc)
+                raise
 
     # -- the overlay ----------------------------------------------------------------------------
 

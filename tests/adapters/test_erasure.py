@@ -228,3 +228,25 @@ def test_the_receipts_of_every_partition_combine_into_one() -> None:
     }
     nothing = combine([receipt(p, False, True) for p in range(3)], 3)
     assert (nothing["state_deleted"], nothing["state_found_on"]) == (False, [])
+
+
+async def test_an_erasure_whose_writes_are_refused_stops_the_worker() -> None:
+    """The insight tables' changelog refused while an erasure writes the batch so far: the
+    worker stops (as for a failed commit) instead of processing the batch again in place,
+    which would find the insights already in the local tables and never send them."""
+    worker = Worker(insights=True)
+    await _run(worker, [_order("c1", "o1", 0, 0)], "on_order")
+    insights = worker.insights
+    assert insights is not None
+    refused = ConnectionError("the broker refused the insight tables' changelog records")
+
+    calls: list[int] = []
+
+    async def durable() -> None:  # refused once (a real worker exits there and then)
+        calls.append(1)
+        if len(calls) == 1:
+            raise refused
+
+    insights.durable = durable  # type: ignore[method-assign]
+    await _run(worker, [_erasure("c1", 0, 0)], "on_erasure")
+    assert worker.failures == [refused]

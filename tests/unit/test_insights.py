@@ -133,6 +133,16 @@ def test_an_erasure_leaves_no_state_but_counts_the_exit() -> None:
     assert days["2025-01-06"].left == {"new": 1}
 
 
+def test_an_erasure_replayed_after_its_state_went_counts_the_exit_once() -> None:
+    """A crash after the insights dropped the erased customer's state, before the erasure's
+    offset was committed: the replayed erasure finds no state (and no ids to recognise it)."""
+    erased = move("t2", at("2025-01-06"), "new", None, cause="erasure")
+    state, days, _ = fold([order("o1", at("2025-01-05"), None, "new", 1000), erased, erased])
+    assert state is None
+    assert days["2025-01-06"].left == {"new": 1}
+    assert apply_activity(None, erased) == (None, None)
+
+
 def test_an_empty_contribution_says_so() -> None:
     assert Contribution(day="2025-01-01", month="2025-01").empty
 
