@@ -24,10 +24,11 @@ Definitions:
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models.ids import uuid5_text
 
@@ -47,14 +48,14 @@ def short_id(record_id: str) -> str:
 OrderKind = Literal["order_placed", "order_cancelled", "order_refunded"]
 
 
-class Activity(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Activity:
     """One activity record: an applied order event (``kind="order"``), with the segments before
     and after it (the move it caused, if they differ), or a segment move of another cause
     (``kind="move"``: time, a recalibration, a rule change, consent, an erasure). ``at`` is the
     instant of the change (the customer's newest event time, as a transition's
-    ``event_time``)."""
-
-    model_config = ConfigDict(frozen=True)
+    ``event_time``). Built by the worker from values the fold checked (a plain class: one per
+    applied order)."""
 
     id: str
     kind: Literal["move", "order"]
@@ -87,12 +88,11 @@ def order_activity_id(shop_id: str, customer_id: str, kind: str, event_key: str)
     return uuid5_text(_ACTIVITY_NAMESPACE_BYTES, name)
 
 
-class CustomerInsight(BaseModel):
+@dataclass(frozen=True, slots=True)
+class CustomerInsight:
     """What the insights keep of one customer: the current segment, the month of the latest
     record with the segment held at its start and whether an order of it was counted, and the
-    ids of the latest records applied."""
-
-    model_config = ConfigDict(frozen=True)
+    ids of the latest records applied (stored as JSON: ``encode_insight``, ``decode_insight``)."""
 
     segment: str | None = None
     month: str | None = None
@@ -101,20 +101,32 @@ class CustomerInsight(BaseModel):
     seen: tuple[str, ...] = ()
 
 
-class Contribution(BaseModel):
+_INSIGHT: Final = TypeAdapter(CustomerInsight)
+
+
+def encode_insight(customer: CustomerInsight) -> bytes:
+    """A customer's insight state as stored."""
+    return _INSIGHT.dump_json(customer)
+
+
+def decode_insight(raw: bytes) -> CustomerInsight:
+    """A stored insight state, validated (raises ``pydantic.ValidationError``)."""
+    return _INSIGHT.validate_json(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
     """What one record adds to the totals: to day ``day`` (entries, exits, flows, orders,
     revenue) and to month ``month`` (retained customers)."""
 
-    model_config = ConfigDict(frozen=True)
-
     day: str
     month: str
-    entered: dict[str, int] = Field(default_factory=dict)
-    left: dict[str, int] = Field(default_factory=dict)
-    flows: dict[str, int] = Field(default_factory=dict)
-    orders: dict[str, int] = Field(default_factory=dict)
-    revenue: dict[str, int] = Field(default_factory=dict)
-    retained: dict[str, int] = Field(default_factory=dict)
+    entered: dict[str, int] = field(default_factory=dict)
+    left: dict[str, int] = field(default_factory=dict)
+    flows: dict[str, int] = field(default_factory=dict)
+    orders: dict[str, int] = field(default_factory=dict)
+    revenue: dict[str, int] = field(default_factory=dict)
+    retained: dict[str, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -137,6 +149,7 @@ class Totals(BaseModel):
     retained: dict[str, int] = Field(default_factory=dict)
 
 
+_NO_TOTALS: Final = Totals()
 NO_SEGMENT: Final = "-"
 
 
@@ -207,9 +220,7 @@ def apply_activity(
             retained = True
             if start is not None:
                 retained_now[start] = 1
-    # Built without validation (the values are the fold's own, of the fields' types): the fold
-    # runs for every record a worker produces.
-    contribution = Contribution.model_construct(
+    contribution = Contribution(
         day=day,
         month=month,
         entered=entered,
@@ -221,39 +232,65 @@ def apply_activity(
     )
     if erasure:
         return None, contribution
-    new = CustomerInsight.model_construct(
-        segment=segment,
-        month=month,
-        month_start_segment=start,
-        retained=retained,
-        seen=(*current.seen, rid)[-REMEMBERED_IDS:],
-    )
+    new = CustomerInsight(segment, month, start, retained, (*current.seen, rid)[-REMEMBERED_IDS:])
     return new, contribution
+
+
+class Tally:
+    """A totals row being added up: mutable, so a batch adds its contributions to each row in
+    place and builds the row (``totals``) once."""
+
+    __slots__ = ("entered", "flows", "left", "orders", "retained", "revenue")
+
+    def __init__(self, base: Totals | None = None) -> None:
+        base = base or _NO_TOTALS
+        self.entered = dict(base.entered)
+        self.left = dict(base.left)
+        self.flows = dict(base.flows)
+        self.orders = dict(base.orders)
+        self.revenue = dict(base.revenue)
+        self.retained = dict(base.retained)
+
+    def add(self, contribution: Contribution, *, monthly: bool) -> None:
+        """Add a contribution to the day's row (``monthly``: the month's)."""
+        if monthly:
+            _into(self.retained, contribution.retained)
+            return
+        _into(self.entered, contribution.entered)
+        _into(self.left, contribution.left)
+        _into(self.flows, contribution.flows)
+        _into(self.orders, contribution.orders)
+        _into(self.revenue, contribution.revenue)
+
+    def totals(self) -> Totals:
+        # the values are this fold's own, of the fields' types: built without validation
+        return Totals.model_construct(
+            entered=dict(self.entered),
+            left=dict(self.left),
+            flows=dict(self.flows),
+            orders=dict(self.orders),
+            revenue=dict(self.revenue),
+            retained=dict(self.retained),
+        )
 
 
 def add(totals: Totals | None, contribution: Contribution, *, monthly: bool) -> Totals:
     """The day's totals (``monthly``: the month's) with a contribution added."""
-    base = totals or Totals()
-    if monthly:
-        return Totals.model_construct(
-            **{**base.__dict__, "retained": _sum(base.retained, contribution.retained)}
-        )
-    return Totals.model_construct(
-        entered=_sum(base.entered, contribution.entered),
-        left=_sum(base.left, contribution.left),
-        flows=_sum(base.flows, contribution.flows),
-        orders=_sum(base.orders, contribution.orders),
-        revenue=_sum(base.revenue, contribution.revenue),
-        retained=base.retained,
-    )
+    tally = Tally(totals)
+    tally.add(contribution, monthly=monthly)
+    return tally.totals()
+
+
+def _into(into: dict[str, int], more: dict[str, int]) -> None:
+    for key, value in more.items():
+        into[key] = into.get(key, 0) + value
 
 
 def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     if not b:
         return a
     out = dict(a)
-    for key, value in b.items():
-        out[key] = out.get(key, 0) + value
+    _into(out, b)
     return out
 
 

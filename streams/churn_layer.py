@@ -11,6 +11,7 @@ Without a prediction model for the customer's shop every call here leaves things
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from models.churn import churn_due, churn_transition, likely_churned
@@ -81,7 +82,7 @@ class ChurnLayer:
         self,
         previous: CustomerState | None,
         state: CustomerState,
-        cause: Cause,
+        cause: Callable[[], Cause],
         consenting: bool,
     ) -> tuple[ChurnRiskChanged | None, bool]:
         """The churn-risk transition of an evaluation that turned ``previous`` into ``state``,
@@ -95,7 +96,7 @@ class ChurnLayer:
         if not consenting or (model is None and before_model is None and not was):
             return None, refit
         event = churn_transition(
-            previous, before_model, state, model, self.threshold(state.shop_id), cause, was
+            previous, before_model, state, model, self.threshold(state.shop_id), cause(), was
         )
         return event, refit
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 PARTITION_CHECK_EVERY = 64
 MISROUTED_LOG_SECONDS = 60.0
 E = TypeVar("E")
+# The cause of a churn-risk move a due time or a re-evaluation brings about.
+TIME = partial(Cause, kind="time")
 
 
 class Markers(Protocol):
@@ -186,7 +189,7 @@ class Handlers:
             return
         try:
             await self._save(
-                partition, new_state, transitions, previous=state, cause=order_cause(order)
+                partition, new_state, transitions, previous=state, cause=partial(order_cause, order)
             )
         except RecordTooLarge as exc:  # the customer goes on without this order
             await self._dead_letter(record, "state_too_large", str(exc))
@@ -254,7 +257,11 @@ class Handlers:
             return  # erased: nothing to withdraw from, and nothing to store
         new_state, transitions = apply_consent(state, event, self.models.model_for(event.shop_id))
         await self._save(
-            record.partition, new_state, transitions, previous=state, cause=Cause(kind=event.type)
+            record.partition,
+            new_state,
+            transitions,
+            previous=state,
+            cause=partial(Cause, kind=event.type),
         )
 
     async def on_erasure(self, record: SourceRecord) -> None:
@@ -352,9 +359,7 @@ class Handlers:
         model = self.models.model_for(state.shop_id)
         new_state, transitions = due_transitions(state, now, model)
         new_state, crossed = self.churn.at_crossing(new_state, now, model)  # churn risk's instant
-        await self._save(
-            partition, new_state, transitions + crossed, previous=state, cause=Cause(kind="time")
-        )
+        await self._save(partition, new_state, transitions + crossed, previous=state, cause=TIME)
 
     async def _reevaluate_key(self, partition: int, key: str) -> None:
         state = self._load(key, partition)
@@ -374,7 +379,7 @@ class Handlers:
             new_state,
             transitions,
             previous=state,
-            cause=Cause(kind="model_refit" if refit else "time"),
+            cause=partial(Cause, kind="model_refit") if refit else TIME,
         )
 
     # -- load and save --------------------------------------------------------------------------
@@ -393,14 +398,15 @@ class Handlers:
         transitions: list[Transition],
         *,
         previous: CustomerState | None,
-        cause: Cause | None = None,
+        cause: Callable[[], Cause] | None = None,
     ) -> None:
         """Stage the customer's state in the running batch, after its transitions.
 
         ``previous`` is the state it was decided from (None: a new customer). An unchanged
         state goes to Redis again but not to the table: a record processed again after a crash
         can find its effect already in the table while the crash lost the Redis write (or left
-        it pending). ``cause``: what a churn-risk move between the two is attributed to."""
+        it pending). ``cause`` makes what a churn-risk move between the two is attributed to
+        (called only for such a move)."""
         changed = previous is None or state.revision != previous.revision
         model = self.models.model_for(state.shop_id)
         consenting = consented(state, model.consent_required)

@@ -23,7 +23,16 @@ from typing import Any, Final, NamedTuple
 import faust
 
 from config.settings import Settings
-from models.insights import Activity, CustomerInsight, Totals, add, apply_activity
+from models.insights import (
+    Activity,
+    Contribution,
+    CustomerInsight,
+    Tally,
+    Totals,
+    apply_activity,
+    decode_insight,
+    encode_insight,
+)
 from streams.framework.tables import ChangelogAcks, TableStore
 from streams.insights.store import row_field, shops_known, write_rows
 from streams.redis_cache import REDIS_FAILURES
@@ -59,6 +68,18 @@ class Rows(NamedTuple):
     erased: list[tuple[int, bytes]]
 
 
+class Step(NamedTuple):
+    """What one activity record changes: the customer's insight state (under its key), its
+    contribution, the shop's count of records applied (key, new count; None: the record was
+    applied before) and the totals rows the contribution goes to (key, row, monthly)."""
+
+    customer: bytes
+    state: CustomerInsight | None
+    contribution: Contribution | None
+    count: tuple[bytes, int] | None
+    rows: list[tuple[bytes, Tally, bool]]
+
+
 class Insights:
     """The insight tables, and the totals rows not yet copied to Redis."""
 
@@ -81,11 +102,11 @@ class Insights:
         tables, written by ``write``: computed once, so a write tried again (a full disk)
         writes the same rows and counts nothing twice."""
         customers: dict[bytes, tuple[int, CustomerInsight | None]] = {}
-        totals: dict[bytes, tuple[int, Totals]] = {}
+        totals: dict[bytes, tuple[int, Tally]] = {}  # the rows changed, added up in place
         counts: dict[bytes, tuple[int, int]] = {}  # records applied, per partition and shop
         for partition, record in activity:
             try:  # everything the record changes, read first: nothing of it held on failure
-                ckey, new, changes = self._step(partition, record, customers, totals, counts)
+                step = self._step(partition, record, customers, totals, counts)
             except Exception:  # a stored row that cannot be read: loud, and the rest goes on
                 log.exception(
                     "activity record %s of customer %r skipped: its stored insights cannot be read",
@@ -93,17 +114,23 @@ class Insights:
                     record.customer_id,
                 )
                 continue
-            customers[ckey] = (partition, new)
-            for held, key, value in changes:
-                held[key] = (partition, value)
-        totals_rows = [(p, k, t.model_dump_json().encode()) for k, (p, t) in totals.items()]
+            customers[step.customer] = (partition, step.state)
+            if step.count is not None:
+                counts[step.count[0]] = (partition, step.count[1])
+            for key, tally, monthly in step.rows:
+                totals[key] = (partition, tally)
+                if step.contribution is not None:  # always, with rows
+                    tally.add(step.contribution, monthly=monthly)
+        totals_rows = [
+            (p, k, t.totals().model_dump_json().encode()) for k, (p, t) in totals.items()
+        ]
         totals_rows += [(p, k, str(n).encode()) for k, (p, n) in counts.items()]
         puts, erased = [], []
         for ckey, (partition, state) in customers.items():
             if state is None:  # erased: a tombstone on the partition's changelog
                 erased.append((partition, ckey))
             else:
-                puts.append((partition, ckey, state.model_dump_json().encode()))
+                puts.append((partition, ckey, encode_insight(state)))
         return Rows(totals_rows, puts, erased)
 
     def write(self, rows: Rows) -> None:
@@ -121,41 +148,39 @@ class Insights:
         partition: int,
         record: Activity,
         customers: dict[bytes, tuple[int, CustomerInsight | None]],
-        totals: dict[bytes, tuple[int, Totals]],
+        totals: dict[bytes, tuple[int, Tally]],
         counts: dict[bytes, tuple[int, int]],
-    ) -> tuple[bytes, CustomerInsight | None, list[tuple[dict[bytes, Any], bytes, Any]]]:
-        """The customer's insight state after ``record``, and the batch's totals and counts
-        it changes (their dict, key and new value), from the batch's rows or the tables."""
+    ) -> Step:
+        """The customer's insight state after ``record``, and the batch's count and totals
+        rows it changes, read from the batch's rows or the tables (nothing changed yet)."""
         ckey = customer_key(record.shop_id, record.customer_id)
         held = customers.get(ckey)
         if held is not None:
             state = held[1]
         else:
             raw = self.customers.get(partition, ckey)
-            state = None if raw is None else CustomerInsight.model_validate_json(raw)
+            state = None if raw is None else decode_insight(raw)
         new, contribution = apply_activity(state, record)
-        changes: list[tuple[dict[bytes, Any], bytes, Any]] = []
         if contribution is None:
-            return ckey, new, changes
+            return Step(ckey, new, None, None, [])
         nkey = totals_key(partition, record.shop_id, COUNT)
         held_count = counts.get(nkey)
         count = int(self.totals.get(partition, nkey) or 0) if held_count is None else held_count[1]
-        changes.append((counts, nkey, count + 1))
-        if contribution.empty:
-            return ckey, new, changes
-        periods = ((f"d:{contribution.day}", False), (f"m:{contribution.month}", True))
-        for period, monthly in periods:
-            if monthly and not contribution.retained:
-                continue
-            tkey = totals_key(partition, record.shop_id, period)
-            current = totals.get(tkey)
-            if current is None:
-                raw = self.totals.get(partition, tkey)
-                base = None if raw is None else Totals.model_validate_json(raw)
-            else:
-                base = current[1]
-            changes.append((totals, tkey, add(base, contribution, monthly=monthly)))
-        return ckey, new, changes
+        rows: list[tuple[bytes, Tally, bool]] = []
+        if not contribution.empty:
+            periods = ((f"d:{contribution.day}", False), (f"m:{contribution.month}", True))
+            for period, monthly in periods:
+                if monthly and not contribution.retained:
+                    continue
+                tkey = totals_key(partition, record.shop_id, period)
+                current = totals.get(tkey)
+                if current is None:
+                    raw = self.totals.get(partition, tkey)
+                    tally = Tally(None if raw is None else Totals.model_validate_json(raw))
+                else:
+                    tally = current[1]
+                rows.append((tkey, tally, monthly))
+        return Step(ckey, new, contribution, (nkey, count + 1), rows)
 
     async def durable(self) -> None:
         """Every changelog record of the batches added up so far is acknowledged."""

@@ -3,7 +3,11 @@ retention, and redelivered records counting once."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
+
+import pytest
+from pydantic import ValidationError
 
 from models.insights import (
     Activity,
@@ -12,6 +16,8 @@ from models.insights import (
     Totals,
     add,
     apply_activity,
+    decode_insight,
+    encode_insight,
     in_period,
     retention,
     size_history,
@@ -148,8 +154,21 @@ def test_an_empty_contribution_says_so() -> None:
 
 
 def test_a_placed_order_that_does_not_count_adds_no_order_but_its_move() -> None:
-    record = order("o1", at("2025-01-05"), None, "new", 0).model_copy(update={"counted": False})
+    record = replace(order("o1", at("2025-01-05"), None, "new", 0), counted=False)
     _, days, months = fold([record])
     assert days["2025-01-05"].orders == {}
     assert days["2025-01-05"].entered == {"new": 1}
     assert months == {}
+
+
+def test_a_stored_insight_state_reads_back_and_is_written_as_before() -> None:
+    # the layout stored by earlier versions (a pydantic model's JSON) is the layout written now
+    stored = (
+        b'{"segment":"new","month":"2025-01","month_start_segment":null,'
+        b'"retained":true,"seen":["0123456789ab"]}'
+    )
+    state = decode_insight(stored)
+    assert state == CustomerInsight("new", "2025-01", None, True, ("0123456789ab",))
+    assert encode_insight(state) == stored
+    with pytest.raises(ValidationError):
+        decode_insight(b'{"segment":"new","retained":"maybe"}')
