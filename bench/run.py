@@ -269,7 +269,7 @@ async def throughput(run: Run) -> None:
     overrides = run.overrides("throughput", clock="event")
     settings = Settings(**overrides)  # type: ignore[arg-type]
     await ensure_topics(settings)
-    sent = await run.publish(settings.orders_topic, _throughput_orders(o), o.throughput_orders)
+    sent = await run.publish(settings.orders_topic, throughput_orders(o), o.throughput_orders)
     raw_topic = f"{settings.app_id}.raw-out"
     await create_compacted_topic(run.bootstrap, raw_topic, o.partitions)
 
@@ -346,7 +346,7 @@ async def _state_sizes(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _throughput_orders(o: Options) -> Iterator[tuple[bytes, bytes]]:
+def throughput_orders(o: Options) -> Iterator[tuple[bytes, bytes]]:
     """The records of the throughput run (and of the scaling run)."""
     return _prefix(order_stream(StreamSpec(customers=o.customers)), o.throughput_orders)
 
@@ -408,7 +408,7 @@ async def _worker_throughput(
     process = spawn_worker(overrides, workdir / f"{overrides['app_id']}.log")
     port = int(overrides["web_port"])
     try:
-        rate, seconds = await _sustained_rate([(process, port)], expected, "full worker")
+        rate, seconds = await sustained_rate([(process, port)], expected, "full worker")
         rss = _rss_mib(process.pid)
         customers = int(await _metric(port, "segmenter_table_customers"))
         return rate, rss, customers, seconds
@@ -423,7 +423,7 @@ async def _processed(port: int) -> int:
     return sum(events.get(t, 0) for t in ORDER_TYPES) + sum(stats["dead_letters"].values())
 
 
-async def _sustained_rate(
+async def sustained_rate(
     workers: list[tuple[subprocess.Popen[bytes], int]], expected: int, what: str
 ) -> tuple[float, float]:
     """Wait until the workers (process, web port) have processed ``expected`` records between
@@ -749,13 +749,13 @@ async def scaling(run: Run) -> None:
             )
         if not all(body.get("paused") for _, body in paused):
             raise RuntimeError(f"pausing the workers failed: {paused}")
-        sent = await run.publish(settings.orders_topic, _throughput_orders(o), o.throughput_orders)
+        sent = await run.publish(settings.orders_topic, throughput_orders(o), o.throughput_orders)
         resumed = await asyncio.gather(
             *(_http_json(port, "/resume", "POST") for _, port in workers)
         )
         if any(status != 200 for status, _ in resumed):
             raise RuntimeError(f"resuming the workers failed: {resumed}")
-        rate, seconds = await _sustained_rate(workers, sent, f"{o.scaling_workers} workers")
+        rate, seconds = await sustained_rate(workers, sent, f"{o.scaling_workers} workers")
         shares = await asyncio.gather(*(_processed(port) for _, port in workers))
     finally:
         for process, _ in workers:

@@ -24,11 +24,13 @@ Definitions:
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from typing import Final, Literal
+from types import MappingProxyType
+from typing import Final, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.ids import uuid5_text
 
@@ -48,13 +50,12 @@ def short_id(record_id: str) -> str:
 OrderKind = Literal["order_placed", "order_cancelled", "order_refunded"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Activity:
+class Activity(NamedTuple):
     """One activity record: an applied order event (``kind="order"``), with the segments before
     and after it (the move it caused, if they differ), or a segment move of another cause
     (``kind="move"``: time, a recalibration, a rule change, consent, an erasure). ``at`` is the
     instant of the change (the customer's newest event time, as a transition's
-    ``event_time``). Built by the worker from values the fold checked (a plain class: one per
+    ``event_time``). Built by the worker from values the fold checked (a plain tuple: one per
     applied order)."""
 
     id: str
@@ -88,8 +89,7 @@ def order_activity_id(shop_id: str, customer_id: str, kind: str, event_key: str)
     return uuid5_text(_ACTIVITY_NAMESPACE_BYTES, name)
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerInsight:
+class CustomerInsight(NamedTuple):
     """What the insights keep of one customer: the current segment, the month of the latest
     record with the segment held at its start and whether an order of it was counted, and the
     ids of the latest records applied (stored as JSON: ``encode_insight``, ``decode_insight``)."""
@@ -101,32 +101,45 @@ class CustomerInsight:
     seen: tuple[str, ...] = ()
 
 
-_INSIGHT: Final = TypeAdapter(CustomerInsight)
+class _StoredInsight(BaseModel):
+    """A stored ``CustomerInsight``, as validated when read."""
+
+    segment: str | None = None
+    month: str | None = None
+    month_start_segment: str | None = None
+    retained: bool = False
+    seen: tuple[str, ...] = ()
 
 
 def encode_insight(customer: CustomerInsight) -> bytes:
-    """A customer's insight state as stored."""
-    return _INSIGHT.dump_json(customer)
+    """A customer's insight state as stored (a JSON object of its fields)."""
+    return orjson.dumps(customer._asdict())
 
 
 def decode_insight(raw: bytes) -> CustomerInsight:
     """A stored insight state, validated (raises ``pydantic.ValidationError``)."""
-    return _INSIGHT.validate_json(raw)
+    stored = _StoredInsight.model_validate_json(raw)
+    return CustomerInsight(
+        stored.segment, stored.month, stored.month_start_segment, stored.retained, stored.seen
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
+# The categories a contribution leaves out: read-only, shared.
+_NONE: Final[Mapping[str, int]] = MappingProxyType({})
+
+
+class Contribution(NamedTuple):
     """What one record adds to the totals: to day ``day`` (entries, exits, flows, orders,
     revenue) and to month ``month`` (retained customers)."""
 
     day: str
     month: str
-    entered: dict[str, int] = field(default_factory=dict)
-    left: dict[str, int] = field(default_factory=dict)
-    flows: dict[str, int] = field(default_factory=dict)
-    orders: dict[str, int] = field(default_factory=dict)
-    revenue: dict[str, int] = field(default_factory=dict)
-    retained: dict[str, int] = field(default_factory=dict)
+    entered: Mapping[str, int] = _NONE
+    left: Mapping[str, int] = _NONE
+    flows: Mapping[str, int] = _NONE
+    orders: Mapping[str, int] = _NONE
+    revenue: Mapping[str, int] = _NONE
+    retained: Mapping[str, int] = _NONE
 
     @property
     def empty(self) -> bool:
@@ -281,12 +294,12 @@ def add(totals: Totals | None, contribution: Contribution, *, monthly: bool) -> 
     return tally.totals()
 
 
-def _into(into: dict[str, int], more: dict[str, int]) -> None:
+def _into(into: dict[str, int], more: Mapping[str, int]) -> None:
     for key, value in more.items():
         into[key] = into.get(key, 0) + value
 
 
-def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+def _sum(a: dict[str, int], b: Mapping[str, int]) -> dict[str, int]:
     if not b:
         return a
     out = dict(a)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,8 @@ REASONS = (
 )
 
 
-@dataclass(frozen=True)
-class SourceRecord:
-    """An input record as it came off the broker."""
+class SourceRecord(NamedTuple):
+    """An input record as it came off the broker (a plain tuple: one per record)."""
 
     key: bytes | None
     value: bytes | None

@@ -148,9 +148,14 @@ async def _prepare(
             await asyncio.sleep(2)
 
 
-def spawn_worker(overrides: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``segmenter worker`` as a child process with ``SEGMENTER_*`` overrides."""
+def spawn_worker(
+    overrides: dict[str, str], log_path: Path, tree: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``segmenter worker`` as a child process with ``SEGMENTER_*`` overrides (``tree``:
+    the worker of that source tree, as ``python -m bench.compare`` runs other revisions)."""
     env = {**os.environ, **{f"SEGMENTER_{k.upper()}": v for k, v in overrides.items()}}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -159,6 +164,7 @@ def spawn_worker(overrides: dict[str, str], log_path: Path) -> subprocess.Popen[
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            cwd=tree,
         )
 
 
