@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 
 # Records of a batch processed between two turns of the event loop: the last batch's commit
 # (acknowledgements, Redis replies), the fetcher and the producer go on while a batch is
-# processed, instead of waiting for its end.
-RECORDS_PER_TURN = 64
+# processed, instead of waiting for its end. Each step of a commit waits for a turn: with 64
+# records per turn a commit outlasted the next batch's processing, which then waited for it
+# about a tenth of the time (bench/NOTES.md).
+RECORDS_PER_TURN = 16
 
 Row = tuple[int, bytes, bytes]  # (partition, key, value)
 Handler = Callable[[SourceRecord], Awaitable[None]]
