@@ -504,7 +504,7 @@ class Watcher:
             if message is None:
                 continue
             now = time.time()
-            _tag, kind, customer = message["channel"].decode().rpartition("}:")[2].partition(":")
+            kind, _, customer = customer_of(message["channel"].decode())
             if customer and kind == "customer":
                 self.redis.setdefault(customer, now)
 
@@ -516,6 +516,13 @@ class Watcher:
         await self.redis_client.config_set("notify-keyspace-events", self.old_notify)
         await self.pubsub.aclose()
         await self.redis_client.aclose()
+
+
+def customer_of(channel: str) -> tuple[str, str, str]:
+    """(``customer``, ``:``, customer id) of the keyspace channel of a customer's hash
+    (``__keyspace@0__:<prefix>{<shop>:<bucket>}:customer:<id>``); another key gives another
+    kind."""
+    return channel.rpartition("}:")[2].partition(":")
 
 
 def _live_order(customer: str, at: datetime, total: int = 4200) -> bytes:
