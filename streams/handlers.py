@@ -406,7 +406,8 @@ class Handlers:
         state goes to Redis again but not to the table: a record processed again after a crash
         can find its effect already in the table while the crash lost the Redis write (or left
         it pending). ``cause`` makes what a churn-risk move between the two is attributed to
-        (called only for such a move)."""
+        (called only where one is evaluated: a consenting customer of a shop with a prediction
+        model)."""
         changed = previous is None or state.revision != previous.revision
         model = self.models.model_for(state.shop_id)
         consenting = consented(state, model.consent_required)

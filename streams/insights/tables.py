@@ -76,7 +76,7 @@ class Step(NamedTuple):
     customer: bytes
     state: CustomerInsight | None
     contribution: Contribution | None
-    count: tuple[bytes, int] | None
+    applied: tuple[bytes, int] | None
     rows: list[tuple[bytes, Tally, bool]]
 
 
@@ -115,8 +115,8 @@ class Insights:
                 )
                 continue
             customers[step.customer] = (partition, step.state)
-            if step.count is not None:
-                counts[step.count[0]] = (partition, step.count[1])
+            if step.applied is not None:
+                counts[step.applied[0]] = (partition, step.applied[1])
             for key, tally, monthly in step.rows:
                 totals[key] = (partition, tally)
                 if step.contribution is not None:  # always, with rows
